@@ -1,0 +1,1 @@
+//! The driver/service ABI (being written).

@@ -1,0 +1,140 @@
+//! Typed errors: [`ProtocolError`] for bytes that break the protocol (the codec's
+//! boundary) and [`Error`] for everything the client and server shells report.
+
+use crate::consts;
+
+/// Bytes from a peer that break the NBD protocol. Decoders return these instead of
+/// panicking; the shells answer them with a hard disconnect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A magic number was not the one the protocol requires here.
+    #[error("bad magic: expected {expected:#x}, found {found:#x}")]
+    BadMagic {
+        /// The magic the protocol requires.
+        expected: u64,
+        /// What the peer sent.
+        found: u64,
+    },
+    /// The server speaks the oldstyle handshake, which this crate does not.
+    #[error("server uses the oldstyle handshake, which is not supported")]
+    Oldstyle,
+    /// The client set handshake flags the server did not offer or does not know.
+    #[error("client sent unknown or unoffered flags {0:#x}")]
+    BadClientFlags(u32),
+    /// An option payload longer than [`consts::MAX_OPTION_DATA_BYTES`].
+    #[error("option {option} carries {length} bytes, more than the {max} allowed")]
+    OptionTooLarge {
+        /// The option code.
+        option: u32,
+        /// Its declared payload length.
+        length: u32,
+        /// The bound.
+        max: usize,
+    },
+    /// An option reply longer than [`consts::MAX_OPTION_REPLY_BYTES`].
+    #[error("option reply carries {length} bytes, more than the {max} allowed")]
+    OptionReplyTooLarge {
+        /// Its declared payload length.
+        length: u32,
+        /// The bound.
+        max: usize,
+    },
+    /// The client sent more options than [`consts::MAX_OPTIONS_PER_HANDSHAKE`].
+    #[error("more than {0} options in one handshake")]
+    TooManyOptions(u32),
+    /// A request or reply payload larger than the bound we accept.
+    #[error("payload of {length} bytes exceeds the {max} byte bound")]
+    PayloadTooLarge {
+        /// Declared payload length.
+        length: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// A message whose fields contradict each other or the spec; the text says which rule.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    /// A message that is well-formed but not allowed at this point of the conversation.
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+}
+
+/// Everything the client, server and URL helpers can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer broke the protocol; the connection was dropped.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The server does not have the export we asked for.
+    #[error("server has no export named {0:?}")]
+    UnknownExport(String),
+    /// The server refused an option with an error reply.
+    #[error("server refused option {option} with reply {reply:#x}: {message}")]
+    OptionRefused {
+        /// The option code.
+        option: u32,
+        /// The `NBD_REP_ERR_*` code.
+        reply: u32,
+        /// The server's message, if any.
+        message: String,
+    },
+    /// The server answered a request with an NBD error value.
+    #[error("server error {} ({}): {message}", errno, errno_name(*errno))]
+    Server {
+        /// The `NBD_E*` value.
+        errno: u32,
+        /// The server's message, empty for simple replies.
+        message: String,
+    },
+    /// A request lies outside the export or exceeds the payload bound; not sent.
+    #[error("request offset={offset} length={length} is invalid for export size {size_bytes}")]
+    OutOfRange {
+        /// Request offset.
+        offset: u64,
+        /// Request length.
+        length: u64,
+        /// Export size.
+        size_bytes: u64,
+    },
+    /// The export does not allow this operation (read-only, or not advertised).
+    #[error("operation not supported by this export: {0}")]
+    Unsupported(&'static str),
+    /// The connection is closed; no further requests can be sent.
+    #[error("connection closed")]
+    Disconnected,
+    /// An `nbd://` URL could not be parsed.
+    #[error("invalid NBD URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The text given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An export's storage failed while the server was negotiating.
+    #[error("export error: {0}")]
+    Export(#[from] crate::export::ExportError),
+}
+
+impl Error {
+    /// Whether redialling could help (the connection broke, not the request).
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, Error::Io(_) | Error::Protocol(_) | Error::Disconnected)
+    }
+}
+
+/// A short name for an NBD error value, for messages.
+pub fn errno_name(errno: u32) -> &'static str {
+    match errno {
+        consts::EPERM => "EPERM",
+        consts::EIO => "EIO",
+        consts::ENOMEM => "ENOMEM",
+        consts::EINVAL => "EINVAL",
+        consts::ENOSPC => "ENOSPC",
+        consts::EOVERFLOW => "EOVERFLOW",
+        consts::ENOTSUP => "ENOTSUP",
+        consts::ESHUTDOWN => "ESHUTDOWN",
+        _ => "unknown",
+    }
+}
