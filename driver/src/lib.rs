@@ -14,6 +14,11 @@ extern crate alloc;
 extern crate std;
 
 pub mod abi;
+pub mod commit;
+pub mod dsm;
+pub mod engine;
+pub mod filter;
+pub mod framework;
 pub mod geometry;
 pub mod meta;
 pub mod region;

@@ -1,0 +1,243 @@
+//! Fuzzes the metadata decoders and `Metadata::open` over hostile stores (rule 7).
+//!
+//! Nothing may panic. Beyond that, an `open` that succeeds must load exactly the OR of
+//! the slots that are valid for their page (no mark from nowhere), and a commit of what
+//! it loaded followed by a reopen must keep every mark (a durable mark never reverts).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rehydrate_driver::meta::{
+    decode_header, decode_page_slot, encode_header, encode_page_slot, identity_tag, Header,
+    Identity, MetaStore, Metadata, Page, StoreError, HEADER_STORE_PAGES, META_PAGE_SIZE_BYTES,
+    REGIONS_PER_PAGE, WORDS_PER_PAGE,
+};
+use rehydrate_driver::{Geometry, RegionMap};
+
+/// A plain in-memory store: no cache, no faults.
+struct MemStore {
+    bytes: Vec<u8>,
+}
+
+impl MemStore {
+    fn page(&self, index: u64) -> Option<&[u8]> {
+        let start = usize::try_from(index)
+            .ok()?
+            .checked_mul(META_PAGE_SIZE_BYTES)?;
+        self.bytes
+            .get(start..start.checked_add(META_PAGE_SIZE_BYTES)?)
+    }
+
+    fn page_mut(&mut self, index: u64) -> Option<&mut [u8]> {
+        let start = usize::try_from(index)
+            .ok()?
+            .checked_mul(META_PAGE_SIZE_BYTES)?;
+        self.bytes
+            .get_mut(start..start.checked_add(META_PAGE_SIZE_BYTES)?)
+    }
+}
+
+impl MetaStore for MemStore {
+    fn page_count(&self) -> u64 {
+        (self.bytes.len() / META_PAGE_SIZE_BYTES) as u64
+    }
+
+    fn read_page(&mut self, index: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        let page_count = self.page_count();
+        let page = self
+            .page(index)
+            .ok_or(StoreError::OutOfRange { index, page_count })?;
+        buf.copy_from_slice(page);
+        Ok(())
+    }
+
+    fn write_page(&mut self, index: u64, buf: &[u8]) -> Result<(), StoreError> {
+        let page_count = self.page_count();
+        let page = self
+            .page_mut(index)
+            .ok_or(StoreError::OutOfRange { index, page_count })?;
+        page.copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Reads the fuzz input as an endless stream of bytes (zeros once it runs out).
+struct Input<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Input<'_> {
+    fn byte(&mut self) -> u8 {
+        let b = self.data.get(self.at).copied().unwrap_or(0);
+        self.at = self.at.saturating_add(1);
+        b
+    }
+
+    fn u64(&mut self) -> u64 {
+        let mut le = [0u8; 8];
+        for b in &mut le {
+            *b = self.byte();
+        }
+        u64::from_le_bytes(le)
+    }
+}
+
+/// The OR of the valid slots of every bitmap page: what a successful open must load.
+fn expected_words(store: &MemStore, geometry: &Geometry, tag: u32) -> Vec<u64> {
+    let word_count = usize::try_from(geometry.region_count().div_ceil(64)).unwrap();
+    let mut words = vec![0u64; word_count];
+    let pages = geometry.region_count().div_ceil(REGIONS_PER_PAGE);
+    for page in 0..pages {
+        for slot in 0..2 {
+            let bytes = store
+                .page(HEADER_STORE_PAGES + 2 * page + slot)
+                .expect("open checked the store size");
+            let Ok(decoded) = decode_page_slot(bytes, page, tag) else {
+                continue;
+            };
+            let first = usize::try_from(page).unwrap() * WORDS_PER_PAGE;
+            // A slot with a bit past the last region is not valid: it adds nothing.
+            let in_range = decoded
+                .words()
+                .enumerate()
+                .all(|(j, w)| w & !word_mask(geometry, first + j) == 0);
+            if !in_range {
+                continue;
+            }
+            for (j, w) in decoded.words().enumerate() {
+                if let Some(out) = words.get_mut(first + j) {
+                    *out |= w;
+                }
+            }
+        }
+    }
+    words
+}
+
+/// Bits of map word `w` that name regions of the volume.
+fn word_mask(geometry: &Geometry, w: usize) -> u64 {
+    let first = w as u64 * 64;
+    match geometry.region_count().saturating_sub(first) {
+        0 => 0,
+        n if n >= 64 => u64::MAX,
+        n => (1 << n) - 1,
+    }
+}
+
+fn map_words(map: &RegionMap) -> Vec<u64> {
+    (0..map.word_count()).map(|w| map.word(w)).collect()
+}
+
+fuzz_target!(|data: &[u8]| {
+    // 1. The pure decoders on the raw input, and on its first page when it has one.
+    let _ = decode_header(data);
+    let mut input = Input { data, at: 0 };
+    let (index, tag) = (input.u64(), input.u64() as u32);
+    let _ = decode_page_slot(data, index, tag);
+    if let Some(page) = data.get(..META_PAGE_SIZE_BYTES) {
+        let _ = decode_header(page);
+        if let Ok(slot) = decode_page_slot(page, index, tag) {
+            assert_eq!(slot.words().count(), WORDS_PER_PAGE);
+        }
+    }
+
+    // 2. `open` over a store made of the input, with some slots sealed (given valid
+    //    checksums over input-chosen fields) so the checks past the checksum run too.
+    let mut input = Input { data, at: 0 };
+    let control = input.byte();
+    let regions = 1 + u64::from(input.byte()) * 512 + u64::from(input.byte());
+    let identity = Identity {
+        volume_size_bytes: regions * 4096,
+        region_size_bytes: 4096,
+        backup_id: [input.byte(); 32],
+    };
+    let geometry = identity.geometry().expect("small volumes are valid");
+    let tag = identity_tag(&identity);
+    let mut pages = Metadata::store_pages(&geometry);
+    if control & 0x80 != 0 {
+        pages -= u64::from(input.byte()) % pages;
+    }
+    let rest = data.get(input.at..).unwrap_or_default();
+    let len = usize::try_from(pages).unwrap() * META_PAGE_SIZE_BYTES;
+    let mut store = MemStore {
+        bytes: rest.iter().copied().cycle().take(len).collect(),
+    };
+    store.bytes.resize(len, 0);
+
+    let mut page: Page = [0; META_PAGE_SIZE_BYTES];
+    for slot in 0..HEADER_STORE_PAGES {
+        if control & (1 << slot) != 0 {
+            let mut id = identity;
+            // Now and then another restore's header.
+            if input.byte() < 16 {
+                id.backup_id[0] ^= 1;
+            }
+            let header = Header {
+                identity: id,
+                generation: input.u64() % 1000,
+            };
+            encode_header(&header, &mut page);
+            if let Some(out) = store.page_mut(slot) {
+                out.copy_from_slice(&page);
+            }
+        }
+    }
+    if control & 0x04 != 0 {
+        for index in HEADER_STORE_PAGES..pages {
+            let choice = input.byte();
+            if choice < 64 {
+                continue; // leave the raw bytes
+            }
+            let bitmap_page = (index - HEADER_STORE_PAGES) / 2;
+            let claimed = if choice < 80 {
+                bitmap_page + 1
+            } else {
+                bitmap_page
+            };
+            let claimed_tag = if choice < 96 { tag ^ 1 } else { tag };
+            let generation = input.u64() % 1000;
+            // Sparse bits from the input; now and then bits past the last region.
+            let seed = input.u64();
+            let dense = choice > 240;
+            let first = usize::try_from(bitmap_page).unwrap() * WORDS_PER_PAGE;
+            encode_page_slot(&mut page, claimed, generation, claimed_tag, |j| {
+                let w = seed.rotate_left(j as u32) ^ (j as u64).wrapping_mul(0x9E37_79B9);
+                if dense {
+                    w
+                } else {
+                    w & (w >> 7) & (w >> 13) & word_mask(&geometry, first + j)
+                }
+            });
+            if let Some(out) = store.page_mut(index) {
+                out.copy_from_slice(&page);
+            }
+        }
+    }
+
+    let map = RegionMap::new(geometry).expect("small map");
+    let Ok(mut meta) = Metadata::open(&mut store, &identity, &map) else {
+        return;
+    };
+    let loaded = map_words(&map);
+    eprintln!("OPEN_OK bits={}", map.restored_count());
+    assert_eq!(
+        loaded,
+        expected_words(&store, &geometry, tag),
+        "open invented or dropped a mark"
+    );
+
+    // Commit what was loaded (all of it durable), reopen: nothing may revert.
+    let generation = meta.generation();
+    meta.note_marked(0..geometry.region_count());
+    let stats = meta
+        .commit(&mut store, |w| map.word(w))
+        .expect("a fault-free store commits");
+    assert!(stats.generation > generation);
+    let again = RegionMap::new(geometry).expect("small map");
+    Metadata::open(&mut store, &identity, &again).expect("a committed store reopens");
+    assert_eq!(map_words(&again), loaded, "a committed mark reverted");
+});

@@ -1,1 +1,0 @@
-//! The driver/service ABI (being written).

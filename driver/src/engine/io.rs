@@ -1,0 +1,168 @@
+//! What goes into the engine (events) and what comes out (actions).
+//!
+//! The engine is sans-IO: the kernel shell, the simulator and the Linux restore all turn
+//! real happenings into [`Event`]s and carry out the [`Action`]s, and nothing else.
+
+use core::ops::Range;
+
+use crate::status::{FailReason, Status};
+
+/// The shell's handle for a request from above (a WDFREQUEST in the kernel). The engine
+/// only stores and returns it.
+pub type RequestId = u64;
+
+/// The engine's handle for I/O it sends to the lower device. Unique for the engine's life.
+pub type LowerId = u64;
+
+/// The service's handle for one hydrate message, acknowledged by [`Action::HydrateDone`].
+pub type BatchId = u64;
+
+/// Something that happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A read from the file system.
+    Read {
+        /// Request handle.
+        id: RequestId,
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+    },
+    /// A write from the file system.
+    Write {
+        /// Request handle.
+        id: RequestId,
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+        /// Force unit access: durable when it completes.
+        fua: bool,
+    },
+    /// A flush (IRP_MJ_FLUSH_BUFFERS).
+    Flush {
+        /// Request handle.
+        id: RequestId,
+    },
+    /// A trim of a byte range (the data-set-management IOCTL).
+    Discard {
+        /// Request handle.
+        id: RequestId,
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+    },
+    /// Data for a region-aligned range arrived from the service. The payload stays with
+    /// the shell; [`Action::WriteHydrate`] names the parts of it to write.
+    Hydrate {
+        /// The service's handle, acknowledged by [`Action::HydrateDone`].
+        batch: BatchId,
+        /// Byte offset (region-aligned).
+        offset: u64,
+        /// Byte length (whole regions, or up to the volume end).
+        len: u64,
+        /// The range is all zeros; there is no payload.
+        zero: bool,
+    },
+    /// The service could not fetch a range.
+    FetchFailed {
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+        /// Why.
+        reason: FailReason,
+    },
+    /// I/O the engine sent down completed.
+    LowerCompleted {
+        /// Which I/O.
+        lower: LowerId,
+        /// Its status.
+        status: Status,
+    },
+    /// A metadata commit asked for by [`Action::CommitMetadata`] finished.
+    MetadataCommitted {
+        /// The commit's number.
+        commit: u64,
+        /// True when it is durable.
+        ok: bool,
+    },
+    /// The service (re)attached: requests it may have lost are asked again.
+    ServiceAttached,
+    /// Time passed; `now_ns` is monotonic.
+    Tick {
+        /// Monotonic time in nanoseconds.
+        now_ns: u64,
+    },
+}
+
+/// Something the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send request `id` down unchanged; its completion comes back as
+    /// [`Event::LowerCompleted`] with `lower`.
+    Forward {
+        /// Request handle.
+        id: RequestId,
+        /// Handle of the lower I/O.
+        lower: LowerId,
+    },
+    /// Request `id` is held (pended) until a later action forwards or completes it.
+    Hold {
+        /// Request handle.
+        id: RequestId,
+    },
+    /// Ask the service for these regions.
+    Fetch {
+        /// Regions, as region indexes.
+        regions: Range<u64>,
+        /// A request is waiting on them (else: scan-ahead or re-ask).
+        on_demand: bool,
+    },
+    /// Write part of hydrate `batch` down: bytes `[offset, offset+len)` of the volume,
+    /// taken from the payload at `offset - batch offset`, or zeros.
+    WriteHydrate {
+        /// Handle of the lower write.
+        lower: LowerId,
+        /// The hydrate message it came from.
+        batch: BatchId,
+        /// Byte offset on the volume.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+        /// Byte offset into the batch's payload (meaningless when `zero`).
+        payload_offset: u64,
+        /// Write zeros instead of payload.
+        zero: bool,
+    },
+    /// Flush the lower device (the engine's own, to make hydrated regions durable).
+    FlushDown {
+        /// Handle of the lower flush.
+        lower: LowerId,
+    },
+    /// Commit the metadata (see [`crate::engine::Engine::durable_word`]) and answer with
+    /// [`Event::MetadataCommitted`].
+    CommitMetadata {
+        /// The commit's number.
+        commit: u64,
+    },
+    /// Complete request `id` with `status`.
+    Complete {
+        /// Request handle.
+        id: RequestId,
+        /// Completion status.
+        status: Status,
+    },
+    /// Every part of hydrate `batch` was written down or dropped.
+    HydrateDone {
+        /// The hydrate message.
+        batch: BatchId,
+        /// Success, or why a part failed.
+        status: Status,
+    },
+    /// Every region is restored and durably committed: the filter becomes a
+    /// pass-through. Emitted once.
+    AllRestored,
+}

@@ -1,0 +1,598 @@
+//! The upper filter's callbacks, written against [`Framework`] and driving the engine.
+//!
+//! The KMDF shell calls these from its queue callbacks, completion routines, timer and
+//! work item; the simulator calls them from its simulated WDF objects. Everything the
+//! filter decides is here or in the engine, so CI runs the code the kernel runs.
+//!
+//! # Requests it sees
+//! * Default queue ([`Filter::on_io`]): reads, writes, flushes, device controls. Once
+//!   every region is durably restored the path is one branch and a send-and-forget.
+//!   Before that, reads/writes/flushes go through the engine; the trim IOCTL with one
+//!   range becomes an engine discard; a multi-range trim while restoring completes with
+//!   success without going down (a trim is a hint; dropping one is always correct and
+//!   avoids splitting one request into many); other IOCTLs go down unchanged.
+//! * Control device ([`Filter::on_control`]): the service's ABI requests. `GET_MISSING`
+//!   is the inverted call: the service keeps several pended; the filter parks them in a
+//!   manual queue and completes one with a batch of wanted ranges when it has some.
+//!   A `HYDRATE` request is kept until every write made from its payload completed.
+//!
+//! # Bounds
+//! Wanted ranges waiting for a parked request: at most [`MISSING_QUEUE_MAX`]; the
+//! engine holds at most `held_max` requests, each wanting at most two runs, so the
+//! bound is never reached with the default configuration (asserted).
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use crate::abi::{
+    Attach, BitmapPage, BitmapQuery, Control, ControlCommand, DriverState, FetchFailed, Hydrate,
+    HydrateFlags, Ioctl, MissingBatch, MissingFlags, MissingRange, StatusCounters,
+    BITMAP_PAGE_WORDS_MAX, MISSING_BATCH_MAX,
+};
+use crate::commit::commit_and_answer;
+use crate::dsm::{self, Dsm, IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES};
+use crate::engine::{Action, BatchId, Engine, EngineConfig, Event, LowerId, RequestId};
+use crate::framework::{Framework, RequestParameters, WriteSource};
+use crate::meta::{MetaStore, Metadata};
+use crate::region::RegionMap;
+use crate::status::Status;
+
+/// Most wanted ranges queued for the service.
+pub const MISSING_QUEUE_MAX: usize = 4096;
+
+/// Tunables of the filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// The engine's.
+    pub engine: EngineConfig,
+    /// Timer period: hold deadlines and background commits are checked this often.
+    pub tick_ns: u64,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            engine: EngineConfig::default(),
+            tick_ns: 100_000_000,
+        }
+    }
+}
+
+/// A request from above the filter owns, by the engine's id for it.
+#[derive(Clone, Copy, Debug)]
+struct Owned<R> {
+    request: R,
+    /// Bytes transferred on success (reads and writes), else zero.
+    information: usize,
+}
+
+/// Counters the engine does not keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterCounters {
+    /// Requests sent down on the pass-through path.
+    pub passthrough_requests: u64,
+    /// Multi-range trims dropped while restoring.
+    pub trims_dropped: u64,
+    /// Service requests refused for a bad buffer.
+    pub bad_service_requests: u64,
+}
+
+/// The filter of one volume.
+pub struct Filter<F: Framework> {
+    engine: Engine,
+    meta: Metadata,
+    identity: Attach,
+    config: FilterConfig,
+    /// The fast path: set once every region is durably restored, never cleared.
+    passthrough: bool,
+    state: DriverState,
+    requests: BTreeMap<RequestId, Owned<F::Request>>,
+    next_request: RequestId,
+    hydrates: BTreeMap<BatchId, F::Request>,
+    next_batch: BatchId,
+    missing: VecDeque<MissingRange>,
+    events: VecDeque<Event>,
+    actions: Vec<Action>,
+    counters: FilterCounters,
+    timer_running: bool,
+}
+
+impl<F: Framework> Filter<F> {
+    /// The filter over a volume whose durable marks `meta` loaded into `map`.
+    /// `identity` is what the service must attach with.
+    pub fn new(map: Arc<RegionMap>, meta: Metadata, identity: Attach, config: FilterConfig) -> Filter<F> {
+        debug_assert_eq!(map.geometry().volume_size_bytes(), identity.volume_size_bytes);
+        Filter {
+            engine: Engine::new(map, config.engine),
+            meta,
+            identity,
+            config,
+            passthrough: false,
+            state: DriverState::Detached,
+            requests: BTreeMap::new(),
+            next_request: 1,
+            hydrates: BTreeMap::new(),
+            next_batch: 1,
+            missing: VecDeque::new(),
+            events: VecDeque::new(),
+            actions: Vec::new(),
+            counters: FilterCounters::default(),
+            timer_running: false,
+        }
+    }
+
+    /// True once the filter forwards everything untouched.
+    #[inline]
+    pub fn is_passthrough(&self) -> bool {
+        self.passthrough
+    }
+
+    /// The engine (for tests and status).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Counters the filter keeps itself.
+    pub fn counters(&self) -> FilterCounters {
+        self.counters
+    }
+
+    /// What `GET_STATUS` answers.
+    pub fn status_counters(&self) -> StatusCounters {
+        let c = self.engine.counters();
+        let map = self.engine.map();
+        StatusCounters {
+            state: if self.passthrough {
+                DriverState::AllRestored
+            } else {
+                self.state
+            },
+            regions_total: map.region_count(),
+            regions_restored: map.restored_count(),
+            held_requests: self.engine.held_count() as u64,
+            misses: c.misses_regions,
+            bytes_hydrated: c.hydrated_bytes,
+            hydrate_dropped_stale: c.stale_regions_dropped,
+            fetch_failures: c.fetch_failures,
+            requests_failed: c.requests_failed,
+        }
+    }
+
+    // ----- the default queue ---------------------------------------------------------
+
+    /// A request on the volume's default queue: read, write, flush, device control.
+    pub fn on_io(&mut self, fw: &mut F, request: F::Request) {
+        if self.passthrough {
+            // Rule 6: one branch, then down.
+            self.counters.passthrough_requests += 1;
+            if let Err(status) = fw.send_and_forget(request) {
+                fw.complete(request, status, 0);
+            }
+            return;
+        }
+        self.ensure_timer(fw);
+        let params = fw.parameters(request);
+        let event = match params {
+            RequestParameters::Read { offset, len } => {
+                let id = self.own(request, len);
+                Event::Read { id, offset, len }
+            }
+            RequestParameters::Write { offset, len, fua } => {
+                let id = self.own(request, len);
+                Event::Write { id, offset, len, fua }
+            }
+            RequestParameters::Flush => {
+                let id = self.own(request, 0);
+                Event::Flush { id }
+            }
+            RequestParameters::DeviceControl { ioctl, .. }
+                if ioctl == IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES =>
+            {
+                match self.trim_event(fw, request) {
+                    Some(event) => event,
+                    None => return,
+                }
+            }
+            RequestParameters::DeviceControl { .. } | RequestParameters::Other => {
+                if let Err(status) = fw.send_and_forget(request) {
+                    fw.complete(request, status, 0);
+                }
+                return;
+            }
+        };
+        self.run(fw, event);
+    }
+
+    /// The engine event for a trim, or `None` when the request was dealt with here.
+    fn trim_event(&mut self, fw: &mut F, request: F::Request) -> Option<Event> {
+        let decoded = fw.input_buffer(request, 0).map(|bytes| {
+            dsm::decode(bytes).map(|d| (d, d.range(0), d.range_count()))
+        });
+        match decoded {
+            Ok(Ok((Dsm::Trim(_), Some((offset, len)), 1))) => {
+                let id = self.own(request, 0);
+                Some(Event::Discard { id, offset, len })
+            }
+            Ok(Ok((Dsm::Other(_), ..))) => {
+                if let Err(status) = fw.send_and_forget(request) {
+                    fw.complete(request, status, 0);
+                }
+                None
+            }
+            Ok(Ok(_)) => {
+                self.counters.trims_dropped += 1;
+                fw.complete(request, Status::SUCCESS, 0);
+                None
+            }
+            Ok(Err(_)) => {
+                fw.complete(request, Status::INVALID_PARAMETER, 0);
+                None
+            }
+            Err(status) => {
+                fw.complete(request, status, 0);
+                None
+            }
+        }
+    }
+
+    fn own(&mut self, request: F::Request, len: u64) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.requests.insert(
+            id,
+            Owned {
+                request,
+                information: usize::try_from(len).unwrap_or(0),
+            },
+        );
+        id
+    }
+
+    fn ensure_timer(&mut self, fw: &mut F) {
+        if !self.timer_running {
+            self.timer_running = true;
+            fw.start_timer(self.config.tick_ns);
+        }
+    }
+
+    // ----- completions, timer, work item ---------------------------------------------
+
+    /// A request the filter sent down completed.
+    pub fn on_lower_complete(&mut self, fw: &mut F, lower: LowerId, status: Status) {
+        self.run(fw, Event::LowerCompleted { lower, status });
+    }
+
+    /// The periodic timer fired.
+    pub fn on_timer(&mut self, fw: &mut F) {
+        self.timer_running = false;
+        let now_ns = fw.now_ns();
+        self.run(fw, Event::Tick { now_ns });
+        if !self.passthrough {
+            self.ensure_timer(fw);
+        }
+    }
+
+    /// The commit work item runs (PASSIVE_LEVEL): commit through `store`.
+    pub fn on_commit_work<S: MetaStore + ?Sized>(&mut self, fw: &mut F, commit: u64, store: &mut S) {
+        let mut out = core::mem::take(&mut self.actions);
+        out.clear();
+        // A failed commit is reported to the engine, which fails the flushes waiting on
+        // it and retries on a later tick.
+        let _ = commit_and_answer(&mut self.engine, &mut self.meta, store, commit, &mut out);
+        let pending: Vec<Action> = out.drain(..).collect();
+        self.actions = out;
+        for action in pending {
+            self.perform(fw, action);
+        }
+        self.drain(fw);
+    }
+
+    // ----- the control device --------------------------------------------------------
+
+    /// A request from the service on the control device.
+    pub fn on_control(&mut self, fw: &mut F, request: F::Request) {
+        let RequestParameters::DeviceControl { ioctl, .. } = fw.parameters(request) else {
+            fw.complete(request, Status::INVALID_DEVICE_REQUEST, 0);
+            return;
+        };
+        let Some(ioctl) = Ioctl::from_code(ioctl) else {
+            fw.complete(request, Status::INVALID_DEVICE_REQUEST, 0);
+            return;
+        };
+        match ioctl {
+            Ioctl::Attach => self.on_attach(fw, request),
+            Ioctl::GetMissing => {
+                if self.state == DriverState::Detached {
+                    fw.complete(request, Status::DEVICE_NOT_READY, 0);
+                } else if let Err(status) = fw.park(request) {
+                    fw.complete(request, status, 0);
+                } else {
+                    self.deliver_missing(fw);
+                }
+            }
+            Ioctl::Hydrate => self.on_hydrate(fw, request),
+            Ioctl::FetchFailed => {
+                let decoded = fw
+                    .input_buffer(request, 0)
+                    .map(|b| FetchFailed::decode(b).map_err(|e| e.status()));
+                match decoded {
+                    Ok(Ok(f)) => {
+                        fw.complete(request, Status::SUCCESS, 0);
+                        self.run(
+                            fw,
+                            Event::FetchFailed {
+                                offset: f.offset,
+                                len: f.len,
+                                reason: f.reason,
+                            },
+                        );
+                    }
+                    Ok(Err(status)) | Err(status) => self.refuse(fw, request, status),
+                }
+            }
+            Ioctl::QueryBitmap => self.on_query_bitmap(fw, request),
+            Ioctl::GetStatus => {
+                let counters = self.status_counters();
+                let len = counters.encoded_len();
+                match fw.output_buffer(request, len) {
+                    Ok(out) => match counters.encode(out) {
+                        Ok(n) => fw.complete(request, Status::SUCCESS, n),
+                        Err(e) => fw.complete(request, e.status(), 0),
+                    },
+                    Err(status) => fw.complete(request, status, 0),
+                }
+            }
+            Ioctl::Control => {
+                let decoded = fw
+                    .input_buffer(request, 0)
+                    .map(|b| Control::decode(b).map_err(|e| e.status()));
+                match decoded {
+                    Ok(Ok(c)) => {
+                        fw.complete(request, Status::SUCCESS, 0);
+                        self.on_command(fw, c.command);
+                    }
+                    Ok(Err(status)) | Err(status) => self.refuse(fw, request, status),
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, fw: &mut F, request: F::Request, status: Status) {
+        self.counters.bad_service_requests += 1;
+        fw.complete(request, status, 0);
+    }
+
+    fn on_attach(&mut self, fw: &mut F, request: F::Request) {
+        let checked = fw.input_buffer(request, 0).map(|b| {
+            Attach::decode(b)
+                .and_then(|a| a.check_matches(&self.identity))
+                .map_err(|e| e.status())
+        });
+        match checked {
+            Ok(Ok(())) => {
+                fw.complete(request, Status::SUCCESS, 0);
+                if self.state == DriverState::Detached {
+                    self.state = DriverState::Attached;
+                }
+                // Whatever a previous service was asked is asked again.
+                self.missing.clear();
+                self.run(fw, Event::ServiceAttached);
+            }
+            Ok(Err(status)) | Err(status) => self.refuse(fw, request, status),
+        }
+    }
+
+    fn on_command(&mut self, fw: &mut F, command: ControlCommand) {
+        match command {
+            ControlCommand::Start | ControlCommand::Resume => {
+                if self.state != DriverState::Detached {
+                    self.state = DriverState::Running;
+                    self.deliver_missing(fw);
+                }
+            }
+            ControlCommand::Pause => {
+                if self.state == DriverState::Running {
+                    self.state = DriverState::Paused;
+                }
+            }
+            ControlCommand::Detach => {
+                self.state = DriverState::Detached;
+                // Pended GET_MISSING requests go back to the leaving service.
+                while let Some(parked) = fw.take_parked() {
+                    fw.complete(parked, Status::DEVICE_NOT_READY, 0);
+                }
+            }
+        }
+    }
+
+    fn on_hydrate(&mut self, fw: &mut F, request: F::Request) {
+        let decoded = fw.input_buffer(request, 0).map(|b| {
+            Hydrate::decode(b)
+                .map(|h| (h.offset, h.len, h.flags.contains(HydrateFlags::ZERO)))
+                .map_err(|e| e.status())
+        });
+        match decoded {
+            Ok(Ok((offset, len, zero))) => {
+                let batch = self.next_batch;
+                self.next_batch += 1;
+                self.hydrates.insert(batch, request);
+                self.run(fw, Event::Hydrate { batch, offset, len, zero });
+            }
+            Ok(Err(status)) | Err(status) => self.refuse(fw, request, status),
+        }
+    }
+
+    fn on_query_bitmap(&mut self, fw: &mut F, request: F::Request) {
+        let query = fw
+            .input_buffer(request, 0)
+            .map(|b| BitmapQuery::decode(b).map_err(|e| e.status()));
+        let query = match query {
+            Ok(Ok(q)) => q,
+            Ok(Err(status)) | Err(status) => return self.refuse(fw, request, status),
+        };
+        let map = self.engine.map().clone();
+        let first = usize::try_from(query.first_word).unwrap_or(usize::MAX);
+        let count = (query.word_count.min(BITMAP_PAGE_WORDS_MAX) as usize)
+            .min(map.word_count().saturating_sub(first));
+        let words: Vec<u64> = (first..first + count).map(|w| map.word(w)).collect();
+        let page = BitmapPage::new(query.first_word, map.region_count(), map.restored_count(), &words);
+        match page {
+            Ok(page) => match fw.output_buffer(request, page.encoded_len()) {
+                Ok(out) => match page.encode(out) {
+                    Ok(n) => fw.complete(request, Status::SUCCESS, n),
+                    Err(e) => fw.complete(request, e.status(), 0),
+                },
+                Err(status) => fw.complete(request, status, 0),
+            },
+            Err(e) => self.refuse(fw, request, e.status()),
+        }
+    }
+
+    /// Completes parked `GET_MISSING` requests with queued ranges, a batch each.
+    fn deliver_missing(&mut self, fw: &mut F) {
+        if self.state != DriverState::Running {
+            return;
+        }
+        while !self.missing.is_empty() {
+            let Some(parked) = fw.take_parked() else {
+                return;
+            };
+            let n = self.missing.len().min(MISSING_BATCH_MAX);
+            let batch: Vec<MissingRange> = self.missing.iter().take(n).copied().collect();
+            let encoded = MissingBatch::new(&batch).and_then(|b| {
+                let len = b.encoded_len();
+                Ok((b, len))
+            });
+            let (batch_msg, len) = match encoded {
+                Ok(x) => x,
+                Err(e) => {
+                    // Never happens: ranges come from the engine's checked geometry.
+                    debug_assert!(false, "bad missing batch: {e}");
+                    fw.complete(parked, e.status(), 0);
+                    self.missing.drain(..n);
+                    continue;
+                }
+            };
+            match fw.output_buffer(parked, len) {
+                Ok(out) => match batch_msg.encode(out) {
+                    Ok(written) => {
+                        fw.complete(parked, Status::SUCCESS, written);
+                        self.missing.drain(..n);
+                    }
+                    Err(e) => fw.complete(parked, e.status(), 0),
+                },
+                // Too small a buffer: that request is refused; the ranges wait for the next.
+                Err(status) => fw.complete(parked, status, 0),
+            }
+        }
+    }
+
+    // ----- running the engine --------------------------------------------------------
+
+    fn run(&mut self, fw: &mut F, event: Event) {
+        self.events.push_back(event);
+        self.drain(fw);
+    }
+
+    /// Feeds queued events to the engine and performs its actions; an action that fails
+    /// at once (a send refused) becomes a completion event, so the loop is bounded by the
+    /// actions one event can cause.
+    fn drain(&mut self, fw: &mut F) {
+        while let Some(event) = self.events.pop_front() {
+            let mut out = core::mem::take(&mut self.actions);
+            out.clear();
+            self.engine.handle(event, &mut out);
+            for action in out.drain(..) {
+                self.perform(fw, action);
+            }
+            self.actions = out;
+        }
+        self.deliver_missing(fw);
+    }
+
+    fn perform(&mut self, fw: &mut F, action: Action) {
+        match action {
+            Action::Forward { id, lower } => {
+                let Some(owned) = self.requests.get(&id) else {
+                    debug_assert!(false, "forward of unknown request {id}");
+                    return;
+                };
+                if let Err(status) = fw.send_to_lower(owned.request, lower) {
+                    self.events.push_back(Event::LowerCompleted { lower, status });
+                }
+            }
+            Action::Hold { .. } => {
+                // The request stays owned by the filter until the engine says otherwise.
+            }
+            Action::Fetch { regions, on_demand } => {
+                let bytes = self.engine.geometry().regions_byte_range(regions);
+                let flags = if on_demand {
+                    MissingFlags::ON_DEMAND
+                } else {
+                    MissingFlags::BACKGROUND
+                };
+                assert!(self.missing.len() < MISSING_QUEUE_MAX, "wanted-range queue bound");
+                self.missing.push_back(MissingRange {
+                    offset: bytes.start,
+                    len: bytes.end - bytes.start,
+                    flags,
+                });
+            }
+            Action::WriteHydrate {
+                lower,
+                batch,
+                offset,
+                len,
+                payload_offset,
+                zero,
+            } => {
+                let source = if zero {
+                    WriteSource::Zeros
+                } else {
+                    match self.hydrates.get(&batch) {
+                        Some(&request) => WriteSource::Payload {
+                            request,
+                            payload_offset,
+                        },
+                        None => {
+                            debug_assert!(false, "write from unknown hydrate {batch}");
+                            self.events.push_back(Event::LowerCompleted {
+                                lower,
+                                status: Status::INVALID_PARAMETER,
+                            });
+                            return;
+                        }
+                    }
+                };
+                if let Err(status) = fw.write_lower(lower, offset, len, source) {
+                    self.events.push_back(Event::LowerCompleted { lower, status });
+                }
+            }
+            Action::FlushDown { lower } => {
+                if let Err(status) = fw.flush_lower(lower) {
+                    self.events.push_back(Event::LowerCompleted { lower, status });
+                }
+            }
+            Action::CommitMetadata { commit } => fw.queue_commit_work(commit),
+            Action::Complete { id, status } => {
+                if let Some(owned) = self.requests.remove(&id) {
+                    let information = if status.is_success() { owned.information } else { 0 };
+                    fw.complete(owned.request, status, information);
+                } else {
+                    debug_assert!(false, "completion of unknown request {id}");
+                }
+            }
+            Action::HydrateDone { batch, status } => {
+                if let Some(request) = self.hydrates.remove(&batch) {
+                    fw.complete(request, status, 0);
+                }
+            }
+            Action::AllRestored => {
+                debug_assert!(self.engine.is_passthrough());
+                self.passthrough = true;
+                self.state = DriverState::AllRestored;
+            }
+        }
+    }
+}

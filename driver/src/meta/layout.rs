@@ -1,0 +1,337 @@
+//! The on-disk layout of the metadata store, byte by byte, and its pure codecs.
+//!
+//! Every integer is little-endian. The store is an array of 4096-byte pages:
+//!
+//! ```text
+//! store page   0        header, slot A
+//! store page   1        header, slot B
+//! store page   2 + 2*p  bitmap page p, slot A      p in 0..bitmap_pages
+//! store page   3 + 2*p  bitmap page p, slot B
+//! store_pages = 2 + 2 * ceil(region_count / 32512)
+//! ```
+//!
+//! Header slot (one page; the fields fit in the first 512-byte sector, so a header write
+//! is atomic even when the page write is torn):
+//!
+//! ```text
+//! offset size  field
+//!      0    8  magic              "RHYDMETA"
+//!      8    4  format_version     u32 = FORMAT_VERSION (1)
+//!     12    4  region_size_bytes  u32, power of two 4 KiB..=1 MiB
+//!     16    8  volume_size_bytes  u64, multiple of 512
+//!     24   32  backup_id          opaque bytes naming the backup version restored
+//!     56    8  generation         u64, the commit that wrote this slot (< u64::MAX)
+//!     64    4  checksum           CRC32C of bytes 0..64 followed by bytes 68..4096
+//!     68 4028  reserved           written as zero, covered by the checksum
+//! ```
+//!
+//! Bitmap page slot (one page):
+//!
+//! ```text
+//! offset size  field
+//!      0    8  magic              "RHYDBITS"
+//!      8    8  page_index         u64, the bitmap page p this slot belongs to
+//!     16    8  generation         u64, the commit that wrote this slot (< u64::MAX)
+//!     24    4  identity_tag       u32, CRC32C of volume_size (8 LE) ++ region_size
+//!                                 (4 LE) ++ backup_id (32): binds the slot to one restore
+//!     28    4  checksum           CRC32C of bytes 0..28 followed by bytes 32..4096
+//!     32 4064  bits               508 u64 words; word j is region-map word 508*p + j
+//!                                 (bit b of it = region 64*(508*p + j) + b restored).
+//!                                 Bits past the last region are zero.
+//! ```
+//!
+//! A page write torn at any sector boundary mixes sectors of two versions; the checksum
+//! over the whole page rejects the mix (the slot header and the first bits share sector
+//! 0, the rest of the bits are spread over sectors 1..8).
+
+use super::{Header, Identity, MetaError, SlotError};
+
+/// Size of one metadata page, the unit of every store read and write.
+pub const META_PAGE_SIZE_BYTES: usize = 4096;
+/// The unit a device writes atomically; a torn page write lands a prefix of these.
+pub const META_SECTOR_SIZE_BYTES: usize = 512;
+/// The on-disk format this code reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// First bytes of a header slot.
+pub const HEADER_MAGIC: [u8; 8] = *b"RHYDMETA";
+/// First bytes of a bitmap page slot.
+pub const PAGE_MAGIC: [u8; 8] = *b"RHYDBITS";
+/// Bytes of a header slot that carry fields; the rest of its page is reserved zero.
+pub const HEADER_LEN_BYTES: usize = 68;
+/// Bytes at the start of a bitmap page slot before the bits.
+pub const SLOT_HEADER_BYTES: usize = 32;
+/// Region-map words held by one bitmap page.
+pub const WORDS_PER_PAGE: usize = (META_PAGE_SIZE_BYTES - SLOT_HEADER_BYTES) / 8;
+/// Regions held by one bitmap page.
+pub const REGIONS_PER_PAGE: u64 = WORDS_PER_PAGE as u64 * 64;
+/// Store pages before the first bitmap page: the two header slots.
+pub const HEADER_STORE_PAGES: u64 = 2;
+
+/// A page, as the codecs see it: the size is in the type, so field offsets (all
+/// constants, asserted below to lie inside the page) cannot index out of bounds.
+pub type Page = [u8; META_PAGE_SIZE_BYTES];
+
+const H_MAGIC: usize = 0;
+const H_VERSION: usize = 8;
+const H_REGION_SIZE: usize = 12;
+const H_VOLUME_SIZE: usize = 16;
+const H_BACKUP_ID: usize = 24;
+const H_GENERATION: usize = 56;
+const H_CHECKSUM: usize = 64;
+
+const P_MAGIC: usize = 0;
+const P_INDEX: usize = 8;
+const P_GENERATION: usize = 16;
+const P_TAG: usize = 24;
+const P_CHECKSUM: usize = 28;
+const P_BITS: usize = 32;
+
+// The layout above, checked by the compiler.
+const _: () = assert!(META_PAGE_SIZE_BYTES % META_SECTOR_SIZE_BYTES == 0);
+const _: () = assert!(META_PAGE_SIZE_BYTES / META_SECTOR_SIZE_BYTES == 8);
+const _: () = assert!(H_MAGIC + 8 == H_VERSION);
+const _: () = assert!(H_VERSION + 4 == H_REGION_SIZE);
+const _: () = assert!(H_REGION_SIZE + 4 == H_VOLUME_SIZE);
+const _: () = assert!(H_VOLUME_SIZE + 8 == H_BACKUP_ID);
+const _: () = assert!(H_BACKUP_ID + 32 == H_GENERATION);
+const _: () = assert!(H_GENERATION + 8 == H_CHECKSUM);
+const _: () = assert!(H_CHECKSUM + 4 == HEADER_LEN_BYTES);
+// The header lives in one sector, which a device writes atomically.
+const _: () = assert!(HEADER_LEN_BYTES <= META_SECTOR_SIZE_BYTES);
+const _: () = assert!(P_MAGIC + 8 == P_INDEX);
+const _: () = assert!(P_INDEX + 8 == P_GENERATION);
+const _: () = assert!(P_GENERATION + 8 == P_TAG);
+const _: () = assert!(P_TAG + 4 == P_CHECKSUM);
+const _: () = assert!(P_CHECKSUM + 4 == P_BITS);
+const _: () = assert!(P_BITS == SLOT_HEADER_BYTES);
+// The bits fill the rest of the page exactly, in whole words.
+const _: () = assert!(SLOT_HEADER_BYTES + WORDS_PER_PAGE * 8 == META_PAGE_SIZE_BYTES);
+const _: () = assert!(WORDS_PER_PAGE == 508 && REGIONS_PER_PAGE == 32_512);
+// At the region-count bound the store and the in-memory page sets stay small:
+// 132,105 bitmap pages, 2 bits each in memory (about 33 KiB).
+const _: () = assert!(crate::geometry::REGION_COUNT_MAX.div_ceil(REGIONS_PER_PAGE) == 132_105);
+
+/// CRC32C (Castagnoli, reflected polynomial 0x82F63B78), table-driven, one byte a step.
+///
+/// Written here rather than taken from a crate: it is 20 lines, needs no feature flags
+/// to be `no_std`, and its 1 KiB table is built at compile time. A 4 KiB page costs a
+/// few microseconds, far below the page write it guards.
+pub mod crc32c {
+    const POLY: u32 = 0x82F6_3B78;
+
+    const fn make_table() -> [u32; 256] {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ POLY
+                } else {
+                    crc >> 1
+                };
+                k += 1;
+            }
+            table[i] = crc;
+            i += 1;
+        }
+        table
+    }
+
+    static TABLE: [u32; 256] = make_table();
+
+    /// Continues a CRC over `bytes`: `update(update(0, a), b) == checksum(a ++ b)`.
+    pub fn update(crc: u32, bytes: &[u8]) -> u32 {
+        let mut c = !crc;
+        for &b in bytes {
+            // The index is masked to 0..=255, inside the 256-entry table.
+            c = TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
+        }
+        !c
+    }
+
+    /// CRC32C of `bytes`.
+    pub fn checksum(bytes: &[u8]) -> u32 {
+        update(0, bytes)
+    }
+}
+
+fn get<const N: usize>(page: &Page, at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    // `at + N <= META_PAGE_SIZE_BYTES` for every call (constant offsets, asserted above).
+    out.copy_from_slice(&page[at..at + N]);
+    out
+}
+
+fn put(page: &mut Page, at: usize, bytes: &[u8]) {
+    page[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+fn u32_at(page: &Page, at: usize) -> u32 {
+    u32::from_le_bytes(get(page, at))
+}
+
+fn u64_at(page: &Page, at: usize) -> u64 {
+    u64::from_le_bytes(get(page, at))
+}
+
+/// Checksum of a page with the 4 checksum bytes at `hole` left out.
+fn page_checksum(page: &Page, hole: usize) -> u32 {
+    let crc = crc32c::update(0, &page[..hole]);
+    crc32c::update(crc, &page[hole + 4..])
+}
+
+/// The tag that binds a bitmap slot to one restore (see the layout).
+pub fn identity_tag(identity: &Identity) -> u32 {
+    let crc = crc32c::update(0, &identity.volume_size_bytes.to_le_bytes());
+    let crc = crc32c::update(crc, &identity.region_size_bytes.to_le_bytes());
+    crc32c::update(crc, &identity.backup_id)
+}
+
+/// Writes a header slot into `page` (all of it: reserved bytes become zero).
+pub fn encode_header(header: &Header, page: &mut Page) {
+    debug_assert!(header.generation < u64::MAX, "generation exhausted");
+    page.fill(0);
+    put(page, H_MAGIC, &HEADER_MAGIC);
+    put(page, H_VERSION, &FORMAT_VERSION.to_le_bytes());
+    put(
+        page,
+        H_REGION_SIZE,
+        &header.identity.region_size_bytes.to_le_bytes(),
+    );
+    put(
+        page,
+        H_VOLUME_SIZE,
+        &header.identity.volume_size_bytes.to_le_bytes(),
+    );
+    put(page, H_BACKUP_ID, &header.identity.backup_id);
+    put(page, H_GENERATION, &header.generation.to_le_bytes());
+    let checksum = page_checksum(page, H_CHECKSUM);
+    put(page, H_CHECKSUM, &checksum.to_le_bytes());
+    // Pair assertion: what we write, we read back the same.
+    debug_assert_eq!(decode_header(page.as_slice()).ok(), Some(*header));
+}
+
+/// Decodes a header slot. Any byte string is accepted as input; every failure is typed.
+///
+/// Checks, in order: length, magic, format version (a later version may move the
+/// checksum), checksum, generation below `u64::MAX`. It does not compare the identity:
+/// that is [`super::Metadata::open`]'s job, which knows what to expect.
+pub fn decode_header(bytes: &[u8]) -> Result<Header, MetaError> {
+    let page: &Page = bytes
+        .try_into()
+        .map_err(|_| MetaError::BadLength { len: bytes.len() })?;
+    let magic = get::<8>(page, H_MAGIC);
+    if magic != HEADER_MAGIC {
+        return Err(MetaError::BadMagic {
+            found: u64::from_be_bytes(magic),
+        });
+    }
+    let version = u32_at(page, H_VERSION);
+    if version != FORMAT_VERSION {
+        return Err(MetaError::UnsupportedVersion { found: version });
+    }
+    let stored = u32_at(page, H_CHECKSUM);
+    let computed = page_checksum(page, H_CHECKSUM);
+    if stored != computed {
+        return Err(MetaError::HeaderChecksum { stored, computed });
+    }
+    let generation = u64_at(page, H_GENERATION);
+    if generation == u64::MAX {
+        // Never written (commit would overflow it); treat as damage, not as data.
+        return Err(MetaError::HeaderChecksum { stored, computed });
+    }
+    Ok(Header {
+        identity: Identity {
+            volume_size_bytes: u64_at(page, H_VOLUME_SIZE),
+            region_size_bytes: u32_at(page, H_REGION_SIZE),
+            backup_id: get(page, H_BACKUP_ID),
+        },
+        generation,
+    })
+}
+
+/// A bitmap page slot that passed every check of [`decode_page_slot`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageSlot<'a> {
+    /// The commit that wrote this slot.
+    pub generation: u64,
+    /// The bits: `WORDS_PER_PAGE * 8` bytes, little-endian words.
+    pub bits: &'a [u8],
+}
+
+impl PageSlot<'_> {
+    /// The slot's words, in order: word `j` is region-map word `WORDS_PER_PAGE * p + j`.
+    pub fn words(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.chunks_exact(8).map(|w| {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(w);
+            u64::from_le_bytes(le)
+        })
+    }
+}
+
+/// Writes a bitmap page slot into `page`; `word(j)` gives word `j` of the page.
+pub fn encode_page_slot(
+    page: &mut Page,
+    page_index: u64,
+    generation: u64,
+    identity_tag: u32,
+    mut word: impl FnMut(usize) -> u64,
+) {
+    debug_assert!(generation < u64::MAX, "generation exhausted");
+    put(page, P_MAGIC, &PAGE_MAGIC);
+    put(page, P_INDEX, &page_index.to_le_bytes());
+    put(page, P_GENERATION, &generation.to_le_bytes());
+    put(page, P_TAG, &identity_tag.to_le_bytes());
+    for (j, out) in page[P_BITS..].chunks_exact_mut(8).enumerate() {
+        out.copy_from_slice(&word(j).to_le_bytes());
+    }
+    let checksum = page_checksum(page, P_CHECKSUM);
+    put(page, P_CHECKSUM, &checksum.to_le_bytes());
+    debug_assert!(decode_page_slot(page.as_slice(), page_index, identity_tag).is_ok());
+}
+
+/// Decodes a bitmap page slot that should belong to bitmap page `expected_index` of the
+/// restore whose [`identity_tag`] is `expected_tag`. Any byte string is accepted.
+///
+/// Checks, in order: length, magic, checksum, page index, identity tag, generation
+/// below `u64::MAX`. Tail bits past the last region are checked by the caller, which
+/// knows the region count.
+pub fn decode_page_slot(
+    bytes: &[u8],
+    expected_index: u64,
+    expected_tag: u32,
+) -> Result<PageSlot<'_>, SlotError> {
+    let page: &Page = bytes
+        .try_into()
+        .map_err(|_| SlotError::Length { len: bytes.len() })?;
+    if get::<8>(page, P_MAGIC) != PAGE_MAGIC {
+        return Err(SlotError::Magic);
+    }
+    let stored = u32_at(page, P_CHECKSUM);
+    let computed = page_checksum(page, P_CHECKSUM);
+    if stored != computed {
+        return Err(SlotError::Checksum { stored, computed });
+    }
+    let found = u64_at(page, P_INDEX);
+    if found != expected_index {
+        return Err(SlotError::PageIndex { found });
+    }
+    let tag = u32_at(page, P_TAG);
+    if tag != expected_tag {
+        return Err(SlotError::Identity {
+            found: tag,
+            expected: expected_tag,
+        });
+    }
+    let generation = u64_at(page, P_GENERATION);
+    if generation == u64::MAX {
+        return Err(SlotError::Generation);
+    }
+    Ok(PageSlot {
+        generation,
+        bits: &page[P_BITS..],
+    })
+}
