@@ -18,8 +18,12 @@
 //! ```
 
 /// `CTL_CODE(IOCTL_STORAGE_BASE, 0x0501, METHOD_BUFFERED, FILE_WRITE_ACCESS)`.
-pub const IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES: u32 =
-    crate::abi::ctl_code(0x2d, 0x0501, crate::abi::METHOD_BUFFERED, crate::abi::FILE_WRITE_ACCESS);
+pub const IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES: u32 = crate::abi::ctl_code(
+    0x2d,
+    0x0501,
+    crate::abi::METHOD_BUFFERED,
+    crate::abi::FILE_WRITE_ACCESS,
+);
 const _: () = assert!(IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES == 0x002D_9404);
 
 /// `DeviceDsmAction_Trim`.
@@ -109,7 +113,10 @@ pub fn decode(bytes: &[u8]) -> Result<Dsm<'_>, DsmError> {
         len,
         buffer: bytes.len(),
     };
-    if offset as usize % 8 != 0 || len as usize % RANGE_BYTES != 0 || (offset as usize) < HEADER_BYTES {
+    if offset as usize % 8 != 0
+        || len as usize % RANGE_BYTES != 0
+        || (offset as usize) < HEADER_BYTES
+    {
         return Err(bad);
     }
     let end = (offset as usize).checked_add(len as usize).ok_or(bad)?;
@@ -126,7 +133,16 @@ mod tests {
 
     fn trim(ranges: &[(u64, u64)], flags: u32) -> Vec<u8> {
         let mut b = Vec::new();
-        for v in [28u32, DSM_ACTION_TRIM, flags, 0, 0, 32, (ranges.len() * 16) as u32, 0] {
+        for v in [
+            28u32,
+            DSM_ACTION_TRIM,
+            flags,
+            0,
+            0,
+            32,
+            (ranges.len() * 16) as u32,
+            0,
+        ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         for (o, l) in ranges {

@@ -239,7 +239,10 @@ mod tests {
     #[test]
     fn region_sizes_outside_the_allowed_powers_of_two_are_refused() {
         for bad in [0, 512, 2048, 4095, 4097, 6144, 2 << 20, u32::MAX] {
-            assert_eq!(Geometry::new(1 << 20, bad), Err(GeometryError::RegionSize(bad)));
+            assert_eq!(
+                Geometry::new(1 << 20, bad),
+                Err(GeometryError::RegionSize(bad))
+            );
         }
         for shift in 12..=20 {
             assert!(Geometry::new(1 << 30, 1 << shift).is_ok());
@@ -249,7 +252,10 @@ mod tests {
     #[test]
     fn volume_sizes_must_be_whole_sectors() {
         assert_eq!(Geometry::new(0, 4096), Err(GeometryError::VolumeSize(0)));
-        assert_eq!(Geometry::new(513, 4096), Err(GeometryError::VolumeSize(513)));
+        assert_eq!(
+            Geometry::new(513, 4096),
+            Err(GeometryError::VolumeSize(513))
+        );
         let g = Geometry::new(512, 4096).unwrap();
         assert_eq!(g.region_count(), 1);
         assert_eq!(g.region_len_bytes(0), 512);
@@ -259,7 +265,10 @@ mod tests {
     fn huge_volumes_are_refused_rather_than_allocated() {
         let err = Geometry::new(u64::MAX - 511, 4096).unwrap_err();
         assert!(matches!(err, GeometryError::TooManyRegions { .. }));
-        assert!(Geometry::new(1 << 44, 4096).is_ok(), "16 TiB at 4 KiB is the bound");
+        assert!(
+            Geometry::new(1 << 44, 4096).is_ok(),
+            "16 TiB at 4 KiB is the bound"
+        );
         assert!(Geometry::new((1 << 44) + 512, 4096).is_err());
     }
 
@@ -279,9 +288,15 @@ mod tests {
             (g.check(100, 512), crate::Status::INVALID_PARAMETER),
             (g.check(512, 100), crate::Status::INVALID_PARAMETER),
             (g.check(512, 0), crate::Status::INVALID_BUFFER_SIZE),
-            (g.check(u64::MAX - 511, 1024), crate::Status::INTEGER_OVERFLOW),
+            (
+                g.check(u64::MAX - 511, 1024),
+                crate::Status::INTEGER_OVERFLOW,
+            ),
             (g.check(1 << 20, 512), crate::Status::NONEXISTENT_SECTOR),
-            (g.check((1 << 20) - 512, 1024), crate::Status::NONEXISTENT_SECTOR),
+            (
+                g.check((1 << 20) - 512, 1024),
+                crate::Status::NONEXISTENT_SECTOR,
+            ),
         ];
         for (result, status) in cases {
             assert_eq!(result.unwrap_err().status(), status);

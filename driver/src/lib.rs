@@ -21,6 +21,7 @@ pub mod filter;
 pub mod framework;
 pub mod geometry;
 pub mod meta;
+pub mod mutants;
 pub mod region;
 pub mod status;
 

@@ -172,7 +172,10 @@ impl RegionMap {
         }
         let newly = u64::from(newly_set.count_ones());
         let total = self.restored_count.fetch_add(newly, Ordering::AcqRel) + newly;
-        assert!(total <= self.region_count(), "restored count past region count");
+        assert!(
+            total <= self.region_count(),
+            "restored count past region count"
+        );
         if total == self.region_count() {
             self.all_restored.store(true, Ordering::Release);
         }
@@ -253,7 +256,9 @@ impl RegionMap {
     /// The next run of missing regions at or after `from`, at most `max_regions` long.
     pub fn next_missing_run(&self, from: u64, max_regions: u64) -> Option<Range<u64>> {
         let start = self.first_missing_from(from)?;
-        let limit = start.saturating_add(max_regions.max(1)).min(self.region_count());
+        let limit = start
+            .saturating_add(max_regions.max(1))
+            .min(self.region_count());
         let mut end = start + 1;
         while end < limit && !self.is_restored(end) {
             end += 1;

@@ -223,7 +223,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let loaded = map_words(&map);
-    eprintln!("OPEN_OK bits={}", map.restored_count());
     assert_eq!(
         loaded,
         expected_words(&store, &geometry, tag),

@@ -10,7 +10,10 @@ use std::vec;
 use std::vec::Vec;
 
 use super::{Action, BatchId, Engine, EngineConfig, Event, LowerId, RequestId};
+use crate::commit::perform_commit;
 use crate::geometry::{Geometry, SECTOR_SIZE_BYTES};
+use crate::meta::testing::{splitmix64, CrashStore};
+use crate::meta::{Identity, Metadata};
 use crate::region::RegionMap;
 use crate::status::{FailReason, Status};
 use alloc::sync::Arc;
@@ -102,8 +105,15 @@ pub(crate) struct Harness {
     /// Fetches the engine asked for and the service has not answered.
     pub fetches: Vec<Range<u64>>,
     commits: Vec<u64>,
-    /// The durable metadata bitmap (an atomic stand-in for the real store).
-    meta_words: Vec<u64>,
+    /// The real metadata over a store with a volatile cache and torn writes.
+    meta: Metadata,
+    store: CrashStore,
+    identity: Identity,
+    /// Marks of commits that returned Ok: never lost (rule 2).
+    committed_words: Vec<u64>,
+    /// Marks ever offered to the metadata, each checked against durable data.
+    offered_words: Vec<u64>,
+    rng: u64,
     next_id: RequestId,
     next_batch: BatchId,
     issue_seq: u64,
@@ -132,6 +142,13 @@ impl Harness {
             .map(|s| if zero_regions[s / 8] { 0 } else { s as u32 + 1 })
             .collect();
         let map = Arc::new(RegionMap::new(geometry).unwrap());
+        let identity = Identity {
+            volume_size_bytes: size,
+            region_size_bytes: 4096,
+            backup_id: [7; 32],
+        };
+        let mut store = CrashStore::new(Metadata::store_pages(&geometry));
+        let meta = Metadata::create(&mut store, &identity).unwrap();
         Harness {
             engine: Engine::new(map, config),
             geometry,
@@ -154,7 +171,12 @@ impl Harness {
             lower: Vec::new(),
             fetches: Vec::new(),
             commits: Vec::new(),
-            meta_words: vec![0; (regions as usize).div_ceil(64)],
+            meta,
+            store,
+            identity,
+            committed_words: vec![0; (regions as usize).div_ceil(64)],
+            offered_words: vec![0; (regions as usize).div_ceil(64)],
+            rng: regions ^ 0x5EED,
             next_id: 1,
             next_batch: 1,
             issue_seq: 0,
@@ -164,14 +186,6 @@ impl Harness {
             all_restored_seen: false,
             out: Vec::new(),
         }
-    }
-
-    pub fn lower_pending(&self) -> usize {
-        self.lower.len()
-    }
-
-    pub fn commits_pending(&self) -> usize {
-        self.commits.len()
     }
 
     /// May an app request on these sectors be issued now? A file system never has two
@@ -233,7 +247,12 @@ impl Harness {
         let len = sectors as u64 * SECTOR_SIZE_BYTES;
         let event = match kind {
             AppKind::Read => Event::Read { id, offset, len },
-            AppKind::Write { fua } => Event::Write { id, offset, len, fua },
+            AppKind::Write { fua } => Event::Write {
+                id,
+                offset,
+                len,
+                fua,
+            },
             AppKind::Discard => Event::Discard { id, offset, len },
             AppKind::Flush => Event::Flush { id },
         };
@@ -241,19 +260,14 @@ impl Harness {
         id
     }
 
-    /// Issues a request with raw byte values (for bad-request tests); returns its id.
-    pub fn issue_raw(&mut self, event_of: impl FnOnce(RequestId) -> Event) -> (RequestId, Vec<Action>) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut out = Vec::new();
-        self.engine.handle(event_of(id), &mut out);
-        (id, out)
-    }
-
     fn apply(&mut self, action: Action) {
         match action {
             Action::Forward { id, lower } => {
-                let app = self.apps.get(&id).expect("forward of unknown request").clone();
+                let app = self
+                    .apps
+                    .get(&id)
+                    .expect("forward of unknown request")
+                    .clone();
                 // The ordering rule: nothing overtakes an earlier held request.
                 for other in self.apps.values() {
                     let overlap = other.sector < app.sector + app.sectors
@@ -293,12 +307,18 @@ impl Harness {
                 self.lower.push((lower, op));
             }
             Action::Hold { id } => {
-                self.apps.get_mut(&id).expect("hold of unknown request").ever_held = true;
+                self.apps
+                    .get_mut(&id)
+                    .expect("hold of unknown request")
+                    .ever_held = true;
             }
             Action::Fetch { regions, .. } => {
                 assert!(regions.end <= self.geometry.region_count());
                 for r in regions.clone() {
-                    assert!(!self.engine.map().is_restored(r), "fetch of restored region {r}");
+                    assert!(
+                        !self.engine.map().is_restored(r),
+                        "fetch of restored region {r}"
+                    );
                 }
                 self.fetches.push(regions);
             }
@@ -316,7 +336,8 @@ impl Harness {
                 } else {
                     self.backup[sector..sector + n].to_vec()
                 };
-                self.lower.push((lower, LowerOp::Hydrate { sector, values }));
+                self.lower
+                    .push((lower, LowerOp::Hydrate { sector, values }));
             }
             Action::FlushDown { lower } => {
                 let snapshot = self.snapshot();
@@ -334,7 +355,11 @@ impl Harness {
     }
 
     fn snapshot(&self) -> Vec<(u32, u64)> {
-        self.live.iter().copied().zip(self.live_at.iter().copied()).collect()
+        self.live
+            .iter()
+            .copied()
+            .zip(self.live_at.iter().copied())
+            .collect()
     }
 
     /// The device writes `values` from `sector` into its cache (and its medium with FUA).
@@ -351,7 +376,10 @@ impl Harness {
     }
 
     fn complete(&mut self, id: RequestId, status: Status) {
-        let app = self.apps.remove(&id).expect("completion of unknown request");
+        let app = self
+            .apps
+            .remove(&id)
+            .expect("completion of unknown request");
         self.clock += 1;
         let issued_at = self.flush_issued_at.remove(&id);
         if !status.is_success() {
@@ -372,7 +400,10 @@ impl Harness {
             }
             return;
         }
-        assert!(app.forwarded, "request {id} completed with success but never went down");
+        assert!(
+            app.forwarded,
+            "request {id} completed with success but never went down"
+        );
         let range = app.sector..app.sector + app.sectors;
         match app.kind {
             AppKind::Read => {
@@ -418,7 +449,11 @@ impl Harness {
     fn apply_hist(&mut self, s: usize, v: u32) {
         self.clock += 1;
         let clock = self.clock;
-        if let Some(e) = self.hist[s].iter_mut().rev().find(|e| e.0 == v && e.1.is_none()) {
+        if let Some(e) = self.hist[s]
+            .iter_mut()
+            .rev()
+            .find(|e| e.0 == v && e.1.is_none())
+        {
             e.1 = Some(clock);
         }
     }
@@ -431,7 +466,11 @@ impl Harness {
             .max();
         if let Some((at, v)) = newest {
             if at > self.stable_at[s] {
-                self.stable[s] = if v == TRIMMED { Expect::Any } else { Expect::Exact(v) };
+                self.stable[s] = if v == TRIMMED {
+                    Expect::Any
+                } else {
+                    Expect::Exact(v)
+                };
                 self.stable_at[s] = at;
                 self.hist[s].retain(|&(_, a)| a.is_none_or(|a| a > at));
             }
@@ -445,10 +484,18 @@ impl Harness {
             return false;
         }
         let (lower, op) = self.lower.remove(pick % self.lower.len());
-        let status = if fail { Status::IO_DEVICE_ERROR } else { Status::SUCCESS };
+        let status = if fail {
+            Status::IO_DEVICE_ERROR
+        } else {
+            Status::SUCCESS
+        };
         match op {
             LowerOp::App { id } => {
-                let app = self.apps.get(&id).expect("lower I/O of unknown request").clone();
+                let app = self
+                    .apps
+                    .get(&id)
+                    .expect("lower I/O of unknown request")
+                    .clone();
                 self.apps.get_mut(&id).unwrap().lower_done = true;
                 let range = app.sector..app.sector + app.sectors;
                 if !fail {
@@ -497,32 +544,37 @@ impl Harness {
         true
     }
 
-    /// Performs the oldest pending metadata commit (atomic), or fails it.
-    pub fn commit(&mut self, fail: bool) -> bool {
+    /// Performs the oldest pending metadata commit through the real metadata; with
+    /// `fail_after`, the store fails that many operations in (a torn commit).
+    pub fn commit(&mut self, fail_after: Option<u64>) -> bool {
         if self.commits.is_empty() {
             return false;
         }
         let commit = self.commits.remove(0);
-        let marks = self.engine.take_flushed_marks();
-        let _ = marks;
-        self.engine.prepare_durable_view();
-        if !fail {
-            for w in 0..self.meta_words.len() {
-                let word = self.engine.durable_word(w);
-                if std::env::var_os("HARNESS_TRACE").is_some() {
-                    std::eprintln!("commit word {w}: map {:#x} durable {word:#x} meta {:#x}", self.engine.map().word(w), self.meta_words[w]);
-                }
-                // Rule 2: a durable mark needs durable data.
-                let mut newly = word & !self.meta_words[w];
-                while newly != 0 {
-                    let region = w as u64 * 64 + u64::from(newly.trailing_zeros());
-                    newly &= newly - 1;
-                    self.check_region_durable(region);
-                }
-                self.meta_words[w] |= word;
+        if let Some(n) = fail_after {
+            self.store.fail_after(n);
+        }
+        let result = perform_commit(&mut self.engine, &mut self.meta, &mut self.store);
+        self.store.clear_faults();
+        // Rule 2: whatever this commit may have written (all of it, or any part if it
+        // failed) is a mark over durable data.
+        for w in 0..self.offered_words.len() {
+            let word = self.engine.durable_word(w);
+            let mut newly = word & !self.offered_words[w];
+            while newly != 0 {
+                let region = w as u64 * 64 + u64::from(newly.trailing_zeros());
+                newly &= newly - 1;
+                self.check_region_durable(region);
+            }
+            self.offered_words[w] |= word;
+            if result.is_ok() {
+                self.committed_words[w] |= word;
             }
         }
-        self.feed(Event::MetadataCommitted { commit, ok: !fail });
+        self.feed(Event::MetadataCommitted {
+            commit,
+            ok: result.is_ok(),
+        });
         true
     }
 
@@ -541,7 +593,9 @@ impl Harness {
 
     fn check_region_durable(&self, region: u64) {
         let bytes = self.geometry.regions_byte_range(region..region + 1);
-        for s in (bytes.start / SECTOR_SIZE_BYTES) as usize..(bytes.end / SECTOR_SIZE_BYTES) as usize {
+        for s in
+            (bytes.start / SECTOR_SIZE_BYTES) as usize..(bytes.end / SECTOR_SIZE_BYTES) as usize
+        {
             let v = self.durable[s];
             assert!(
                 self.after_crash(s).allows(v),
@@ -602,7 +656,9 @@ impl Harness {
 
     pub fn tick(&mut self, advance_ns: u64) {
         self.now_ns += advance_ns;
-        self.feed(Event::Tick { now_ns: self.now_ns });
+        self.feed(Event::Tick {
+            now_ns: self.now_ns,
+        });
     }
 
     /// The service restarts: outstanding fetches are lost and asked again.
@@ -614,9 +670,6 @@ impl Harness {
     /// Power loss and reboot: each sector keeps its durable value or a later one, the
     /// engine reloads from the durable metadata, requests in flight are gone.
     pub fn crash(&mut self, keep_live: impl Fn(usize) -> bool) {
-        if std::env::var_os("HARNESS_TRACE").is_some() {
-            std::eprintln!("CRASH meta {:x?}", self.meta_words);
-        }
         for s in 0..self.sectors {
             if keep_live(s) && self.live_at[s] > self.durable_at[s] {
                 self.durable[s] = self.live[s];
@@ -625,9 +678,23 @@ impl Harness {
             self.live[s] = self.durable[s];
             self.live_at[s] = self.durable_at[s];
         }
+        let mut rng = self.rng;
+        self.store.crash(&mut || splitmix64(&mut rng));
+        self.rng = rng;
         let map = Arc::new(RegionMap::new(self.geometry).unwrap());
-        for (w, &bits) in self.meta_words.iter().enumerate() {
-            map.or_word(w, bits);
+        self.meta = Metadata::open(&mut self.store, &self.identity, &map)
+            .expect("metadata must open after any crash");
+        for (w, &bits) in self.committed_words.iter().enumerate() {
+            assert_eq!(
+                map.word(w) & bits,
+                bits,
+                "a committed mark was lost in word {w}"
+            );
+            assert_eq!(
+                map.word(w) & !self.offered_words[w],
+                0,
+                "a mark nobody offered appeared in word {w}"
+            );
         }
         for s in 0..self.sectors {
             self.acked[s] = self.after_crash(s);
@@ -654,7 +721,7 @@ impl Harness {
     /// I/O and commits; then reads the whole volume and checks it.
     pub fn drain_and_verify(&mut self) {
         for _ in 0..100_000 {
-            if self.complete_lower(0, false) || self.commit(false) || self.deliver(0) {
+            if self.complete_lower(0, false) || self.commit(None) || self.deliver(0) {
                 continue;
             }
             if let Some(r) = self.engine.map().next_missing_run(0, 16) {
@@ -672,7 +739,10 @@ impl Harness {
             }
             break;
         }
-        assert!(self.apps.is_empty() && self.lower.is_empty(), "did not settle");
+        assert!(
+            self.apps.is_empty() && self.lower.is_empty(),
+            "did not settle"
+        );
         assert!(self.engine.map().is_all_restored());
         assert!(self.engine.is_passthrough());
         assert!(self.all_restored_seen, "AllRestored never said");

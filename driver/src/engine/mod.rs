@@ -52,6 +52,7 @@ pub use io::{Action, BatchId, Event, LowerId, RequestId};
 use state::{overlaps, Batch, Held, InFlight, Kind, RegionState};
 
 use crate::geometry::Geometry;
+use crate::mutants::{self, Mutant};
 use crate::region::RegionMap;
 use crate::status::{FailReason, Status};
 
@@ -238,7 +239,14 @@ impl Engine {
 
     // ----- requests from above -------------------------------------------------------
 
-    fn on_request(&mut self, id: RequestId, kind: Kind, offset: u64, len: u64, out: &mut Vec<Action>) {
+    fn on_request(
+        &mut self,
+        id: RequestId,
+        kind: Kind,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Action>,
+    ) {
         if let Err(e) = self.geometry.check(offset, len) {
             self.fail(id, e.status(), out);
             return;
@@ -267,7 +275,9 @@ impl Engine {
 
     /// True when a held or sequenced request shares a sector with the range.
     fn overlaps_ordered(&self, offset: u64, len: u64) -> bool {
-        self.held.iter().any(|h| overlaps(h.offset, h.len, offset, len))
+        self.held
+            .iter()
+            .any(|h| overlaps(h.offset, h.len, offset, len))
             || self
                 .sequenced
                 .iter()
@@ -277,12 +287,15 @@ impl Engine {
     /// True when the request can go down now. With `ask`, regions it needs that nobody
     /// is getting are put in `fetch_scratch` and marked requested.
     fn needs(&mut self, kind: Kind, offset: u64, len: u64, ask: bool) -> bool {
+        if kind == Kind::Read && mutants::active(Mutant::ForwardReadBeforeRestored) {
+            return true;
+        }
         let touched = self.geometry.regions_touched(offset, len);
         if self.map.is_range_restored(touched.clone()) {
             return true;
         }
         let covered = if kind.replaces_data() {
-            self.geometry.regions_covered(offset, len)
+            self.covered(kind, offset, len)
         } else {
             0..0
         };
@@ -312,10 +325,25 @@ impl Engine {
         ready
     }
 
+    /// Regions a write or trim overwrites wholly.
+    fn covered(&self, kind: Kind, offset: u64, len: u64) -> Range<u64> {
+        if matches!(kind, Kind::Write { .. }) && mutants::active(Mutant::SkipFetchForPartialWrite) {
+            return self.geometry.regions_touched(offset, len);
+        }
+        self.geometry.regions_covered(offset, len)
+    }
+
     /// Sends a request down, claiming the regions a write or trim covers wholly.
-    fn dispatch(&mut self, id: RequestId, kind: Kind, offset: u64, len: u64, sequenced: bool) -> LowerId {
+    fn dispatch(
+        &mut self,
+        id: RequestId,
+        kind: Kind,
+        offset: u64,
+        len: u64,
+        sequenced: bool,
+    ) -> LowerId {
         let claimed = if kind.replaces_data() {
-            self.geometry.regions_covered(offset, len)
+            self.covered(kind, offset, len)
         } else {
             0..0
         };
@@ -323,11 +351,15 @@ impl Engine {
             if self.map.is_restored(region) {
                 continue;
             }
-            let entry = self.regions.entry(region).or_insert(RegionState::Claimed(0));
+            let entry = self
+                .regions
+                .entry(region)
+                .or_insert(RegionState::Claimed(0));
             *entry = match *entry {
                 RegionState::Claimed(n) => RegionState::Claimed(n + 1),
                 RegionState::Requested => RegionState::Claimed(1),
-                RegionState::Hydrating => unreachable!("dispatched over a hydrate write"),
+                // `needs` never lets a write go down over a hydrate write in flight.
+                RegionState::Hydrating => RegionState::Claimed(1),
             };
         }
         let lower = self.lower_id();
@@ -356,7 +388,9 @@ impl Engine {
         let mut i = 0;
         while i < self.held.len() {
             let h = self.held[i];
-            let blocked = earlier.iter().any(|&(o, l)| overlaps(o, l, h.offset, h.len));
+            let blocked = earlier
+                .iter()
+                .any(|&(o, l)| overlaps(o, l, h.offset, h.len));
             let ready = self.needs(h.kind, h.offset, h.len, true);
             earlier.push((h.offset, h.len));
             if ready && !blocked {
@@ -418,7 +452,14 @@ impl Engine {
 
     // ----- data from the service -----------------------------------------------------
 
-    fn on_hydrate(&mut self, batch: BatchId, offset: u64, len: u64, zero: bool, out: &mut Vec<Action>) {
+    fn on_hydrate(
+        &mut self,
+        batch: BatchId,
+        offset: u64,
+        len: u64,
+        zero: bool,
+        out: &mut Vec<Action>,
+    ) {
         let aligned = self.geometry.check(offset, len).is_ok()
             && offset % u64::from(self.geometry.region_size_bytes()) == 0
             && ((offset + len) % u64::from(self.geometry.region_size_bytes()) == 0
@@ -435,7 +476,11 @@ impl Engine {
         let mut outstanding = 0u32;
         for region in regions.clone() {
             let takes = !self.map.is_restored(region)
-                && matches!(self.regions.get(&region), None | Some(RegionState::Requested));
+                && match self.regions.get(&region) {
+                    None | Some(RegionState::Requested) => true,
+                    Some(RegionState::Claimed(_)) => mutants::active(Mutant::AcceptStaleHydrate),
+                    Some(RegionState::Hydrating) => false,
+                };
             if takes {
                 self.regions.insert(region, RegionState::Hydrating);
                 accepted = match accepted {
@@ -471,10 +516,21 @@ impl Engine {
         }
     }
 
-    fn write_hydrate(&mut self, batch: BatchId, batch_offset: u64, zero: bool, regions: Range<u64>, out: &mut Vec<Action>) {
+    fn write_hydrate(
+        &mut self,
+        batch: BatchId,
+        batch_offset: u64,
+        zero: bool,
+        regions: Range<u64>,
+        out: &mut Vec<Action>,
+    ) {
         let bytes = self.geometry.regions_byte_range(regions.clone());
         let lower = self.lower_id();
-        self.in_flight.insert(lower, InFlight::Hydrate { batch, regions });
+        if mutants::active(Mutant::MarkBeforeLowerWriteCompletes) {
+            self.map.mark_range(regions.clone());
+        }
+        self.in_flight
+            .insert(lower, InFlight::Hydrate { batch, regions });
         out.push(Action::WriteHydrate {
             lower,
             batch,
@@ -485,7 +541,13 @@ impl Engine {
         });
     }
 
-    fn on_fetch_failed(&mut self, offset: u64, len: u64, reason: FailReason, out: &mut Vec<Action>) {
+    fn on_fetch_failed(
+        &mut self,
+        offset: u64,
+        len: u64,
+        reason: FailReason,
+        out: &mut Vec<Action>,
+    ) {
         if self.geometry.check(offset, len).is_err() {
             return;
         }
@@ -573,7 +635,10 @@ impl Engine {
                 if sequenced {
                     self.sequenced.retain(|&(l, _, _)| l != lower);
                 }
-                if status.is_success() && kind == (Kind::Write { fua: true }) && !self.is_passthrough() {
+                if status.is_success()
+                    && kind == (Kind::Write { fua: true })
+                    && !self.is_passthrough()
+                {
                     // FUA promises durability at completion, and durable data is only
                     // safe with durable marks of the regions it touches (else a reboot
                     // would fetch backup data over it, breaking rule 3): flush what was
@@ -588,7 +653,7 @@ impl Engine {
             InFlight::Hydrate { batch, regions } => {
                 for region in regions.clone() {
                     let was = self.regions.remove(&region);
-                    debug_assert_eq!(was, Some(RegionState::Hydrating));
+                    debug_assert!(mutants::any() || was == Some(RegionState::Hydrating));
                 }
                 if status.is_success() {
                     self.counters.hydrated_bytes += {
@@ -631,7 +696,10 @@ impl Engine {
                     if needs_seq <= seq {
                         self.fua_waiters.swap_remove(i);
                         if self.committed_generation >= generation {
-                            out.push(Action::Complete { id: waiter, status: Status::SUCCESS });
+                            out.push(Action::Complete {
+                                id: waiter,
+                                status: Status::SUCCESS,
+                            });
                         } else {
                             self.flush_waiters.push((waiter, generation));
                         }
@@ -678,7 +746,7 @@ impl Engine {
             }
             // A region restored before the write went down was never claimed.
             None => debug_assert!(self.map.is_restored(region)),
-            Some(other) => debug_assert!(false, "unclaim of {region} in state {other:?}"),
+            Some(other) => debug_assert!(mutants::any(), "unclaim of {region} in state {other:?}"),
         }
     }
 
@@ -688,7 +756,10 @@ impl Engine {
             return;
         }
         let newly = self.map.mark_range(regions.clone());
-        assert_eq!(newly, regions.end - regions.start, "a region was marked twice");
+        assert!(
+            mutants::any() || newly == regions.end - regions.start,
+            "a region was marked twice"
+        );
         self.unflushed.push_back((regions, self.flushes_issued));
         if self.map.is_all_restored() && self.engine_flushes_in_flight == 0 {
             // Reach the pass-through state promptly.
@@ -789,7 +860,10 @@ impl Engine {
     /// [`Engine::prepare_durable_view`] until the next event.
     pub fn durable_word(&self, index: usize) -> u64 {
         let mut word = self.map.word(index);
-        if word == 0 || self.unflushed_sorted.is_empty() {
+        if word == 0
+            || self.unflushed_sorted.is_empty()
+            || mutants::active(Mutant::CommitMetadataBeforeDataFlush)
+        {
             return word;
         }
         let first = index as u64 * 64;
@@ -887,10 +961,9 @@ impl Engine {
         if expired {
             self.pump(out);
         }
-        let stale = self
-            .unflushed
-            .front()
-            .is_some_and(|_| now.saturating_sub(self.last_flush_ns) >= self.config.commit_interval_ns);
+        let stale = self.unflushed.front().is_some_and(|_| {
+            now.saturating_sub(self.last_flush_ns) >= self.config.commit_interval_ns
+        });
         if stale && self.engine_flushes_in_flight == 0 {
             self.flush_down(out);
         }
@@ -903,7 +976,7 @@ impl Engine {
     // ----- invariants ----------------------------------------------------------------
 
     fn check_invariants(&self) {
-        if !cfg!(debug_assertions) {
+        if !cfg!(debug_assertions) || mutants::any() {
             return;
         }
         assert!(self.held.len() <= self.config.held_max);
@@ -911,7 +984,10 @@ impl Engine {
         for (&region, &state) in &self.regions {
             assert!(region < self.geometry.region_count());
             if matches!(state, RegionState::Requested | RegionState::Hydrating) {
-                assert!(!self.map.is_restored(region), "{region} {state:?} but restored");
+                assert!(
+                    !self.map.is_restored(region),
+                    "{region} {state:?} but restored"
+                );
             }
             if let RegionState::Claimed(n) = state {
                 assert!(n > 0);
@@ -920,7 +996,10 @@ impl Engine {
         for (lower, _, _) in &self.sequenced {
             assert!(matches!(
                 self.in_flight.get(lower),
-                Some(InFlight::Request { sequenced: true, .. })
+                Some(InFlight::Request {
+                    sequenced: true,
+                    ..
+                })
             ));
         }
     }

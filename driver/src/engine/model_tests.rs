@@ -17,18 +17,40 @@ use crate::status::FailReason;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Read { sector: usize, sectors: usize },
-    Write { sector: usize, sectors: usize, fua: bool },
-    Discard { sector: usize, sectors: usize },
+    Read {
+        sector: usize,
+        sectors: usize,
+    },
+    Write {
+        sector: usize,
+        sectors: usize,
+        fua: bool,
+    },
+    Discard {
+        sector: usize,
+        sectors: usize,
+    },
     Flush,
     Deliver(usize),
     FailFetch(usize),
-    Background { region: u64, count: u64 },
-    CompleteLower { pick: usize, fail: bool },
-    Commit { fail: bool },
-    Tick { advance_ms: u64 },
+    Background {
+        region: u64,
+        count: u64,
+    },
+    CompleteLower {
+        pick: usize,
+        fail: bool,
+    },
+    Commit {
+        fail_after: Option<u64>,
+    },
+    Tick {
+        advance_ms: u64,
+    },
     RestartService,
-    Crash { keep_seed: u64 },
+    Crash {
+        keep_seed: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -43,7 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::FailFetch),
         2 => (0u64..50, 1u64..6).prop_map(|(region, count)| Op::Background { region, count }),
         12 => (any::<usize>(), prop::bool::weighted(0.05)).prop_map(|(pick, fail)| Op::CompleteLower { pick, fail }),
-        3 => prop::bool::weighted(0.1).prop_map(|fail| Op::Commit { fail }),
+        3 => prop::option::weighted(0.15, 0u64..12).prop_map(|fail_after| Op::Commit { fail_after }),
         1 => (0u64..3000).prop_map(|advance_ms| Op::Tick { advance_ms }),
         1 => Just(Op::RestartService),
         1 => any::<u64>().prop_map(|keep_seed| Op::Crash { keep_seed }),
@@ -60,7 +82,11 @@ fn run(regions: u64, tail_sectors: u64, ops: Vec<Op>) {
     let sectors_total = h.sectors;
     for op in ops {
         match op {
-            Op::Read { sector, sectors } | Op::Write { sector, sectors, .. } | Op::Discard { sector, sectors } => {
+            Op::Read { sector, sectors }
+            | Op::Write {
+                sector, sectors, ..
+            }
+            | Op::Discard { sector, sectors } => {
                 let sector = sector % sectors_total;
                 let sectors = sectors.min(sectors_total - sector);
                 if !h.may_issue(sector, sectors) {
@@ -90,8 +116,8 @@ fn run(regions: u64, tail_sectors: u64, ops: Vec<Op>) {
             Op::CompleteLower { pick, fail } => {
                 h.complete_lower(pick, fail);
             }
-            Op::Commit { fail } => {
-                h.commit(fail);
+            Op::Commit { fail_after } => {
+                h.commit(fail_after);
             }
             Op::Tick { advance_ms } => h.tick(advance_ms * 1_000_000),
             Op::RestartService => h.restart_service(),
@@ -133,15 +159,35 @@ fn a_long_fixed_workload_verifies() {
         let sectors = 1 + (r >> 20) as usize % 40;
         ops.push(match r % 20 {
             0..=3 => Op::Read { sector, sectors },
-            4..=6 => Op::Write { sector, sectors, fua: r % 7 == 0 },
+            4..=6 => Op::Write {
+                sector,
+                sectors,
+                fua: r % 7 == 0,
+            },
             7 => Op::Discard { sector, sectors },
             8 => Op::Flush,
             9..=10 => Op::Deliver(r as usize),
-            11 => Op::Background { region: (r >> 30) % 50, count: 1 + (r >> 40) % 5 },
-            12..=16 => Op::CompleteLower { pick: r as usize, fail: r % 97 == 0 },
-            17 => Op::Commit { fail: r % 23 == 0 },
-            18 => Op::Tick { advance_ms: (r >> 33) % 2000 },
-            _ => if r % 211 == 0 { Op::Crash { keep_seed: r } } else { Op::FailFetch(r as usize) },
+            11 => Op::Background {
+                region: (r >> 30) % 50,
+                count: 1 + (r >> 40) % 5,
+            },
+            12..=16 => Op::CompleteLower {
+                pick: r as usize,
+                fail: r % 97 == 0,
+            },
+            17 => Op::Commit {
+                fail_after: (r % 23 == 0).then_some((r >> 10) % 12),
+            },
+            18 => Op::Tick {
+                advance_ms: (r >> 33) % 2000,
+            },
+            _ => {
+                if r % 211 == 0 {
+                    Op::Crash { keep_seed: r }
+                } else {
+                    Op::FailFetch(r as usize)
+                }
+            }
         });
     }
     run(50, 3, ops);

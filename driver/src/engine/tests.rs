@@ -36,7 +36,13 @@ fn hydrate_writes(actions: &[Action]) -> Vec<(LowerId, u64, u64, bool)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::WriteHydrate { lower, offset, len, zero, .. } => Some((*lower, *offset, *len, *zero)),
+            Action::WriteHydrate {
+                lower,
+                offset,
+                len,
+                zero,
+                ..
+            } => Some((*lower, *offset, *len, *zero)),
             _ => None,
         })
         .collect()
@@ -69,18 +75,51 @@ fn restore(e: &mut Engine, regions: core::ops::Range<u64>, batch: BatchId) {
 fn a_read_of_restored_regions_is_forwarded_at_once() {
     let mut e = engine(8);
     restore(&mut e, 0..2, 1);
-    let out = step(&mut e, Event::Read { id: 7, offset: 512, len: 6 * 1024 });
-    assert_eq!(out, vec![Action::Forward { id: 7, lower: lower_of(&out, 7) }]);
+    let out = step(
+        &mut e,
+        Event::Read {
+            id: 7,
+            offset: 512,
+            len: 6 * 1024,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Forward {
+            id: 7,
+            lower: lower_of(&out, 7)
+        }]
+    );
 }
 
 #[test]
 fn a_missing_region_is_fetched_once_however_many_reads_wait() {
     let mut e = engine(8);
-    let a = step(&mut e, Event::Read { id: 1, offset: 2 * R, len: 512 });
-    let b = step(&mut e, Event::Read { id: 2, offset: 2 * R + 1024, len: 512 });
+    let a = step(
+        &mut e,
+        Event::Read {
+            id: 1,
+            offset: 2 * R,
+            len: 512,
+        },
+    );
+    let b = step(
+        &mut e,
+        Event::Read {
+            id: 2,
+            offset: 2 * R + 1024,
+            len: 512,
+        },
+    );
     assert_eq!(
         a,
-        vec![Action::Hold { id: 1 }, Action::Fetch { regions: 2..3, on_demand: true }]
+        vec![
+            Action::Hold { id: 1 },
+            Action::Fetch {
+                regions: 2..3,
+                on_demand: true
+            }
+        ]
     );
     assert_eq!(b, vec![Action::Hold { id: 2 }]);
     assert_eq!(e.counters().misses_regions, 1);
@@ -89,31 +128,83 @@ fn a_missing_region_is_fetched_once_however_many_reads_wait() {
 #[test]
 fn a_held_read_goes_down_only_after_the_hydrate_write_completes() {
     let mut e = engine(8);
-    step(&mut e, Event::Read { id: 1, offset: 3 * R, len: R });
-    let out = step(&mut e, Event::Hydrate { batch: 9, offset: 3 * R, len: R, zero: false });
+    step(
+        &mut e,
+        Event::Read {
+            id: 1,
+            offset: 3 * R,
+            len: R,
+        },
+    );
+    let out = step(
+        &mut e,
+        Event::Hydrate {
+            batch: 9,
+            offset: 3 * R,
+            len: R,
+            zero: false,
+        },
+    );
     let writes = hydrate_writes(&out);
     assert_eq!(writes.len(), 1);
-    assert!(!out.iter().any(|a| matches!(a, Action::Forward { .. })), "read before data landed");
-    assert!(!e.map().is_restored(3), "marked before the lower write completed");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Forward { .. })),
+        "read before data landed"
+    );
+    assert!(
+        !e.map().is_restored(3),
+        "marked before the lower write completed"
+    );
     let out = step(&mut e, ok(writes[0].0));
     assert!(e.map().is_restored(3));
-    assert!(out.contains(&Action::HydrateDone { batch: 9, status: Status::SUCCESS }));
+    assert!(out.contains(&Action::HydrateDone {
+        batch: 9,
+        status: Status::SUCCESS
+    }));
     lower_of(&out, 1);
 }
 
 #[test]
 fn a_write_covering_whole_regions_needs_no_fetch_and_marks_on_completion() {
     let mut e = engine(8);
-    let out = step(&mut e, Event::Write { id: 1, offset: 2 * R, len: 3 * R, fua: false });
+    let out = step(
+        &mut e,
+        Event::Write {
+            id: 1,
+            offset: 2 * R,
+            len: 3 * R,
+            fua: false,
+        },
+    );
     let lower = lower_of(&out, 1);
     assert!(!out.iter().any(|a| matches!(a, Action::Fetch { .. })));
     assert!(!e.map().is_restored(2));
     // Hydrate data racing the write is dropped: the write is newer.
-    let stale = step(&mut e, Event::Hydrate { batch: 4, offset: 2 * R, len: 3 * R, zero: false });
-    assert_eq!(stale, vec![Action::HydrateDone { batch: 4, status: Status::SUCCESS }]);
+    let stale = step(
+        &mut e,
+        Event::Hydrate {
+            batch: 4,
+            offset: 2 * R,
+            len: 3 * R,
+            zero: false,
+        },
+    );
+    assert_eq!(
+        stale,
+        vec![Action::HydrateDone {
+            batch: 4,
+            status: Status::SUCCESS
+        }]
+    );
     assert_eq!(e.counters().stale_regions_dropped, 3);
     let out = step(&mut e, ok(lower));
-    assert_eq!(out[0], Action::Complete { id: 1, status: Status::SUCCESS });
+    assert_eq!(
+        out[0],
+        Action::Complete {
+            id: 1,
+            status: Status::SUCCESS
+        }
+    );
     assert!(e.map().is_range_restored(2..5));
 }
 
@@ -121,7 +212,15 @@ fn a_write_covering_whole_regions_needs_no_fetch_and_marks_on_completion() {
 fn an_unaligned_write_fetches_only_its_head_and_tail_regions() {
     let mut e = engine(16);
     // Sectors from the middle of region 1 to the middle of region 5.
-    let out = step(&mut e, Event::Write { id: 1, offset: R + 1024, len: 4 * R, fua: false });
+    let out = step(
+        &mut e,
+        Event::Write {
+            id: 1,
+            offset: R + 1024,
+            len: 4 * R,
+            fua: false,
+        },
+    );
     let fetched: Vec<_> = out
         .iter()
         .filter_map(|a| match a {
@@ -132,30 +231,81 @@ fn an_unaligned_write_fetches_only_its_head_and_tail_regions() {
     assert_eq!(fetched, vec![1..2, 5..6]);
     assert_eq!(out[0], Action::Hold { id: 1 });
     restore(&mut e, 1..2, 1);
-    let out = step(&mut e, Event::Hydrate { batch: 2, offset: 5 * R, len: R, zero: false });
+    let out = step(
+        &mut e,
+        Event::Hydrate {
+            batch: 2,
+            offset: 5 * R,
+            len: R,
+            zero: false,
+        },
+    );
     let w = hydrate_writes(&out);
     let out = step(&mut e, ok(w[0].0));
     let lower = lower_of(&out, 1);
     let out = step(&mut e, ok(lower));
-    assert_eq!(out[0], Action::Complete { id: 1, status: Status::SUCCESS });
+    assert_eq!(
+        out[0],
+        Action::Complete {
+            id: 1,
+            status: Status::SUCCESS
+        }
+    );
     assert!(e.map().is_range_restored(1..6));
 }
 
 #[test]
 fn writes_to_a_region_being_fetched_go_down_after_it_in_arrival_order() {
     let mut e = engine(8);
-    step(&mut e, Event::Write { id: 1, offset: R + 512, len: 512, fua: false });
-    let second = step(&mut e, Event::Write { id: 2, offset: R + 512, len: 1024, fua: false });
+    step(
+        &mut e,
+        Event::Write {
+            id: 1,
+            offset: R + 512,
+            len: 512,
+            fua: false,
+        },
+    );
+    let second = step(
+        &mut e,
+        Event::Write {
+            id: 2,
+            offset: R + 512,
+            len: 1024,
+            fua: false,
+        },
+    );
     assert_eq!(second, vec![Action::Hold { id: 2 }]);
     // A read of the same sectors queues behind both.
-    step(&mut e, Event::Read { id: 3, offset: R, len: R });
-    let out = step(&mut e, Event::Hydrate { batch: 1, offset: R, len: R, zero: false });
+    step(
+        &mut e,
+        Event::Read {
+            id: 3,
+            offset: R,
+            len: R,
+        },
+    );
+    let out = step(
+        &mut e,
+        Event::Hydrate {
+            batch: 1,
+            offset: R,
+            len: R,
+            zero: false,
+        },
+    );
     let out = step(&mut e, ok(hydrate_writes(&out)[0].0));
     let first = lower_of(&out, 1);
-    assert!(!out.iter().any(|a| matches!(a, Action::Forward { id: 2 | 3, .. })), "{out:?}");
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::Forward { id: 2 | 3, .. })),
+        "{out:?}"
+    );
     let out = step(&mut e, ok(first));
     let second = lower_of(&out, 2);
-    assert!(!out.iter().any(|a| matches!(a, Action::Forward { id: 3, .. })));
+    assert!(!out
+        .iter()
+        .any(|a| matches!(a, Action::Forward { id: 3, .. })));
     let out = step(&mut e, ok(second));
     lower_of(&out, 3);
 }
@@ -164,19 +314,62 @@ fn writes_to_a_region_being_fetched_go_down_after_it_in_arrival_order() {
 fn hydrate_data_for_restored_or_in_flight_regions_is_dropped() {
     let mut e = engine(8);
     restore(&mut e, 0..1, 1);
-    let out = step(&mut e, Event::Hydrate { batch: 2, offset: 0, len: 3 * R, zero: false });
+    let out = step(
+        &mut e,
+        Event::Hydrate {
+            batch: 2,
+            offset: 0,
+            len: 3 * R,
+            zero: false,
+        },
+    );
     // Region 0 restored: dropped; regions 1..3 written in one piece.
-    assert_eq!(hydrate_writes(&out).iter().map(|w| (w.1, w.2)).collect::<Vec<_>>(), vec![(R, 2 * R)]);
+    assert_eq!(
+        hydrate_writes(&out)
+            .iter()
+            .map(|w| (w.1, w.2))
+            .collect::<Vec<_>>(),
+        vec![(R, 2 * R)]
+    );
     // The same data again while it is in flight: dropped.
-    let dup = step(&mut e, Event::Hydrate { batch: 3, offset: R, len: R, zero: false });
-    assert_eq!(dup, vec![Action::HydrateDone { batch: 3, status: Status::SUCCESS }]);
+    let dup = step(
+        &mut e,
+        Event::Hydrate {
+            batch: 3,
+            offset: R,
+            len: R,
+            zero: false,
+        },
+    );
+    assert_eq!(
+        dup,
+        vec![Action::HydrateDone {
+            batch: 3,
+            status: Status::SUCCESS
+        }]
+    );
 }
 
 #[test]
 fn a_zero_fill_hydrate_restores_without_payload() {
     let mut e = engine(4);
-    step(&mut e, Event::Read { id: 1, offset: 0, len: 4 * R });
-    let out = step(&mut e, Event::Hydrate { batch: 1, offset: 0, len: 4 * R, zero: true });
+    step(
+        &mut e,
+        Event::Read {
+            id: 1,
+            offset: 0,
+            len: 4 * R,
+        },
+    );
+    let out = step(
+        &mut e,
+        Event::Hydrate {
+            batch: 1,
+            offset: 0,
+            len: 4 * R,
+            zero: true,
+        },
+    );
     let w = hydrate_writes(&out);
     assert_eq!(w, vec![(w[0].0, 0, 4 * R, true)]);
     let out = step(&mut e, ok(w[0].0));
@@ -187,20 +380,62 @@ fn a_zero_fill_hydrate_restores_without_payload() {
 #[test]
 fn a_fetch_failure_fails_exactly_the_requests_that_need_the_range() {
     let mut e = engine(8);
-    step(&mut e, Event::Read { id: 1, offset: 2 * R, len: 512 });
-    step(&mut e, Event::Read { id: 2, offset: 4 * R, len: 512 });
+    step(
+        &mut e,
+        Event::Read {
+            id: 1,
+            offset: 2 * R,
+            len: 512,
+        },
+    );
+    step(
+        &mut e,
+        Event::Read {
+            id: 2,
+            offset: 4 * R,
+            len: 512,
+        },
+    );
     // A whole-region write of the failed region needs no data: unaffected.
-    step(&mut e, Event::Write { id: 3, offset: 6 * R, len: R, fua: false });
+    step(
+        &mut e,
+        Event::Write {
+            id: 3,
+            offset: 6 * R,
+            len: R,
+            fua: false,
+        },
+    );
     let out = step(
         &mut e,
-        Event::FetchFailed { offset: 2 * R, len: R, reason: FailReason::Unreachable },
+        Event::FetchFailed {
+            offset: 2 * R,
+            len: R,
+            reason: FailReason::Unreachable,
+        },
     );
-    assert_eq!(out, vec![Action::Complete { id: 1, status: Status::IO_TIMEOUT }]);
+    assert_eq!(
+        out,
+        vec![Action::Complete {
+            id: 1,
+            status: Status::IO_TIMEOUT
+        }]
+    );
     assert_eq!(e.held_count(), 1);
     assert!(!e.map().is_restored(2));
     // The region can be asked for again by the next reader.
-    let again = step(&mut e, Event::Read { id: 4, offset: 2 * R, len: 512 });
-    assert!(again.contains(&Action::Fetch { regions: 2..3, on_demand: true }));
+    let again = step(
+        &mut e,
+        Event::Read {
+            id: 4,
+            offset: 2 * R,
+            len: 512,
+        },
+    );
+    assert!(again.contains(&Action::Fetch {
+        regions: 2..3,
+        on_demand: true
+    }));
 }
 
 #[test]
@@ -215,8 +450,20 @@ fn a_flush_completes_only_after_the_metadata_commit_is_durable() {
     assert_eq!(marks, vec![0..1]);
     e.prepare_durable_view();
     assert_eq!(e.durable_word(0), 1);
-    let out = step(&mut e, Event::MetadataCommitted { commit: 1, ok: true });
-    assert_eq!(out, vec![Action::Complete { id: 5, status: Status::SUCCESS }]);
+    let out = step(
+        &mut e,
+        Event::MetadataCommitted {
+            commit: 1,
+            ok: true,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Complete {
+            id: 5,
+            status: Status::SUCCESS
+        }]
+    );
 }
 
 #[test]
@@ -235,14 +482,33 @@ fn a_failed_commit_fails_the_flush() {
     restore(&mut e, 0..1, 1);
     let out = step(&mut e, Event::Flush { id: 5 });
     step(&mut e, ok(lower_of(&out, 5)));
-    let out = step(&mut e, Event::MetadataCommitted { commit: 1, ok: false });
-    assert_eq!(out, vec![Action::Complete { id: 5, status: Status::IO_DEVICE_ERROR }]);
+    let out = step(
+        &mut e,
+        Event::MetadataCommitted {
+            commit: 1,
+            ok: false,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Complete {
+            id: 5,
+            status: Status::IO_DEVICE_ERROR
+        }]
+    );
 }
 
 #[test]
 fn a_trim_of_whole_regions_marks_them_without_fetching() {
     let mut e = engine(8);
-    let out = step(&mut e, Event::Discard { id: 1, offset: R - 512, len: 2 * R + 1024 });
+    let out = step(
+        &mut e,
+        Event::Discard {
+            id: 1,
+            offset: R - 512,
+            len: 2 * R + 1024,
+        },
+    );
     assert!(!out.iter().any(|a| matches!(a, Action::Fetch { .. })));
     step(&mut e, ok(lower_of(&out, 1)));
     assert!(e.map().is_range_restored(1..3));
@@ -252,7 +518,15 @@ fn a_trim_of_whole_regions_marks_them_without_fetching() {
 #[test]
 fn all_restored_is_said_once_after_it_is_durable() {
     let mut e = engine(2);
-    let out = step(&mut e, Event::Hydrate { batch: 1, offset: 0, len: 2 * R, zero: false });
+    let out = step(
+        &mut e,
+        Event::Hydrate {
+            batch: 1,
+            offset: 0,
+            len: 2 * R,
+            zero: false,
+        },
+    );
     let out = step(&mut e, ok(hydrate_writes(&out)[0].0));
     let flush = out
         .iter()
@@ -265,22 +539,78 @@ fn all_restored_is_said_once_after_it_is_durable() {
     let out = step(&mut e, ok(flush));
     assert_eq!(out, vec![Action::CommitMetadata { commit: 1 }]);
     e.take_flushed_marks();
-    let out = step(&mut e, Event::MetadataCommitted { commit: 1, ok: true });
+    let out = step(
+        &mut e,
+        Event::MetadataCommitted {
+            commit: 1,
+            ok: true,
+        },
+    );
     assert_eq!(out, vec![Action::AllRestored]);
     assert!(e.is_passthrough());
-    assert!(step(&mut e, Event::Tick { now_ns: 5_000_000_000 }).is_empty());
+    assert!(step(
+        &mut e,
+        Event::Tick {
+            now_ns: 5_000_000_000
+        }
+    )
+    .is_empty());
 }
 
 #[test]
 fn each_bad_request_gets_its_status_and_changes_nothing() {
     let mut e = engine(8);
     let cases = [
-        (Event::Read { id: 1, offset: 100, len: 512 }, Status::INVALID_PARAMETER),
-        (Event::Write { id: 2, offset: 0, len: 700, fua: false }, Status::INVALID_PARAMETER),
-        (Event::Read { id: 3, offset: 512, len: 0 }, Status::INVALID_BUFFER_SIZE),
-        (Event::Discard { id: 4, offset: u64::MAX - 511, len: 1024 }, Status::INTEGER_OVERFLOW),
-        (Event::Read { id: 5, offset: 8 * R, len: 512 }, Status::NONEXISTENT_SECTOR),
-        (Event::Write { id: 6, offset: 7 * R, len: 2 * R, fua: true }, Status::NONEXISTENT_SECTOR),
+        (
+            Event::Read {
+                id: 1,
+                offset: 100,
+                len: 512,
+            },
+            Status::INVALID_PARAMETER,
+        ),
+        (
+            Event::Write {
+                id: 2,
+                offset: 0,
+                len: 700,
+                fua: false,
+            },
+            Status::INVALID_PARAMETER,
+        ),
+        (
+            Event::Read {
+                id: 3,
+                offset: 512,
+                len: 0,
+            },
+            Status::INVALID_BUFFER_SIZE,
+        ),
+        (
+            Event::Discard {
+                id: 4,
+                offset: u64::MAX - 511,
+                len: 1024,
+            },
+            Status::INTEGER_OVERFLOW,
+        ),
+        (
+            Event::Read {
+                id: 5,
+                offset: 8 * R,
+                len: 512,
+            },
+            Status::NONEXISTENT_SECTOR,
+        ),
+        (
+            Event::Write {
+                id: 6,
+                offset: 7 * R,
+                len: 2 * R,
+                fua: true,
+            },
+            Status::NONEXISTENT_SECTOR,
+        ),
     ];
     for (event, status) in cases {
         let id = match event {
@@ -298,8 +628,22 @@ fn each_bad_request_gets_its_status_and_changes_nothing() {
 fn a_misaligned_hydrate_is_refused() {
     let mut e = engine(8);
     for (offset, len) in [(512, R), (0, R + 512), (0, 0), (7 * R, 2 * R)] {
-        let out = step(&mut e, Event::Hydrate { batch: 1, offset, len, zero: false });
-        assert_eq!(out, vec![Action::HydrateDone { batch: 1, status: Status::INVALID_PARAMETER }]);
+        let out = step(
+            &mut e,
+            Event::Hydrate {
+                batch: 1,
+                offset,
+                len,
+                zero: false,
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Action::HydrateDone {
+                batch: 1,
+                status: Status::INVALID_PARAMETER
+            }]
+        );
     }
     assert_eq!(e.map().restored_count(), 0);
 }
@@ -308,27 +652,86 @@ fn a_misaligned_hydrate_is_refused() {
 fn a_held_request_past_the_deadline_times_out() {
     let mut e = engine(8);
     step(&mut e, Event::Tick { now_ns: 1 });
-    step(&mut e, Event::Read { id: 1, offset: 0, len: 512 });
+    step(
+        &mut e,
+        Event::Read {
+            id: 1,
+            offset: 0,
+            len: 512,
+        },
+    );
     let deadline = EngineConfig::default().hold_deadline_ns;
     assert!(step(&mut e, Event::Tick { now_ns: deadline }).is_empty());
-    let out = step(&mut e, Event::Tick { now_ns: deadline + 1 });
-    assert_eq!(out, vec![Action::Complete { id: 1, status: Status::IO_TIMEOUT }]);
+    let out = step(
+        &mut e,
+        Event::Tick {
+            now_ns: deadline + 1,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Complete {
+            id: 1,
+            status: Status::IO_TIMEOUT
+        }]
+    );
 }
 
 #[test]
 fn too_many_held_requests_are_refused_not_queued() {
     let map = Arc::new(RegionMap::new(Geometry::new(64 * R, 4096).unwrap()).unwrap());
-    let mut e = Engine::new(map, EngineConfig { held_max: 2, ..EngineConfig::default() });
-    step(&mut e, Event::Read { id: 1, offset: 0, len: 512 });
-    step(&mut e, Event::Read { id: 2, offset: R, len: 512 });
-    let out = step(&mut e, Event::Read { id: 3, offset: 2 * R, len: 512 });
-    assert_eq!(out, vec![Action::Complete { id: 3, status: Status::INSUFFICIENT_RESOURCES }]);
+    let mut e = Engine::new(
+        map,
+        EngineConfig {
+            held_max: 2,
+            ..EngineConfig::default()
+        },
+    );
+    step(
+        &mut e,
+        Event::Read {
+            id: 1,
+            offset: 0,
+            len: 512,
+        },
+    );
+    step(
+        &mut e,
+        Event::Read {
+            id: 2,
+            offset: R,
+            len: 512,
+        },
+    );
+    let out = step(
+        &mut e,
+        Event::Read {
+            id: 3,
+            offset: 2 * R,
+            len: 512,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Complete {
+            id: 3,
+            status: Status::INSUFFICIENT_RESOURCES
+        }]
+    );
 }
 
 #[test]
 fn a_fua_write_completes_only_when_its_regions_are_durably_marked() {
     let mut e = engine(4);
-    let out = step(&mut e, Event::Write { id: 1, offset: 0, len: R, fua: true });
+    let out = step(
+        &mut e,
+        Event::Write {
+            id: 1,
+            offset: 0,
+            len: R,
+            fua: true,
+        },
+    );
     let out = step(&mut e, ok(lower_of(&out, 1)));
     let flush = out
         .iter()
@@ -341,15 +744,40 @@ fn a_fua_write_completes_only_when_its_regions_are_durably_marked() {
     let out = step(&mut e, ok(flush));
     assert_eq!(out, vec![Action::CommitMetadata { commit: 1 }]);
     e.take_flushed_marks();
-    let out = step(&mut e, Event::MetadataCommitted { commit: 1, ok: true });
-    assert_eq!(out, vec![Action::Complete { id: 1, status: Status::SUCCESS }]);
+    let out = step(
+        &mut e,
+        Event::MetadataCommitted {
+            commit: 1,
+            ok: true,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Complete {
+            id: 1,
+            status: Status::SUCCESS
+        }]
+    );
 }
 
 #[test]
 fn a_service_restart_asks_again_for_what_it_lost() {
     let mut e = engine(8);
-    step(&mut e, Event::Read { id: 1, offset: 3 * R, len: 2 * R });
+    step(
+        &mut e,
+        Event::Read {
+            id: 1,
+            offset: 3 * R,
+            len: 2 * R,
+        },
+    );
     let out = step(&mut e, Event::ServiceAttached);
-    assert_eq!(out, vec![Action::Fetch { regions: 3..5, on_demand: true }]);
+    assert_eq!(
+        out,
+        vec![Action::Fetch {
+            regions: 3..5,
+            on_demand: true
+        }]
+    );
     assert_eq!(e.counters().misses_regions, 2);
 }

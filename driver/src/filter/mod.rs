@@ -101,8 +101,16 @@ pub struct Filter<F: Framework> {
 impl<F: Framework> Filter<F> {
     /// The filter over a volume whose durable marks `meta` loaded into `map`.
     /// `identity` is what the service must attach with.
-    pub fn new(map: Arc<RegionMap>, meta: Metadata, identity: Attach, config: FilterConfig) -> Filter<F> {
-        debug_assert_eq!(map.geometry().volume_size_bytes(), identity.volume_size_bytes);
+    pub fn new(
+        map: Arc<RegionMap>,
+        meta: Metadata,
+        identity: Attach,
+        config: FilterConfig,
+    ) -> Filter<F> {
+        debug_assert_eq!(
+            map.geometry().volume_size_bytes(),
+            identity.volume_size_bytes
+        );
         Filter {
             engine: Engine::new(map, config.engine),
             meta,
@@ -180,7 +188,12 @@ impl<F: Framework> Filter<F> {
             }
             RequestParameters::Write { offset, len, fua } => {
                 let id = self.own(request, len);
-                Event::Write { id, offset, len, fua }
+                Event::Write {
+                    id,
+                    offset,
+                    len,
+                    fua,
+                }
             }
             RequestParameters::Flush => {
                 let id = self.own(request, 0);
@@ -206,9 +219,9 @@ impl<F: Framework> Filter<F> {
 
     /// The engine event for a trim, or `None` when the request was dealt with here.
     fn trim_event(&mut self, fw: &mut F, request: F::Request) -> Option<Event> {
-        let decoded = fw.input_buffer(request, 0).map(|bytes| {
-            dsm::decode(bytes).map(|d| (d, d.range(0), d.range_count()))
-        });
+        let decoded = fw
+            .input_buffer(request, 0)
+            .map(|bytes| dsm::decode(bytes).map(|d| (d, d.range(0), d.range_count())));
         match decoded {
             Ok(Ok((Dsm::Trim(_), Some((offset, len)), 1))) => {
                 let id = self.own(request, 0);
@@ -274,7 +287,12 @@ impl<F: Framework> Filter<F> {
     }
 
     /// The commit work item runs (PASSIVE_LEVEL): commit through `store`.
-    pub fn on_commit_work<S: MetaStore + ?Sized>(&mut self, fw: &mut F, commit: u64, store: &mut S) {
+    pub fn on_commit_work<S: MetaStore + ?Sized>(
+        &mut self,
+        fw: &mut F,
+        commit: u64,
+        store: &mut S,
+    ) {
         let mut out = core::mem::take(&mut self.actions);
         out.clear();
         // A failed commit is reported to the engine, which fails the flushes waiting on
@@ -417,7 +435,15 @@ impl<F: Framework> Filter<F> {
                 let batch = self.next_batch;
                 self.next_batch += 1;
                 self.hydrates.insert(batch, request);
-                self.run(fw, Event::Hydrate { batch, offset, len, zero });
+                self.run(
+                    fw,
+                    Event::Hydrate {
+                        batch,
+                        offset,
+                        len,
+                        zero,
+                    },
+                );
             }
             Ok(Err(status)) | Err(status) => self.refuse(fw, request, status),
         }
@@ -436,7 +462,12 @@ impl<F: Framework> Filter<F> {
         let count = (query.word_count.min(BITMAP_PAGE_WORDS_MAX) as usize)
             .min(map.word_count().saturating_sub(first));
         let words: Vec<u64> = (first..first + count).map(|w| map.word(w)).collect();
-        let page = BitmapPage::new(query.first_word, map.region_count(), map.restored_count(), &words);
+        let page = BitmapPage::new(
+            query.first_word,
+            map.region_count(),
+            map.restored_count(),
+            &words,
+        );
         match page {
             Ok(page) => match fw.output_buffer(request, page.encoded_len()) {
                 Ok(out) => match page.encode(out) {
@@ -519,7 +550,8 @@ impl<F: Framework> Filter<F> {
                     return;
                 };
                 if let Err(status) = fw.send_to_lower(owned.request, lower) {
-                    self.events.push_back(Event::LowerCompleted { lower, status });
+                    self.events
+                        .push_back(Event::LowerCompleted { lower, status });
                 }
             }
             Action::Hold { .. } => {
@@ -532,7 +564,10 @@ impl<F: Framework> Filter<F> {
                 } else {
                     MissingFlags::BACKGROUND
                 };
-                assert!(self.missing.len() < MISSING_QUEUE_MAX, "wanted-range queue bound");
+                assert!(
+                    self.missing.len() < MISSING_QUEUE_MAX,
+                    "wanted-range queue bound"
+                );
                 self.missing.push_back(MissingRange {
                     offset: bytes.start,
                     len: bytes.end - bytes.start,
@@ -566,18 +601,24 @@ impl<F: Framework> Filter<F> {
                     }
                 };
                 if let Err(status) = fw.write_lower(lower, offset, len, source) {
-                    self.events.push_back(Event::LowerCompleted { lower, status });
+                    self.events
+                        .push_back(Event::LowerCompleted { lower, status });
                 }
             }
             Action::FlushDown { lower } => {
                 if let Err(status) = fw.flush_lower(lower) {
-                    self.events.push_back(Event::LowerCompleted { lower, status });
+                    self.events
+                        .push_back(Event::LowerCompleted { lower, status });
                 }
             }
             Action::CommitMetadata { commit } => fw.queue_commit_work(commit),
             Action::Complete { id, status } => {
                 if let Some(owned) = self.requests.remove(&id) {
-                    let information = if status.is_success() { owned.information } else { 0 };
+                    let information = if status.is_success() {
+                        owned.information
+                    } else {
+                        0
+                    };
                     fw.complete(owned.request, status, information);
                 } else {
                     debug_assert!(false, "completion of unknown request {id}");
@@ -596,3 +637,6 @@ impl<F: Framework> Filter<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

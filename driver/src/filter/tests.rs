@@ -1,0 +1,318 @@
+//! The filter's callbacks against a recording framework. The simulator runs the filter
+//! inside a whole simulated stack; these tests pin down each callback's contract.
+
+extern crate std;
+
+use alloc::sync::Arc;
+use std::collections::VecDeque;
+use std::vec;
+use std::vec::Vec;
+
+use super::*;
+use crate::abi::{Control, ControlCommand, Hydrate, Ioctl, MissingBatch};
+use crate::geometry::Geometry;
+use crate::meta::testing::CrashStore;
+use crate::meta::{Identity, Metadata};
+
+const R: u64 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Did {
+    Lower(u32, LowerId),
+    Forgot(u32),
+    WroteLower(LowerId, u64, u64, WriteSource<u32>),
+    FlushedLower(LowerId),
+    Completed(u32, Status, usize),
+    Parked(u32),
+    Commit(u64),
+}
+
+#[derive(Default)]
+struct Fw {
+    params: std::collections::BTreeMap<u32, RequestParameters>,
+    input: std::collections::BTreeMap<u32, Vec<u8>>,
+    output: std::collections::BTreeMap<u32, Vec<u8>>,
+    parked: VecDeque<u32>,
+    did: Vec<Did>,
+    now_ns: u64,
+}
+
+impl Framework for Fw {
+    type Request = u32;
+    fn parameters(&self, r: u32) -> RequestParameters {
+        self.params[&r]
+    }
+    fn input_buffer(&self, r: u32, min_len: usize) -> Result<&[u8], Status> {
+        match self.input.get(&r) {
+            Some(b) if b.len() >= min_len => Ok(b),
+            _ => Err(Status::BUFFER_TOO_SMALL),
+        }
+    }
+    fn output_buffer(&mut self, r: u32, min_len: usize) -> Result<&mut [u8], Status> {
+        match self.output.get_mut(&r) {
+            Some(b) if b.len() >= min_len => Ok(b),
+            _ => Err(Status::BUFFER_TOO_SMALL),
+        }
+    }
+    fn send_to_lower(&mut self, r: u32, lower: LowerId) -> Result<(), Status> {
+        self.did.push(Did::Lower(r, lower));
+        Ok(())
+    }
+    fn send_and_forget(&mut self, r: u32) -> Result<(), Status> {
+        self.did.push(Did::Forgot(r));
+        Ok(())
+    }
+    fn write_lower(
+        &mut self,
+        lower: LowerId,
+        offset: u64,
+        len: u64,
+        source: WriteSource<u32>,
+    ) -> Result<(), Status> {
+        self.did.push(Did::WroteLower(lower, offset, len, source));
+        Ok(())
+    }
+    fn flush_lower(&mut self, lower: LowerId) -> Result<(), Status> {
+        self.did.push(Did::FlushedLower(lower));
+        Ok(())
+    }
+    fn complete(&mut self, r: u32, status: Status, information: usize) {
+        self.did.push(Did::Completed(r, status, information));
+    }
+    fn park(&mut self, r: u32) -> Result<(), Status> {
+        self.did.push(Did::Parked(r));
+        self.parked.push_back(r);
+        Ok(())
+    }
+    fn take_parked(&mut self) -> Option<u32> {
+        self.parked.pop_front()
+    }
+    fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+    fn start_timer(&mut self, _due_ns: u64) {}
+    fn queue_commit_work(&mut self, commit: u64) {
+        self.did.push(Did::Commit(commit));
+    }
+}
+
+fn identity(regions: u64) -> Attach {
+    Attach {
+        volume_size_bytes: regions * R,
+        region_size_bytes: R as u32,
+        backup_identity: [3; 32],
+    }
+}
+
+fn filter(regions: u64) -> (Filter<Fw>, Fw, CrashStore) {
+    let geometry = Geometry::new(regions * R, 4096).unwrap();
+    let mut store = CrashStore::new(Metadata::store_pages(&geometry));
+    let meta_identity = Identity {
+        volume_size_bytes: regions * R,
+        region_size_bytes: 4096,
+        backup_id: [3; 32],
+    };
+    let meta = Metadata::create(&mut store, &meta_identity).unwrap();
+    let map = Arc::new(RegionMap::new(geometry).unwrap());
+    (
+        Filter::new(map, meta, identity(regions), FilterConfig::default()),
+        Fw::default(),
+        store,
+    )
+}
+
+fn control(
+    f: &mut Filter<Fw>,
+    fw: &mut Fw,
+    r: u32,
+    ioctl: Ioctl,
+    input: Vec<u8>,
+    output_len: usize,
+) {
+    fw.params.insert(
+        r,
+        RequestParameters::DeviceControl {
+            ioctl: ioctl.code(),
+            input_len: input.len(),
+            output_len,
+        },
+    );
+    fw.input.insert(r, input);
+    fw.output.insert(r, vec![0; output_len]);
+    f.on_control(fw, r);
+}
+
+fn attach_and_start(f: &mut Filter<Fw>, fw: &mut Fw, regions: u64) {
+    let a = identity(regions);
+    let mut buf = vec![0; a.encoded_len()];
+    a.encode(&mut buf).unwrap();
+    control(f, fw, 900, Ioctl::Attach, buf, 0);
+    let c = Control {
+        command: ControlCommand::Start,
+    };
+    let mut buf = vec![0; c.encoded_len()];
+    c.encode(&mut buf).unwrap();
+    control(f, fw, 901, Ioctl::Control, buf, 0);
+}
+
+fn read(f: &mut Filter<Fw>, fw: &mut Fw, r: u32, offset: u64, len: u64) {
+    fw.params.insert(r, RequestParameters::Read { offset, len });
+    f.on_io(fw, r);
+}
+
+#[test]
+fn a_held_read_reaches_the_service_through_a_parked_request_and_is_served_after_hydrate() {
+    let (mut f, mut fw, _store) = filter(16);
+    attach_and_start(&mut f, &mut fw, 16);
+    control(
+        &mut f,
+        &mut fw,
+        1,
+        Ioctl::GetMissing,
+        vec![],
+        Ioctl::GetMissing.output_max_bytes(),
+    );
+    assert!(fw.did.contains(&Did::Parked(1)));
+    read(&mut f, &mut fw, 10, 3 * R, 512);
+    // The parked request came back with the wanted range.
+    let (len, out) = fw
+        .did
+        .iter()
+        .find_map(|d| match d {
+            Did::Completed(1, Status::SUCCESS, n) => Some(*n),
+            _ => None,
+        })
+        .map(|n| (n, fw.output[&1].clone()))
+        .expect("GET_MISSING completed");
+    let batch = MissingBatch::decode(&out[..len]).unwrap();
+    let ranges: Vec<_> = batch.iter().map(|r| (r.offset, r.len)).collect();
+    assert_eq!(ranges, vec![(3 * R, R)]);
+    // The service answers with data; the filter writes it from the request's payload.
+    let payload = vec![0xAB; R as usize];
+    let h = Hydrate::data(3 * R, &payload);
+    let mut buf = vec![0; h.encoded_len()];
+    h.encode(&mut buf).unwrap();
+    fw.did.clear();
+    control(&mut f, &mut fw, 2, Ioctl::Hydrate, buf, 0);
+    let lower = match fw.did.as_slice() {
+        [Did::WroteLower(
+            lower,
+            offset,
+            len,
+            WriteSource::Payload {
+                request: 2,
+                payload_offset: 0,
+            },
+        )] => {
+            assert_eq!((*offset, *len), (3 * R, R));
+            *lower
+        }
+        other => panic!("{other:?}"),
+    };
+    fw.did.clear();
+    f.on_lower_complete(&mut fw, lower, Status::SUCCESS);
+    // The hydrate request completes and the read goes down.
+    assert!(fw.did.contains(&Did::Completed(2, Status::SUCCESS, 0)));
+    assert!(fw.did.iter().any(|d| matches!(d, Did::Lower(10, _))));
+}
+
+#[test]
+fn a_mismatched_attach_is_refused() {
+    let (mut f, mut fw, _store) = filter(16);
+    let mut a = identity(16);
+    a.backup_identity = [9; 32];
+    let mut buf = vec![0; a.encoded_len()];
+    a.encode(&mut buf).unwrap();
+    control(&mut f, &mut fw, 1, Ioctl::Attach, buf, 0);
+    assert!(matches!(fw.did[0], Did::Completed(1, s, 0) if s.is_error()));
+    assert_eq!(f.counters().bad_service_requests, 1);
+    // A detached filter does not take the service's pended requests.
+    control(&mut f, &mut fw, 2, Ioctl::GetMissing, vec![], 8192);
+    assert_eq!(fw.did[1], Did::Completed(2, Status::DEVICE_NOT_READY, 0));
+}
+
+#[test]
+fn garbage_service_buffers_get_a_status_and_change_nothing() {
+    let (mut f, mut fw, _store) = filter(16);
+    attach_and_start(&mut f, &mut fw, 16);
+    fw.did.clear();
+    for (r, ioctl) in [
+        (1, Ioctl::Hydrate),
+        (2, Ioctl::FetchFailed),
+        (3, Ioctl::QueryBitmap),
+        (4, Ioctl::Control),
+    ] {
+        control(&mut f, &mut fw, r, ioctl, vec![0xFF; 40], 64);
+    }
+    assert_eq!(fw.did.len(), 4);
+    assert!(fw
+        .did
+        .iter()
+        .all(|d| matches!(d, Did::Completed(_, s, 0) if s.is_error())));
+    assert_eq!(f.engine().map().restored_count(), 0);
+}
+
+#[test]
+fn once_everything_is_durable_requests_go_down_untouched() {
+    let (mut f, mut fw, mut store) = filter(2);
+    attach_and_start(&mut f, &mut fw, 2);
+    let h = Hydrate::zero(0, 2 * R);
+    let mut buf = vec![0; h.encoded_len()];
+    h.encode(&mut buf).unwrap();
+    control(&mut f, &mut fw, 1, Ioctl::Hydrate, buf, 0);
+    let write = fw.did.iter().find_map(|d| match d {
+        Did::WroteLower(l, 0, len, WriteSource::Zeros) if *len == 2 * R => Some(*l),
+        _ => None,
+    });
+    f.on_lower_complete(&mut fw, write.unwrap(), Status::SUCCESS);
+    let flush = fw.did.iter().find_map(|d| match d {
+        Did::FlushedLower(l) => Some(*l),
+        _ => None,
+    });
+    f.on_lower_complete(&mut fw, flush.unwrap(), Status::SUCCESS);
+    assert!(fw.did.contains(&Did::Commit(1)));
+    assert!(!f.is_passthrough());
+    f.on_commit_work(&mut fw, 1, &mut store);
+    assert!(f.is_passthrough());
+    fw.did.clear();
+    read(&mut f, &mut fw, 7, 0, 512);
+    assert_eq!(fw.did, vec![Did::Forgot(7)]);
+    assert_eq!(f.status_counters().state, DriverState::AllRestored);
+}
+
+#[test]
+fn a_single_range_trim_goes_through_the_engine_and_a_multi_range_one_is_dropped() {
+    let (mut f, mut fw, _store) = filter(16);
+    let dsm = |ranges: &[(u64, u64)]| {
+        let mut b = Vec::new();
+        for v in [28u32, 1, 0, 0, 0, 32, (ranges.len() * 16) as u32, 0] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for (o, l) in ranges {
+            b.extend_from_slice(&o.to_le_bytes());
+            b.extend_from_slice(&l.to_le_bytes());
+        }
+        b
+    };
+    for (r, ranges) in [(1u32, vec![(R, 2 * R)]), (2, vec![(0, R), (4 * R, R)])] {
+        let input = dsm(&ranges);
+        fw.params.insert(
+            r,
+            RequestParameters::DeviceControl {
+                ioctl: IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES,
+                input_len: input.len(),
+                output_len: 0,
+            },
+        );
+        fw.input.insert(r, input);
+        f.on_io(&mut fw, r);
+    }
+    let lower = fw.did.iter().find_map(|d| match d {
+        Did::Lower(1, l) => Some(*l),
+        _ => None,
+    });
+    assert!(fw.did.contains(&Did::Completed(2, Status::SUCCESS, 0)));
+    f.on_lower_complete(&mut fw, lower.unwrap(), Status::SUCCESS);
+    assert!(f.engine().map().is_range_restored(1..3));
+    assert_eq!(f.counters().trims_dropped, 1);
+}
