@@ -298,11 +298,10 @@ impl<F: Framework> Filter<F> {
         // A failed commit is reported to the engine, which fails the flushes waiting on
         // it and retries on a later tick.
         let _ = commit_and_answer(&mut self.engine, &mut self.meta, store, commit, &mut out);
-        let pending: Vec<Action> = out.drain(..).collect();
-        self.actions = out;
-        for action in pending {
+        for action in out.drain(..) {
             self.perform(fw, action);
         }
+        self.actions = out;
         self.drain(fw);
     }
 
@@ -491,9 +490,9 @@ impl<F: Framework> Filter<F> {
             };
             let n = self.missing.len().min(MISSING_BATCH_MAX);
             let batch: Vec<MissingRange> = self.missing.iter().take(n).copied().collect();
-            let encoded = MissingBatch::new(&batch).and_then(|b| {
+            let encoded = MissingBatch::new(&batch).map(|b| {
                 let len = b.encoded_len();
-                Ok((b, len))
+                (b, len)
             });
             let (batch_msg, len) = match encoded {
                 Ok(x) => x,

@@ -55,7 +55,6 @@
 //! opened; commits allocate nothing. The store holds `2 + 2 * bitmap_pages` pages.
 
 pub mod layout;
-#[allow(unexpected_cfgs)]
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
@@ -394,8 +393,8 @@ fn assign_bit(set: &mut [u64], index: u64, value: bool) {
     }
 }
 
-/// Why a header slot read gave no header: `Err` is store I/O (fatal), `Ok(Err)` a slot
-/// that is not valid (the other may be).
+/// Reads header slot `b` (false = A): `Err` is store I/O (fatal), `Ok(Err)` a slot that
+/// is not valid (the other may be).
 fn read_header<S: MetaStore + ?Sized>(
     store: &mut S,
     buf: &mut Page,
