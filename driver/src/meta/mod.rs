@@ -648,7 +648,10 @@ impl Metadata {
                         mask => durable_word(index) & mask,
                     }
                 });
-                let target_b = !bit(&self.current_b, page);
+                // The mutant overwrites the current slot in place: a torn write then
+                // destroys the only copy of the last commit.
+                let in_place = crate::mutants::active(crate::mutants::Mutant::LoseMarkOnTornCommit);
+                let target_b = bit(&self.current_b, page) ^ !in_place;
                 store.write_page(slot_page(page, target_b), self.buf.as_slice())?;
                 pages_written += 1;
             }
@@ -662,8 +665,11 @@ impl Metadata {
         store.write_page(u64::from(!self.header_current_b), self.buf.as_slice())?;
         store.flush()?;
         // Durable: the slots just written become current.
+        let in_place = crate::mutants::active(crate::mutants::Mutant::LoseMarkOnTornCommit);
         for (current, dirty) in self.current_b.iter_mut().zip(self.dirty.iter_mut()) {
-            *current ^= *dirty;
+            if !in_place {
+                *current ^= *dirty;
+            }
             *dirty = 0;
         }
         self.header_current_b = !self.header_current_b;
