@@ -1,6 +1,6 @@
 //! The shape every decoder returns, and a bounds-checked reader over untrusted bytes.
 //!
-//! Decoders never index: every read goes through [`Reader`], which returns `None` when the
+//! Decoders never index: every read goes through `Reader`, which returns `None` when the
 //! bytes run out, so a short or hostile buffer cannot panic.
 
 /// What a decoder made of the bytes it was given.

@@ -120,7 +120,10 @@ pub enum Error {
 impl Error {
     /// Whether redialling could help (the connection broke, not the request).
     pub fn is_connection_error(&self) -> bool {
-        matches!(self, Error::Io(_) | Error::Protocol(_) | Error::Disconnected)
+        matches!(
+            self,
+            Error::Io(_) | Error::Protocol(_) | Error::Disconnected
+        )
     }
 }
 

@@ -508,9 +508,9 @@ fn parse_reply_body(code: u32, data: &[u8]) -> Result<ReplyBody, ProtocolError> 
         }
         REP_INFO => ReplyBody::Info(parse_info(&mut r)?),
         REP_META_CONTEXT => {
-            let id = r
-                .u32()
-                .ok_or(ProtocolError::Malformed("NBD_REP_META_CONTEXT shorter than 4 bytes"))?;
+            let id = r.u32().ok_or(ProtocolError::Malformed(
+                "NBD_REP_META_CONTEXT shorter than 4 bytes",
+            ))?;
             ReplyBody::MetaContext {
                 id,
                 name: lossy_string(r.rest()).map_err(ProtocolError::Malformed)?,
@@ -528,9 +528,9 @@ fn parse_reply_body(code: u32, data: &[u8]) -> Result<ReplyBody, ProtocolError> 
 }
 
 fn parse_info(r: &mut Reader<'_>) -> Result<InfoReply, ProtocolError> {
-    let kind = r
-        .u16()
-        .ok_or(ProtocolError::Malformed("NBD_REP_INFO shorter than 2 bytes"))?;
+    let kind = r.u16().ok_or(ProtocolError::Malformed(
+        "NBD_REP_INFO shorter than 2 bytes",
+    ))?;
     let rest = r.rest();
     let mut p = Reader::new(rest);
     Ok(match kind {
@@ -551,7 +551,11 @@ fn parse_info(r: &mut Reader<'_>) -> Result<InfoReply, ProtocolError> {
                 preferred,
                 maximum,
             },
-            _ => return Err(ProtocolError::Malformed("NBD_INFO_BLOCK_SIZE length is not 14")),
+            _ => {
+                return Err(ProtocolError::Malformed(
+                    "NBD_INFO_BLOCK_SIZE length is not 14",
+                ))
+            }
         },
         kind => InfoReply::Unknown {
             kind,
@@ -627,7 +631,9 @@ fn take_string32(r: &mut Reader<'_>) -> Result<String, &'static str> {
     if len > MAX_STRING_BYTES {
         return Err("string longer than 4096 bytes");
     }
-    let bytes = r.bytes(len).ok_or("string runs past the end of the message")?;
+    let bytes = r
+        .bytes(len)
+        .ok_or("string runs past the end of the message")?;
     strict_string(bytes)
 }
 
@@ -657,12 +663,12 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn go_request() -> impl Strategy<Value = GoRequest> {
-        (name(), proptest::collection::vec(any::<u16>(), 0..8)).prop_map(
-            |(name, info_requests)| GoRequest {
+        (name(), proptest::collection::vec(any::<u16>(), 0..8)).prop_map(|(name, info_requests)| {
+            GoRequest {
                 name,
                 info_requests,
-            },
-        )
+            }
+        })
     }
 
     pub(crate) fn meta_request() -> impl Strategy<Value = MetaContextRequest> {
@@ -681,7 +687,10 @@ pub(crate) mod tests {
             Just(ClientOption::StructuredReply),
             meta_request().prop_map(ClientOption::ListMetaContext),
             meta_request().prop_map(ClientOption::SetMetaContext),
-            (11u32..0x8000_0000, proptest::collection::vec(any::<u8>(), 0..32))
+            (
+                11u32..0x8000_0000,
+                proptest::collection::vec(any::<u8>(), 0..32)
+            )
                 .prop_map(|(option, data)| ClientOption::Unknown { option, data }),
         ]
     }
@@ -712,8 +721,12 @@ pub(crate) mod tests {
             (name(), name()).prop_map(|(name, details)| ReplyBody::Server { name, details }),
             info_reply().prop_map(ReplyBody::Info),
             (any::<u32>(), name()).prop_map(|(id, name)| ReplyBody::MetaContext { id, name }),
-            (REP_FLAG_ERROR.., name()).prop_map(|(code, message)| ReplyBody::Error { code, message }),
-            (5u32..REP_FLAG_ERROR, proptest::collection::vec(any::<u8>(), 0..16))
+            (REP_FLAG_ERROR.., name())
+                .prop_map(|(code, message)| ReplyBody::Error { code, message }),
+            (
+                5u32..REP_FLAG_ERROR,
+                proptest::collection::vec(any::<u8>(), 0..16)
+            )
                 .prop_map(|(code, data)| ReplyBody::Unknown { code, data }),
         ];
         (any::<u32>(), body).prop_map(|(option, body)| OptionReply { option, body })
