@@ -48,6 +48,53 @@ fn hydrate_writes(actions: &[Action]) -> Vec<(LowerId, u64, u64, bool)> {
         .collect()
 }
 
+/// The success completion of request `id`.
+fn done(id: RequestId) -> Vec<Action> {
+    vec![Action::Complete {
+        id,
+        status: Status::SUCCESS,
+    }]
+}
+
+/// The engine flush among `actions`.
+fn flush_down_of(actions: &[Action]) -> LowerId {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::FlushDown { lower } => Some(*lower),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no engine flush in {actions:?}"))
+}
+
+/// Performs commit `commit` the way a shell does and reports success.
+fn commit_ok(e: &mut Engine, commit: u64) -> Vec<Action> {
+    e.take_flushed_marks();
+    step(e, Event::MetadataCommitted { commit, ok: true })
+}
+
+fn read(id: RequestId, offset: u64, len: u64) -> Event {
+    Event::Read { id, offset, len }
+}
+
+fn write(id: RequestId, offset: u64, len: u64) -> Event {
+    Event::Write {
+        id,
+        offset,
+        len,
+        fua: false,
+    }
+}
+
+fn hydrate(batch: BatchId, offset: u64, len: u64) -> Event {
+    Event::Hydrate {
+        batch,
+        offset,
+        len,
+        zero: false,
+    }
+}
+
 fn ok(lower: LowerId) -> Event {
     Event::LowerCompleted {
         lower,
@@ -75,14 +122,7 @@ fn restore(e: &mut Engine, regions: core::ops::Range<u64>, batch: BatchId) {
 fn a_read_of_restored_regions_is_forwarded_at_once() {
     let mut e = engine(8);
     restore(&mut e, 0..2, 1);
-    let out = step(
-        &mut e,
-        Event::Read {
-            id: 7,
-            offset: 512,
-            len: 6 * 1024,
-        },
-    );
+    let out = step(&mut e, read(7, 512, 6 * 1024));
     assert_eq!(
         out,
         vec![Action::Forward {
@@ -95,22 +135,8 @@ fn a_read_of_restored_regions_is_forwarded_at_once() {
 #[test]
 fn a_missing_region_is_fetched_once_however_many_reads_wait() {
     let mut e = engine(8);
-    let a = step(
-        &mut e,
-        Event::Read {
-            id: 1,
-            offset: 2 * R,
-            len: 512,
-        },
-    );
-    let b = step(
-        &mut e,
-        Event::Read {
-            id: 2,
-            offset: 2 * R + 1024,
-            len: 512,
-        },
-    );
+    let a = step(&mut e, read(1, 2 * R, 512));
+    let b = step(&mut e, read(2, 2 * R + 1024, 512));
     assert_eq!(
         a,
         vec![
@@ -128,23 +154,8 @@ fn a_missing_region_is_fetched_once_however_many_reads_wait() {
 #[test]
 fn a_held_read_goes_down_only_after_the_hydrate_write_completes() {
     let mut e = engine(8);
-    step(
-        &mut e,
-        Event::Read {
-            id: 1,
-            offset: 3 * R,
-            len: R,
-        },
-    );
-    let out = step(
-        &mut e,
-        Event::Hydrate {
-            batch: 9,
-            offset: 3 * R,
-            len: R,
-            zero: false,
-        },
-    );
+    step(&mut e, read(1, 3 * R, R));
+    let out = step(&mut e, hydrate(9, 3 * R, R));
     let writes = hydrate_writes(&out);
     assert_eq!(writes.len(), 1);
     assert!(
@@ -167,28 +178,12 @@ fn a_held_read_goes_down_only_after_the_hydrate_write_completes() {
 #[test]
 fn a_write_covering_whole_regions_needs_no_fetch_and_marks_on_completion() {
     let mut e = engine(8);
-    let out = step(
-        &mut e,
-        Event::Write {
-            id: 1,
-            offset: 2 * R,
-            len: 3 * R,
-            fua: false,
-        },
-    );
+    let out = step(&mut e, write(1, 2 * R, 3 * R));
     let lower = lower_of(&out, 1);
     assert!(!out.iter().any(|a| matches!(a, Action::Fetch { .. })));
     assert!(!e.map().is_restored(2));
     // Hydrate data racing the write is dropped: the write is newer.
-    let stale = step(
-        &mut e,
-        Event::Hydrate {
-            batch: 4,
-            offset: 2 * R,
-            len: 3 * R,
-            zero: false,
-        },
-    );
+    let stale = step(&mut e, hydrate(4, 2 * R, 3 * R));
     assert_eq!(
         stale,
         vec![Action::HydrateDone {
@@ -198,13 +193,7 @@ fn a_write_covering_whole_regions_needs_no_fetch_and_marks_on_completion() {
     );
     assert_eq!(e.counters().stale_regions_dropped, 3);
     let out = step(&mut e, ok(lower));
-    assert_eq!(
-        out[0],
-        Action::Complete {
-            id: 1,
-            status: Status::SUCCESS
-        }
-    );
+    assert_eq!(out[0], done(1)[0]);
     assert!(e.map().is_range_restored(2..5));
 }
 
@@ -212,15 +201,7 @@ fn a_write_covering_whole_regions_needs_no_fetch_and_marks_on_completion() {
 fn an_unaligned_write_fetches_only_its_head_and_tail_regions() {
     let mut e = engine(16);
     // Sectors from the middle of region 1 to the middle of region 5.
-    let out = step(
-        &mut e,
-        Event::Write {
-            id: 1,
-            offset: R + 1024,
-            len: 4 * R,
-            fua: false,
-        },
-    );
+    let out = step(&mut e, write(1, R + 1024, 4 * R));
     let fetched: Vec<_> = out
         .iter()
         .filter_map(|a| match a {
@@ -231,69 +212,24 @@ fn an_unaligned_write_fetches_only_its_head_and_tail_regions() {
     assert_eq!(fetched, vec![1..2, 5..6]);
     assert_eq!(out[0], Action::Hold { id: 1 });
     restore(&mut e, 1..2, 1);
-    let out = step(
-        &mut e,
-        Event::Hydrate {
-            batch: 2,
-            offset: 5 * R,
-            len: R,
-            zero: false,
-        },
-    );
+    let out = step(&mut e, hydrate(2, 5 * R, R));
     let w = hydrate_writes(&out);
     let out = step(&mut e, ok(w[0].0));
     let lower = lower_of(&out, 1);
     let out = step(&mut e, ok(lower));
-    assert_eq!(
-        out[0],
-        Action::Complete {
-            id: 1,
-            status: Status::SUCCESS
-        }
-    );
+    assert_eq!(out[0], done(1)[0]);
     assert!(e.map().is_range_restored(1..6));
 }
 
 #[test]
 fn writes_to_a_region_being_fetched_go_down_after_it_in_arrival_order() {
     let mut e = engine(8);
-    step(
-        &mut e,
-        Event::Write {
-            id: 1,
-            offset: R + 512,
-            len: 512,
-            fua: false,
-        },
-    );
-    let second = step(
-        &mut e,
-        Event::Write {
-            id: 2,
-            offset: R + 512,
-            len: 1024,
-            fua: false,
-        },
-    );
+    step(&mut e, write(1, R + 512, 512));
+    let second = step(&mut e, write(2, R + 512, 1024));
     assert_eq!(second, vec![Action::Hold { id: 2 }]);
     // A read of the same sectors queues behind both.
-    step(
-        &mut e,
-        Event::Read {
-            id: 3,
-            offset: R,
-            len: R,
-        },
-    );
-    let out = step(
-        &mut e,
-        Event::Hydrate {
-            batch: 1,
-            offset: R,
-            len: R,
-            zero: false,
-        },
-    );
+    step(&mut e, read(3, R, R));
+    let out = step(&mut e, hydrate(1, R, R));
     let out = step(&mut e, ok(hydrate_writes(&out)[0].0));
     let first = lower_of(&out, 1);
     assert!(
@@ -314,15 +250,7 @@ fn writes_to_a_region_being_fetched_go_down_after_it_in_arrival_order() {
 fn hydrate_data_for_restored_or_in_flight_regions_is_dropped() {
     let mut e = engine(8);
     restore(&mut e, 0..1, 1);
-    let out = step(
-        &mut e,
-        Event::Hydrate {
-            batch: 2,
-            offset: 0,
-            len: 3 * R,
-            zero: false,
-        },
-    );
+    let out = step(&mut e, hydrate(2, 0, 3 * R));
     // Region 0 restored: dropped; regions 1..3 written in one piece.
     assert_eq!(
         hydrate_writes(&out)
@@ -332,15 +260,7 @@ fn hydrate_data_for_restored_or_in_flight_regions_is_dropped() {
         vec![(R, 2 * R)]
     );
     // The same data again while it is in flight: dropped.
-    let dup = step(
-        &mut e,
-        Event::Hydrate {
-            batch: 3,
-            offset: R,
-            len: R,
-            zero: false,
-        },
-    );
+    let dup = step(&mut e, hydrate(3, R, R));
     assert_eq!(
         dup,
         vec![Action::HydrateDone {
@@ -353,14 +273,7 @@ fn hydrate_data_for_restored_or_in_flight_regions_is_dropped() {
 #[test]
 fn a_zero_fill_hydrate_restores_without_payload() {
     let mut e = engine(4);
-    step(
-        &mut e,
-        Event::Read {
-            id: 1,
-            offset: 0,
-            len: 4 * R,
-        },
-    );
+    step(&mut e, read(1, 0, 4 * R));
     let out = step(
         &mut e,
         Event::Hydrate {
@@ -380,32 +293,10 @@ fn a_zero_fill_hydrate_restores_without_payload() {
 #[test]
 fn a_fetch_failure_fails_exactly_the_requests_that_need_the_range() {
     let mut e = engine(8);
-    step(
-        &mut e,
-        Event::Read {
-            id: 1,
-            offset: 2 * R,
-            len: 512,
-        },
-    );
-    step(
-        &mut e,
-        Event::Read {
-            id: 2,
-            offset: 4 * R,
-            len: 512,
-        },
-    );
+    step(&mut e, read(1, 2 * R, 512));
+    step(&mut e, read(2, 4 * R, 512));
     // A whole-region write of the failed region needs no data: unaffected.
-    step(
-        &mut e,
-        Event::Write {
-            id: 3,
-            offset: 6 * R,
-            len: R,
-            fua: false,
-        },
-    );
+    step(&mut e, write(3, 6 * R, R));
     let out = step(
         &mut e,
         Event::FetchFailed {
@@ -424,14 +315,7 @@ fn a_fetch_failure_fails_exactly_the_requests_that_need_the_range() {
     assert_eq!(e.held_count(), 1);
     assert!(!e.map().is_restored(2));
     // The region can be asked for again by the next reader.
-    let again = step(
-        &mut e,
-        Event::Read {
-            id: 4,
-            offset: 2 * R,
-            len: 512,
-        },
-    );
+    let again = step(&mut e, read(4, 2 * R, 512));
     assert!(again.contains(&Action::Fetch {
         regions: 2..3,
         on_demand: true
@@ -457,13 +341,7 @@ fn a_flush_completes_only_after_the_metadata_commit_is_durable() {
             ok: true,
         },
     );
-    assert_eq!(
-        out,
-        vec![Action::Complete {
-            id: 5,
-            status: Status::SUCCESS
-        }]
-    );
+    assert_eq!(out, done(5));
 }
 
 #[test]
@@ -518,34 +396,13 @@ fn a_trim_of_whole_regions_marks_them_without_fetching() {
 #[test]
 fn all_restored_is_said_once_after_it_is_durable() {
     let mut e = engine(2);
-    let out = step(
-        &mut e,
-        Event::Hydrate {
-            batch: 1,
-            offset: 0,
-            len: 2 * R,
-            zero: false,
-        },
-    );
+    let out = step(&mut e, hydrate(1, 0, 2 * R));
     let out = step(&mut e, ok(hydrate_writes(&out)[0].0));
-    let flush = out
-        .iter()
-        .find_map(|a| match a {
-            Action::FlushDown { lower } => Some(*lower),
-            _ => None,
-        })
-        .expect("an engine flush to make the last marks durable");
+    let flush = flush_down_of(&out);
     assert!(!e.is_passthrough());
     let out = step(&mut e, ok(flush));
     assert_eq!(out, vec![Action::CommitMetadata { commit: 1 }]);
-    e.take_flushed_marks();
-    let out = step(
-        &mut e,
-        Event::MetadataCommitted {
-            commit: 1,
-            ok: true,
-        },
-    );
+    let out = commit_ok(&mut e, 1);
     assert_eq!(out, vec![Action::AllRestored]);
     assert!(e.is_passthrough());
     assert!(step(
@@ -561,31 +418,9 @@ fn all_restored_is_said_once_after_it_is_durable() {
 fn each_bad_request_gets_its_status_and_changes_nothing() {
     let mut e = engine(8);
     let cases = [
-        (
-            Event::Read {
-                id: 1,
-                offset: 100,
-                len: 512,
-            },
-            Status::INVALID_PARAMETER,
-        ),
-        (
-            Event::Write {
-                id: 2,
-                offset: 0,
-                len: 700,
-                fua: false,
-            },
-            Status::INVALID_PARAMETER,
-        ),
-        (
-            Event::Read {
-                id: 3,
-                offset: 512,
-                len: 0,
-            },
-            Status::INVALID_BUFFER_SIZE,
-        ),
+        (read(1, 100, 512), Status::INVALID_PARAMETER),
+        (write(2, 0, 700), Status::INVALID_PARAMETER),
+        (read(3, 512, 0), Status::INVALID_BUFFER_SIZE),
         (
             Event::Discard {
                 id: 4,
@@ -594,14 +429,7 @@ fn each_bad_request_gets_its_status_and_changes_nothing() {
             },
             Status::INTEGER_OVERFLOW,
         ),
-        (
-            Event::Read {
-                id: 5,
-                offset: 8 * R,
-                len: 512,
-            },
-            Status::NONEXISTENT_SECTOR,
-        ),
+        (read(5, 8 * R, 512), Status::NONEXISTENT_SECTOR),
         (
             Event::Write {
                 id: 6,
@@ -652,14 +480,7 @@ fn a_misaligned_hydrate_is_refused() {
 fn a_held_request_past_the_deadline_times_out() {
     let mut e = engine(8);
     step(&mut e, Event::Tick { now_ns: 1 });
-    step(
-        &mut e,
-        Event::Read {
-            id: 1,
-            offset: 0,
-            len: 512,
-        },
-    );
+    step(&mut e, read(1, 0, 512));
     let deadline = EngineConfig::default().hold_deadline_ns;
     assert!(step(&mut e, Event::Tick { now_ns: deadline }).is_empty());
     let out = step(
@@ -687,30 +508,9 @@ fn too_many_held_requests_are_refused_not_queued() {
             ..EngineConfig::default()
         },
     );
-    step(
-        &mut e,
-        Event::Read {
-            id: 1,
-            offset: 0,
-            len: 512,
-        },
-    );
-    step(
-        &mut e,
-        Event::Read {
-            id: 2,
-            offset: R,
-            len: 512,
-        },
-    );
-    let out = step(
-        &mut e,
-        Event::Read {
-            id: 3,
-            offset: 2 * R,
-            len: 512,
-        },
-    );
+    step(&mut e, read(1, 0, 512));
+    step(&mut e, read(2, R, 512));
+    let out = step(&mut e, read(3, 2 * R, 512));
     assert_eq!(
         out,
         vec![Action::Complete {
@@ -733,44 +533,18 @@ fn a_fua_write_completes_only_when_its_regions_are_durably_marked() {
         },
     );
     let out = step(&mut e, ok(lower_of(&out, 1)));
-    let flush = out
-        .iter()
-        .find_map(|a| match a {
-            Action::FlushDown { lower } => Some(*lower),
-            _ => None,
-        })
-        .expect("FUA write waits for an engine flush");
+    let flush = flush_down_of(&out);
     assert!(!out.iter().any(|a| matches!(a, Action::Complete { .. })));
     let out = step(&mut e, ok(flush));
     assert_eq!(out, vec![Action::CommitMetadata { commit: 1 }]);
-    e.take_flushed_marks();
-    let out = step(
-        &mut e,
-        Event::MetadataCommitted {
-            commit: 1,
-            ok: true,
-        },
-    );
-    assert_eq!(
-        out,
-        vec![Action::Complete {
-            id: 1,
-            status: Status::SUCCESS
-        }]
-    );
+    let out = commit_ok(&mut e, 1);
+    assert_eq!(out, done(1));
 }
 
 #[test]
 fn a_service_restart_asks_again_for_what_it_lost() {
     let mut e = engine(8);
-    step(
-        &mut e,
-        Event::Read {
-            id: 1,
-            offset: 3 * R,
-            len: 2 * R,
-        },
-    );
+    step(&mut e, read(1, 3 * R, 2 * R));
     let out = step(&mut e, Event::ServiceAttached);
     assert_eq!(
         out,
