@@ -7,11 +7,14 @@
 //! ```text
 //! words[w]   bit b  = region 64*w + b restored            (region_count bits, tail zero)
 //! summary[s] bit b  = words[64*s + b] is full               (every region in it restored)
+//! top[t]     bit b  = summary[64*t + b] is full             (4096 words, 262144 regions)
 //! all_restored      = restored_count == region_count        (the filter's one-load fast path)
 //! ```
 //!
-//! Memory: region_count/8 bytes for `words` plus 1/64 of that for `summary`; a 1 TiB
-//! volume at 4 KiB regions is 32 MiB + 512 KiB.
+//! Memory: region_count/8 bytes for `words` plus 1/64 of that for `summary` and 1/4096
+//! for `top`; a 1 TiB volume at 4 KiB regions is 32 MiB + 512 KiB + 8 KiB. With `top`,
+//! finding the first missing region reads at most 1/4096 of the map's words even when
+//! the only missing regions are at the end.
 //!
 //! Ordering: a mark is a `fetch_or` with Release after the region's data reached the
 //! lower device; tests load with Acquire, so whoever sees the bit also sees the data
@@ -40,6 +43,7 @@ pub struct RegionMap {
     geometry: Geometry,
     words: Box<[AtomicU64]>,
     summary: Box<[AtomicU64]>,
+    top: Box<[AtomicU64]>,
     restored_count: AtomicU64,
     all_restored: AtomicBool,
 }
@@ -60,10 +64,12 @@ impl RegionMap {
         let summary_count = word_count.div_ceil(BITS);
         let words = try_zeroed(word_count as usize)?;
         let summary = try_zeroed(summary_count as usize)?;
+        let top = try_zeroed(summary_count.div_ceil(BITS) as usize)?;
         Ok(RegionMap {
             geometry,
             words,
             summary,
+            top,
             restored_count: AtomicU64::new(0),
             all_restored: AtomicBool::new(false),
         })
@@ -79,6 +85,11 @@ impl RegionMap {
     #[inline]
     pub fn region_count(&self) -> u64 {
         self.geometry.region_count()
+    }
+
+    /// Bytes the map holds (all levels).
+    pub fn memory_bytes(&self) -> usize {
+        (self.words.len() + self.summary.len() + self.top.len()) * 8
     }
 
     /// Number of 64-bit words in the bitmap.
@@ -115,6 +126,17 @@ impl RegionMap {
             u64::MAX
         } else {
             (1u64 << regions_in_word) - 1
+        }
+    }
+
+    /// Mask of the valid bits of summary word `s_index`.
+    #[inline]
+    fn summary_full_mask(&self, s_index: usize) -> u64 {
+        let words_in = (self.words.len() - s_index * BITS as usize).min(BITS as usize);
+        if words_in == BITS as usize {
+            u64::MAX
+        } else {
+            (1u64 << words_in) - 1
         }
     }
 
@@ -167,8 +189,13 @@ impl RegionMap {
         }
         let after = before | bits;
         if after == full {
-            self.summary[index / BITS as usize]
-                .fetch_or(1 << (index as u64 % BITS), Ordering::AcqRel);
+            let s_index = index / BITS as usize;
+            let s_bit = 1 << (index as u64 % BITS);
+            let s_after = self.summary[s_index].fetch_or(s_bit, Ordering::AcqRel) | s_bit;
+            if s_after == self.summary_full_mask(s_index) {
+                self.top[s_index / BITS as usize]
+                    .fetch_or(1 << (s_index as u64 % BITS), Ordering::AcqRel);
+            }
         }
         let newly = u64::from(newly_set.count_ones());
         let total = self.restored_count.fetch_add(newly, Ordering::AcqRel) + newly;
@@ -230,9 +257,23 @@ impl RegionMap {
             return Some(index as u64 * BITS + u64::from(head.trailing_zeros()));
         }
         index += 1;
-        // Then whole words, skipping 64 full words at a time by the summary.
+        // Then whole words, skipping 4096 full words at a time by `top` and 64 at a
+        // time by `summary`. Bounded: every pass moves `index` forward.
         while index < self.words.len() {
             let s_index = index / BITS as usize;
+            let t_index = s_index / BITS as usize;
+            let top_not_full =
+                !self.top[t_index].load(Ordering::Acquire) & (u64::MAX << (s_index as u64 % BITS));
+            if top_not_full == 0 {
+                index = (t_index + 1) * (BITS * BITS) as usize;
+                continue;
+            }
+            let s_next = t_index * BITS as usize + top_not_full.trailing_zeros() as usize;
+            if s_next != s_index {
+                debug_assert!(s_next > s_index);
+                index = s_next * BITS as usize;
+                continue;
+            }
             let s_bit = index as u64 % BITS;
             let not_full = !self.summary[s_index].load(Ordering::Acquire) & (u64::MAX << s_bit);
             if not_full == 0 {
@@ -313,10 +354,38 @@ mod tests {
 
     #[test]
     fn a_1tib_map_at_4kib_fits_in_33mib() {
-        let g = Geometry::new(1 << 40, 4096).unwrap();
-        let words = g.region_count().div_ceil(64);
-        let bytes = (words + words.div_ceil(64)) * 8;
-        assert!(bytes <= 33 * 1024 * 1024, "{bytes}");
+        let m = RegionMap::new(Geometry::new(1 << 40, 4096).unwrap()).unwrap();
+        assert!(m.memory_bytes() <= 33 * 1024 * 1024, "{}", m.memory_bytes());
+    }
+
+    #[test]
+    fn the_top_level_skips_full_summaries_and_never_hides_a_hole() {
+        // 3 top words' worth of regions plus a ragged tail.
+        let regions = 3 * 64 * 64 * 64 + 64 * 5 + 3;
+        let m = map(regions);
+        let holes = [
+            5u64,
+            64 * 64 * 64 + 7,
+            2 * 64 * 64 * 64 + 64 * 64 + 1,
+            regions - 1,
+        ];
+        let mut start = 0;
+        for &h in &holes {
+            m.mark_range(start..h);
+            start = h + 1;
+        }
+        m.mark_range(start..regions);
+        let mut from = 0;
+        for &h in &holes {
+            assert_eq!(m.first_missing_from(from), Some(h));
+            from = h + 1;
+        }
+        assert_eq!(m.first_missing_from(from), None);
+        for &h in &holes {
+            m.mark(h);
+        }
+        assert!(m.is_all_restored());
+        assert_eq!(m.first_missing_from(0), None);
     }
 
     #[test]
