@@ -1,0 +1,108 @@
+//! The metadata store over a file (`PATH.rehydrate-meta` by default): the driver's narrow
+//! `MetaStore` trait with positioned reads and writes and `fdatasync` as the flush.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rehydrate_driver::meta::{MetaStore, StoreError, META_PAGE_SIZE_BYTES};
+
+/// A metadata store in a regular file.
+pub struct FileMetaStore {
+    file: File,
+    page_count: u64,
+}
+
+fn device(e: &std::io::Error) -> StoreError {
+    StoreError::Device {
+        code: e.raw_os_error().map_or(u32::MAX, |c| c as u32),
+    }
+}
+
+impl FileMetaStore {
+    /// Opens `path`, creating it when `create`; a created or short file is sized to
+    /// `page_count` pages (zeros).
+    pub fn open(path: &Path, page_count: u64, create: bool) -> std::io::Result<FileMetaStore> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        let want = page_count * META_PAGE_SIZE_BYTES as u64;
+        let len = file.metadata()?.len();
+        if create && len < want {
+            file.set_len(want)?;
+        }
+        let page_count = file.metadata()?.len() / META_PAGE_SIZE_BYTES as u64;
+        Ok(FileMetaStore { file, page_count })
+    }
+}
+
+impl MetaStore for FileMetaStore {
+    fn page_count(&self) -> u64 {
+        self.page_count
+    }
+
+    fn read_page(&mut self, index: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        if index >= self.page_count {
+            return Err(StoreError::OutOfRange {
+                index,
+                page_count: self.page_count,
+            });
+        }
+        self.file
+            .read_exact_at(buf, index * META_PAGE_SIZE_BYTES as u64)
+            .map_err(|e| device(&e))
+    }
+
+    fn write_page(&mut self, index: u64, buf: &[u8]) -> Result<(), StoreError> {
+        if index >= self.page_count {
+            return Err(StoreError::OutOfRange {
+                index,
+                page_count: self.page_count,
+            });
+        }
+        self.file
+            .write_all_at(buf, index * META_PAGE_SIZE_BYTES as u64)
+            .map_err(|e| device(&e))
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.file.sync_data().map_err(|e| device(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rehydrate_driver::meta::{Identity, Metadata};
+    use rehydrate_driver::RegionMap;
+
+    #[test]
+    fn commits_survive_reopening_and_other_restores_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let id = Identity {
+            volume_size_bytes: 1 << 20,
+            region_size_bytes: 4096,
+            backup_id: [1; 32],
+        };
+        let g = id.geometry().unwrap();
+        let mut store = FileMetaStore::open(&path, Metadata::store_pages(&g), true).unwrap();
+        let mut meta = Metadata::create(&mut store, &id).unwrap();
+        meta.note_marked(3..5);
+        meta.commit(&mut store, |w| if w == 0 { 0b11000 } else { 0 })
+            .unwrap();
+        drop(store);
+        let mut store = FileMetaStore::open(&path, 0, false).unwrap();
+        let map = RegionMap::new(g).unwrap();
+        Metadata::open(&mut store, &id, &map).unwrap();
+        assert_eq!(map.restored_count(), 2);
+        let other = Identity {
+            backup_id: [2; 32],
+            ..id
+        };
+        assert!(Metadata::open(&mut store, &other, &RegionMap::new(g).unwrap()).is_err());
+    }
+}

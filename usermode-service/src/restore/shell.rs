@@ -1,0 +1,462 @@
+//! The tokio shell of the Linux restore: performs the hydrator's and the engine's
+//! actions and nothing else.
+//!
+//! One task owns the engine, the hydrator, the metadata and the target, and performs
+//! their actions in order; fetches run as separate tasks and report on a channel. Data
+//! is written with positioned writes; the engine asks for `fdatasync` only on its commit
+//! interval (about once a second), never per hydrate.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rehydrate_driver::abi::BitmapPage;
+use rehydrate_driver::commit::commit_and_answer;
+use rehydrate_driver::engine::{Action, BatchId, Engine, EngineConfig, Event, LowerId};
+use rehydrate_driver::meta::Metadata;
+use rehydrate_driver::{Geometry, RegionMap, Status};
+use tokio::sync::mpsc;
+
+use super::meta_file::FileMetaStore;
+use super::target::Target;
+use crate::error::ServiceError;
+use crate::hydrator::{
+    FetchId, Hydrator, HydratorConfig, Input, Missing, Output, PayloadRef, Progress,
+};
+use crate::source::{fetch, Fetched, Source, SourceError};
+
+/// How often the engine and hydrator get a tick when nothing else happens.
+const TICK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What a finished restore did.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    /// Hydrator counters at the end.
+    pub progress: Progress,
+    /// Bytes already restored when this run started (from the metadata).
+    pub resumed_bytes: u64,
+    /// Metadata commits this run made.
+    pub commits: u64,
+}
+
+type FetchResult = (FetchId, Result<Fetched, SourceError>);
+/// A lower flush finished: its handle and status.
+type FlushResult = (LowerId, Status);
+
+pub(super) struct Shell<S: Source> {
+    geometry: Geometry,
+    engine: Engine,
+    hydrator: Hydrator,
+    meta: Metadata,
+    store: FileMetaStore,
+    target: Target,
+    map: Arc<RegionMap>,
+    source: Arc<S>,
+    payloads: HashMap<FetchId, Vec<u8>>,
+    /// Payload of each hydrate the engine is writing.
+    batch_payloads: HashMap<BatchId, PayloadRef>,
+    inputs: VecDeque<OwnedInput>,
+    all_restored: bool,
+    failure: Option<ServiceError>,
+    /// The source's last error, for the message if the restore fails.
+    last_error: Option<String>,
+    started: Instant,
+    tx: mpsc::UnboundedSender<FetchResult>,
+    rx: mpsc::UnboundedReceiver<FetchResult>,
+    flush_tx: mpsc::UnboundedSender<FlushResult>,
+    flush_rx: mpsc::UnboundedReceiver<FlushResult>,
+}
+
+/// Hydrator inputs the shell queues while performing actions.
+enum OwnedInput {
+    HydrateDone {
+        batch: BatchId,
+        ok: bool,
+    },
+    Missing(Missing),
+    Page {
+        first_word: u64,
+        words: Vec<u64>,
+        restored: u64,
+    },
+}
+
+impl<S: Source> Shell<S> {
+    pub(super) fn new(
+        target: Target,
+        store: FileMetaStore,
+        meta: Metadata,
+        map: Arc<RegionMap>,
+        config: HydratorConfig,
+        source: Arc<S>,
+    ) -> Result<Shell<S>, ServiceError> {
+        let geometry = *map.geometry();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        Ok(Shell {
+            geometry,
+            engine: Engine::new(Arc::clone(&map), EngineConfig::default()),
+            hydrator: Hydrator::new(geometry, config)?,
+            meta,
+            store,
+            target,
+            map,
+            source,
+            payloads: HashMap::new(),
+            batch_payloads: HashMap::new(),
+            inputs: VecDeque::new(),
+            all_restored: false,
+            failure: None,
+            last_error: None,
+            started: Instant::now(),
+            tx,
+            rx,
+            flush_tx,
+            flush_rx,
+        })
+    }
+
+    fn restored_bytes(&self) -> u64 {
+        let count = self.map.restored_count();
+        let region = u64::from(self.geometry.region_size_bytes());
+        let mut bytes = count * region;
+        let last = self.geometry.region_count() - 1;
+        if count > 0 && self.map.is_restored(last) {
+            bytes -= region - self.geometry.region_len_bytes(last);
+        }
+        bytes
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    pub(super) async fn run(mut self, started: Instant) -> Result<Outcome, ServiceError> {
+        self.started = started;
+        let resumed_bytes = self.restored_bytes();
+        let bar = progress_bar(self.geometry.volume_size_bytes(), resumed_bytes);
+        let mut last_tick = Instant::now();
+        self.tick();
+        loop {
+            self.drain_inputs();
+            if let Some(e) = self.failure.take() {
+                bar.abandon();
+                return Err(e);
+            }
+            if self.all_restored {
+                break;
+            }
+            let wake = self
+                .hydrator
+                .next_wakeup_ns()
+                .map(|at| Duration::from_nanos(at.saturating_sub(self.now_ns())));
+            let sleep = wake.unwrap_or(TICK_INTERVAL).min(TICK_INTERVAL);
+            tokio::select! {
+                done = self.rx.recv() => {
+                    if let Some((id, result)) = done {
+                        self.on_fetch_result(id, result);
+                        // Take whatever else finished without waiting again.
+                        while let Ok((id, result)) = self.rx.try_recv() {
+                            self.on_fetch_result(id, result);
+                        }
+                    }
+                }
+                flushed = self.flush_rx.recv() => {
+                    if let Some((lower, status)) = flushed {
+                        if !status.is_success() {
+                            self.failure.get_or_insert(ServiceError::LowerFailed { status: status.0, what: "flush" });
+                        }
+                        let mut actions = Vec::new();
+                        self.engine.handle(Event::LowerCompleted { lower, status }, &mut actions);
+                        self.perform_engine(actions);
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            if last_tick.elapsed() >= TICK_INTERVAL {
+                last_tick = Instant::now();
+                self.tick();
+                bar.set_position(self.restored_bytes());
+            }
+        }
+        bar.set_position(self.restored_bytes());
+        bar.finish_and_clear();
+        Ok(Outcome {
+            progress: self.hydrator.progress(),
+            resumed_bytes,
+            commits: self.engine.counters().commits,
+        })
+    }
+
+    fn tick(&mut self) {
+        let now_ns = self.now_ns();
+        let mut actions = Vec::new();
+        self.engine.handle(Event::Tick { now_ns }, &mut actions);
+        self.perform_engine(actions);
+        self.feed(Input::Tick { now_ns });
+    }
+
+    fn on_fetch_result(&mut self, id: FetchId, result: Result<Fetched, SourceError>) {
+        match result {
+            Ok(fetched) => {
+                self.payloads.insert(id, fetched.data);
+                self.feed(Input::Fetched {
+                    fetch: id,
+                    segments: &fetched.segments,
+                });
+                // Every hydrate of this fetch has been written (or dropped) by now.
+                self.payloads.remove(&id);
+            }
+            Err(e) => {
+                tracing::debug!(%e, id, "restore: fetch failed");
+                let error = e.fetch_error();
+                self.last_error = Some(e.to_string());
+                self.feed(Input::FetchFailed { fetch: id, error });
+            }
+        }
+    }
+
+    fn drain_inputs(&mut self) {
+        // Bounded: each input is produced by an action of a bounded batch of work.
+        while let Some(input) = self.inputs.pop_front() {
+            match input {
+                OwnedInput::HydrateDone { batch, ok } => {
+                    self.feed(Input::HydrateDone { batch, ok })
+                }
+                OwnedInput::Missing(m) => self.feed(m.input()),
+                OwnedInput::Page {
+                    first_word,
+                    words,
+                    restored,
+                } => {
+                    match BitmapPage::new(
+                        first_word,
+                        self.geometry.region_count(),
+                        restored,
+                        &words,
+                    ) {
+                        Ok(page) => self.feed(Input::BitmapPage(page)),
+                        Err(e) => tracing::error!(%e, "restore: bitmap page refused"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one input to the hydrator and performs what it asks.
+    fn feed(&mut self, input: Input<'_>) {
+        let mut out = Vec::new();
+        self.hydrator.handle(input, &mut out);
+        for o in out {
+            self.perform_hydrator(o);
+        }
+    }
+
+    fn perform_hydrator(&mut self, o: Output) {
+        match o {
+            Output::Fetch {
+                fetch: id,
+                offset,
+                len,
+                block_status,
+                ..
+            } => {
+                let source = Arc::clone(&self.source);
+                let tx = self.tx.clone();
+                let geometry = self.geometry;
+                tokio::spawn(async move {
+                    let result = fetch(source.as_ref(), &geometry, offset, len, block_status).await;
+                    let _ = tx.send((id, result));
+                });
+            }
+            Output::Hydrate {
+                batch,
+                offset,
+                len,
+                zero,
+                payload,
+            } => {
+                if let Some(p) = payload {
+                    self.batch_payloads.insert(batch, p);
+                }
+                let mut actions = Vec::new();
+                self.engine.handle(
+                    Event::Hydrate {
+                        batch,
+                        offset,
+                        len,
+                        zero,
+                    },
+                    &mut actions,
+                );
+                self.perform_engine(actions);
+            }
+            Output::FetchFailed {
+                offset,
+                len,
+                reason,
+            } => {
+                // Nobody waits in a whole-volume restore: a range that cannot be had ends it.
+                let detail = self
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "no detail".into());
+                self.failure.get_or_insert(ServiceError::FetchFailed {
+                    offset,
+                    len,
+                    reason,
+                    detail,
+                });
+            }
+            Output::QueryBitmap(q) => {
+                let words_total = self.map.word_count() as u64;
+                let end = (q.first_word + u64::from(q.word_count)).min(words_total);
+                let words: Vec<u64> = (q.first_word..end)
+                    .map(|w| self.map.word(w as usize))
+                    .collect();
+                self.inputs.push_back(OwnedInput::Page {
+                    first_word: q.first_word,
+                    words,
+                    restored: self.map.restored_count(),
+                });
+            }
+        }
+    }
+
+    /// Performs engine actions until none are left (completions feed more events).
+    fn perform_engine(&mut self, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            let mut more = Vec::new();
+            match action {
+                Action::WriteHydrate {
+                    lower,
+                    batch,
+                    offset,
+                    len,
+                    payload_offset,
+                    zero,
+                } => {
+                    let status = self.write_hydrate(batch, offset, len, payload_offset, zero);
+                    self.engine
+                        .handle(Event::LowerCompleted { lower, status }, &mut more);
+                }
+                Action::FlushDown { lower } => {
+                    // fdatasync of a large dirty target takes long: run it off this task
+                    // so fetched data keeps being written meanwhile.
+                    let tx = self.flush_tx.clone();
+                    match self.target.flusher() {
+                        Ok(file) => {
+                            tokio::task::spawn_blocking(move || {
+                                let status = match file.sync_data() {
+                                    Ok(()) => Status::SUCCESS,
+                                    Err(e) => {
+                                        tracing::error!(%e, "restore: fdatasync failed");
+                                        Status::IO_DEVICE_ERROR
+                                    }
+                                };
+                                let _ = tx.send((lower, status));
+                            });
+                        }
+                        Err(e) => {
+                            tracing::error!(%e, "restore: cannot open a flush handle");
+                            let _ = tx.send((lower, Status::IO_DEVICE_ERROR));
+                        }
+                    }
+                }
+                Action::CommitMetadata { commit } => {
+                    if let Err(e) = commit_and_answer(
+                        &mut self.engine,
+                        &mut self.meta,
+                        &mut self.store,
+                        commit,
+                        &mut more,
+                    ) {
+                        tracing::error!(%e, "restore: metadata commit failed");
+                        self.failure.get_or_insert(ServiceError::Metadata {
+                            path: self.target.path().to_owned(),
+                            source: e,
+                        });
+                    }
+                }
+                Action::HydrateDone { batch, status } => {
+                    self.batch_payloads.remove(&batch);
+                    if !status.is_success() {
+                        self.failure.get_or_insert(ServiceError::LowerFailed {
+                            status: status.0,
+                            what: "hydrate write",
+                        });
+                    }
+                    self.inputs.push_back(OwnedInput::HydrateDone {
+                        batch,
+                        ok: status.is_success(),
+                    });
+                }
+                Action::AllRestored => self.all_restored = true,
+                Action::Fetch { .. } => {
+                    if let Some(m) = Missing::from_engine(&action) {
+                        self.inputs.push_back(OwnedInput::Missing(m));
+                    }
+                }
+                // No requests come from above in a whole-volume restore.
+                Action::Forward { .. } | Action::Hold { .. } | Action::Complete { .. } => {
+                    tracing::warn!(?action, "restore: unexpected engine action");
+                }
+            }
+            queue.extend(more);
+        }
+    }
+
+    fn write_hydrate(
+        &mut self,
+        batch: BatchId,
+        offset: u64,
+        len: u64,
+        payload_offset: u64,
+        zero: bool,
+    ) -> Status {
+        let result = if zero {
+            self.target.zero(offset, len)
+        } else {
+            match self.payload(batch, payload_offset, len) {
+                Some(data) => self.target.write_at(offset, data),
+                None => {
+                    tracing::error!(batch, "restore: hydrate without its payload");
+                    return Status::INVALID_PARAMETER;
+                }
+            }
+        };
+        match result {
+            Ok(()) => Status::SUCCESS,
+            Err(e) => {
+                tracing::error!(%e, offset, len, "restore: write failed");
+                Status::IO_DEVICE_ERROR
+            }
+        }
+    }
+
+    fn payload(&self, batch: BatchId, payload_offset: u64, len: u64) -> Option<&[u8]> {
+        let p = self.batch_payloads.get(&batch)?;
+        let data = self.payloads.get(&p.fetch)?;
+        let start = usize::try_from(p.offset.checked_add(payload_offset)?).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        data.get(start..end)
+    }
+}
+
+fn progress_bar(total: u64, position: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = ProgressStyle::with_template(
+        "restore {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_position(position);
+    bar.reset_eta();
+    bar
+}

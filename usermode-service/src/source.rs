@@ -1,0 +1,439 @@
+//! Where restore data comes from: any NBD server (ours, qemu-nbd, nbdkit), or anything
+//! else that implements the small [`Source`] trait (tests, the simulator).
+//!
+//! [`fetch`] performs one hydrator fetch against a source: block status first when
+//! asked, then reads of only the data parts, every length checked.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rehydrate_driver::Geometry;
+use rehydrate_nbd::{Client, ClientOptions, NbdUrl};
+use tokio::sync::RwLock;
+
+use crate::hydrator::{plan_segments, Allocation, FetchError, Segment};
+
+/// Why a source operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The server could not be reached (or refused the export) before the deadline.
+    #[error("source {url} unreachable after {attempts} attempts over {secs:.1}s: {last}")]
+    Unreachable {
+        /// The source.
+        url: String,
+        /// Dial attempts made.
+        attempts: u32,
+        /// Seconds spent.
+        secs: f64,
+        /// The last error.
+        last: rehydrate_nbd::Error,
+    },
+    /// The connection broke or a request timed out; worth retrying.
+    #[error("source connection failed: {0}")]
+    Connection(rehydrate_nbd::Error),
+    /// The server answered a request with an error.
+    #[error("source refused the request: {0}")]
+    Server(rehydrate_nbd::Error),
+    /// The range lies outside the source.
+    #[error("range {offset}+{len} is outside the source of {size_bytes} bytes")]
+    OutOfRange {
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+        /// Source size.
+        size_bytes: u64,
+    },
+    /// The source returned a different number of bytes than asked for.
+    #[error("source returned {got} bytes for a {expected}-byte read at {offset}")]
+    ShortRead {
+        /// Byte offset.
+        offset: u64,
+        /// Bytes asked for.
+        expected: u64,
+        /// Bytes returned.
+        got: u64,
+    },
+    /// Data failed verification at the source.
+    #[error("source data at {offset} failed verification")]
+    Corrupt {
+        /// Byte offset.
+        offset: u64,
+    },
+}
+
+impl SourceError {
+    /// How the hydrator should treat it.
+    pub fn fetch_error(&self) -> FetchError {
+        use rehydrate_nbd::consts::{EINVAL, EOVERFLOW, ESHUTDOWN};
+        match self {
+            SourceError::Unreachable { .. } | SourceError::Connection(_) => FetchError::Transient,
+            SourceError::OutOfRange { .. } => FetchError::OutOfRange,
+            SourceError::ShortRead { .. } | SourceError::Corrupt { .. } => FetchError::Corrupt,
+            SourceError::Server(rehydrate_nbd::Error::Server { errno, .. }) => match *errno {
+                EINVAL | EOVERFLOW => FetchError::OutOfRange,
+                ESHUTDOWN => FetchError::Transient,
+                // Our backup server answers a chunk that fails verification with EIO.
+                _ => FetchError::Corrupt,
+            },
+            SourceError::Server(e) if e.is_connection_error() => FetchError::Transient,
+            SourceError::Server(_) => FetchError::Corrupt,
+        }
+    }
+}
+
+/// A read-only block source. Implementations must be cheap to share across tasks.
+pub trait Source: Send + Sync + 'static {
+    /// Size in bytes.
+    fn size_bytes(&self) -> u64;
+    /// Whether `block_status` says more than "all data".
+    fn supports_block_status(&self) -> bool;
+    /// Reads exactly `len` bytes at `offset`.
+    fn read(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = Result<Vec<u8>, SourceError>> + Send;
+    /// The allocation map of `[offset, offset + len)`, as consecutive runs.
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Vec<Allocation>, SourceError>> + Send;
+}
+
+/// A completed fetch: its pieces, and the bytes of its whole range (data pieces filled,
+/// zero pieces left zero).
+#[derive(Debug)]
+pub struct Fetched {
+    /// Region-aligned pieces covering the range, for `Input::Fetched`.
+    pub segments: Vec<Segment>,
+    /// `len` bytes.
+    pub data: Vec<u8>,
+}
+
+/// Performs one hydrator fetch of `[offset, offset + len)`.
+pub async fn fetch<S: Source>(
+    source: &S,
+    geometry: &Geometry,
+    offset: u64,
+    len: u64,
+    block_status: bool,
+) -> Result<Fetched, SourceError> {
+    let size = source.size_bytes();
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(SourceError::OutOfRange {
+            offset,
+            len,
+            size_bytes: size,
+        });
+    }
+    let len_usize = usize::try_from(len).map_err(|_| SourceError::OutOfRange {
+        offset,
+        len,
+        size_bytes: size,
+    })?;
+    let map = if block_status && source.supports_block_status() {
+        source.block_status(offset, len).await?
+    } else {
+        vec![Allocation { len, zero: false }]
+    };
+    tracing::trace!(offset, len, ?map, "source: allocation");
+    let segments = plan_segments(geometry, offset, len, &map);
+    let data_segments = segments.iter().filter(|s| !s.zero).count();
+    let data = if data_segments == 1 && segments.len() == 1 {
+        // All data: the read's buffer is the fetch's buffer, no copy.
+        checked_read(source, offset, len_usize).await?
+    } else {
+        let mut data = vec![0u8; if data_segments == 0 { 0 } else { len_usize }];
+        for s in segments.iter().filter(|s| !s.zero) {
+            let part = checked_read(source, s.offset, s.len as usize).await?;
+            let at = (s.offset - offset) as usize;
+            data[at..at + part.len()].copy_from_slice(&part);
+        }
+        data
+    };
+    Ok(Fetched { segments, data })
+}
+
+async fn checked_read<S: Source>(
+    source: &S,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, SourceError> {
+    let data = source.read(offset, len).await?;
+    if data.len() != len {
+        return Err(SourceError::ShortRead {
+            offset,
+            expected: len as u64,
+            got: data.len() as u64,
+        });
+    }
+    Ok(data)
+}
+
+/// An NBD export as a source. Redials when the connection breaks (the hydrator's retry
+/// policy paces the attempts).
+pub struct NbdSource {
+    url: NbdUrl,
+    options: ClientOptions,
+    client: RwLock<Client>,
+    size_bytes: u64,
+    block_status: bool,
+    request_timeout: Duration,
+}
+
+impl NbdSource {
+    /// Connects, retrying with backoff until `deadline` has passed.
+    pub async fn connect(
+        url: &NbdUrl,
+        max_in_flight: usize,
+        deadline: Duration,
+    ) -> Result<NbdSource, SourceError> {
+        let options = ClientOptions {
+            max_in_flight: max_in_flight.max(1),
+            connect_timeout: deadline.max(Duration::from_millis(100)),
+            ..ClientOptions::default()
+        };
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            attempts += 1;
+            match Client::connect_with(url.address(), &url.export, options.clone()).await {
+                Ok(client) => {
+                    return Ok(NbdSource {
+                        url: url.clone(),
+                        size_bytes: client.size_bytes(),
+                        block_status: client.supports_block_status(),
+                        client: RwLock::new(client),
+                        options,
+                        request_timeout: deadline.max(Duration::from_secs(1)),
+                    })
+                }
+                Err(e) => {
+                    let elapsed = started.elapsed();
+                    // A refused export will not appear by waiting.
+                    let permanent = matches!(
+                        e,
+                        rehydrate_nbd::Error::UnknownExport(_)
+                            | rehydrate_nbd::Error::InvalidUrl { .. }
+                    );
+                    if permanent || elapsed + delay > deadline {
+                        return Err(SourceError::Unreachable {
+                            url: url.to_string(),
+                            attempts,
+                            secs: elapsed.as_secs_f64(),
+                            last: e,
+                        });
+                    }
+                    tracing::info!(%e, attempts, "source: connect failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// The export's URL.
+    pub fn url(&self) -> &NbdUrl {
+        &self.url
+    }
+
+    async fn client(&self) -> Client {
+        self.client.read().await.clone()
+    }
+
+    /// Replaces a broken connection once; errors are left for the next attempt.
+    async fn redial(&self, broken: &Client) {
+        let mut current = self.client.write().await;
+        // Someone else already replaced it (or it recovered): nothing to do.
+        if current.is_connected() || !std::ptr::eq(current.info(), broken.info()) {
+            return;
+        }
+        match Client::connect_with(self.url.address(), &self.url.export, self.options.clone()).await
+        {
+            Ok(c) if c.size_bytes() == self.size_bytes => *current = c,
+            Ok(c) => tracing::warn!(
+                size = c.size_bytes(),
+                "source: export changed size on redial"
+            ),
+            Err(e) => tracing::warn!(%e, "source: redial failed"),
+        }
+    }
+
+    async fn classify(&self, client: &Client, e: rehydrate_nbd::Error) -> SourceError {
+        match e {
+            rehydrate_nbd::Error::OutOfRange {
+                offset,
+                length,
+                size_bytes,
+            } => SourceError::OutOfRange {
+                offset,
+                len: length,
+                size_bytes,
+            },
+            e if e.is_connection_error() => {
+                self.redial(client).await;
+                SourceError::Connection(e)
+            }
+            e => SourceError::Server(e),
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        f: impl Future<Output = Result<T, rehydrate_nbd::Error>>,
+    ) -> Result<T, rehydrate_nbd::Error> {
+        tokio::time::timeout(self.request_timeout, f)
+            .await
+            .unwrap_or_else(|_| {
+                Err(rehydrate_nbd::Error::Io(
+                    std::io::ErrorKind::TimedOut.into(),
+                ))
+            })
+    }
+}
+
+impl Source for NbdSource {
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn supports_block_status(&self) -> bool {
+        self.block_status
+    }
+
+    async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, SourceError> {
+        let client = self.client().await;
+        match self.timed(client.read(offset, len)).await {
+            Ok(data) => Ok(data),
+            Err(e) => Err(self.classify(&client, e).await),
+        }
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Allocation>, SourceError> {
+        let client = self.client().await;
+        match self.timed(client.block_status(offset, len)).await {
+            Ok(extents) => Ok(extents
+                .iter()
+                .map(|e| Allocation {
+                    len: e.length_bytes,
+                    zero: e.zero,
+                })
+                .collect()),
+            Err(e) => Err(self.classify(&client, e).await),
+        }
+    }
+}
+
+/// An in-memory source (tests, the simulator, demos): zero runs of whole 4 KiB blocks
+/// are reported as holes.
+#[derive(Clone, Debug)]
+pub struct MemSource {
+    data: Arc<Vec<u8>>,
+}
+
+impl MemSource {
+    /// A source holding `data`.
+    pub fn new(data: Vec<u8>) -> MemSource {
+        MemSource {
+            data: Arc::new(data),
+        }
+    }
+}
+
+impl Source for MemSource {
+    fn size_bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn supports_block_status(&self) -> bool {
+        true
+    }
+
+    async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, SourceError> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        self.data
+            .get(start..start.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .ok_or(SourceError::OutOfRange {
+                offset,
+                len: len as u64,
+                size_bytes: self.size_bytes(),
+            })
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Allocation>, SourceError> {
+        const BLOCK: u64 = 4096;
+        let end = offset.saturating_add(len).min(self.size_bytes());
+        let mut out: Vec<Allocation> = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let next = ((at / BLOCK + 1) * BLOCK).min(end);
+            let zero = self.data[at as usize..next as usize]
+                .iter()
+                .all(|&b| b == 0);
+            match out.last_mut() {
+                Some(last) if last.zero == zero => last.len += next - at,
+                _ => out.push(Allocation {
+                    len: next - at,
+                    zero,
+                }),
+            }
+            at = next;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_fetch_reads_only_data_and_fills_it_in_place() {
+        let mut bytes = vec![7u8; 16 * 4096];
+        bytes[4096..3 * 4096].fill(0);
+        let source = MemSource::new(bytes.clone());
+        let g = Geometry::new(bytes.len() as u64, 4096).unwrap();
+        let f = rt()
+            .block_on(fetch(&source, &g, 0, 8 * 4096, true))
+            .unwrap();
+        assert_eq!(f.segments.len(), 3);
+        assert!(f.segments[1].zero);
+        assert_eq!(f.data, bytes[..8 * 4096]);
+        let f = rt()
+            .block_on(fetch(&source, &g, 4096, 2 * 4096, true))
+            .unwrap();
+        assert!(f.data.is_empty(), "nothing read for an all-zero fetch");
+        let f = rt()
+            .block_on(fetch(&source, &g, 4096, 2 * 4096, false))
+            .unwrap();
+        assert_eq!(f.data.len(), 2 * 4096);
+    }
+
+    #[test]
+    fn out_of_range_and_short_reads_are_typed() {
+        let source = MemSource::new(vec![1u8; 4096]);
+        let g = Geometry::new(8192, 4096).unwrap();
+        let e = rt()
+            .block_on(fetch(&source, &g, 4096, 4096, false))
+            .unwrap_err();
+        assert_eq!(e.fetch_error(), FetchError::OutOfRange);
+        let short = SourceError::ShortRead {
+            offset: 0,
+            expected: 2,
+            got: 1,
+        };
+        assert_eq!(short.fetch_error(), FetchError::Corrupt);
+    }
+}
