@@ -1,15 +1,21 @@
 //! The `rehydrate` command line: one subcommand per part of the system.
 //!
-//! Extension point: `backup`, `serve` and `status` join [`Command`] as variants holding
-//! their own clap `Args` structs (the backup server crate exposes its own), and
-//! `main.rs` dispatches on them; nothing else here changes.
+//! Each subcommand's arguments are a clap `Args` struct owned by the part that runs it
+//! (`backup` and `serve` are the backup server crate's); [`Command`] adds the help text
+//! and `main.rs` dispatches.
+
+use rehydrate_backup::{BackupArgs, ServeArgs};
 
 use crate::restore::RestoreArgs;
+use crate::status::StatusArgs;
 
 /// Rehydrate: restore volumes instantly from a backup served over NBD.
 #[derive(Debug, clap::Parser)]
 #[command(name = "rehydrate", version, propagate_version = true)]
-#[command(about = "Restore volumes from a backup served over NBD", long_about = None)]
+#[command(
+    about = "Back up volumes, serve them over NBD, and restore them instantly",
+    long_about = None
+)]
 #[command(
     after_help = "Sizes take a unit: 4KiB, 1MiB, 1GiB. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more."
 )]
@@ -19,11 +25,44 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands.
+/// The subcommands, in the order a restore uses them.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Back up an image file or block device as a new version of a volume.
+    #[command(
+        about = "Back up an image file or block device as a new version of a volume",
+        long_about = "Back up an image file or block device as a new version of a volume in a \
+chunk store (a directory, or an object store URL). The image is cut into fixed-size chunks \
+named by their BLAKE3 hash; only chunks the store lacks are written, all-zero chunks are \
+kept as a marker only, and the version becomes visible only once every chunk is stored, so \
+an interrupted backup publishes nothing.\n\nExample:\n  rehydrate backup disk.img --store \
+/var/backups --volume sys\n\nThe last line is `backup: volume=NAME version=N bytes=B \
+new_chunks=C reused_chunks=R zero_chunks=Z ...`."
+    )]
+    Backup(BackupArgs),
+    /// Serve every volume version in a store, read-only, over NBD.
+    #[command(
+        about = "Serve every volume version in a store, read-only, over NBD",
+        long_about = "Serve every volume version in a store, read-only, over NBD until \
+Ctrl-C or SIGTERM. Export NAME is the newest version of volume NAME, NAME@N its version N. \
+Zero chunks are holes in block status; a chunk that fails verification is an I/O error, \
+never data. Any NBD client works: rehydrate restore, qemu-img, nbdinfo, nbdkit.\n\n\
+Example:\n  rehydrate serve --store /var/backups --listen 127.0.0.1:10809\n  \
+rehydrate restore --source nbd://127.0.0.1:10809/sys --target /dev/sdb"
+    )]
+    Serve(ServeArgs),
     /// Restore a whole volume from an NBD export into a file or block device (Linux).
     Restore(RestoreArgs),
+    /// Show how a running (or the last) restore stands.
+    #[command(
+        about = "Show how a running (or the last) restore stands",
+        long_about = "Show how a running (or the last) restore stands: bytes and regions \
+restored, rate, ETA, misses served, failures and retries, from the status file that \
+`rehydrate restore` (and `rehydrate-sim demo`) rewrites twice a second. Says whether the \
+process that wrote it still runs. Exits 1 with one line when there is no status file.\n\n\
+Examples:\n  rehydrate status\n  rehydrate status --json --status-file /tmp/r/status.json"
+    )]
+    Status(StatusArgs),
 }
 
 #[cfg(test)]
@@ -47,7 +86,9 @@ mod tests {
             "2MiB",
         ])
         .unwrap();
-        let Command::Restore(a) = cli.command;
+        let Command::Restore(a) = cli.command else {
+            panic!("not restore: {:?}", cli.command);
+        };
         assert_eq!(
             (a.region_size, a.fetch_size, a.in_flight),
             (64 << 10, 2 << 20, 8)
@@ -67,5 +108,115 @@ mod tests {
             "1.5MiB"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn backup_takes_a_source_store_and_volume() {
+        let cli = Cli::try_parse_from([
+            "rehydrate",
+            "backup",
+            "disk.img",
+            "--store",
+            "/var/backups",
+            "--volume",
+            "sys",
+        ])
+        .unwrap();
+        let Command::Backup(a) = cli.command else {
+            panic!("not backup: {:?}", cli.command);
+        };
+        assert_eq!(a.source, std::path::PathBuf::from("disk.img"));
+        assert_eq!(
+            (a.store.as_str(), a.volume.as_str()),
+            ("/var/backups", "sys")
+        );
+        assert!(!a.json);
+        for bad in [
+            vec!["rehydrate", "backup", "--store", "s", "--volume", "v"],
+            vec!["rehydrate", "backup", "d", "--volume", "v"],
+            vec!["rehydrate", "backup", "d", "--store", "s"],
+            vec![
+                "rehydrate",
+                "backup",
+                "d",
+                "--store",
+                "s",
+                "--volume",
+                "../x",
+            ],
+            vec![
+                "rehydrate",
+                "backup",
+                "d",
+                "--store",
+                "s",
+                "--volume",
+                "v",
+                "--chunk-size",
+                "3KiB",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn serve_listens_on_the_nbd_port_by_default() {
+        let cli = Cli::try_parse_from(["rehydrate", "serve", "--store", "/s"]).unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
+        assert_eq!(
+            (a.store.as_str(), a.listen.as_str()),
+            ("/s", "127.0.0.1:10809")
+        );
+        let cli = Cli::try_parse_from([
+            "rehydrate",
+            "serve",
+            "--store",
+            "/s",
+            "--listen",
+            "0.0.0.0:1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Serve(a) if a.listen == "0.0.0.0:1"));
+        assert!(Cli::try_parse_from(["rehydrate", "serve"]).is_err());
+    }
+
+    #[test]
+    fn status_takes_json_and_a_file() {
+        let cli = Cli::try_parse_from(["rehydrate", "status"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status(StatusArgs {
+                json: false,
+                status_file: None
+            })
+        ));
+        let cli = Cli::try_parse_from([
+            "rehydrate",
+            "status",
+            "--json",
+            "--status-file",
+            "/x/s.json",
+        ])
+        .unwrap();
+        let Command::Status(a) = cli.command else {
+            panic!("not status: {:?}", cli.command);
+        };
+        assert!(a.json);
+        assert_eq!(a.status_file, Some(std::path::PathBuf::from("/x/s.json")));
+        assert!(Cli::try_parse_from(["rehydrate", "status", "extra"]).is_err());
+    }
+
+    #[test]
+    fn every_subcommand_has_help_with_an_example() {
+        let mut cli = Cli::command();
+        for name in ["backup", "serve", "restore", "status"] {
+            let sub = cli.find_subcommand_mut(name).unwrap();
+            let help = sub.render_long_help().to_string();
+            assert!(help.contains("rehydrate "), "{name}: {help}");
+            assert!(sub.get_about().is_some(), "{name}");
+        }
     }
 }

@@ -3,15 +3,20 @@
 //! driver's engine in user space over a file or block device.
 //!
 //! DESIGN.md section 2 places this crate: it depends on the driver core (its engine,
-//! ABI and metadata) and the NBD client; the simulator reuses [`hydrator`].
-#![forbid(unsafe_code)]
+//! ABI and metadata), the NBD client and the backup server (whose `backup` and `serve`
+//! the `rehydrate` binary runs); the simulator reuses [`hydrator`], [`link`] and
+//! [`status`].
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod error;
 pub mod hydrator;
+pub mod link;
+#[cfg(windows)]
+mod link_windows;
 pub mod restore;
-pub mod size;
 pub mod source;
+pub mod status;
 
 pub use error::ServiceError;

@@ -7,6 +7,7 @@
 mod meta_file;
 mod report;
 mod shell;
+mod status_report;
 mod target;
 
 use std::path::{Path, PathBuf};
@@ -19,12 +20,13 @@ use rehydrate_nbd::NbdUrl;
 
 pub use meta_file::FileMetaStore;
 pub use report::Summary;
+pub use status_report::{StatusReport, STATUS_INTERVAL};
 pub use target::Target;
 
 use crate::error::ServiceError;
 use crate::hydrator::HydratorConfig;
-use crate::size::parse_size;
 use crate::source::{NbdSource, Source};
+use rehydrate_backup::parse_size;
 
 /// Arguments of `rehydrate restore`.
 #[derive(Clone, Debug, clap::Args)]
@@ -34,7 +36,9 @@ use crate::source::{NbdSource, Source};
 file or block device, with the same engine and rules as the Windows filter. Progress is \
 committed to a metadata file about once a second, so a restore that is killed resumes where \
 it stopped without fetching restored regions again. Regions the source reports as holes are \
-zero-filled without transferring data.\n\nThe last line is \
+zero-filled without transferring data. `rehydrate status` shows the progress of a running \
+restore.\n\nExample:\n  rehydrate restore --source nbd://127.0.0.1:10809/sys --target \
+/dev/sdb\n\nThe last line is \
 `restore: complete bytes=N secs=S mib_per_sec=R fetched_bytes=F zero_bytes=Z resumed_bytes=P ...`."
 )]
 pub struct RestoreArgs {
@@ -68,6 +72,10 @@ pub struct RestoreArgs {
     /// Print the final summary as one JSON object instead of the key=value line.
     #[arg(long)]
     pub json: bool,
+    /// Where to keep the snapshot `rehydrate status` reads, rewritten twice a second
+    /// [default: $XDG_RUNTIME_DIR/rehydrate/status.json, else /tmp/rehydrate-$UID/status.json]
+    #[arg(long, value_name = "PATH")]
+    pub status_file: Option<PathBuf>,
 }
 
 impl RestoreArgs {
@@ -104,6 +112,19 @@ pub fn run(args: &RestoreArgs) -> Result<Summary, ServiceError> {
 }
 
 async fn restore(args: &RestoreArgs) -> Result<Summary, ServiceError> {
+    let mut status = StatusReport::new(args.status_file.as_deref(), &args.source, &args.target);
+    let result = restore_with(args, &mut status).await;
+    match &result {
+        Ok(_) => status.complete(),
+        Err(e) => status.failed(e),
+    }
+    result
+}
+
+async fn restore_with(
+    args: &RestoreArgs,
+    status: &mut StatusReport,
+) -> Result<Summary, ServiceError> {
     let started = Instant::now();
     let url = NbdUrl::parse(&args.source).map_err(ServiceError::Url)?;
     let region_size = u32::try_from(args.region_size).unwrap_or(u32::MAX);
@@ -140,7 +161,7 @@ async fn restore(args: &RestoreArgs) -> Result<Summary, ServiceError> {
         "restore: starting"
     );
     let shell = shell::Shell::new(target, store, meta, map, config, Arc::new(source))?;
-    let outcome = shell.run(started).await?;
+    let outcome = shell.run(started, status).await?;
     Ok(Summary::new(size, started.elapsed(), outcome))
 }
 

@@ -20,6 +20,7 @@ use rehydrate_driver::{Geometry, RegionMap, Status};
 use tokio::sync::mpsc;
 
 use super::meta_file::FileMetaStore;
+use super::status_report::StatusReport;
 use super::target::Target;
 use crate::error::ServiceError;
 use crate::hydrator::{
@@ -133,12 +134,17 @@ impl<S: Source> Shell<S> {
         self.started.elapsed().as_nanos() as u64
     }
 
-    pub(super) async fn run(mut self, started: Instant) -> Result<Outcome, ServiceError> {
+    pub(super) async fn run(
+        mut self,
+        started: Instant,
+        status: &mut StatusReport,
+    ) -> Result<Outcome, ServiceError> {
         self.started = started;
         let resumed_bytes = self.restored_bytes();
         let bar = progress_bar(self.geometry.volume_size_bytes(), resumed_bytes);
         let mut last_tick = Instant::now();
         self.tick();
+        self.report(status);
         loop {
             self.drain_inputs();
             if let Some(e) = self.failure.take() {
@@ -179,15 +185,42 @@ impl<S: Source> Shell<S> {
                 last_tick = Instant::now();
                 self.tick();
                 bar.set_position(self.restored_bytes());
+                self.report(status);
             }
         }
         bar.set_position(self.restored_bytes());
         bar.finish_and_clear();
+        // The caller writes the final snapshot once it knows how the restore ended.
+        self.fill_status(status);
         Ok(Outcome {
             progress: self.hydrator.progress(),
             resumed_bytes,
             commits: self.engine.counters().commits,
         })
+    }
+
+    /// Brings the status snapshot up to date and writes it when due.
+    fn report(&self, status: &mut StatusReport) {
+        self.fill_status(status);
+        status.write_if_due();
+    }
+
+    fn fill_status(&self, status: &mut StatusReport) {
+        let p = self.hydrator.progress();
+        let s = status.snapshot_mut();
+        s.regions_total = self.geometry.region_count();
+        s.regions_restored = self.map.restored_count();
+        s.bytes_total = self.geometry.volume_size_bytes();
+        s.bytes_restored = self.restored_bytes();
+        s.bytes_fetched = p.fetched_bytes;
+        s.bytes_zero = p.zero_bytes;
+        // Nothing sits above a whole-volume restore, so nothing is ever held.
+        s.held_requests = 0;
+        s.misses_served = p.misses_served;
+        s.fetch_failures = p.failures;
+        s.retries = p.retries;
+        s.rate_bytes_per_sec = p.rate_bytes_per_sec;
+        s.eta_secs = p.eta_secs;
     }
 
     fn tick(&mut self) {

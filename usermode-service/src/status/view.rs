@@ -1,0 +1,248 @@
+//! `rehydrate status`: the status file shown to a person (aligned lines) or a program
+//! (one JSON object).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::{read_status, status_path, unix_ms_now, Phase, StatusError, StatusSnapshot};
+
+/// Arguments of `rehydrate status`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the snapshot as one JSON object, with `alive` saying whether its writer
+    /// still runs.
+    #[arg(long)]
+    pub json: bool,
+    /// The status file to read [default: $XDG_RUNTIME_DIR/rehydrate/status.json, else
+    /// /tmp/rehydrate-$UID/status.json]
+    #[arg(long, value_name = "PATH")]
+    pub status_file: Option<PathBuf>,
+}
+
+impl StatusArgs {
+    /// Reads the status file and renders it as asked.
+    pub fn run(&self) -> Result<String, StatusError> {
+        let path = status_path(self.status_file.as_deref())?;
+        let snapshot = read_status(&path)?;
+        let alive = process_alive(snapshot.pid);
+        Ok(if self.json {
+            render_json(&snapshot, alive)
+        } else {
+            render_human(&snapshot, alive, unix_ms_now())
+        })
+    }
+}
+
+/// Whether process `pid` still runs (Linux: `/proc/PID` exists and is not a zombie).
+/// A pid reused by another process after the writer exited reads as alive; the
+/// `updated` age in the view tells the two apart.
+pub fn process_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let proc_dir = Path::new("/proc").join(pid.to_string());
+    match std::fs::read_to_string(proc_dir.join("stat")) {
+        // The state follows the parenthesised command name, which may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The snapshot plus `alive`, as one line of JSON.
+pub fn render_json(snapshot: &StatusSnapshot, alive: bool) -> String {
+    let mut value = serde_json::to_value(snapshot).unwrap_or(serde_json::Value::Null);
+    if let Some(object) = value.as_object_mut() {
+        object.insert("alive".into(), alive.into());
+    }
+    value.to_string()
+}
+
+/// The snapshot as aligned `name: value` lines; `now_ms` is the reader's clock.
+pub fn render_human(s: &StatusSnapshot, alive: bool, now_ms: u64) -> String {
+    let age = duration(now_ms.saturating_sub(s.updated_at_unix_ms) / 1000);
+    let state = match (s.phase, alive) {
+        (Phase::Restoring, true) => format!("restoring (pid {})", s.pid),
+        (Phase::Restoring, false) => format!("not running (last update {age} ago)"),
+        (Phase::Complete, _) => format!("complete (finished {age} ago)"),
+        (Phase::Failed, _) => format!(
+            "failed ({age} ago): {}",
+            s.error.as_deref().unwrap_or("no reason recorded")
+        ),
+    };
+    let percent = if s.bytes_total == 0 {
+        0.0
+    } else {
+        s.bytes_restored as f64 * 100.0 / s.bytes_total as f64
+    };
+    let eta = match (s.phase, s.eta_secs) {
+        (Phase::Restoring, Some(secs)) if alive => duration(secs),
+        _ => "-".into(),
+    };
+    let rows = [
+        ("state", state),
+        ("source", s.source.clone()),
+        ("target", s.target.clone()),
+        (
+            "restored",
+            format!(
+                "{} of {} ({percent:.1}%)",
+                size(s.bytes_restored),
+                size(s.bytes_total)
+            ),
+        ),
+        (
+            "regions",
+            format!("{} of {}", s.regions_restored, s.regions_total),
+        ),
+        (
+            "this run",
+            format!(
+                "{} fetched, {} zero-filled",
+                size(s.bytes_fetched),
+                size(s.bytes_zero)
+            ),
+        ),
+        ("rate", rate(s.rate_bytes_per_sec)),
+        ("eta", eta),
+        ("held requests", s.held_requests.to_string()),
+        ("misses served", s.misses_served.to_string()),
+        (
+            "failures",
+            format!("{} fetch failures, {} retries", s.fetch_failures, s.retries),
+        ),
+        (
+            "started",
+            format!(
+                "{} ago",
+                duration(now_ms.saturating_sub(s.started_at_unix_ms) / 1000)
+            ),
+        ),
+    ];
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (name, value) in rows {
+        let _ = writeln!(out, "{:<width$} {value}", format!("{name}:"));
+    }
+    out.pop();
+    out
+}
+
+/// `512 B`, `4.0 KiB`, `1.5 GiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Rates in MiB/s, the unit storage people compare.
+fn rate(bytes_per_sec: f64) -> String {
+    format!("{:.1} MiB/s", bytes_per_sec.max(0.0) / (1u64 << 20) as f64)
+}
+
+/// `45s`, `1m 23s`, `2h 5m`, `3d 4h`: two units at most.
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> StatusSnapshot {
+        StatusSnapshot {
+            pid: 1234,
+            started_at_unix_ms: 1_000_000,
+            updated_at_unix_ms: 1_100_000,
+            regions_total: 1 << 20,
+            regions_restored: 393_216,
+            bytes_total: 4 << 30,
+            bytes_restored: 3 << 29,
+            bytes_fetched: 1 << 30,
+            bytes_zero: 300 << 20,
+            rate_bytes_per_sec: 85.3 * (1 << 20) as f64,
+            eta_secs: Some(83),
+            retries: 3,
+            ..StatusSnapshot::starting("nbd://127.0.0.1:10809/sys", "/dev/sdb")
+        }
+    }
+
+    #[test]
+    fn units_read_like_a_person_writes_them() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(4096), "4.0 KiB");
+        assert_eq!(size(3 << 29), "1.5 GiB");
+        assert_eq!(size(u64::MAX), "16.0 EiB");
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(83), "1m 23s");
+        assert_eq!(duration(7500), "2h 5m");
+        assert_eq!(duration(273_600), "3d 4h");
+        assert_eq!(rate(1.5 * (1 << 20) as f64), "1.5 MiB/s");
+    }
+
+    #[test]
+    fn a_running_restore_shows_its_pid_rate_and_eta() {
+        let text = render_human(&snapshot(), true, 1_100_500);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "state:         restoring (pid 1234)");
+        assert!(
+            text.contains("restored:      1.5 GiB of 4.0 GiB (37.5%)"),
+            "{text}"
+        );
+        assert!(text.contains("rate:          85.3 MiB/s"), "{text}");
+        assert!(text.contains("eta:           1m 23s"), "{text}");
+        // Every value starts in the same column.
+        let column = lines[0].find("restoring").unwrap();
+        assert!(lines
+            .iter()
+            .all(|l| l.as_bytes()[column - 1] == b' ' && l.as_bytes()[column] != b' '));
+    }
+
+    #[test]
+    fn a_dead_writer_and_a_failure_say_so() {
+        let text = render_human(&snapshot(), false, 1_112_000);
+        assert!(text.starts_with("state:         not running (last update 12s ago)"));
+        assert!(text.contains("eta:           -"));
+        let mut failed = snapshot();
+        failed.phase = Phase::Failed;
+        failed.error = Some("range 0+4096 could not be restored".into());
+        let text = render_human(&failed, false, 1_100_000);
+        assert!(text.starts_with("state:         failed (0s ago): range 0+4096"));
+    }
+
+    #[test]
+    fn json_is_the_snapshot_plus_alive() {
+        let v: serde_json::Value = serde_json::from_str(&render_json(&snapshot(), false)).unwrap();
+        assert_eq!(v["alive"], false);
+        assert_eq!(v["phase"], "restoring");
+        assert_eq!(v["bytes_restored"], 3u64 << 29);
+        assert_eq!(v["pid"], 1234);
+        assert!(v.get("error").is_none());
+    }
+
+    #[test]
+    fn this_process_is_alive_and_pid_zero_is_not() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(0));
+        assert!(!process_alive(u32::MAX));
+    }
+}
