@@ -643,7 +643,7 @@ extern "C" fn evt_drain_work(item: WDFWORKITEM) {
 }
 
 /// Device cleanup (PASSIVE_LEVEL, the device is going away): stop routing control
-/// requests here, mark the cell removed, close the metadata file, drop the instance
+/// requests here, fail what the filter holds, mark the cell removed, close the metadata file, drop the instance
 /// count (deleting the control device with the last instance).
 extern "C" fn evt_device_cleanup(object: WDFOBJECT) {
     // SAFETY: WDF passes our device object.
@@ -653,6 +653,11 @@ extern "C" fn evt_device_cleanup(object: WDFOBJECT) {
         // SAFETY: we are the owner until `leave`.
         unsafe {
             let inner = shared.inner();
+            // Held requests and the service's parked requests fail here, so nothing
+            // the filter owns outlives the device.
+            if let Some(filter) = inner.filter.as_mut() {
+                filter.on_remove(&mut inner.fw);
+            }
             inner.removed = true;
             if let Some(store) = inner.store.as_mut() {
                 store.close();

@@ -91,6 +91,9 @@ pub enum Event {
     },
     /// The service (re)attached: requests it may have lost are asked again.
     ServiceAttached,
+    /// The volume is going away (surprise removal, stop): every held request completes
+    /// with `DEVICE_NOT_READY`; I/O already at the lower device completes as usual.
+    Remove,
     /// Time passed; `now_ns` is monotonic.
     Tick {
         /// Monotonic time in nanoseconds.

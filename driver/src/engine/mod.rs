@@ -232,6 +232,7 @@ impl Engine {
             Event::LowerCompleted { lower, status } => self.on_lower(lower, status, out),
             Event::MetadataCommitted { commit, ok } => self.on_committed(commit, ok, out),
             Event::ServiceAttached => self.on_service_attached(out),
+            Event::Remove => self.on_remove(out),
             Event::Tick { now_ns } => self.on_tick(now_ns, out),
         }
         self.check_invariants();
@@ -940,6 +941,14 @@ impl Engine {
         self.emit_fetches(true, out);
         self.counters.misses_regions = misses;
         self.pump(out);
+    }
+
+    fn on_remove(&mut self, out: &mut Vec<Action>) {
+        while let Some(h) = self.held.pop_front() {
+            self.fail(h.id, Status::DEVICE_NOT_READY, out);
+        }
+        self.regions
+            .retain(|_, state| *state != RegionState::Requested);
     }
 
     fn on_tick(&mut self, now_ns: u64, out: &mut Vec<Action>) {

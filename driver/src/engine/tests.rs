@@ -555,3 +555,29 @@ fn a_service_restart_asks_again_for_what_it_lost() {
     );
     assert_eq!(e.counters().misses_regions, 2);
 }
+
+#[test]
+fn removal_fails_every_held_request_and_nothing_else() {
+    let mut e = engine(8);
+    step(&mut e, read(1, 0, 512));
+    step(&mut e, read(2, 3 * R, 512));
+    let forwarded = step(&mut e, write(3, 5 * R, R));
+    let out = step(&mut e, Event::Remove);
+    assert_eq!(
+        out,
+        vec![
+            Action::Complete {
+                id: 1,
+                status: Status::DEVICE_NOT_READY
+            },
+            Action::Complete {
+                id: 2,
+                status: Status::DEVICE_NOT_READY
+            },
+        ]
+    );
+    assert_eq!(e.held_count(), 0);
+    // The write already at the lower device completes as usual.
+    let out = step(&mut e, ok(lower_of(&forwarded, 3)));
+    assert_eq!(out, done(3));
+}

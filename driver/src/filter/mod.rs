@@ -276,6 +276,18 @@ impl<F: Framework> Filter<F> {
         self.run(fw, Event::LowerCompleted { lower, status });
     }
 
+    /// The volume is being removed (`EvtDeviceSelfManagedIoSuspend` / surprise removal):
+    /// held requests fail with `DEVICE_NOT_READY`, and so do the service's parked
+    /// requests, so nothing the filter owns outlives the device.
+    pub fn on_remove(&mut self, fw: &mut F) {
+        self.run(fw, Event::Remove);
+        self.state = DriverState::Detached;
+        self.missing.clear();
+        while let Some(parked) = fw.take_parked() {
+            fw.complete(parked, Status::DEVICE_NOT_READY, 0);
+        }
+    }
+
     /// The periodic timer fired.
     pub fn on_timer(&mut self, fw: &mut F) {
         self.timer_running = false;
