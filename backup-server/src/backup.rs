@@ -1,0 +1,390 @@
+//! Backing up an image file or block device into a [`ChunkStore`].
+//!
+//! The source is cut into fixed-size chunks. Up to [`IN_FLIGHT_CHUNKS`] chunks move
+//! through the pipeline at once, each independently: read (blocking pool, positioned
+//! read) → hash and zero check (rayon) → existence check (store `head`) → compress
+//! (rayon) → put-if-not-exists (store). Only when every chunk is stored and, locally,
+//! synced, is the index published — so an interrupted backup leaves stored chunks
+//! (reused by the next backup) but no visible version.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::IsTerminal;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::chunk::{self, ChunkHash};
+use crate::error::BackupError;
+use crate::index::{ChunkRef, Index, MAX_VOLUME_BYTES};
+use crate::name::VolumeName;
+use crate::size::ChunkSize;
+use crate::store::{ChunkStore, PutOutcome};
+
+/// Chunks in the pipeline at once: enough to keep every core hashing while reads and
+/// store writes wait; memory use is this times the chunk size (at most 128 MiB).
+pub const IN_FLIGHT_CHUNKS: usize = 16;
+
+/// How to back up.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// The volume to add a version to.
+    pub volume: VolumeName,
+    /// The chunk size of the new version.
+    pub chunk_size: ChunkSize,
+    /// Show a progress bar on stderr (only drawn when stderr is a terminal).
+    pub progress: bool,
+    /// Read at most this many bytes per second from the source (`None`: unlimited), so a
+    /// backup of a live disk leaves it room for other work.
+    pub rate_limit_bytes_per_sec: Option<u64>,
+}
+
+/// What a backup did. `Display` is the line `backup: volume=… version=… …`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BackupSummary {
+    /// The volume.
+    pub volume: String,
+    /// The version published.
+    pub version: u32,
+    /// The version that was newest when the backup began (0: none).
+    pub parent_version: u32,
+    /// Size of the source in bytes.
+    pub bytes: u64,
+    /// Chunk size in bytes.
+    pub chunk_size_bytes: u64,
+    /// Chunks this backup stored.
+    pub new_chunks: u64,
+    /// Non-zero chunks already in the store (from earlier backups, or repeated within
+    /// this one).
+    pub reused_chunks: u64,
+    /// All-zero chunks (marked in the index, not stored).
+    pub zero_chunks: u64,
+    /// Bytes written to the store for new chunks (after compression).
+    pub stored_bytes: u64,
+    /// Wall-clock time in seconds.
+    pub secs: f64,
+}
+
+impl std::fmt::Display for BackupSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "backup: volume={} version={} bytes={} new_chunks={} reused_chunks={} zero_chunks={}",
+            self.volume,
+            self.version,
+            self.bytes,
+            self.new_chunks,
+            self.reused_chunks,
+            self.zero_chunks
+        )
+    }
+}
+
+/// What happened to one chunk.
+enum Fate {
+    Zero,
+    Reused(ChunkHash),
+    Written(ChunkHash, u64),
+}
+
+/// Back up `source` (an image file or block device) as a new version of a volume.
+pub async fn backup(
+    store: &ChunkStore,
+    source: &Path,
+    options: &BackupOptions,
+) -> Result<BackupSummary, BackupError> {
+    let started = Instant::now();
+    let source_err = |e: std::io::Error| BackupError::Source {
+        path: source.to_owned(),
+        source: e,
+    };
+    let file = File::open(source).map_err(source_err)?;
+    // Seeking to the end also sizes block devices, whose metadata length is 0.
+    let size_bytes =
+        std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(source_err)?;
+    if size_bytes > MAX_VOLUME_BYTES {
+        return Err(source_err(std::io::Error::other(
+            "larger than the 1 PiB a version may hold",
+        )));
+    }
+    let file = Arc::new(file);
+    let chunk_size = options.chunk_size;
+    let chunk_count = chunk_size.chunk_count(size_bytes);
+    let parent_version = store.latest_version(&options.volume).await?.unwrap_or(0);
+
+    let progress = progress_bar(options.progress, size_bytes);
+    let throttle = options.rate_limit_bytes_per_sec.map(|rate| Throttle {
+        rate,
+        started: Instant::now(),
+    });
+    // Hashes handled by this run, so a chunk repeated within the image is looked up once.
+    let seen: Arc<Mutex<HashSet<ChunkHash>>> = Arc::default();
+    let path: Arc<PathBuf> = Arc::new(source.to_owned());
+    let pool = Arc::new(BufferPool::default());
+
+    let mut chunks = vec![
+        ChunkRef::Zero;
+        usize::try_from(chunk_count)
+            .map_err(|_| BackupError::Internal("chunk count overflows".into()))?
+    ];
+    let mut summary = BackupSummary {
+        volume: options.volume.to_string(),
+        version: 0,
+        parent_version,
+        bytes: size_bytes,
+        chunk_size_bytes: chunk_size.bytes(),
+        new_chunks: 0,
+        reused_chunks: 0,
+        zero_chunks: 0,
+        stored_bytes: 0,
+        secs: 0.0,
+    };
+    let mut written = Vec::new();
+    let mut results = futures::stream::iter(0..chunk_count)
+        .map(|i| {
+            let (file, path, seen, store) = (
+                Arc::clone(&file),
+                Arc::clone(&path),
+                Arc::clone(&seen),
+                store.clone(),
+            );
+            let (throttle, pool) = (throttle.clone(), Arc::clone(&pool));
+            async move {
+                let offset = i * chunk_size.bytes();
+                let len = (size_bytes - offset).min(chunk_size.bytes()) as usize;
+                if let Some(t) = &throttle {
+                    t.wait_for(offset).await;
+                }
+                let fate = back_up_chunk(&store, file, &path, offset, len, &seen, &pool).await?;
+                Ok::<_, BackupError>((i, len, fate))
+            }
+        })
+        .buffer_unordered(IN_FLIGHT_CHUNKS);
+    while let Some(result) = results.next().await {
+        let (i, len, fate) = result?;
+        let slot = &mut chunks[i as usize];
+        match fate {
+            Fate::Zero => summary.zero_chunks += 1,
+            Fate::Reused(hash) => {
+                summary.reused_chunks += 1;
+                *slot = ChunkRef::Data(hash);
+            }
+            Fate::Written(hash, stored) => {
+                summary.new_chunks += 1;
+                summary.stored_bytes += stored;
+                written.push(hash);
+                *slot = ChunkRef::Data(hash);
+            }
+        }
+        progress.inc(len as u64);
+    }
+    drop(results);
+    debug_assert_eq!(
+        summary.zero_chunks + summary.reused_chunks + summary.new_chunks,
+        chunk_count
+    );
+
+    // Durable before any index can name them (their writeback began as each was stored).
+    store.sync_chunks(written).await?;
+    let index = Index {
+        volume_size_bytes: size_bytes,
+        chunk_size,
+        parent_version,
+        created_unix_secs: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        chunks,
+    };
+    summary.version = store.publish(&options.volume, &index).await?;
+    progress.finish_and_clear();
+    summary.secs = started.elapsed().as_secs_f64();
+    tracing::info!(%summary, stored_bytes = summary.stored_bytes, secs = summary.secs, "backup published");
+    Ok(summary)
+}
+
+async fn back_up_chunk(
+    store: &ChunkStore,
+    file: Arc<File>,
+    path: &Path,
+    offset: u64,
+    len: usize,
+    seen: &Mutex<HashSet<ChunkHash>>,
+    pool: &BufferPool,
+) -> Result<Fate, BackupError> {
+    let mut buf = pool.take(len);
+    let data =
+        tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf, offset).map(|()| buf))
+            .await
+            .map_err(|e| BackupError::Internal(e.to_string()))?
+            .map_err(|e| BackupError::Source {
+                path: path.to_owned(),
+                source: e,
+            })?;
+    let (data, hash) = crate::cpu::run(move || {
+        let hash = (!chunk::is_zero(&data)).then(|| ChunkHash::of(&data));
+        (data, hash)
+    })
+    .await?;
+    let Some(hash) = hash else {
+        pool.give(data);
+        return Ok(Fate::Zero);
+    };
+    let first_time = seen
+        .lock()
+        .map_err(|_| BackupError::Internal("lock poisoned".into()))?
+        .insert(hash);
+    if !first_time || store.has_chunk(&hash).await? {
+        pool.give(data);
+        return Ok(Fate::Reused(hash));
+    }
+    let encoded = crate::cpu::run(move || chunk::encode(Bytes::from(data))).await?;
+    let stored = encoded.stored_len();
+    Ok(match store.put_chunk(&hash, encoded).await? {
+        PutOutcome::Written => Fate::Written(hash, stored),
+        PutOutcome::AlreadyStored => Fate::Reused(hash),
+    })
+}
+
+/// Chunk buffers for reuse. Chunks that need no storing (zero, or already stored: all
+/// of them in a re-backup) hand their buffer back, which spares the allocator's
+/// zero-filling and page faults: a quarter of a re-backup's time without it.
+#[derive(Default)]
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// A buffer of exactly `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.pop())
+            .unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Return a buffer; at most [`IN_FLIGHT_CHUNKS`] are kept.
+    fn give(&self, buf: Vec<u8>) {
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < IN_FLIGHT_CHUNKS {
+                free.push(buf);
+            }
+        }
+    }
+}
+
+/// Paces reads to a byte rate: a chunk at `offset` may start once `offset / rate`
+/// seconds have passed since the backup began.
+#[derive(Clone)]
+struct Throttle {
+    rate: u64,
+    started: Instant,
+}
+
+impl Throttle {
+    async fn wait_for(&self, offset: u64) {
+        let due = self.started + Duration::from_secs_f64(offset as f64 / self.rate.max(1) as f64);
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+fn progress_bar(wanted: bool, size_bytes: u64) -> ProgressBar {
+    if !wanted || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(size_bytes), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn options(name: &str) -> BackupOptions {
+        BackupOptions {
+            volume: VolumeName::new(name).unwrap(),
+            chunk_size: ChunkSize::from_shift(16).unwrap(),
+            progress: false,
+            rate_limit_bytes_per_sec: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backs_up_dedups_and_marks_zeroes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("store").to_str().unwrap(), true).unwrap();
+        let image = dir.path().join("img");
+        let mut data = vec![0u8; 5 * 65536 + 1000];
+        data[..65536].fill(1); // chunk 0
+        data[2 * 65536..3 * 65536].fill(1); // chunk 2 repeats chunk 0
+        data[5 * 65536 + 10] = 9; // the short last chunk
+        std::fs::File::create(&image)
+            .unwrap()
+            .write_all(&data)
+            .unwrap();
+
+        let first = backup(&store, &image, &options("vol")).await.unwrap();
+        assert_eq!(
+            (
+                first.version,
+                first.new_chunks,
+                first.reused_chunks,
+                first.zero_chunks
+            ),
+            (1, 2, 1, 3)
+        );
+        assert_eq!(
+            first.to_string(),
+            format!(
+                "backup: volume=vol version=1 bytes={} new_chunks=2 reused_chunks=1 zero_chunks=3",
+                data.len()
+            )
+        );
+        let again = backup(&store, &image, &options("vol")).await.unwrap();
+        assert_eq!(
+            (
+                again.version,
+                again.parent_version,
+                again.new_chunks,
+                again.reused_chunks
+            ),
+            (2, 1, 0, 3)
+        );
+
+        let index = store.read_index(&options("vol").volume, 1).await.unwrap();
+        assert_eq!(index.volume_size_bytes, data.len() as u64);
+        assert_eq!(index.chunks[1], ChunkRef::Zero);
+        assert_eq!(index.chunks[0], index.chunks[2]);
+        let ChunkRef::Data(last) = index.chunks[5] else {
+            panic!("last chunk is data")
+        };
+        assert_eq!(
+            &store.get_chunk(&last, 1000).await.unwrap()[..],
+            &data[5 * 65536..]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_source_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().to_str().unwrap(), true).unwrap();
+        let err = backup(&store, &dir.path().join("nope"), &options("v"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().starts_with("cannot read source"), "{err}");
+    }
+}

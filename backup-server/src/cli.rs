@@ -1,0 +1,165 @@
+//! The `backup` and `serve` subcommands: their arguments (clap derive) and the functions
+//! that run them. The `rehydrate` binary and `rehydrate-backup` both use these.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::backup::{backup, BackupOptions, BackupSummary};
+use crate::cache::DEFAULT_CACHE_BYTES;
+use crate::catalog::StoreCatalog;
+use crate::error::BackupError;
+use crate::name::VolumeName;
+use crate::size::{parse_size, ChunkSize};
+use crate::store::ChunkStore;
+
+/// Back up an image file or block device as a new version of a volume.
+#[derive(Args, Clone, Debug)]
+pub struct BackupArgs {
+    /// The image file or block device to back up.
+    pub source: PathBuf,
+    /// The store: a directory path or an object store URL (s3://bucket/prefix).
+    #[arg(long, value_name = "STORE")]
+    pub store: String,
+    /// The volume to add a version to ([A-Za-z0-9._-], at most 128 bytes).
+    #[arg(long, value_name = "NAME", value_parser = parse_volume)]
+    pub volume: VolumeName,
+    /// Chunk size of the new version: a power of two from 64KiB to 8MiB.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_chunk_size)]
+    pub chunk_size: ChunkSize,
+    /// Read at most this many bytes per second from the source (e.g. 100MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
+    pub rate_limit: Option<u64>,
+    /// Print the summary as one JSON object instead of the `backup:` line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Serve every volume version in a store, read-only, over NBD.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// The store: a directory path or an object store URL (s3://bucket/prefix).
+    #[arg(long, value_name = "STORE")]
+    pub store: String,
+    /// The address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+    pub listen: String,
+    /// Size of the decompressed-chunk cache shared by all connections.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size_arg)]
+    pub cache_size: u64,
+}
+
+fn parse_volume(s: &str) -> Result<VolumeName, String> {
+    VolumeName::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
+    s.parse().map_err(|e: BackupError| e.to_string())
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match parse_size(s) {
+        Ok(0) => Err("rate limit must be above zero".into()),
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+impl BackupSummary {
+    /// The summary as the last line of `backup`'s output: the `backup:` line, or JSON.
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            serde_json::to_string(self).unwrap_or_else(|_| self.to_string())
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+/// Run `backup`: open (or create) the store, back up, publish. Printing the summary is
+/// the caller's (see [`BackupSummary::render`] and `args.json`).
+pub async fn run_backup(args: BackupArgs) -> Result<BackupSummary, BackupError> {
+    let store = ChunkStore::open(&args.store, true)?;
+    let options = BackupOptions {
+        volume: args.volume,
+        chunk_size: args.chunk_size,
+        progress: !args.json,
+        rate_limit_bytes_per_sec: args.rate_limit,
+    };
+    backup(&store, &args.source, &options).await
+}
+
+/// Run `serve`: listen on `args.listen` and serve until Ctrl-C or SIGTERM.
+pub async fn run_serve(args: ServeArgs) -> Result<(), BackupError> {
+    let store = ChunkStore::open(&args.store, false)?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| BackupError::Listen {
+            addr: args.listen.clone(),
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_or(args.listen.clone(), |a| a.to_string());
+    tracing::info!(%addr, store = store.name(), "serving");
+    serve_catalog(
+        listener,
+        StoreCatalog::new(store, args.cache_size),
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// Serve `store` on an already-bound `listener` until `shutdown` completes (tests and
+/// demos bind port 0 and read the port from the listener).
+pub async fn serve_on(
+    listener: TcpListener,
+    store: ChunkStore,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BackupError> {
+    serve_catalog(
+        listener,
+        StoreCatalog::new(store, DEFAULT_CACHE_BYTES),
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_catalog(
+    listener: TcpListener,
+    catalog: StoreCatalog,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BackupError> {
+    // Fail at start, with a clear line, if the store cannot even be listed.
+    catalog.list_exports().await?;
+    rehydrate_nbd::serve_until(
+        listener,
+        Arc::new(catalog),
+        rehydrate_nbd::ServerConfig::default(),
+        shutdown,
+    )
+    .await;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

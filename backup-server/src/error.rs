@@ -1,0 +1,124 @@
+//! The crate's one error type: every public function returns [`BackupError`], and each
+//! variant prints as one line that says what went wrong and with what.
+
+use std::path::PathBuf;
+
+use crate::index::IndexError;
+
+/// Why a backup, a store operation or a server could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A volume name was empty, too long, or held a character outside `[A-Za-z0-9._-]`
+    /// (path separators, `..` and `@` are refused so a name can never leave the store).
+    #[error("invalid volume name {name:?}: {reason}")]
+    InvalidVolumeName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A size argument (`1MiB`, `64KiB`, `4096`) could not be parsed.
+    #[error("invalid size {text:?}: {reason}")]
+    InvalidSize {
+        /// The text as given.
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A chunk size was not a power of two between 64 KiB and 8 MiB.
+    #[error("invalid chunk size {0} bytes: must be a power of two from 64KiB to 8MiB")]
+    InvalidChunkSize(u64),
+    /// The `--store` argument named no usable store.
+    #[error("invalid store {store:?}: {reason}")]
+    InvalidStore {
+        /// The store as given.
+        store: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading the image or device being backed up failed.
+    #[error("cannot read source {path}: {source}")]
+    Source {
+        /// The source path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The object store refused or failed an operation.
+    #[error("store operation on {path} failed: {source}")]
+    Store {
+        /// The object's path inside the store.
+        path: String,
+        /// The underlying error.
+        source: object_store::Error,
+    },
+    /// Making a local store's files durable (fsync) failed.
+    #[error("cannot sync {path}: {source}")]
+    Sync {
+        /// The file or directory being synced.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A version index could not be decoded.
+    #[error("index {path} is unusable: {source}")]
+    Index {
+        /// The index's path inside the store.
+        path: String,
+        /// What is wrong with it.
+        source: IndexError,
+    },
+    /// A stored chunk failed verification against its name; its data is never served.
+    #[error("chunk {hash} failed verification: {reason}")]
+    CorruptChunk {
+        /// The chunk's name (its BLAKE3 hash, hex).
+        hash: String,
+        /// What did not match.
+        reason: String,
+    },
+    /// An index names a chunk the store does not have.
+    #[error("chunk {hash} is missing from the store")]
+    MissingChunk {
+        /// The chunk's name (its BLAKE3 hash, hex).
+        hash: String,
+    },
+    /// The volume has no such version (or no version at all).
+    #[error("volume {volume} has no version {version}")]
+    VersionNotFound {
+        /// The volume name.
+        volume: String,
+        /// The version asked for (0: the newest, when there is none).
+        version: u32,
+    },
+    /// Other backups kept taking the next version number; gave up after this many tries.
+    #[error("could not publish a version of {volume}: {attempts} concurrent publishers won first")]
+    PublishContention {
+        /// The volume name.
+        volume: String,
+        /// How many version numbers were tried.
+        attempts: u32,
+    },
+    /// The volume already has the largest version number the layout allows.
+    #[error("volume {0} has no version number left")]
+    VersionsExhausted(String),
+    /// The server could not listen on the requested address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address as given.
+        addr: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A worker task died (a bug, or the runtime shutting down).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BackupError {
+    pub(crate) fn store(path: &object_store::path::Path, source: object_store::Error) -> Self {
+        Self::Store {
+            path: path.to_string(),
+            source,
+        }
+    }
+}

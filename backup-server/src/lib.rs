@@ -1,0 +1,36 @@
+//! Rehydrate's backup server: a deduplicating chunk store with integrity checks, the
+//! `backup` that fills it, and `serve`, which exports every volume version read-only
+//! over NBD.
+//!
+//! - [`store`]: the layout over any `object_store` (local directory by default);
+//!   [`chunk`] and [`index`] say each object's format byte by byte.
+//! - [`backup`]: image or device → chunks → a published version.
+//! - [`catalog`], [`export`], [`cache`]: the NBD side, over `rehydrate-nbd`'s server.
+//! - [`cli`]: the subcommands' arguments and entry points for the binaries.
+
+pub mod backup;
+pub mod cache;
+pub mod catalog;
+pub mod chunk;
+pub mod cli;
+mod cpu;
+pub mod error;
+pub mod export;
+pub mod index;
+pub mod location;
+pub mod name;
+pub mod size;
+pub mod store;
+
+pub use backup::{backup, BackupOptions, BackupSummary};
+pub use cache::ChunkCache;
+pub use catalog::StoreCatalog;
+pub use chunk::ChunkHash;
+pub use cli::{run_backup, run_serve, serve_on, BackupArgs, ServeArgs};
+pub use error::BackupError;
+pub use export::VersionExport;
+pub use index::{ChunkRef, Index, IndexError};
+pub use location::StoreLocation;
+pub use name::{ExportName, VolumeName};
+pub use size::{parse_size, ChunkSize};
+pub use store::{ChunkStore, PutOutcome};

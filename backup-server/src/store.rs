@@ -1,0 +1,475 @@
+//! [`ChunkStore`]: chunks, volumes and versions over any `object_store`.
+//!
+//! Layout (each object's own format is described in [`crate::chunk`] and [`crate::index`]):
+//!
+//! ```text
+//! chunks/XX/HASH                          one chunk; HASH = BLAKE3 hex, XX = its first 2 digits
+//! volumes/NAME/versions/NNNNNNNN.idx      one version of volume NAME (8 decimal digits, from 1)
+//! ```
+//!
+//! Nothing is ever overwritten. Chunks and indexes are written with put-if-not-exists
+//! (`PutMode::Create`): a local store writes a temporary file and hard-links it into
+//! place, an object store commits the object whole, so a half-written object is never
+//! visible under its name. A local store also fsyncs each new chunk, then the
+//! directories, before the index that names them is published, and the index after.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use crate::chunk::{self, ChunkHash};
+use crate::error::BackupError;
+use crate::index::Index;
+use crate::location::StoreLocation;
+use crate::name::{VolumeName, MAX_VERSION, VERSION_DIGITS};
+
+/// Files fsynced at once before a publish.
+const SYNC_IN_FLIGHT: usize = 16;
+/// How many version numbers one publish tries before giving up under contention.
+const MAX_PUBLISH_ATTEMPTS: u32 = 64;
+
+/// A chunk store.
+#[derive(Clone)]
+pub struct ChunkStore {
+    objects: Arc<dyn ObjectStore>,
+    /// The root directory of a local store (for fsync); `None` for object stores, where
+    /// a completed put is already durable.
+    local_root: Option<PathBuf>,
+    shown: String,
+}
+
+impl std::fmt::Debug for ChunkStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChunkStore({})", self.shown)
+    }
+}
+
+/// What storing a chunk did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// This call wrote the chunk.
+    Written,
+    /// The chunk was already there (stored earlier, or by a concurrent backup).
+    AlreadyStored,
+}
+
+impl ChunkStore {
+    /// Open the store `STORE` names (a directory path or an object store URL); `create`
+    /// makes a missing local directory (backups do, servers do not).
+    pub fn open(store: &str, create: bool) -> Result<Self, BackupError> {
+        let (objects, local_root) = StoreLocation::parse(store)?.open(create)?;
+        Ok(Self {
+            objects,
+            local_root,
+            shown: store.to_owned(),
+        })
+    }
+
+    /// A store over any object store (tests, embedding). No fsync is done.
+    pub fn from_object_store(objects: Arc<dyn ObjectStore>, shown: impl Into<String>) -> Self {
+        Self {
+            objects,
+            local_root: None,
+            shown: shown.into(),
+        }
+    }
+
+    /// The store as it was named.
+    pub fn name(&self) -> &str {
+        &self.shown
+    }
+
+    /// Whether chunk `hash` is stored (existence only; reads verify content).
+    pub async fn has_chunk(&self, hash: &ChunkHash) -> Result<bool, BackupError> {
+        let path = hash.path();
+        match self.objects.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(BackupError::store(&path, e)),
+        }
+    }
+
+    /// Store a chunk's encoded form (see [`chunk::encode`]) under `hash`, unless present.
+    pub async fn put_chunk(
+        &self,
+        hash: &ChunkHash,
+        encoded: chunk::Encoded,
+    ) -> Result<PutOutcome, BackupError> {
+        let path = hash.path();
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .objects
+            .put_opts(&path, encoded.into_payload(), opts)
+            .await
+        {
+            Ok(_) => {
+                self.start_writeback(&path).await;
+                Ok(PutOutcome::Written)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyStored),
+            Err(e) => Err(BackupError::store(&path, e)),
+        }
+    }
+
+    /// Fetch chunk `hash`, expected to be `expected_len` bytes, verified against its name.
+    pub async fn get_chunk(
+        &self,
+        hash: &ChunkHash,
+        expected_len: usize,
+    ) -> Result<Bytes, BackupError> {
+        let path = hash.path();
+        let stored = match self.objects.get(&path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|e| BackupError::store(&path, e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(BackupError::MissingChunk {
+                    hash: hash.to_string(),
+                })
+            }
+            Err(e) => return Err(BackupError::store(&path, e)),
+        };
+        let hash = *hash;
+        crate::cpu::run(move || chunk::decode_bytes(&hash, stored, expected_len))
+            .await?
+            .map_err(|e| BackupError::CorruptChunk {
+                hash: hash.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Every stored chunk's name (for checks and tests; lists the whole store).
+    pub async fn chunk_hashes(&self) -> Result<Vec<ChunkHash>, BackupError> {
+        let prefix = Path::from("chunks");
+        let listed: Vec<_> = self
+            .objects
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| BackupError::store(&prefix, e))?;
+        Ok(listed
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(ChunkHash::from_hex))
+            .collect())
+    }
+
+    /// Names of all volumes with at least one listed object.
+    pub async fn volumes(&self) -> Result<Vec<VolumeName>, BackupError> {
+        let prefix = Path::from("volumes");
+        let listed = self
+            .objects
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| BackupError::store(&prefix, e))?;
+        // Anything that is not a valid name was not written by us: skip it.
+        let mut names: Vec<_> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|n| VolumeName::new(n).ok()))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The published versions of `volume`, ascending.
+    pub async fn versions(&self, volume: &VolumeName) -> Result<Vec<u32>, BackupError> {
+        let prefix = versions_dir(volume);
+        let listed: Vec<_> = self
+            .objects
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| BackupError::store(&prefix, e))?;
+        let found: BTreeSet<u32> = listed
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(parse_version_file))
+            .collect();
+        Ok(found.into_iter().collect())
+    }
+
+    /// The newest version of `volume`, if any.
+    pub async fn latest_version(&self, volume: &VolumeName) -> Result<Option<u32>, BackupError> {
+        Ok(self.versions(volume).await?.last().copied())
+    }
+
+    /// Read and check version `version` of `volume`.
+    pub async fn read_index(
+        &self,
+        volume: &VolumeName,
+        version: u32,
+    ) -> Result<Index, BackupError> {
+        let path = version_path(volume, version);
+        let bytes = match self.objects.get(&path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|e| BackupError::store(&path, e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(BackupError::VersionNotFound {
+                    volume: volume.to_string(),
+                    version,
+                })
+            }
+            Err(e) => return Err(BackupError::store(&path, e)),
+        };
+        crate::cpu::run(move || Index::decode(&bytes))
+            .await?
+            .map_err(|source| BackupError::Index {
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    /// Publish `index` as the next version of `volume` and return its number. Every
+    /// chunk it names must already be stored (and, locally, synced: see
+    /// [`ChunkStore::sync_chunks`]). Concurrent publishers get distinct numbers:
+    /// each tries create-if-not-exists and moves to the next number if it lost.
+    pub async fn publish(&self, volume: &VolumeName, index: &Index) -> Result<u32, BackupError> {
+        let encoded = index.encode().map_err(|source| BackupError::Index {
+            path: versions_dir(volume).to_string(),
+            source,
+        })?;
+        let payload = PutPayload::from(Bytes::from(encoded));
+        let mut next = self.latest_version(volume).await?.unwrap_or(0);
+        for _ in 0..MAX_PUBLISH_ATTEMPTS {
+            next = next
+                .checked_add(1)
+                .filter(|&n| n <= MAX_VERSION)
+                .ok_or_else(|| BackupError::VersionsExhausted(volume.to_string()))?;
+            let path = version_path(volume, next);
+            match self
+                .objects
+                .put_opts(&path, payload.clone(), PutMode::Create.into())
+                .await
+            {
+                Ok(_) => {
+                    self.sync_file(&path).await?;
+                    self.sync_dirs([path]).await?;
+                    return Ok(next);
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    tracing::debug!(%volume, version = next, "version taken by a concurrent backup, trying the next");
+                }
+                Err(e) => return Err(BackupError::store(&path, e)),
+            }
+        }
+        Err(BackupError::PublishContention {
+            volume: volume.to_string(),
+            attempts: MAX_PUBLISH_ATTEMPTS,
+        })
+    }
+
+    /// Make newly written chunks durable (local stores only): fsync each file, several
+    /// at once so the file system can batch its journal commits, then their directories.
+    /// Call before publishing an index that names them.
+    pub async fn sync_chunks(&self, hashes: Vec<ChunkHash>) -> Result<(), BackupError> {
+        if self.local_root.is_none() {
+            return Ok(());
+        }
+        let paths: Vec<Path> = hashes.iter().map(ChunkHash::path).collect();
+        futures::stream::iter(paths.iter().map(|p| self.sync_file(p)))
+            .buffer_unordered(SYNC_IN_FLIGHT)
+            .try_collect::<()>()
+            .await?;
+        self.sync_dirs(paths).await
+    }
+
+    /// Ask the kernel to start writing a new local file out now (without waiting), so
+    /// the fsync before publishing finds little left to write. `POSIX_FADV_DONTNEED`
+    /// starts writeback of dirty pages and drops clean ones: backup data read once
+    /// should not crowd the page cache anyway. Only a hint: failures are ignored.
+    async fn start_writeback(&self, path: &Path) {
+        let Some(root) = &self.local_root else { return };
+        let file = root.join(path.as_ref());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(f) = std::fs::File::open(&file) {
+                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+            }
+        })
+        .await;
+    }
+
+    /// fsync one object's file (local stores only).
+    async fn sync_file(&self, path: &Path) -> Result<(), BackupError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(path.as_ref());
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| BackupError::Sync { path: file, source })
+        })
+        .await
+        .map_err(|e| BackupError::Internal(e.to_string()))?
+    }
+
+    /// fsync the directories holding `paths` and their parents up to the root (local only).
+    async fn sync_dirs(&self, paths: impl IntoIterator<Item = Path>) -> Result<(), BackupError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let mut dirs = BTreeSet::new();
+        for path in paths {
+            let mut dir = root.join(path.as_ref());
+            while dir.pop() && dir.starts_with(root) {
+                dirs.insert(dir.clone());
+            }
+        }
+        tokio::task::spawn_blocking(move || {
+            // Deepest first, so each parent is synced after the entries it gained.
+            dirs.iter().rev().try_for_each(|dir| {
+                std::fs::File::open(dir)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|source| BackupError::Sync {
+                        path: dir.clone(),
+                        source,
+                    })
+            })
+        })
+        .await
+        .map_err(|e| BackupError::Internal(e.to_string()))?
+    }
+}
+
+fn versions_dir(volume: &VolumeName) -> Path {
+    Path::from_iter(["volumes", volume.as_str(), "versions"])
+}
+
+/// `volumes/NAME/versions/NNNNNNNN.idx`.
+pub fn version_path(volume: &VolumeName, version: u32) -> Path {
+    versions_dir(volume).child(format!("{version:0width$}.idx", width = VERSION_DIGITS))
+}
+
+/// The version number in a file name `NNNNNNNN.idx`; anything else is not a version.
+fn parse_version_file(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".idx")?;
+    if digits.len() != VERSION_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&v| v >= 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::ChunkRef;
+    use crate::size::ChunkSize;
+
+    fn tiny_index(parent: u32) -> Index {
+        Index {
+            volume_size_bytes: 10,
+            chunk_size: ChunkSize::DEFAULT,
+            parent_version: parent,
+            created_unix_secs: 0,
+            chunks: vec![ChunkRef::Zero],
+        }
+    }
+
+    #[test]
+    fn version_file_names() {
+        let v = VolumeName::new("disk").unwrap();
+        assert_eq!(
+            version_path(&v, 1).to_string(),
+            "volumes/disk/versions/00000001.idx"
+        );
+        assert_eq!(parse_version_file("00000001.idx"), Some(1));
+        assert_eq!(parse_version_file("99999999.idx"), Some(99_999_999));
+        for bad in [
+            "00000000.idx",
+            "1.idx",
+            "0000000a.idx",
+            "00000001.idx#3",
+            "00000001",
+        ] {
+            assert_eq!(parse_version_file(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_round_trip_and_versions_count_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("s").to_str().unwrap(), true).unwrap();
+        let data = vec![3u8; 100_000];
+        let hash = ChunkHash::of(&data);
+        assert!(!store.has_chunk(&hash).await.unwrap());
+        assert_eq!(
+            store
+                .put_chunk(&hash, chunk::encode(Bytes::from(data.clone())))
+                .await
+                .unwrap(),
+            PutOutcome::Written
+        );
+        assert_eq!(
+            store
+                .put_chunk(&hash, chunk::encode(Bytes::from(data.clone())))
+                .await
+                .unwrap(),
+            PutOutcome::AlreadyStored
+        );
+        assert!(store.has_chunk(&hash).await.unwrap());
+        assert_eq!(
+            &store.get_chunk(&hash, data.len()).await.unwrap()[..],
+            &data[..]
+        );
+        assert_eq!(store.chunk_hashes().await.unwrap(), vec![hash]);
+        let missing = ChunkHash::of(b"nope");
+        assert!(matches!(
+            store.get_chunk(&missing, 4).await,
+            Err(BackupError::MissingChunk { .. })
+        ));
+
+        let vol = VolumeName::new("disk").unwrap();
+        assert_eq!(store.latest_version(&vol).await.unwrap(), None);
+        assert_eq!(store.publish(&vol, &tiny_index(0)).await.unwrap(), 1);
+        assert_eq!(store.publish(&vol, &tiny_index(1)).await.unwrap(), 2);
+        assert_eq!(store.versions(&vol).await.unwrap(), vec![1, 2]);
+        assert_eq!(store.read_index(&vol, 2).await.unwrap(), tiny_index(1));
+        assert!(matches!(
+            store.read_index(&vol, 3).await,
+            Err(BackupError::VersionNotFound { .. })
+        ));
+        assert_eq!(store.volumes().await.unwrap(), vec![vol]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_publishers_get_distinct_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().to_str().unwrap(), true).unwrap();
+        let vol = VolumeName::new("v").unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, vol) = (store.clone(), vol.clone());
+                tokio::spawn(async move { store.publish(&vol, &tiny_index(0)).await.unwrap() })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        got.sort_unstable();
+        assert_eq!(got, (1..=8).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_index_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().to_str().unwrap(), true).unwrap();
+        let vol = VolumeName::new("v").unwrap();
+        store.publish(&vol, &tiny_index(0)).await.unwrap();
+        let file = dir.path().join("volumes/v/versions/00000001.idx");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[20] ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+        assert!(matches!(
+            store.read_index(&vol, 1).await,
+            Err(BackupError::Index { .. })
+        ));
+    }
+}
