@@ -192,10 +192,13 @@ impl Engine {
         self.held.len()
     }
 
-    /// True once every region is restored and that is durable: the filter then forwards
-    /// everything without calling the engine.
+    /// True once every region is restored and that is durable, and nothing is held or
+    /// sequenced: the filter then forwards everything without calling the engine.
     pub fn is_passthrough(&self) -> bool {
         self.map.is_all_restored()
+            // Requests forwarded from now on must not overtake held or sequenced ones.
+            && self.held.is_empty()
+            && self.sequenced.is_empty()
             && self.unflushed.is_empty()
             && self.flushed.is_empty()
             && self.commit_in_flight.is_none()

@@ -581,3 +581,26 @@ fn removal_fails_every_held_request_and_nothing_else() {
     let out = step(&mut e, ok(lower_of(&forwarded, 3)));
     assert_eq!(out, done(3));
 }
+
+#[test]
+fn no_pass_through_while_a_request_is_still_sequenced() {
+    // A write held behind the fetch of its head region, then a read of the same sectors
+    // held behind the write: when the last region is restored and durable the read is
+    // still waiting for the write, so the filter must not start forwarding blindly.
+    let mut e = engine(1);
+    step(&mut e, write(1, 512, 512));
+    step(&mut e, read(2, 0, R));
+    let out = step(&mut e, hydrate(1, 0, R));
+    let out = step(&mut e, ok(hydrate_writes(&out)[0].0));
+    let write_lower = lower_of(&out, 1);
+    let out = step(&mut e, ok(flush_down_of(&out)));
+    assert_eq!(out, vec![Action::CommitMetadata { commit: 1 }]);
+    let out = commit_ok(&mut e, 1);
+    assert!(!out.contains(&Action::AllRestored), "{out:?}");
+    assert!(!e.is_passthrough());
+    let out = step(&mut e, ok(write_lower));
+    let read_lower = lower_of(&out, 2);
+    step(&mut e, ok(read_lower));
+    let out = step(&mut e, Event::Tick { now_ns: 1 });
+    assert_eq!(out, vec![Action::AllRestored]);
+}
