@@ -1,0 +1,300 @@
+//! The command line (DESIGN.md section 4).
+//!
+//! ```text
+//! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--check-determinism] [--json]
+//! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--json]
+//! ```
+//! `sweep` ends with `sweep: seeds=K ops=N violations=V irps_per_sec=R`. Exit status 0
+//! means no violation; anything else prints one line saying what went wrong, and a
+//! failing seed prints the command that replays it.
+
+use std::ops::Range;
+
+use clap::{Args, Parser, Subcommand};
+use rehydrate_driver::mutants::Mutant;
+
+use crate::faults::{Faults, FaultsError};
+use crate::sim::{Outcome, RunConfig};
+
+/// Deterministic simulation of the Windows storage stack around the Rehydrate filter.
+///
+/// Every run is driven by one seeded RNG: the same seed replays the same run exactly.
+/// A failing run prints the command that replays it. Set REHYDRATE_SIM_TRACE=1 to print
+/// the life of every file-system request on stderr.
+#[derive(Debug, Parser)]
+#[command(name = "rehydrate-sim", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one seed and check it.
+    Run(RunArgs),
+    /// Run a range of seeds and count violations.
+    Sweep(SweepArgs),
+    // `demo` (the end-to-end tour on embedded defaults) goes here.
+}
+
+/// Settings shared by `run` and `sweep`.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// File-system requests per seed.
+    #[arg(long, default_value_t = 2000)]
+    pub ops: u64,
+    /// Faults to inject: `all`, `none`, or a comma-separated list of cache, torn, media,
+    /// power-loss, link-drop, link-corrupt, link-reorder, link-disconnect, outage,
+    /// service-kill, cancel.
+    #[arg(long, default_value = "all", value_parser = parse_faults)]
+    pub faults: Faults,
+    /// Run the driver with a deliberate bug: commit-metadata-before-data-flush,
+    /// mark-before-lower-write-completes, skip-fetch-for-partial-write,
+    /// accept-stale-hydrate, lose-mark-on-torn-commit, forward-read-before-restored.
+    #[arg(long, value_parser = parse_mutant)]
+    pub mutant: Option<Mutant>,
+    /// Print results as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The seed.
+    #[arg(long)]
+    pub seed: u64,
+    /// Run twice and compare the trace hashes.
+    #[arg(long)]
+    pub check_determinism: bool,
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Seeds to run, `A..B` (B excluded).
+    #[arg(long, value_parser = parse_seeds)]
+    pub seeds: Range<u64>,
+    /// Print only failures and the summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Why the command line or a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A fault list did not parse.
+    #[error(transparent)]
+    Faults(#[from] FaultsError),
+    /// The run broke a rule.
+    #[error("seed {seed}: {violation}")]
+    Violation {
+        /// The seed.
+        seed: u64,
+        /// What broke.
+        violation: String,
+    },
+    /// Two runs of one seed differed.
+    #[error("seed {seed} is not deterministic: trace {first:#018x} then {second:#018x}")]
+    Nondeterministic {
+        /// The seed.
+        seed: u64,
+        /// First trace hash.
+        first: u64,
+        /// Second trace hash.
+        second: u64,
+    },
+    /// A sweep found violations.
+    #[error("{0} of {1} seeds violated a rule")]
+    SweepFailed(usize, u64),
+}
+
+fn parse_faults(s: &str) -> Result<Faults, String> {
+    Faults::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_mutant(s: &str) -> Result<Mutant, String> {
+    Mutant::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown mutant {s:?} (known: {})", names.join(", "))
+    })
+}
+
+fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("seeds {s:?} are not A..B"))?;
+    let a: u64 = a
+        .trim()
+        .parse()
+        .map_err(|e| format!("seed range start {a:?}: {e}"))?;
+    let b: u64 = b
+        .trim()
+        .parse()
+        .map_err(|e| format!("seed range end {b:?}: {e}"))?;
+    if a >= b {
+        return Err(format!("seed range {a}..{b} is empty"));
+    }
+    Ok(a..b)
+}
+
+fn template(c: &Common, seed: u64) -> RunConfig {
+    RunConfig {
+        seed,
+        ops: c.ops,
+        faults: c.faults,
+        mutant: c.mutant,
+        workload: Default::default(),
+    }
+}
+
+fn print_outcome(config: &RunConfig, o: &Outcome, json: bool) {
+    let result = match &o.violation {
+        None => "ok".to_string(),
+        Some(v) => v.to_string(),
+    };
+    if json {
+        println!(
+            "{{\"seed\":{},\"ops\":{},\"irps\":{},\"dispatches\":{},\"boots\":{},\"sim_ns\":{},\"trace\":\"{:#018x}\",\"ok\":{},\"result\":{:?},\"shape\":{:?},\"replay\":{:?}}}",
+            o.seed,
+            o.ops_done,
+            o.irps,
+            o.dispatches,
+            o.boots,
+            o.sim_ns,
+            o.trace,
+            o.violation.is_none(),
+            result,
+            o.shape,
+            config.replay_command()
+        );
+    } else {
+        println!(
+            "seed={} ops={} irps={} boots={} sim_time={:.3}s sectors_checked={} trace={:#018x} {} result={}",
+            o.seed,
+            o.ops_done,
+            o.irps,
+            o.boots,
+            o.sim_ns as f64 / 1e9,
+            o.sectors_checked,
+            o.trace,
+            o.shape,
+            result
+        );
+        if o.violation.is_some() {
+            println!("replay: {}", config.replay_command());
+        }
+    }
+}
+
+/// Runs the parsed command; `Err` is the one line to print.
+pub fn execute(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = template(&args.common, args.seed);
+            let outcome = crate::run(&config);
+            print_outcome(&config, &outcome, args.common.json);
+            if args.check_determinism {
+                let again = crate::run(&config);
+                if again.trace != outcome.trace || again.violation != outcome.violation {
+                    return Err(CliError::Nondeterministic {
+                        seed: args.seed,
+                        first: outcome.trace,
+                        second: again.trace,
+                    });
+                }
+                println!(
+                    "determinism: seed={} trace={:#018x} (two runs agree)",
+                    args.seed, outcome.trace
+                );
+            }
+            match outcome.violation {
+                Some(v) => Err(CliError::Violation {
+                    seed: args.seed,
+                    violation: v.to_string(),
+                }),
+                None => Ok(()),
+            }
+        }
+        Command::Sweep(args) => {
+            let config = template(&args.common, args.seeds.start);
+            let (json, quiet) = (args.common.json, args.quiet);
+            let report = crate::sweep(args.seeds.clone(), &config, |c, o| {
+                if !quiet || o.violation.is_some() {
+                    print_outcome(c, o, json);
+                }
+            });
+            println!(
+                "sweep: seeds={} ops={} violations={} irps_per_sec={:.0}",
+                report.seeds,
+                report.ops,
+                report.failures.len(),
+                report.irps_per_sec()
+            );
+            if report.failures.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::SweepFailed(report.failures.len(), report.seeds))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn arguments_parse_and_bad_ones_are_refused() {
+        let cli = Cli::try_parse_from([
+            "rehydrate-sim",
+            "sweep",
+            "--seeds",
+            "3..7",
+            "--faults",
+            "torn,media",
+        ])
+        .unwrap();
+        let Command::Sweep(s) = cli.command else {
+            panic!()
+        };
+        assert_eq!(s.seeds, 3..7);
+        assert!(s.common.faults.has(crate::Fault::Media));
+        assert!(Cli::try_parse_from(["rehydrate-sim", "sweep", "--seeds", "7..3"]).is_err());
+        assert!(
+            Cli::try_parse_from(["rehydrate-sim", "run", "--seed", "1", "--faults", "bogus"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["rehydrate-sim", "run", "--seed", "1", "--mutant", "nope"])
+                .is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "rehydrate-sim",
+            "run",
+            "--seed",
+            "1",
+            "--mutant",
+            "accept-stale-hydrate",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.common.mutant, Some(Mutant::AcceptStaleHydrate));
+    }
+}

@@ -1,0 +1,19 @@
+//! `rehydrate-sim`: see `rehydrate_sim::cli`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // Panics inside a run are caught and reported as that run's failure; keep the
+    // default hook from printing a backtrace banner for each.
+    std::panic::set_hook(Box::new(|_| {}));
+    let cli = rehydrate_sim::cli::Cli::parse();
+    match rehydrate_sim::cli::execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rehydrate-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
