@@ -69,8 +69,11 @@ pub trait Framework {
     /// `WdfRequestGetParameters`.
     fn parameters(&self, request: Self::Request) -> RequestParameters;
 
-    /// `WdfRequestRetrieveInputBuffer`; `Err` with the status the request should get
-    /// when the buffer is shorter than `min_len` or missing.
+    /// The data a request brings in: `WdfRequestRetrieveInputBuffer`, except for
+    /// `METHOD_IN_DIRECT` IOCTLs (the hydrate request), whose data comes in through the
+    /// MDL-described buffer Win32 calls the output buffer (`WdfRequestRetrieveOutputBuffer`
+    /// maps it). `Err` with the status the request should get when the buffer is shorter
+    /// than `min_len` or missing.
     fn input_buffer(&self, request: Self::Request, min_len: usize) -> Result<&[u8], Status>;
 
     /// `WdfRequestRetrieveOutputBuffer`.
