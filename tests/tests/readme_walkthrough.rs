@@ -50,7 +50,11 @@ fn every_command_of_the_readme_walkthrough_works_as_written() {
         "walk-through failed ({}):\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
-    for expected in ["backup: volume=sys version=1", "restore: complete", "sweep: seeds=20"] {
+    for expected in [
+        "backup: volume=sys version=1",
+        "restore: complete",
+        "sweep: seeds=20",
+    ] {
         assert!(
             stdout.contains(expected),
             "walk-through output lacks {expected:?}:\n{stdout}\n{stderr}"
