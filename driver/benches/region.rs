@@ -18,7 +18,9 @@ fn one_percent_missing() -> RegionMap {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut region = 0;
     while region < map.region_count() {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         // Gaps average 100 regions: 99 restored then one missing.
         let run = 1 + (state >> 33) % 197;
         let end = (region + run).min(map.region_count());
