@@ -3,7 +3,9 @@
 //! ```text
 //! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--check-determinism] [--json]
 //! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--json]
+//! rehydrate-sim demo [--size 256MiB] [--seed N] [--keep] [--status-file PATH] [--json]
 //! ```
+//! `demo` ends with `demo: ok size=... secs=...` or `demo: FAILED <reason>`.
 //! `sweep` ends with `sweep: seeds=K ops=N violations=V irps_per_sec=R`. Exit status 0
 //! means no violation; anything else prints one line saying what went wrong, and a
 //! failing seed prints the command that replays it.
@@ -36,7 +38,10 @@ pub enum Command {
     Run(RunArgs),
     /// Run a range of seeds and count violations.
     Sweep(SweepArgs),
-    // `demo` (the end-to-end tour on embedded defaults) goes here.
+    /// The end-to-end tour on embedded defaults: back up a volume image, serve it over
+    /// NBD, boot the simulated stack on an empty disk and restore it with the real
+    /// service while a workload runs; ends with `demo: ok ...`.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Settings shared by `run` and `sweep`.
@@ -115,6 +120,9 @@ pub enum CliError {
     /// A sweep found violations.
     #[error("{0} of {1} seeds violated a rule")]
     SweepFailed(usize, u64),
+    /// The demo failed.
+    #[error("demo: {0}")]
+    Demo(#[from] crate::demo::DemoError),
 }
 
 fn parse_faults(s: &str) -> Result<Faults, String> {
@@ -198,6 +206,23 @@ fn print_outcome(config: &RunConfig, o: &Outcome, json: bool) {
 /// Runs the parsed command; `Err` is the one line to print.
 pub fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Demo(args) => match crate::demo::run(&args) {
+            Ok(summary) => {
+                println!(
+                    "{}",
+                    if args.json {
+                        summary.json()
+                    } else {
+                        summary.line()
+                    }
+                );
+                Ok(())
+            }
+            Err(e) => {
+                println!("demo: FAILED {e}");
+                Err(e.into())
+            }
+        },
         Command::Run(args) => {
             let config = template(&args.common, args.seed);
             let outcome = crate::run(&config);

@@ -61,7 +61,16 @@ pub struct Backup {
     region_shift: u32,
     /// One region in `zero_one_in` is zero (0 = none).
     zero_one_in: u64,
+    /// Zero regions come in runs, as free space does on a file system.
+    extents: bool,
 }
+
+/// Runs of zero regions in a file-system-like backup: aligned blocks of `1 << shift`
+/// regions, each zero with probability `per_mille / 1000`. Big blocks give long runs
+/// of free space that fill whole backup chunks (restored without a transfer), small
+/// ones give short holes between files; the union leaves data extents of every length.
+/// About 38% of the volume is zero.
+const ZERO_RUNS: [(u32, u64); 4] = [(10, 150), (8, 150), (4, 100), (1, 50)];
 
 impl Backup {
     /// The backup of a run.
@@ -70,12 +79,28 @@ impl Backup {
             seed: mix64(seed ^ 0xBAC0_0B5E),
             region_shift: region_size_bytes.trailing_zeros() - 9,
             zero_one_in,
+            extents: false,
+        }
+    }
+
+    /// A backup shaped like a used file system: zero regions in runs of varying length
+    /// (see [`ZERO_RUNS`]), data in between. The demo builds its volume image from it.
+    pub fn file_system_like(seed: u64, region_size_bytes: u32) -> Backup {
+        Backup {
+            extents: true,
+            ..Backup::new(seed, region_size_bytes, 0)
         }
     }
 
     /// True when `region` is a hole (all zeros) in the backup.
     #[inline]
     pub fn region_is_zero(&self, region: u64) -> bool {
+        if self.extents {
+            return ZERO_RUNS.iter().any(|&(shift, per_mille)| {
+                let block = (region >> shift) ^ u64::from(shift) << 56;
+                mix64(self.seed ^ block.wrapping_mul(0xD1B5_4A32_D192_ED03)) % 1000 < per_mille
+            });
+        }
         self.zero_one_in != 0
             && mix64(self.seed ^ region.wrapping_mul(0xD1B5_4A32_D192_ED03)) % self.zero_one_in == 0
     }
@@ -124,6 +149,26 @@ mod tests {
         for s in 0..64 * 16 {
             assert_eq!(b.tag(s) == ZERO, zero[(s / 16) as usize]);
         }
+    }
+
+    #[test]
+    fn a_file_system_like_backup_has_zero_runs_and_data_extents() {
+        let b = Backup::file_system_like(5, 4096);
+        let zero: Vec<bool> = (0..65536).map(|r| b.region_is_zero(r)).collect();
+        let zeros = zero.iter().filter(|&&z| z).count();
+        assert!(
+            (20_000..32_000).contains(&zeros),
+            "{zeros} zero regions of 65536"
+        );
+        let runs = zero.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(
+            runs > 500,
+            "zeros come in runs, not one block: {runs} edges"
+        );
+        assert!(
+            zero.chunks(256).any(|c| c.iter().all(|&z| z)),
+            "some 1 MiB chunks are all zero"
+        );
     }
 
     #[test]

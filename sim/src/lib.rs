@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod faults;
 pub mod irp;

@@ -8,6 +8,13 @@ fn main() -> ExitCode {
     // Panics inside a run are caught and reported as that run's failure; keep the
     // default hook from printing a backtrace banner for each.
     std::panic::set_hook(Box::new(|_| {}));
+    // Logs go to stderr, warnings and errors unless RUST_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = rehydrate_sim::cli::Cli::parse();
     match rehydrate_sim::cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,

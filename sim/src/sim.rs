@@ -32,6 +32,7 @@ use rehydrate_driver::{Geometry, RegionMap, Status};
 use rehydrate_service::hydrator::HydratorConfig;
 
 use crate::data::{app_tag, garbage_tag, Backup};
+use crate::demo::realtime::LinkServer;
 use crate::device::Disk;
 use crate::faults::{Fault, Faults};
 use crate::irp::{
@@ -43,7 +44,7 @@ use crate::irp::{
 use crate::kernel::{Kernel, Upcall};
 use crate::link::{Link, LinkConfig};
 use crate::meta::MetaDev;
-use crate::oracle::{OpKind, Oracle};
+use crate::oracle::{Expect, OpKind, Oracle};
 use crate::rng::Rng;
 use crate::sched::Ev;
 use crate::service::{Ctx, Service};
@@ -159,6 +160,93 @@ struct World {
     /// An `FsTick` is scheduled (the file system waits on a completion otherwise).
     fs_tick_pending: bool,
     shape: String,
+    /// The demo: the service runs outside the simulator and reaches the filter through
+    /// this driver-link server, and the clock follows the wall clock. `None` in
+    /// deterministic runs.
+    ext: Option<LinkServer>,
+}
+
+/// The demo's machine: an explicit shape instead of a drawn one, no faults, and the
+/// real service outside the simulator (see `crate::demo`).
+#[derive(Clone, Debug)]
+pub struct DemoMachine {
+    /// Seeds the workload and the latencies.
+    pub seed: u64,
+    /// Volume size (a multiple of 4 KiB).
+    pub volume_bytes: u64,
+    /// Region size.
+    pub region_size_bytes: u32,
+    /// What the backup holds, sector by sector (the volume image is built from it).
+    pub backup: Backup,
+    /// The backup's identity, as the service attaches with it.
+    pub backup_id: [u8; 32],
+    /// Most file-system requests; the file system stops early once the volume is
+    /// restored.
+    pub ops_max: u64,
+    /// The workload mix.
+    pub workload: WorkloadConfig,
+    /// Typical device latency.
+    pub device_latency_ns: u64,
+}
+
+/// What the demo's run left behind.
+#[derive(Debug)]
+pub struct DemoRun {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// The device's content per volume sector (as tags) at the end.
+    pub volume_tags: Vec<u64>,
+    /// What the oracle says each volume sector must hold at the end.
+    pub expected: Vec<Expect>,
+    /// The link server, with its measurements.
+    pub server: Option<LinkServer>,
+}
+
+/// Runs the demo's machine against a service outside the simulator, in real time,
+/// until the volume is restored, read back, checked and shut down (or a rule breaks).
+pub fn run_demo(machine: &DemoMachine, server: LinkServer) -> DemoRun {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut world = World::demo(machine, server);
+        world.run();
+        let outcome = world.outcome(machine.seed);
+        let start = world.partition_start as usize;
+        let disk = &world.wdf.k.lower.disk;
+        let volume_tags = (0..world.volume_sectors as usize)
+            .map(|s| disk.live(start + s))
+            .collect();
+        let oracle = &world.wdf.k.oracle;
+        let expected = (0..world.volume_sectors)
+            .map(|s| oracle.expect(s).clone())
+            .collect();
+        DemoRun {
+            outcome,
+            volume_tags,
+            expected,
+            server: world.ext.take(),
+        }
+    }));
+    result.unwrap_or_else(|panic| DemoRun {
+        outcome: Outcome {
+            seed: machine.seed,
+            violation: Some(Violation {
+                rule: Rule::Driver,
+                time_ns: 0,
+                detail: format!("panicked: {}", panic_message(&panic)),
+            }),
+            ..Outcome::default()
+        },
+        volume_tags: Vec::new(),
+        expected: Vec::new(),
+        server: None,
+    })
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 static MUTANT_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
@@ -187,11 +275,7 @@ pub fn run(config: &RunConfig) -> Outcome {
     }));
     rehydrate_driver::mutants::set(None);
     result.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-            .unwrap_or_else(|| "panic".to_string());
+        let message = panic_message(&panic);
         Outcome {
             seed: config.seed,
             violation: Some(Violation {
@@ -364,6 +448,113 @@ impl World {
             shutdown_flush: None,
             fs_tick_pending: false,
             shape,
+            ext: None,
+        }
+    }
+
+    /// The demo's machine: a 512-byte-sector disk with no faults, a fast device, the
+    /// given volume and backup, and the service outside (`server`).
+    fn demo(m: &DemoMachine, mut server: LinkServer) -> World {
+        let mut rng = Rng::new(m.seed);
+        let faults = Faults::NONE;
+        let region_size_bytes = m.region_size_bytes;
+        let volume_sectors = m.volume_bytes / 512;
+        let region_sectors = u64::from(region_size_bytes) / 512;
+        let partition_start = 2048;
+        let disk_sectors = partition_start + volume_sectors + 2048;
+        let geometry = Geometry::new(m.volume_bytes, region_size_bytes)
+            .expect("the demo's geometry is checked by its caller");
+        let lower = Lower {
+            volume_online: false,
+            volume_sectors,
+            partition_start,
+            // 1 MiB transfers: a hydrate of a whole fetch goes down as one request.
+            max_transfer_sectors: 2048,
+            port_queue: Default::default(),
+            port_active: 0,
+            port_depth: 32,
+            disk: Disk::new(disk_sectors as usize, 512, false),
+            latency_ns: m.device_latency_ns,
+            media_ppm: 0,
+            started: [false; 11],
+        };
+        let oracle = Oracle::new(volume_sectors, region_sectors, m.backup, faults);
+        // The simulated link is not used: the service fetches over real NBD.
+        let link_config = LinkConfig {
+            latency_ns: 1,
+            bytes_per_us: 1,
+            drop_ppm: 0,
+            corrupt_ppm: 0,
+            reorder_ppm: 0,
+        };
+        let link = Link::new(link_config, faults, m.backup, region_sectors);
+        let identity = Identity {
+            volume_size_bytes: m.volume_bytes,
+            region_size_bytes,
+            backup_id: m.backup_id,
+        };
+        let attach = Attach {
+            volume_size_bytes: m.volume_bytes,
+            region_size_bytes,
+            backup_identity: m.backup_id,
+        };
+        let hold_deadline_ns = 20_000_000_000;
+        let filter_config = FilterConfig {
+            engine: EngineConfig {
+                hold_deadline_ns,
+                held_max: 1024,
+                commit_interval_ns: 500_000_000,
+            },
+            tick_ns: 50_000_000,
+        };
+        let workload = Workload::new(m.workload, volume_sectors, region_sectors, 1, &mut rng);
+        let store = MetaDev::new(Metadata::store_pages(&geometry));
+        let shape = format!(
+            "volume={}KiB region={}KiB sector=512 depth={} (real time, real service)",
+            m.volume_bytes / 1024,
+            region_size_bytes / 1024,
+            m.workload.depth_max
+        );
+        let kernel = Kernel::new(rng, faults, oracle, lower);
+        // Never started: the real service attaches through `ext` instead.
+        let service = Service::new(geometry, attach, HydratorConfig::default(), 1_000_000_000);
+        World {
+            wdf: SimWdf::new(kernel),
+            filter: None,
+            service,
+            link,
+            store,
+            identity,
+            attach,
+            geometry,
+            filter_config,
+            workload,
+            fs_irps: Vec::new(),
+            next_write_id: 0,
+            ops_target: m.ops_max,
+            ops_issued: 0,
+            ops_done: 0,
+            phase: Phase::Run,
+            boot_step: 0,
+            mounted: false,
+            boots: 0,
+            volume_sectors,
+            partition_start,
+            meta_ppm: 0,
+            commit_crash_ppm: 0,
+            crash_per_op_ppm: 0,
+            kill_per_op_ppm: 0,
+            hold_deadline_ns,
+            hydrator_deadline_ns: 30_000_000_000,
+            shutdown_flush: None,
+            fs_tick_pending: false,
+            shape,
+            ext: Some({
+                // The machine is built (the oracle's per-sector state takes a while on
+                // a large volume): time starts now, at power-on.
+                server.start_clock();
+                server
+            }),
         }
     }
 
@@ -417,6 +608,17 @@ impl World {
             if self.phase == Phase::Done || self.wdf.k.v.failed() {
                 break;
             }
+            if self.ext.is_some() {
+                match self.next_realtime() {
+                    Some(ev) => {
+                        let now = self.wdf.k.now_ns();
+                        self.wdf.k.v.set_now(now);
+                        self.handle(ev);
+                    }
+                    None => continue,
+                }
+                continue;
+            }
             let Some(ev) = self.wdf.k.sched.pop() else {
                 let phase = self.phase;
                 self.k().v.fail(
@@ -444,6 +646,37 @@ impl World {
         }
     }
 
+    /// The demo's clock: the next event once the wall clock reaches it. Meanwhile time
+    /// passes and the link server hands the service's requests to the filter; `None`
+    /// when the caller should pump and look again.
+    fn next_realtime(&mut self) -> Option<Ev> {
+        let mut ext = self.ext.take()?;
+        let mounted = self.mounted;
+        // Requests are taken on every turn, so a busy machine still answers at once.
+        ext.serve(&mut self.wdf, &mut self.filter, mounted, None);
+        let wall = ext.now_ns();
+        let next = self.wdf.k.sched.next_at();
+        let ev = if next.is_some_and(|at| at <= wall) {
+            self.wdf.k.sched.pop()
+        } else {
+            self.wdf.k.sched.advance_to(wall);
+            self.wdf.k.v.set_now(self.wdf.k.now_ns());
+            // Sleep until the next event is due or the service asks something.
+            let wait_ns = next.map_or(u64::MAX, |at| at - wall);
+            ext.serve(&mut self.wdf, &mut self.filter, mounted, Some(wait_ns));
+            None
+        };
+        if let Some(why) = ext.stalled(self.wdf.k.now_ns(), self.phase_is_restoring()) {
+            self.k().v.fail(Rule::Liveness, why);
+        }
+        self.ext = Some(ext);
+        ev
+    }
+
+    fn phase_is_restoring(&self) -> bool {
+        matches!(self.phase, Phase::Run | Phase::Drain { .. })
+    }
+
     /// Delivers queued upcalls until none is left.
     fn pump(&mut self) {
         // Bounded by the work in flight: each upcall retires a completion.
@@ -456,6 +689,11 @@ impl World {
                     }
                 }
                 Upcall::FsDone { op, irp } => self.fs_done(op, irp),
+                Upcall::ServiceDone { op, irp } if self.ext.is_some() => {
+                    if let Some(ext) = self.ext.as_mut() {
+                        ext.on_done(&mut self.wdf.k, op, irp);
+                    }
+                }
                 Upcall::ServiceDone { op, irp } => {
                     let mut cx = Ctx {
                         wdf: &mut self.wdf,
@@ -529,6 +767,7 @@ impl World {
             }
             Ev::ServiceStart => {
                 if !self.service.is_alive()
+                    && self.ext.is_none()
                     && self.filter.is_some()
                     && !matches!(self.phase, Phase::Shutdown { .. } | Phase::Done)
                 {
@@ -562,6 +801,14 @@ impl World {
         let now = self.wdf.k.now_ns();
         match self.phase {
             Phase::Run => {
+                let restored = self.filter.as_ref().is_some_and(|f| f.is_passthrough());
+                if let Some(ext) = self.ext.as_mut() {
+                    if restored {
+                        ext.note_restored(now);
+                        // The tour's workload runs while the volume is being restored.
+                        self.ops_target = self.ops_issued;
+                    }
+                }
                 if self.ops_issued >= self.ops_target
                     && self.wdf.k.oracle.in_flight() == 0
                     && self.mounted
@@ -572,6 +819,9 @@ impl World {
             }
             Phase::Drain { since_ns } => {
                 if self.filter.as_ref().is_some_and(|f| f.is_passthrough()) {
+                    if let Some(ext) = self.ext.as_mut() {
+                        ext.note_restored(now);
+                    }
                     self.phase = Phase::Verify { next_sector: 0 };
                     self.verify_reads();
                 } else if now - since_ns > 3_600_000_000_000 {
@@ -756,6 +1006,9 @@ impl World {
                     link: &mut self.link,
                 };
                 self.service.detach(&mut cx);
+                if let Some(ext) = self.ext.as_mut() {
+                    ext.detach(&mut self.wdf, &mut self.filter);
+                }
                 self.shutdown_flush = Some(self.issue(Request {
                     kind: OpKind::Flush,
                     sector: 0,
@@ -1074,6 +1327,19 @@ impl World {
         } else {
             &[]
         };
+        if let (Some(ext), Some(Some((_, issued_ns)))) =
+            (self.ext.as_mut(), self.fs_irps.get(op as usize))
+        {
+            let o = k.oracle.op(op);
+            ext.note_fs_done(
+                o.kind,
+                o.held,
+                *issued_ns,
+                k.now_ns(),
+                status.is_success(),
+                matches!(self.phase, Phase::Run),
+            );
+        }
         k.oracle.finish(op, status, info, data, &mut k.v);
         k.free_irp(Layer::Fs, irp);
         if let Some(slot) = self.fs_irps.get_mut(op as usize) {
