@@ -206,6 +206,11 @@ fn print_outcome(config: &RunConfig, o: &Outcome, json: bool) {
 /// Runs the parsed command; `Err` is the one line to print.
 pub fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Demo(args) if args.write_image.is_some() => crate::demo::write_image_only(&args)
+            .map_err(|e| {
+                println!("demo: FAILED {e}");
+                e.into()
+            }),
         Command::Demo(args) => match crate::demo::run(&args) {
             Ok(summary) => {
                 println!(

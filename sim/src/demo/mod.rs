@@ -68,6 +68,15 @@ pub struct DemoArgs {
     /// Print the summary as one JSON object instead of the `demo:` lines.
     #[arg(long)]
     pub json: bool,
+    /// Restore from this running backup server (nbd://HOST:PORT/EXPORT) instead of
+    /// starting one: the export must hold the image `--write-image` makes for the same
+    /// --size and --seed (e.g. backed up with `rehydrate backup`, served by
+    /// `rehydrate serve`).
+    #[arg(long, value_name = "URL")]
+    pub source: Option<String>,
+    /// Only write the demo's volume image for --size and --seed to PATH, and exit.
+    #[arg(long, value_name = "PATH", conflicts_with = "source")]
+    pub write_image: Option<PathBuf>,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -138,9 +147,20 @@ fn say(json: bool, line: impl AsRef<str>) {
     }
 }
 
-/// Runs the demo; the summary is printed by the caller.
-pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
-    let size = args.size;
+/// Writes the demo's volume image for `args.size` and `args.seed` to
+/// `args.write_image` (nothing without it).
+pub fn write_image_only(args: &DemoArgs) -> Result<(), DemoError> {
+    let Some(path) = args.write_image.as_deref() else {
+        return Ok(());
+    };
+    checked_geometry(args.size)?;
+    let backup = Backup::file_system_like(args.seed, REGION_SIZE_BYTES);
+    image::write_image(path, &backup, args.size / 512).map_err(io("write", path))?;
+    Ok(())
+}
+
+/// The geometry of a demo volume of `size` bytes, or why there is none.
+fn checked_geometry(size: u64) -> Result<Geometry, DemoError> {
     if !(SIZE_MIN_BYTES..=SIZE_MAX_BYTES).contains(&size) {
         return Err(DemoError::Size {
             size,
@@ -153,10 +173,16 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
             why: "must be a multiple of 4KiB",
         });
     }
-    let geometry = Geometry::new(size, REGION_SIZE_BYTES).map_err(|_| DemoError::Size {
+    Geometry::new(size, REGION_SIZE_BYTES).map_err(|_| DemoError::Size {
         size,
         why: "is not a volume the driver accepts",
-    })?;
+    })
+}
+
+/// Runs the demo; the summary is printed by the caller.
+pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
+    let size = args.size;
+    let geometry = checked_geometry(size)?;
     let began = Instant::now();
     let temp = tempfile::Builder::new()
         .prefix("rehydrate-demo-")
@@ -192,29 +218,34 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
         .build()
         .map_err(DemoError::Runtime)?;
 
-    // 2. Back it up and serve it.
-    let store = root.join("store");
-    let store_name = store.display().to_string();
-    let summary = runtime.block_on(rehydrate_backup::run_backup(BackupArgs {
-        source: image.clone(),
-        store: store_name.clone(),
-        volume: VolumeName::new(VOLUME)?,
-        chunk_size: ChunkSize::default(),
-        rate_limit: None,
-        // No progress bar of its own.
-        json: true,
-    }))?;
-    say(json, format!("demo: {}", summary.render(false)));
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .map_err(DemoError::Runtime)?;
-    let addr = listener.local_addr().map_err(DemoError::Runtime)?;
-    let chunks = ChunkStore::open(&store_name, false)?;
-    let (server_stop, server_stopped) = oneshot::channel::<()>();
-    let server = runtime.spawn(rehydrate_backup::serve_on(listener, chunks, async move {
-        let _ = server_stopped.await;
-    }));
-    let url_text = format!("nbd://{addr}/{VOLUME}");
+    // 2. Back it up and serve it, unless a server was named.
+    let (url_text, server_stop, server) = match &args.source {
+        Some(url) => (url.clone(), None, None),
+        None => {
+            let store = root.join("store");
+            let store_name = store.display().to_string();
+            let summary = runtime.block_on(rehydrate_backup::run_backup(BackupArgs {
+                source: image.clone(),
+                store: store_name.clone(),
+                volume: VolumeName::new(VOLUME)?,
+                chunk_size: ChunkSize::default(),
+                rate_limit: None,
+                // No progress bar of its own.
+                json: true,
+            }))?;
+            say(json, format!("demo: {}", summary.render(false)));
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .map_err(DemoError::Runtime)?;
+            let addr = listener.local_addr().map_err(DemoError::Runtime)?;
+            let chunks = ChunkStore::open(&store_name, false)?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            let server = runtime.spawn(rehydrate_backup::serve_on(listener, chunks, async move {
+                let _ = stopped.await;
+            }));
+            (format!("nbd://{addr}/{VOLUME}"), Some(stop), Some(server))
+        }
+    };
     let url = NbdUrl::parse(&url_text).map_err(|e| DemoError::Service(e.to_string()))?;
     let hydrator = HydratorConfig {
         fetch_size_bytes: 1 << 20,
@@ -233,7 +264,10 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
             source.size_bytes()
         )));
     }
-    say(json, format!("demo: serving the backup at {url_text}"));
+    say(
+        json,
+        format!("demo: restoring from the backup at {url_text}"),
+    );
     let status = match StatusFile::create(args.status_file.as_deref()) {
         Ok(f) => {
             let command = match &args.status_file {
@@ -255,7 +289,7 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
 
     // 3. The service, on tokio, with the driver link's requests forwarded to the
     // machine's thread.
-    let backup_id = rehydrate_service::restore::backup_id(VOLUME, size);
+    let backup_id = rehydrate_service::restore::backup_id(&url.export, size);
     let attach = Attach {
         volume_size_bytes: size,
         region_size_bytes: REGION_SIZE_BYTES,
@@ -318,11 +352,13 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
         .block_on(service)
         .map_err(|e| DemoError::Service(format!("the service task ended: {e}")))
         .and_then(|r| r);
-    let _ = server_stop.send(());
-    match runtime.block_on(server) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(%e, "demo: backup server"),
-        Err(e) => tracing::warn!(%e, "demo: backup server task"),
+    if let (Some(stop), Some(server)) = (server_stop, server) {
+        let _ = stop.send(());
+        match runtime.block_on(server) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%e, "demo: backup server"),
+            Err(e) => tracing::warn!(%e, "demo: backup server task"),
+        }
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     if let Some(v) = &outcome.outcome.violation {
