@@ -375,6 +375,7 @@ impl World {
                 commit_interval_ns: 500_000_000,
             },
             tick_ns: 50_000_000,
+            ..FilterConfig::default()
         };
         let fetch_size_bytes = (u64::from(region_size_bytes) << rng.range(1, 6)).min(1 << 20);
         let hydrator_config = HydratorConfig {
@@ -506,6 +507,7 @@ impl World {
                 commit_interval_ns: 500_000_000,
             },
             tick_ns: 50_000_000,
+            ..FilterConfig::default()
         };
         let workload = Workload::new(m.workload, volume_sectors, region_sectors, 1, &mut rng);
         let store = MetaDev::new(Metadata::store_pages(&geometry));

@@ -49,7 +49,7 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 pub use io::{Action, BatchId, Event, LowerId, RequestId};
-use state::{overlaps, Batch, Held, InFlight, Kind, RegionState};
+use state::{overlaps, Batch, Held, InFlight, Intervals, Kind, RegionState};
 
 use crate::geometry::Geometry;
 use crate::mutants::{self, Mutant};
@@ -134,7 +134,7 @@ pub struct Engine {
     flush_waiters: Vec<(RequestId, u64)>,
     all_restored_said: bool,
     counters: Counters,
-    scratch: Vec<(u64, u64)>,
+    scratch: Intervals,
     fetch_scratch: Vec<u64>,
 }
 
@@ -167,7 +167,7 @@ impl Engine {
             flush_waiters: Vec::new(),
             all_restored_said: false,
             counters: Counters::default(),
-            scratch: Vec::new(),
+            scratch: Intervals::default(),
             fetch_scratch: Vec::new(),
         }
     }
@@ -274,7 +274,10 @@ impl Engine {
         });
         self.counters.held_total += 1;
         out.push(Action::Hold { id });
-        self.pump(out);
+        // A new arrival unblocks nothing held before it: only ask for what it needs.
+        self.fetch_scratch.clear();
+        self.needs(kind, offset, len, true);
+        self.emit_fetches(true, out);
     }
 
     /// True when a held or sequenced request shares a sector with the range.
@@ -387,16 +390,16 @@ impl Engine {
     fn pump(&mut self, out: &mut Vec<Action>) {
         let mut earlier = core::mem::take(&mut self.scratch);
         earlier.clear();
-        earlier.extend(self.sequenced.iter().map(|&(_, o, l)| (o, l)));
+        for &(_, o, l) in &self.sequenced {
+            earlier.insert(o, o + l);
+        }
         self.fetch_scratch.clear();
         let mut i = 0;
         while i < self.held.len() {
             let h = self.held[i];
-            let blocked = earlier
-                .iter()
-                .any(|&(o, l)| overlaps(o, l, h.offset, h.len));
+            let blocked = earlier.overlaps(h.offset, h.offset + h.len);
             let ready = self.needs(h.kind, h.offset, h.len, true);
-            earlier.push((h.offset, h.len));
+            earlier.insert(h.offset, h.offset + h.len);
             if ready && !blocked {
                 self.held.remove(i);
                 let lower = self.dispatch(h.id, h.kind, h.offset, h.len, true);

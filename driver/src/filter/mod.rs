@@ -17,9 +17,12 @@
 //!   A `HYDRATE` request is kept until every write made from its payload completed.
 //!
 //! # Bounds
-//! Wanted ranges waiting for a parked request: at most [`MISSING_QUEUE_MAX`]; the
-//! engine holds at most `held_max` requests, each wanting at most two runs, so the
-//! bound is never reached with the default configuration (asserted).
+//! Wanted ranges waiting for a parked request: at most `missing_queue_max`, adjacent
+//! ones merged. Held reads with many scattered missing regions, or a service that is
+//! slow to pend requests, can want more: then the newest range is widened to also cover
+//! the new one. Nothing wanted is lost and memory stays bounded; the price, only under
+//! that pressure, is that the service may fetch regions between the two that are
+//! already restored, whose data the engine then drops (rule 4).
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
@@ -38,7 +41,7 @@ use crate::meta::{MetaStore, Metadata};
 use crate::region::RegionMap;
 use crate::status::Status;
 
-/// Most wanted ranges queued for the service.
+/// Most wanted ranges queued for the service, by default.
 pub const MISSING_QUEUE_MAX: usize = 4096;
 
 /// Tunables of the filter.
@@ -48,6 +51,8 @@ pub struct FilterConfig {
     pub engine: EngineConfig,
     /// Timer period: hold deadlines and background commits are checked this often.
     pub tick_ns: u64,
+    /// Most wanted ranges queued for the service (see the module comment).
+    pub missing_queue_max: usize,
 }
 
 impl Default for FilterConfig {
@@ -55,6 +60,7 @@ impl Default for FilterConfig {
         FilterConfig {
             engine: EngineConfig::default(),
             tick_ns: 100_000_000,
+            missing_queue_max: MISSING_QUEUE_MAX,
         }
     }
 }
@@ -337,7 +343,7 @@ impl<F: Framework> Filter<F> {
                 } else if let Err(status) = fw.park(request) {
                     fw.complete(request, status, 0);
                 } else {
-                    self.deliver_missing(fw);
+                    self.drain(fw);
                 }
             }
             Ioctl::Hydrate => self.on_hydrate(fw, request),
@@ -417,7 +423,7 @@ impl<F: Framework> Filter<F> {
             ControlCommand::Start | ControlCommand::Resume => {
                 if self.state != DriverState::Detached {
                     self.state = DriverState::Running;
-                    self.deliver_missing(fw);
+                    self.drain(fw);
                 }
             }
             ControlCommand::Pause => {
@@ -575,15 +581,22 @@ impl<F: Framework> Filter<F> {
                 } else {
                     MissingFlags::BACKGROUND
                 };
-                assert!(
-                    self.missing.len() < MISSING_QUEUE_MAX,
-                    "wanted-range queue bound"
-                );
-                self.missing.push_back(MissingRange {
+                let range = MissingRange {
                     offset: bytes.start,
                     len: bytes.end - bytes.start,
                     flags,
-                });
+                };
+                let full = self.missing.len() >= self.config.missing_queue_max;
+                match self.missing.back_mut() {
+                    Some(last) if full || last.offset + last.len == range.offset => {
+                        let start = last.offset.min(range.offset);
+                        let end = (last.offset + last.len).max(range.offset + range.len);
+                        last.offset = start;
+                        last.len = end - start;
+                        last.flags |= range.flags;
+                    }
+                    _ => self.missing.push_back(range),
+                }
             }
             Action::WriteHydrate {
                 lower,

@@ -105,6 +105,10 @@ fn identity(regions: u64) -> Attach {
 }
 
 fn filter(regions: u64) -> (Filter<Fw>, Fw, CrashStore) {
+    filter_with(regions, FilterConfig::default())
+}
+
+fn filter_with(regions: u64, config: FilterConfig) -> (Filter<Fw>, Fw, CrashStore) {
     let geometry = Geometry::new(regions * R, 4096).unwrap();
     let mut store = CrashStore::new(Metadata::store_pages(&geometry));
     let meta_identity = Identity {
@@ -115,7 +119,7 @@ fn filter(regions: u64) -> (Filter<Fw>, Fw, CrashStore) {
     let meta = Metadata::create(&mut store, &meta_identity).unwrap();
     let map = Arc::new(RegionMap::new(geometry).unwrap());
     (
-        Filter::new(map, meta, identity(regions), FilterConfig::default()),
+        Filter::new(map, meta, identity(regions), config),
         Fw::default(),
         store,
     )
@@ -315,4 +319,57 @@ fn a_single_range_trim_goes_through_the_engine_and_a_multi_range_one_is_dropped(
     f.on_lower_complete(&mut fw, lower.unwrap(), Status::SUCCESS);
     assert!(f.engine().map().is_range_restored(1..3));
     assert_eq!(f.counters().trims_dropped, 1);
+}
+
+#[test]
+fn wanted_ranges_past_the_queue_bound_are_merged_not_lost() {
+    let regions = 256;
+    let config = FilterConfig {
+        missing_queue_max: 16,
+        ..FilterConfig::default()
+    };
+    let (mut f, mut fw, _store) = filter_with(regions, config);
+    attach_and_start(&mut f, &mut fw, regions);
+    // Reads of every other region: one wanted range each, more than the queue holds.
+    let reads = 100u64;
+    for i in 0..reads {
+        read(&mut f, &mut fw, 100 + i as u32, 2 * i * R, 512);
+    }
+    assert_eq!(f.engine().held_count() as u64, reads);
+    // The queue never holds more than its bound, yet every held read's region is asked
+    // for (some inside a widened range).
+    let mut asked = std::collections::BTreeSet::new();
+    for r in 0..1000u32 {
+        if asked.len() as u64 == reads {
+            break;
+        }
+        let id = 10_000 + r;
+        control(
+            &mut f,
+            &mut fw,
+            id,
+            Ioctl::GetMissing,
+            vec![],
+            Ioctl::GetMissing.output_max_bytes(),
+        );
+        let Some(n) = fw.did.iter().find_map(|d| match d {
+            Did::Completed(i, Status::SUCCESS, n) if *i == id => Some(*n),
+            _ => None,
+        }) else {
+            break;
+        };
+        let out = fw.output[&id].clone();
+        for range in MissingBatch::decode(&out[..n]).unwrap().iter() {
+            for region in range.offset / R..(range.offset + range.len) / R {
+                if region % 2 == 0 {
+                    asked.insert(region);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        asked.len() as u64,
+        reads,
+        "every held read's region was asked for"
+    );
 }
