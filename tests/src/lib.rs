@@ -2,8 +2,8 @@
 //! and child processes that are killed when a test ends, pass or fail.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 /// The directory holding the workspace's binaries for this build (`target/debug`):
 /// the test executable lives in its `deps/` folder.
@@ -40,4 +40,34 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `rehydrate backup IMAGE --store STORE --volume VOLUME`, which must succeed.
+pub fn backup(image: &Path, store: &Path, volume: &str) {
+    let out = Command::new(bin("rehydrate"))
+        .arg("backup")
+        .arg(image)
+        .arg("--store")
+        .arg(store)
+        .args(["--volume", volume])
+        .output()
+        .expect("rehydrate backup runs");
+    assert!(
+        out.status.success(),
+        "rehydrate backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rehydrate serve --store STORE --listen 127.0.0.1:PORT` as a child process.
+pub fn serve(store: &Path, port: u16) -> Guard {
+    let child = Command::new(bin("rehydrate"))
+        .args(["serve", "--store"])
+        .arg(store)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rehydrate serve starts");
+    Guard(child)
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rehydrate_tests::{bin, free_port, Guard};
+use rehydrate_tests::{backup, bin, free_port, serve};
 
 fn image(path: &Path) {
     // Data with a zero run in the middle: 40 MiB.
@@ -28,18 +28,6 @@ fn image(path: &Path) {
         }
         f.write_all(&chunk).unwrap();
     }
-}
-
-fn serve(store: &Path, port: u16) -> Guard {
-    let child = Command::new(bin("rehydrate"))
-        .args(["serve", "--store"])
-        .arg(store)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rehydrate serve starts");
-    Guard(child)
 }
 
 fn last_line(bytes: &[u8]) -> String {
@@ -64,19 +52,7 @@ fn a_restore_survives_the_server_going_away_and_resumes_without_refetching() {
     let store = dir.path().join("store");
     let target = dir.path().join("restored.img");
     image(&disk);
-    let backup = Command::new(bin("rehydrate"))
-        .arg("backup")
-        .arg(&disk)
-        .arg("--store")
-        .arg(&store)
-        .args(["--volume", "vol"])
-        .output()
-        .unwrap();
-    assert!(
-        backup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&backup.stderr)
-    );
+    backup(&disk, &store, "vol");
 
     let port = free_port();
     let url = format!("nbd://127.0.0.1:{port}/vol");

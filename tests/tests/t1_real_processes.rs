@@ -7,7 +7,7 @@
 
 use std::process::{Command, Stdio};
 
-use rehydrate_tests::{bin, free_port, Guard};
+use rehydrate_tests::{backup, bin, free_port, serve};
 
 #[test]
 fn a_workload_runs_on_an_empty_disk_restored_from_a_separate_server_process() {
@@ -32,31 +32,10 @@ fn a_workload_runs_on_an_empty_disk_restored_from_a_separate_server_process() {
     let (ok, _, err) = demo(&["--write-image", image.to_str().unwrap()]);
     assert!(ok, "{err}");
 
-    let backup = Command::new(bin("rehydrate"))
-        .arg("backup")
-        .arg(&image)
-        .arg("--store")
-        .arg(&store)
-        .args(["--volume", "sys"])
-        .output()
-        .unwrap();
-    assert!(
-        backup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&backup.stderr)
-    );
+    backup(&image, &store, "sys");
 
     let port = free_port();
-    let _server = Guard(
-        Command::new(bin("rehydrate"))
-            .args(["serve", "--store"])
-            .arg(&store)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = serve(&store, port);
     let url = format!("nbd://127.0.0.1:{port}/sys");
     let (ok, out, err) = demo(&["--source", &url]);
     let last = out.lines().last().unwrap_or_default();
