@@ -40,6 +40,9 @@ impl Status {
     pub const INVALID_DEVICE_REQUEST: Status = Status(0xC000_0010);
     /// A buffer was too small for the answer.
     pub const BUFFER_TOO_SMALL: Status = Status(0xC000_0023);
+    /// The request is valid but not supported now (an offloaded data transfer while the
+    /// volume is restoring: the caller falls back to normal reads and writes).
+    pub const NOT_SUPPORTED: Status = Status(0xC000_00BB);
 
     /// True for error severity (top two bits `11`).
     #[inline]
@@ -112,6 +115,8 @@ mod tests {
             Status::INTEGER_OVERFLOW,
             Status::IO_TIMEOUT,
             Status::CRC_ERROR,
+            Status::NOT_SUPPORTED,
+            Status::CANCELLED,
         ] {
             assert!(s.is_error(), "{s:?}");
             assert!(!s.is_success(), "{s:?}");

@@ -19,6 +19,7 @@ pub mod demo;
 pub mod device;
 pub mod faults;
 pub mod irp;
+pub mod judge;
 pub mod kernel;
 pub mod link;
 pub mod meta;

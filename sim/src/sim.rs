@@ -24,8 +24,8 @@ use rehydrate_driver::abi::Attach;
 use rehydrate_driver::engine::EngineConfig;
 use rehydrate_driver::filter::{Filter, FilterConfig};
 use rehydrate_driver::meta::{
-    decode_page_slot, identity_tag, Identity, Metadata, HEADER_STORE_PAGES, REGIONS_PER_PAGE,
-    WORDS_PER_PAGE,
+    decode_page_slot, identity_tag, Identity, Metadata, HEADER_STORE_PAGES, META_PAGE_SIZE_BYTES,
+    REGIONS_PER_PAGE, WORDS_PER_PAGE,
 };
 use rehydrate_driver::mutants::Mutant;
 use rehydrate_driver::{Geometry, RegionMap, Status};
@@ -148,6 +148,8 @@ struct World {
     boot_step: u8,
     mounted: bool,
     boots: u64,
+    /// Metadata commits performed since the last boot.
+    commits_since_boot: u64,
     volume_sectors: u64,
     partition_start: u64,
     meta_ppm: u32,
@@ -249,6 +251,9 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".to_string())
 }
 
+/// The filter's timer period in every run.
+const FILTER_TICK_NS: u64 = 50_000_000;
+
 static MUTANT_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Holds the mutant switch for a run.
@@ -339,7 +344,11 @@ impl World {
             media_ppm: 2_000,
             started: [false; 11],
         };
-        let oracle = Oracle::new(volume_sectors, region_sectors, backup, faults);
+        let hold_deadline_ns = 20_000_000_000;
+        // The engine's clock moves with its timer: it may time a request out up to one
+        // tick before the deadline has passed since the request was issued.
+        let timeout_earliest_ns = hold_deadline_ns - FILTER_TICK_NS;
+        let oracle = Oracle::new(volume_sectors, region_sectors, backup, timeout_earliest_ns);
         let link_config = LinkConfig {
             // A LAN or a WAN to the backup.
             latency_ns: if rng.coin() {
@@ -348,8 +357,10 @@ impl World {
                 rng.range(1_000_000, 10_000_000)
             },
             bytes_per_us: rng.range(50, 1000),
-            drop_ppm: 20_000,
-            corrupt_ppm: 20_000,
+            // Mostly a few bad replies; sometimes so many that fetches fail for good
+            // while requests wait (every failure is then judged request by request).
+            drop_ppm: [20_000, 20_000, 150_000][rng.below(3) as usize],
+            corrupt_ppm: [20_000, 20_000, 400_000][rng.below(3) as usize],
             reorder_ppm: 100_000,
         };
         let link = Link::new(link_config, faults, backup, region_sectors);
@@ -366,16 +377,20 @@ impl World {
             region_size_bytes,
             backup_identity: backup_id,
         };
-        let hold_deadline_ns = 20_000_000_000;
-        let hydrator_deadline_ns = 3_000_000_000;
+        let hydrator_deadline_ns = [500_000_000, 3_000_000_000][rng.below(2) as usize];
         let filter_config = FilterConfig {
             engine: EngineConfig {
                 hold_deadline_ns,
                 held_max: 1024,
                 commit_interval_ns: 500_000_000,
+                // Small windows, so large reads over missing regions are asked in pieces.
+                ask_window_regions: 1 << rng.below(4),
+                ..EngineConfig::default()
             },
-            tick_ns: 50_000_000,
-            ..FilterConfig::default()
+            tick_ns: FILTER_TICK_NS,
+            // Sometimes a short queue of wanted ranges, so ranges are widened over
+            // regions nobody asked for (and failures of them reach the engine).
+            missing_queue_max: [4, 16, 4096][rng.below(3) as usize],
         };
         let fetch_size_bytes = (u64::from(region_size_bytes) << rng.range(1, 6)).min(1 << 20);
         let hydrator_config = HydratorConfig {
@@ -393,6 +408,13 @@ impl World {
         };
         let workload_config = WorkloadConfig {
             depth_max: rng.range(1, u64::from(config.workload.depth_max.max(1))) as u32,
+            // Some runs read in large pieces, as a file copy does: a held read then
+            // waits on many missing regions, asked a window at a time.
+            large_pct: if rng.below(4) == 0 {
+                30
+            } else {
+                config.workload.large_pct
+            },
             ..config.workload
         };
         let workload = Workload::new(
@@ -413,8 +435,10 @@ impl World {
             lower.max_transfer_sectors / 2,
             fetch_size_bytes / 1024
         );
+        let failure_span_bytes = [0, 4 * fetch_size_bytes, 1 << 20][rng.below(3) as usize];
         let kernel = Kernel::new(rng, faults, oracle, lower);
-        let service = Service::new(geometry, attach, hydrator_config, 1_000_000_000);
+        let mut service = Service::new(geometry, attach, hydrator_config, 1_000_000_000);
+        service.failure_span_bytes = failure_span_bytes;
         let ops = config.ops.max(1);
         World {
             wdf: SimWdf::new(kernel),
@@ -436,6 +460,7 @@ impl World {
             boot_step: 0,
             mounted: false,
             boots: 0,
+            commits_since_boot: 0,
             volume_sectors,
             partition_start,
             meta_ppm: 20_000,
@@ -479,7 +504,13 @@ impl World {
             media_ppm: 0,
             started: [false; 11],
         };
-        let oracle = Oracle::new(volume_sectors, region_sectors, m.backup, faults);
+        let hold_deadline_ns = 20_000_000_000;
+        let oracle = Oracle::new(
+            volume_sectors,
+            region_sectors,
+            m.backup,
+            hold_deadline_ns - FILTER_TICK_NS,
+        );
         // The simulated link is not used: the service fetches over real NBD.
         let link_config = LinkConfig {
             latency_ns: 1,
@@ -499,14 +530,14 @@ impl World {
             region_size_bytes,
             backup_identity: m.backup_id,
         };
-        let hold_deadline_ns = 20_000_000_000;
         let filter_config = FilterConfig {
             engine: EngineConfig {
                 hold_deadline_ns,
                 held_max: 1024,
                 commit_interval_ns: 500_000_000,
+                ..EngineConfig::default()
             },
-            tick_ns: 50_000_000,
+            tick_ns: FILTER_TICK_NS,
             ..FilterConfig::default()
         };
         let workload = Workload::new(m.workload, volume_sectors, region_sectors, 1, &mut rng);
@@ -540,6 +571,7 @@ impl World {
             boot_step: 0,
             mounted: false,
             boots: 0,
+            commits_since_boot: 0,
             volume_sectors,
             partition_start,
             meta_ppm: 0,
@@ -594,7 +626,14 @@ impl World {
                 .fail(Rule::Driver, format!("metadata create failed: {e}"));
             return;
         }
-        self.boot();
+        if self.ext.is_some() {
+            self.boot();
+        } else {
+            // The machine was up a while before the volume arrived: the filter's clock
+            // does not start at zero.
+            let uptime = self.wdf.k.rng.range(0, 30_000_000_000);
+            self.k().sched.after(uptime, Ev::PowerOn);
+        }
         let time_cap_ns = self
             .ops_target
             .saturating_mul(50_000_000)
@@ -604,6 +643,10 @@ impl World {
         loop {
             self.pump();
             if self.wdf.k.v.failed() || self.phase == Phase::Done {
+                break;
+            }
+            self.check_progress();
+            if self.wdf.k.v.failed() {
                 break;
             }
             self.step_phase();
@@ -685,6 +728,7 @@ impl World {
         while let Some(up) = self.wdf.k.upcalls.pop_front() {
             match up {
                 Upcall::LowerComplete { lower, status } => {
+                    crate::judge::lower_reported(&mut self.wdf, lower, status);
                     if let Some(f) = self.filter.as_mut() {
                         f.on_lower_complete(&mut self.wdf, lower, status);
                         self.wdf.collect();
@@ -705,6 +749,12 @@ impl World {
                     self.service.on_done(&mut cx, op, irp);
                 }
                 Upcall::WdfPnpDone { irp } => self.wdf_pnp_done(irp),
+                Upcall::WdfCancel { irp } => {
+                    if let Some(f) = self.filter.as_mut() {
+                        f.on_cancel(&mut self.wdf, irp);
+                        self.wdf.collect();
+                    }
+                }
                 Upcall::IoManagerDone { irp } => self.io_manager_done(irp),
             }
             if self.wdf.k.v.failed() {
@@ -748,7 +798,8 @@ impl World {
             }
             Ev::FsCancel => self.fs_cancel(),
             Ev::LinkReply { slot } => {
-                if let Some(entry) = self.link.take(slot) {
+                let now = self.wdf.k.now_ns();
+                if let Some(entry) = self.link.take(slot, now) {
                     let mut cx = Ctx {
                         wdf: &mut self.wdf,
                         filter: &mut self.filter,
@@ -790,11 +841,37 @@ impl World {
                         link: &mut self.link,
                     };
                     self.service.kill(&mut cx);
+                    self.wdf.k.note_delay_fault();
                     let delay = self.wdf.k.rng.range(50_000_000, 3_000_000_000);
                     self.k().sched.after(delay, Ev::ServiceStart);
                 }
             }
             Ev::PowerLoss => self.power_loss(),
+            Ev::PowerOn => self.boot(),
+        }
+    }
+
+    /// Liveness after every step of the restore (see `judge.rs`).
+    fn check_progress(&mut self) {
+        if !self.phase_is_restoring() || self.ext.is_some() {
+            return;
+        }
+        if let Some(f) = self.filter.as_ref() {
+            let map = f.engine().map();
+            self.service.prune_dropped(|r| map.is_restored(r));
+        }
+        let last_delay_fault_ns = match (self.wdf.k.last_delay_fault_ns, self.link.last_fault_ns) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let progress = crate::judge::Progress {
+            filter: &self.filter,
+            service: &self.service,
+            last_delay_fault_ns,
+            wait_bound_ns: self.hold_deadline_ns / 2,
+        };
+        if let Err(why) = crate::judge::check_progress(&self.wdf, &progress) {
+            self.k().v.fail(Rule::Liveness, why);
         }
     }
 
@@ -864,6 +941,7 @@ impl World {
 
     fn boot(&mut self) {
         self.boots += 1;
+        self.commits_since_boot = 0;
         self.boot_step = 0;
         self.mounted = false;
         self.io_manager_irp(IRP_MJ_PNP, IRP_MN_START_DEVICE, 0);
@@ -988,12 +1066,24 @@ impl World {
             eprintln!("power loss: metadata {report:?}");
         }
         self.wdf.k.crash();
+        self.wdf.lowers.clear();
         self.wdf.timer_gen += 1;
         self.filter = None;
         self.service.vanish();
         self.link.reset();
         self.fs_irps.iter_mut().for_each(|f| *f = None);
-        self.boot();
+        if self.wdf.k.faults.has(Fault::Media) && self.wdf.k.rng.coin() {
+            // A latent error damages one metadata slot (never the only good one).
+            let tag = identity_tag(&self.identity);
+            let pages =
+                HEADER_STORE_PAGES + 2 * self.geometry.region_count().div_ceil(REGIONS_PER_PAGE);
+            let pick = self.wdf.k.rng.below(pages);
+            let at = self.wdf.k.rng.below(META_PAGE_SIZE_BYTES as u64) as usize;
+            self.store.corrupt_stale_slot(pick, tag, at);
+        }
+        // A reboot takes a while: the filter's clock starts late.
+        let downtime = self.wdf.k.rng.range(2_000_000_000, 60_000_000_000);
+        self.k().sched.after(downtime, Ev::PowerOn);
     }
 
     fn shutdown(&mut self) {
@@ -1061,8 +1151,23 @@ impl World {
         if self.faults_on(Fault::Media) && self.wdf.k.rng.chance(self.meta_ppm) {
             let after = self.wdf.k.rng.below(6);
             self.store.store.fail_after(after);
+            // The commit may fail: so may the flushes and FUA writes waiting on it.
+            self.wdf.k.oracle.excuse_durability(Status::IO_DEVICE_ERROR);
+            self.wdf.k.note_delay_fault();
         }
-        if self.faults_on(Fault::PowerLoss) && self.wdf.k.rng.chance(self.commit_crash_ppm) {
+        // Aim at the first commit after a reboot, when both slots of a page are valid:
+        // the slot it must write is the older one, and a torn write there must lose
+        // nothing.
+        let aimed = self.commits_since_boot == 0
+            && self.boots > 1
+            && self
+                .store
+                .has_page_with_both_slots(identity_tag(&self.identity))
+            && self.wdf.k.rng.below(3) == 0;
+        self.commits_since_boot += 1;
+        if self.faults_on(Fault::PowerLoss)
+            && (aimed || self.wdf.k.rng.chance(self.commit_crash_ppm))
+        {
             // Power fails in the middle of this commit: after its first page write and
             // before its flush completes (a commit is its dirty pages, the header, a
             // flush; small volumes have one bitmap page).
@@ -1078,6 +1183,10 @@ impl World {
         }
         self.store.store.clear_faults();
         self.wdf.collect();
+        if !self.store.is_dead() {
+            // A commit with little to write may end before the armed failure point.
+            self.store.disarm();
+        }
         if self.store.is_dead() {
             if crate::oracle::trace_enabled() {
                 eprintln!(
@@ -1235,9 +1344,15 @@ impl World {
         if !self.faults_on(Fault::Cancel) {
             return;
         }
-        let live: Vec<IrpId> = self.fs_irps.iter().flatten().map(|&(irp, _)| irp).collect();
+        let live: Vec<(u32, IrpId)> = self
+            .fs_irps
+            .iter()
+            .enumerate()
+            .filter_map(|(op, f)| f.map(|(irp, _)| (op as u32, irp)))
+            .collect();
         if !live.is_empty() {
-            let irp = live[self.wdf.k.rng.pick(live.len())];
+            let (op, irp) = live[self.wdf.k.rng.pick(live.len())];
+            self.k().oracle.excuse(op, Status::CANCELLED);
             self.k().cancel(irp);
         }
         let delay = self.wdf.k.rng.range(1_000_000, 50_000_000);
@@ -1253,7 +1368,10 @@ impl World {
             0
         };
         let k = &mut self.wdf.k;
-        let slot = k.oracle.start(req.kind, req.sector, req.count, write_id);
+        let now = k.now_ns();
+        let slot = k
+            .oracle
+            .start(req.kind, req.sector, req.count, write_id, now);
         let id = k.alloc_irp(Layer::Fs, Layer::Filter.stack_size());
         let (major, flags, ioctl) = match req.kind {
             OpKind::Read | OpKind::Bad => (IRP_MJ_READ, 0, 0),
@@ -1342,7 +1460,8 @@ impl World {
                 matches!(self.phase, Phase::Run),
             );
         }
-        k.oracle.finish(op, status, info, data, &mut k.v);
+        let now = k.now_ns();
+        k.oracle.finish(op, status, info, data, now, &mut k.v);
         k.free_irp(Layer::Fs, irp);
         if let Some(slot) = self.fs_irps.get_mut(op as usize) {
             *slot = None;

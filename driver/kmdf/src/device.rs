@@ -121,6 +121,10 @@ pub fn dispatch(inner: &mut Inner, event: Event) {
                 f.on_timer(fw);
             }
         }
+        Event::Cancel(request) => match live {
+            Some(f) => f.on_cancel(fw, request),
+            None => fw.complete(request, Status::CANCELLED, 0),
+        },
         Event::LowerComplete(request) => {
             // Read everything first: the filter may complete `request` below.
             // SAFETY: a request back from the lower target, ours again, with our context.

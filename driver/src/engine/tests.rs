@@ -8,6 +8,7 @@ use std::vec::Vec;
 
 use super::*;
 use crate::geometry::Geometry;
+use crate::status::{FailReason, Status};
 
 const R: u64 = 4096;
 
@@ -69,7 +70,7 @@ fn flush_down_of(actions: &[Action]) -> LowerId {
 
 /// Performs commit `commit` the way a shell does and reports success.
 fn commit_ok(e: &mut Engine, commit: u64) -> Vec<Action> {
-    e.take_flushed_marks();
+    e.take_flushed_marks(|_| {});
     step(e, Event::MetadataCommitted { commit, ok: true })
 }
 
@@ -330,7 +331,8 @@ fn a_flush_completes_only_after_the_metadata_commit_is_durable() {
     let lower = lower_of(&out, 5);
     let out = step(&mut e, ok(lower));
     assert_eq!(out, vec![Action::CommitMetadata { commit: 1 }]);
-    let marks = e.take_flushed_marks();
+    let mut marks = Vec::new();
+    e.take_flushed_marks(|r| marks.push(r));
     assert_eq!(marks, vec![0..1]);
     e.prepare_durable_view();
     assert_eq!(e.durable_word(0), 1);

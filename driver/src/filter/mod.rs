@@ -10,7 +10,15 @@
 //!   Before that, reads/writes/flushes go through the engine; the trim IOCTL with one
 //!   range becomes an engine discard; a multi-range trim while restoring completes with
 //!   success without going down (a trim is a hint; dropping one is always correct and
-//!   avoids splitting one request into many); other IOCTLs go down unchanged.
+//!   avoids splitting one request into many). Other data-set-management actions
+//!   (offloaded data transfer: an offload read of a missing region would hand out a
+//!   token for the empty disk) fail with `NOT_SUPPORTED` until the volume is a
+//!   pass-through, so callers fall back to normal reads and writes. Other IOCTLs go
+//!   down unchanged.
+//! * A request the engine holds is marked cancelable; before the filter completes or
+//!   sends it, it is unmarked. If the file system cancelled it meanwhile, unmarking
+//!   fails and the cancel callback ([`Filter::on_cancel`]) completes it: KMDF's rule,
+//!   since a request completed while still cancelable can be completed twice.
 //! * Control device ([`Filter::on_control`]): the service's ABI requests. `GET_MISSING`
 //!   is the inverted call: the service keeps several pended; the filter parks them in a
 //!   manual queue and completes one with a batch of wanted ranges when it has some.
@@ -38,6 +46,7 @@ use crate::dsm::{self, Dsm, IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES};
 use crate::engine::{Action, BatchId, Engine, EngineConfig, Event, LowerId, RequestId};
 use crate::framework::{Framework, RequestParameters, WriteSource};
 use crate::meta::{MetaStore, Metadata};
+use crate::mutants::{self, Mutant};
 use crate::region::RegionMap;
 use crate::status::Status;
 
@@ -71,6 +80,12 @@ struct Owned<R> {
     request: R,
     /// Bytes transferred on success (reads and writes), else zero.
     information: usize,
+    /// Marked cancelable (it is held): unmarked before it is completed or sent.
+    cancelable: bool,
+    /// Unmarking found it cancelled: only the cancel callback may complete it.
+    cancelling: bool,
+    /// The engine finished with it while it was cancelling.
+    done: bool,
 }
 
 /// Counters the engine does not keep.
@@ -150,6 +165,17 @@ impl<F: Framework> Filter<F> {
     /// Counters the filter keeps itself.
     pub fn counters(&self) -> FilterCounters {
         self.counters
+    }
+
+    /// Whether the service is attached and running.
+    pub fn state(&self) -> DriverState {
+        self.state
+    }
+
+    /// Byte ranges wanted from the service and not handed to it yet (for checkers that
+    /// every region the engine asked for reaches the service).
+    pub fn missing_ranges(&self) -> impl Iterator<Item = core::ops::Range<u64>> + '_ {
+        self.missing.iter().map(|m| m.offset..m.offset + m.len)
     }
 
     /// What `GET_STATUS` answers.
@@ -234,9 +260,8 @@ impl<F: Framework> Filter<F> {
                 Some(Event::Discard { id, offset, len })
             }
             Ok(Ok((Dsm::Other(_), ..))) => {
-                if let Err(status) = fw.send_and_forget(request) {
-                    fw.complete(request, status, 0);
-                }
+                // Not a trim: an offloaded transfer would see the empty disk.
+                fw.complete(request, Status::NOT_SUPPORTED, 0);
                 None
             }
             Ok(Ok(_)) => {
@@ -263,6 +288,9 @@ impl<F: Framework> Filter<F> {
             Owned {
                 request,
                 information: usize::try_from(len).unwrap_or(0),
+                cancelable: false,
+                cancelling: false,
+                done: false,
             },
         );
         id
@@ -291,6 +319,53 @@ impl<F: Framework> Filter<F> {
         self.missing.clear();
         while let Some(parked) = fw.take_parked() {
             fw.complete(parked, Status::DEVICE_NOT_READY, 0);
+        }
+    }
+
+    /// `EvtRequestCancel` of a request the filter marked cancelable: the file system
+    /// cancelled it. A held request completes with `CANCELLED`; one whose completion the
+    /// filter had to leave to this callback completes now.
+    pub fn on_cancel(&mut self, fw: &mut F, request: F::Request) {
+        // Bounded by the requests the filter owns; cancellation is rare.
+        let Some((&id, owned)) = self.requests.iter_mut().find(|(_, o)| o.request == request)
+        else {
+            debug_assert!(
+                false,
+                "cancel callback for a request the filter does not own"
+            );
+            return;
+        };
+        owned.cancelable = false;
+        if owned.cancelling {
+            owned.cancelling = false;
+            if owned.done {
+                self.requests.remove(&id);
+                fw.complete(request, Status::CANCELLED, 0);
+            }
+            return;
+        }
+        self.run(fw, Event::Cancel { id });
+    }
+
+    /// True when request `id` may be completed or sent now: it is not cancelable (or
+    /// was unmarked). False when cancellation won: the cancel callback finishes it.
+    fn release_cancelable(&mut self, fw: &mut F, id: RequestId, completing: bool) -> bool {
+        let Some(owned) = self.requests.get_mut(&id) else {
+            return true;
+        };
+        if owned.cancelling {
+            return false;
+        }
+        if !owned.cancelable || completing && mutants::active(Mutant::CompleteWhileCancelable) {
+            return true;
+        }
+        owned.cancelable = false;
+        match fw.unmark_cancelable(owned.request) {
+            Ok(()) => true,
+            Err(_) => {
+                owned.cancelling = true;
+                false
+            }
         }
     }
 
@@ -562,6 +637,14 @@ impl<F: Framework> Filter<F> {
     fn perform(&mut self, fw: &mut F, action: Action) {
         match action {
             Action::Forward { id, lower } => {
+                if !self.release_cancelable(fw, id, false) {
+                    // Cancelled while held: it does not go down.
+                    self.events.push_back(Event::LowerCompleted {
+                        lower,
+                        status: Status::CANCELLED,
+                    });
+                    return;
+                }
                 let Some(owned) = self.requests.get(&id) else {
                     debug_assert!(false, "forward of unknown request {id}");
                     return;
@@ -571,8 +654,16 @@ impl<F: Framework> Filter<F> {
                         .push_back(Event::LowerCompleted { lower, status });
                 }
             }
-            Action::Hold { .. } => {
-                // The request stays owned by the filter until the engine says otherwise.
+            Action::Hold { id } => {
+                // The request stays owned by the filter until the engine says otherwise,
+                // and the file system may cancel it meanwhile.
+                if let Some(owned) = self.requests.get_mut(&id) {
+                    match fw.mark_cancelable(owned.request) {
+                        Ok(()) => owned.cancelable = true,
+                        // Cancelled before it could be marked: the engine lets it go.
+                        Err(_) => self.events.push_back(Event::Cancel { id }),
+                    }
+                }
             }
             Action::Fetch { regions, on_demand } => {
                 let bytes = self.engine.geometry().regions_byte_range(regions);
@@ -637,6 +728,12 @@ impl<F: Framework> Filter<F> {
             }
             Action::CommitMetadata { commit } => fw.queue_commit_work(commit),
             Action::Complete { id, status } => {
+                if !self.release_cancelable(fw, id, true) {
+                    if let Some(owned) = self.requests.get_mut(&id) {
+                        owned.done = true;
+                    }
+                    return;
+                }
                 if let Some(owned) = self.requests.remove(&id) {
                     let information = if status.is_success() {
                         owned.information
