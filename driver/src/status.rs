@@ -55,6 +55,21 @@ impl Status {
     pub const fn is_success(self) -> bool {
         self.0 >> 31 == 0
     }
+
+    /// One bit per error status an injected fault can cause (0 for every other status),
+    /// for oracles that record which failures a request may meet.
+    pub const fn fault_bit(self) -> u16 {
+        match self {
+            Status::CANCELLED => 1,
+            Status::IO_TIMEOUT => 2,
+            Status::CRC_ERROR => 4,
+            Status::DEVICE_DATA_ERROR => 8,
+            Status::IO_DEVICE_ERROR => 16,
+            Status::DEVICE_NOT_READY => 32,
+            Status::INSUFFICIENT_RESOURCES => 64,
+            _ => 0,
+        }
+    }
 }
 
 /// Why the service could not fetch a range. Crosses the ABI as a `u32`.

@@ -123,23 +123,10 @@ pub struct Op {
     /// Simulated time when issued.
     pub issued_ns: u64,
     /// Error statuses an injected fault that hit this request explains (bits of
-    /// [`status_bit`]).
+    /// `Status::fault_bit`).
     pub excused: u16,
     /// Per sector: `exp` before this write's data reached it, `None` if not yet.
     prev: Vec<Option<Expect>>,
-}
-
-/// The bit of an error status in [`Op::excused`] (0 for statuses no fault explains).
-pub fn status_bit(status: Status) -> u16 {
-    match status {
-        Status::CANCELLED => 1,
-        Status::IO_TIMEOUT => 2,
-        Status::CRC_ERROR => 4,
-        Status::DEVICE_DATA_ERROR => 8,
-        Status::IO_DEVICE_ERROR => 16,
-        Status::DEVICE_NOT_READY => 32,
-        _ => 0,
-    }
 }
 
 impl Op {
@@ -299,7 +286,7 @@ impl Oracle {
     pub fn excuse(&mut self, slot: u32, status: Status) {
         let op = &mut self.ops[slot as usize];
         if op.live {
-            op.excused |= status_bit(status);
+            op.excused |= status.fault_bit();
         }
     }
 
@@ -314,7 +301,7 @@ impl Oracle {
                 .flatten()
                 .any(|need| need.start.max(regions.start) < need.end.min(regions.end));
             if hit {
-                op.excused |= status_bit(status);
+                op.excused |= status.fault_bit();
             }
         }
     }
@@ -324,7 +311,7 @@ impl Oracle {
     pub fn excuse_durability(&mut self, status: Status) {
         for op in self.ops.iter_mut().filter(|o| o.live) {
             if matches!(op.kind, OpKind::Flush | OpKind::Write { fua: true }) {
-                op.excused |= status_bit(status);
+                op.excused |= status.fault_bit();
             }
         }
     }
@@ -533,7 +520,7 @@ impl Oracle {
             }
         } else {
             let op = &self.ops[slot as usize];
-            let bit = status_bit(status);
+            let bit = status.fault_bit();
             let timed_out = status == Status::IO_TIMEOUT
                 && now_ns.saturating_sub(op.issued_ns) >= self.hold_deadline_ns;
             if (bit == 0 || op.excused & bit == 0) && !timed_out {

@@ -96,15 +96,7 @@ impl Engine {
         let sequenced = self
             .in_flight
             .iter()
-            .filter(|l| {
-                matches!(
-                    l.io,
-                    InFlight::Request {
-                        sequenced: Some(_),
-                        ..
-                    }
-                )
-            })
+            .filter(|l| matches!(&l.io, InFlight::Request(r) if r.sequenced.is_some()))
             .count();
         assert_eq!(sequenced, self.sequenced_count);
         let parts = self

@@ -43,8 +43,8 @@ impl Engine {
         // Claims are few (one per write at the device): look them up only if one
         // reaches this range.
         let claims = self.in_flight.iter().any(|l| {
-            matches!(&l.io, InFlight::Request { claimed, .. }
-                if claimed.start < regions.end && regions.start < claimed.end)
+            matches!(&l.io, InFlight::Request(r)
+                if r.claimed.start < regions.end && regions.start < r.claimed.end)
         });
         // First count the parts, so nothing changes if there is no room for them.
         let mut parts = 0usize;

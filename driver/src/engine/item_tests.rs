@@ -6,6 +6,7 @@ extern crate std;
 use alloc::sync::Arc;
 use std::vec::Vec;
 
+use super::tests::{engine, lower_of, ok, read, step};
 use super::*;
 use crate::geometry::Geometry;
 use crate::status::{FailReason, Status};
@@ -17,20 +18,6 @@ fn engine_with(regions: u64, config: EngineConfig) -> Engine {
     Engine::new(map, config)
 }
 
-fn engine(regions: u64) -> Engine {
-    engine_with(regions, EngineConfig::default())
-}
-
-fn step(e: &mut Engine, event: Event) -> Vec<Action> {
-    let mut out = Vec::new();
-    e.handle(event, &mut out);
-    out
-}
-
-fn read(id: RequestId, offset: u64, len: u64) -> Event {
-    Event::Read { id, offset, len }
-}
-
 fn write(id: RequestId, offset: u64, len: u64, fua: bool) -> Event {
     Event::Write {
         id,
@@ -38,23 +25,6 @@ fn write(id: RequestId, offset: u64, len: u64, fua: bool) -> Event {
         len,
         fua,
     }
-}
-
-fn ok(lower: LowerId) -> Event {
-    Event::LowerCompleted {
-        lower,
-        status: Status::SUCCESS,
-    }
-}
-
-fn lower_of(actions: &[Action], want: RequestId) -> LowerId {
-    actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Forward { id, lower } if *id == want => Some(*lower),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{want} not forwarded in {actions:?}"))
 }
 
 fn hydrate_lowers(actions: &[Action]) -> Vec<LowerId> {

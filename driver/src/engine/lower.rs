@@ -4,8 +4,8 @@
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use super::state::{InFlight, Kind};
-use super::{emit_fetch, Action, BatchId, Engine, LowerId, Mark, RequestId};
+use super::state::{InFlight, Kind, Sent};
+use super::{emit_fetch, Action, BatchId, Engine, LowerId, Mark};
 use crate::mutants::{self, Mutant};
 use crate::status::Status;
 
@@ -17,36 +17,17 @@ impl Engine {
         };
         let done = self.in_flight.remove(at).io;
         match done {
-            InFlight::Request {
-                id,
-                kind,
-                offset,
-                len,
-                claimed,
-                sequenced,
-                marks,
-            } => self.request_done(
-                id, kind, offset, len, claimed, sequenced, marks, status, out,
-            ),
+            InFlight::Request(sent) => self.request_done(sent, status, out),
             InFlight::Hydrate { batch, regions } => self.hydrate_done(batch, regions, status, out),
             InFlight::Flush { id, seq } => self.flush_done(id, seq, status, out),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn request_done(
-        &mut self,
-        id: RequestId,
-        kind: Kind,
-        offset: u64,
-        len: u64,
-        claimed: Range<u64>,
-        sequenced: Option<u64>,
-        marks: usize,
-        status: Status,
-        out: &mut Vec<Action>,
-    ) {
-        self.marks_reserved -= marks;
+    /// A forwarded request came back from the lower device.
+    pub(super) fn request_done(&mut self, sent: Sent, status: Status, out: &mut Vec<Action>) {
+        let (id, kind, offset, len) = (sent.id, sent.kind, sent.offset, sent.len);
+        let claimed = sent.claimed;
+        self.marks_reserved -= sent.marks;
         let fua = kind == (Kind::Write { fua: true });
         if status.is_success()
             && fua
@@ -67,7 +48,7 @@ impl Engine {
             out.push(Action::Complete { id, status });
             self.mark_claimed(claimed, status, out);
         }
-        if let Some(key) = sequenced {
+        if let Some(key) = sent.sequenced {
             self.sequenced_count -= 1;
             self.leave_ordering(key, offset, len);
         }

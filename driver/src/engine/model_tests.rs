@@ -186,13 +186,18 @@ proptest! {
 }
 
 /// A deterministic workload of `count` operations from `seed`.
-fn fixed_workload(mut seed: u64, count: usize) -> Vec<Op> {
-    let mut next = move || {
+/// xorshift64: the fixed workloads' numbers.
+fn numbers(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
-    };
+    }
+}
+
+fn fixed_workload(seed: u64, count: usize) -> Vec<Op> {
+    let mut next = numbers(seed);
     let mut ops = Vec::new();
     for _ in 0..count {
         let r = next();
@@ -240,13 +245,8 @@ fn fixed_workload(mut seed: u64, count: usize) -> Vec<Op> {
 
 /// A deterministic workload heavy in faults: failing lower I/O, crashes with long
 /// reboots, long ticks, cancels, wide failure reports.
-fn fault_heavy_workload(mut seed: u64, count: usize) -> Vec<Op> {
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+fn fault_heavy_workload(seed: u64, count: usize) -> Vec<Op> {
+    let mut next = numbers(seed);
     let mut ops = Vec::new();
     for _ in 0..count {
         let r = next();

@@ -4,7 +4,7 @@
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use super::state::{overlaps, Held, InFlight, Kind, Lower};
+use super::state::{overlaps, Held, InFlight, Kind, Lower, Sent};
 use super::{emit_fetch, Action, Engine, LowerId, RequestId};
 use crate::mutants::{self, Mutant};
 use crate::status::Status;
@@ -73,8 +73,8 @@ impl Engine {
             self.in_flight
                 .iter()
                 .filter(|l| {
-                    matches!(l.io, InFlight::Request { sequenced: Some(k), offset: o, len: n, .. }
-                        if k < before && overlaps(o, n, offset, len))
+                    matches!(&l.io, InFlight::Request(r) if r.sequenced.is_some_and(|k| k < before)
+                        && overlaps(r.offset, r.len, offset, len))
                 })
                 .count()
         };
@@ -161,9 +161,9 @@ impl Engine {
 
     /// True when a write or trim at the lower device overwrites `region` wholly.
     pub(super) fn claimed(&self, region: u64) -> bool {
-        self.in_flight.iter().any(
-            |l| matches!(&l.io, InFlight::Request { claimed, .. } if claimed.contains(&region)),
-        )
+        self.in_flight
+            .iter()
+            .any(|l| matches!(&l.io, InFlight::Request(r) if r.claimed.contains(&region)))
     }
 
     /// Runs of missing regions in `claimed`: the marks its completion may record.
@@ -211,7 +211,7 @@ impl Engine {
         let lower = self.lower_id();
         self.push_lower(
             lower,
-            InFlight::Request {
+            InFlight::Request(Sent {
                 id,
                 kind,
                 offset,
@@ -219,7 +219,7 @@ impl Engine {
                 claimed,
                 sequenced,
                 marks,
-            },
+            }),
         );
         lower
     }

@@ -47,23 +47,27 @@ pub(crate) struct Held {
     pub(crate) queued: bool,
 }
 
+/// A request from above that the engine forwarded.
+#[derive(Clone, Debug)]
+pub(crate) struct Sent {
+    pub(crate) id: RequestId,
+    pub(crate) kind: Kind,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    /// Regions this write or trim overwrites wholly (empty for reads): hydrate data for
+    /// them is dropped while it is at the device (rule 4).
+    pub(crate) claimed: Range<u64>,
+    /// Its key when it was held once: later requests on its sectors wait for it.
+    pub(crate) sequenced: Option<u64>,
+    /// Mark runs room was kept for.
+    pub(crate) marks: usize,
+}
+
 /// I/O the engine sent down and awaits.
 #[derive(Clone, Debug)]
 pub(crate) enum InFlight {
     /// A request from above, forwarded.
-    Request {
-        id: RequestId,
-        kind: Kind,
-        offset: u64,
-        len: u64,
-        /// Regions this write or trim overwrites wholly (empty for reads): hydrate data
-        /// for them is dropped while it is at the device (rule 4).
-        claimed: Range<u64>,
-        /// Its key when it was held once: later requests on its sectors wait for it.
-        sequenced: Option<u64>,
-        /// Mark runs room was kept for.
-        marks: usize,
-    },
+    Request(Sent),
     /// Part of a hydrate message.
     Hydrate { batch: BatchId, regions: Range<u64> },
     /// A flush: the file system's (`id`) or the engine's own.

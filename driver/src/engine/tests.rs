@@ -12,18 +12,18 @@ use crate::status::{FailReason, Status};
 
 const R: u64 = 4096;
 
-fn engine(regions: u64) -> Engine {
+pub(super) fn engine(regions: u64) -> Engine {
     let map = Arc::new(RegionMap::new(Geometry::new(regions * R, 4096).unwrap()).unwrap());
     Engine::new(map, EngineConfig::default())
 }
 
-fn step(e: &mut Engine, event: Event) -> Vec<Action> {
+pub(super) fn step(e: &mut Engine, event: Event) -> Vec<Action> {
     let mut out = Vec::new();
     e.handle(event, &mut out);
     out
 }
 
-fn lower_of(actions: &[Action], want: RequestId) -> LowerId {
+pub(super) fn lower_of(actions: &[Action], want: RequestId) -> LowerId {
     actions
         .iter()
         .find_map(|a| match a {
@@ -74,7 +74,7 @@ fn commit_ok(e: &mut Engine, commit: u64) -> Vec<Action> {
     step(e, Event::MetadataCommitted { commit, ok: true })
 }
 
-fn read(id: RequestId, offset: u64, len: u64) -> Event {
+pub(super) fn read(id: RequestId, offset: u64, len: u64) -> Event {
     Event::Read { id, offset, len }
 }
 
@@ -96,7 +96,7 @@ fn hydrate(batch: BatchId, offset: u64, len: u64) -> Event {
     }
 }
 
-fn ok(lower: LowerId) -> Event {
+pub(super) fn ok(lower: LowerId) -> Event {
     Event::LowerCompleted {
         lower,
         status: Status::SUCCESS,

@@ -286,28 +286,35 @@ fn garbage_service_buffers_get_a_status_and_change_nothing() {
     assert_eq!(f.engine().map().restored_count(), 0);
 }
 
-#[test]
-fn once_everything_is_durable_requests_go_down_untouched() {
-    let (mut f, mut fw, mut store) = filter(2);
-    attach_and_start(&mut f, &mut fw, 2);
+/// Attaches the service and restores both regions of a two-region volume with a zero
+/// hydrate (request `hydrate`): written, flushed, committed; the filter is then a
+/// pass-through.
+fn restore_both_regions(f: &mut Filter<Fw>, fw: &mut Fw, store: &mut CrashStore, hydrate: u32) {
+    attach_and_start(f, fw, 2);
     let h = Hydrate::zero(0, 2 * R);
     let mut buf = vec![0; h.encoded_len()];
     h.encode(&mut buf).unwrap();
-    control(&mut f, &mut fw, 1, Ioctl::Hydrate, buf, 0);
+    control(f, fw, hydrate, Ioctl::Hydrate, buf, 0);
     let write = fw.did.iter().find_map(|d| match d {
         Did::WroteLower(l, 0, len, WriteSource::Zeros) if *len == 2 * R => Some(*l),
         _ => None,
     });
-    f.on_lower_complete(&mut fw, write.unwrap(), Status::SUCCESS);
+    f.on_lower_complete(fw, write.unwrap(), Status::SUCCESS);
     let flush = fw.did.iter().find_map(|d| match d {
         Did::FlushedLower(l) => Some(*l),
         _ => None,
     });
-    f.on_lower_complete(&mut fw, flush.unwrap(), Status::SUCCESS);
+    f.on_lower_complete(fw, flush.unwrap(), Status::SUCCESS);
     assert!(fw.did.contains(&Did::Commit(1)));
     assert!(!f.is_passthrough());
-    f.on_commit_work(&mut fw, 1, &mut store);
+    f.on_commit_work(fw, 1, store);
     assert!(f.is_passthrough());
+}
+
+#[test]
+fn once_everything_is_durable_requests_go_down_untouched() {
+    let (mut f, mut fw, mut store) = filter(2);
+    restore_both_regions(&mut f, &mut fw, &mut store, 1);
     fw.did.clear();
     read(&mut f, &mut fw, 7, 0, 512);
     assert_eq!(fw.did, vec![Did::Forgot(7)]);
@@ -434,23 +441,7 @@ fn item11_offload_actions_fail_not_supported_until_the_pass_through() {
     dsm_request(&mut f, &mut fw, 1, OFFLOAD_READ, &[(0, R)]);
     assert_eq!(fw.did, vec![Did::Completed(1, Status::NOT_SUPPORTED, 0)]);
     // Restore everything; then the same request goes down untouched.
-    attach_and_start(&mut f, &mut fw, 2);
-    let h = Hydrate::zero(0, 2 * R);
-    let mut buf = vec![0; h.encoded_len()];
-    h.encode(&mut buf).unwrap();
-    control(&mut f, &mut fw, 2, Ioctl::Hydrate, buf, 0);
-    let write = fw.did.iter().find_map(|d| match d {
-        Did::WroteLower(l, ..) => Some(*l),
-        _ => None,
-    });
-    f.on_lower_complete(&mut fw, write.unwrap(), Status::SUCCESS);
-    let flush = fw.did.iter().find_map(|d| match d {
-        Did::FlushedLower(l) => Some(*l),
-        _ => None,
-    });
-    f.on_lower_complete(&mut fw, flush.unwrap(), Status::SUCCESS);
-    f.on_commit_work(&mut fw, 1, &mut store);
-    assert!(f.is_passthrough());
+    restore_both_regions(&mut f, &mut fw, &mut store, 2);
     fw.did.clear();
     dsm_request(&mut f, &mut fw, 3, OFFLOAD_READ, &[(0, R)]);
     assert_eq!(fw.did, vec![Did::Forgot(3)]);
@@ -521,20 +512,24 @@ fn item12_a_request_cancelled_before_it_is_marked_completes_cancelled() {
     assert_eq!(f.engine().held_count(), 0);
 }
 
+/// A filter whose held requests time out after a microsecond.
+fn short_hold() -> FilterConfig {
+    FilterConfig {
+        engine: crate::engine::EngineConfig {
+            hold_deadline_ns: 1_000,
+            ..crate::engine::EngineConfig::default()
+        },
+        ..FilterConfig::default()
+    }
+}
+
 /// Issue 10, item 12: completing a held request without unmarking it first (the mutant)
 /// is what KMDF's verifier refuses; the recording framework refuses it too.
 #[test]
 #[should_panic(expected = "completed while still marked cancelable")]
 fn item12_completing_a_cancelable_request_is_refused() {
     crate::mutants::set(Some(crate::mutants::Mutant::CompleteWhileCancelable));
-    let config = FilterConfig {
-        engine: crate::engine::EngineConfig {
-            hold_deadline_ns: 1_000,
-            ..crate::engine::EngineConfig::default()
-        },
-        ..FilterConfig::default()
-    };
-    let (mut f, mut fw, _store) = filter_with(16, config);
+    let (mut f, mut fw, _store) = filter_with(16, short_hold());
     read(&mut f, &mut fw, 10, 3 * R, 512);
     assert!(fw.did.contains(&Did::Marked(10)));
     // The hold deadline passes: the engine fails the request.
@@ -547,14 +542,7 @@ fn item12_completing_a_cancelable_request_is_refused() {
 /// Without the mutant the same timeout unmarks the request before completing it.
 #[test]
 fn item12_a_timed_out_held_request_is_unmarked_then_completed() {
-    let config = FilterConfig {
-        engine: crate::engine::EngineConfig {
-            hold_deadline_ns: 1_000,
-            ..crate::engine::EngineConfig::default()
-        },
-        ..FilterConfig::default()
-    };
-    let (mut f, mut fw, _store) = filter_with(16, config);
+    let (mut f, mut fw, _store) = filter_with(16, short_hold());
     read(&mut f, &mut fw, 10, 3 * R, 512);
     fw.now_ns = 10_000;
     f.on_timer(&mut fw);

@@ -12,20 +12,6 @@ use crate::geometry::SECTOR_SIZE_BYTES;
 use crate::status::{FailReason, Status};
 use core::ops::Range;
 
-/// The bit of an error status among a request's excuses (0: nothing explains it).
-pub(crate) fn status_bit(status: Status) -> u16 {
-    match status {
-        Status::CANCELLED => 1,
-        Status::IO_TIMEOUT => 2,
-        Status::CRC_ERROR => 4,
-        Status::DEVICE_DATA_ERROR => 8,
-        Status::IO_DEVICE_ERROR => 16,
-        Status::DEVICE_NOT_READY => 32,
-        Status::INSUFFICIENT_RESOURCES => 64,
-        _ => 0,
-    }
-}
-
 impl Harness {
     /// Regions whose data `app` needs: a read all it touches, a write its partly
     /// covered head and tail, a trim nothing.
@@ -61,7 +47,7 @@ impl Harness {
 
     pub(super) fn excuse(&mut self, id: RequestId, status: Status) {
         if let Some(a) = self.apps.get_mut(&id) {
-            a.excused |= status_bit(status);
+            a.excused |= status.fault_bit();
         }
     }
 
@@ -82,7 +68,7 @@ impl Harness {
     pub(super) fn excuse_durability(&mut self, status: Status) {
         for a in self.apps.values_mut() {
             if matches!(a.kind, AppKind::Flush | AppKind::Write { fua: true }) {
-                a.excused |= status_bit(status);
+                a.excused |= status.fault_bit();
             }
         }
     }
@@ -164,7 +150,7 @@ impl Harness {
     /// An error completion: explained only by a fault that hit this request (or, for a
     /// timeout, by having been held past the deadline).
     pub(super) fn judge_failure(&self, id: RequestId, app: &AppReq, status: Status) {
-        let bit = status_bit(status);
+        let bit = status.fault_bit();
         let waited = self.now_ns.saturating_sub(app.issued_ns);
         let aged = status == Status::IO_TIMEOUT && waited >= self.config.hold_deadline_ns;
         assert!(

@@ -83,7 +83,7 @@ pub(crate) struct AppReq {
     pub read: Option<Vec<u32>>,
     /// When it was issued (bench time).
     pub issued_ns: u64,
-    /// Error statuses a fault that hit it explains (bits of [`status_bit`]).
+    /// Error statuses a fault that hit it explains (bits of `Status::fault_bit`).
     pub excused: u16,
     /// A read racing writes at the device: per sector, what it may also return (what
     /// was acknowledged when it was issued, or a racing write's value).
