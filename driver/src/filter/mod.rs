@@ -25,14 +25,17 @@
 //!   A `HYDRATE` request is kept until every write made from its payload completed.
 //!
 //! # Bounds
-//! Wanted ranges waiting for a parked request: at most `missing_queue_max`, adjacent
-//! ones merged. Held reads with many scattered missing regions, or a service that is
+//! Requests the filter owns: one slot each, in a slab that grows only through
+//! `try_reserve` (no room: the request completes with `INSUFFICIENT_RESOURCES`); the
+//! engine bounds how many it holds. Hydrate requests being written: likewise (the engine
+//! bounds the batches). Wanted ranges waiting for a parked request: at most
+//! `missing_queue_max`, adjacent ones merged (and merged too when memory is short). Held reads with many scattered missing regions, or a service that is
 //! slow to pend requests, can want more: then the newest range is widened to also cover
 //! the new one. Nothing wanted is lost and memory stays bounded; the price, only under
 //! that pressure, is that the service may fetch regions between the two that are
 //! already restored, whose data the engine then drops (rule 4).
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -49,6 +52,7 @@ use crate::meta::{MetaStore, Metadata};
 use crate::mutants::{self, Mutant};
 use crate::region::RegionMap;
 use crate::status::Status;
+use owned::{Hydrates, Owned, Requests};
 
 /// Most wanted ranges queued for the service, by default.
 pub const MISSING_QUEUE_MAX: usize = 4096;
@@ -74,20 +78,6 @@ impl Default for FilterConfig {
     }
 }
 
-/// A request from above the filter owns, by the engine's id for it.
-#[derive(Clone, Copy, Debug)]
-struct Owned<R> {
-    request: R,
-    /// Bytes transferred on success (reads and writes), else zero.
-    information: usize,
-    /// Marked cancelable (it is held): unmarked before it is completed or sent.
-    cancelable: bool,
-    /// Unmarking found it cancelled: only the cancel callback may complete it.
-    cancelling: bool,
-    /// The engine finished with it while it was cancelling.
-    done: bool,
-}
-
 /// Counters the engine does not keep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FilterCounters {
@@ -108,9 +98,8 @@ pub struct Filter<F: Framework> {
     /// The fast path: set once every region is durably restored, never cleared.
     passthrough: bool,
     state: DriverState,
-    requests: BTreeMap<RequestId, Owned<F::Request>>,
-    next_request: RequestId,
-    hydrates: BTreeMap<BatchId, F::Request>,
+    requests: Requests<F::Request>,
+    hydrates: Hydrates<F::Request>,
     next_batch: BatchId,
     missing: VecDeque<MissingRange>,
     events: VecDeque<Event>,
@@ -139,9 +128,8 @@ impl<F: Framework> Filter<F> {
             config,
             passthrough: false,
             state: DriverState::Detached,
-            requests: BTreeMap::new(),
-            next_request: 1,
-            hydrates: BTreeMap::new(),
+            requests: Requests::new(),
+            hydrates: Hydrates::new(),
             next_batch: 1,
             missing: VecDeque::new(),
             events: VecDeque::new(),
@@ -215,11 +203,15 @@ impl<F: Framework> Filter<F> {
         let params = fw.parameters(request);
         let event = match params {
             RequestParameters::Read { offset, len } => {
-                let id = self.own(request, len);
+                let Some(id) = self.own(fw, request, len) else {
+                    return;
+                };
                 Event::Read { id, offset, len }
             }
             RequestParameters::Write { offset, len, fua } => {
-                let id = self.own(request, len);
+                let Some(id) = self.own(fw, request, len) else {
+                    return;
+                };
                 Event::Write {
                     id,
                     offset,
@@ -228,7 +220,9 @@ impl<F: Framework> Filter<F> {
                 }
             }
             RequestParameters::Flush => {
-                let id = self.own(request, 0);
+                let Some(id) = self.own(fw, request, 0) else {
+                    return;
+                };
                 Event::Flush { id }
             }
             RequestParameters::DeviceControl { ioctl, .. }
@@ -256,7 +250,7 @@ impl<F: Framework> Filter<F> {
             .map(|bytes| dsm::decode(bytes).map(|d| (d, d.range(0), d.range_count())));
         match decoded {
             Ok(Ok((Dsm::Trim(_), Some((offset, len)), 1))) => {
-                let id = self.own(request, 0);
+                let id = self.own(fw, request, 0)?;
                 Some(Event::Discard { id, offset, len })
             }
             Ok(Ok((Dsm::Other(_), ..))) => {
@@ -280,19 +274,14 @@ impl<F: Framework> Filter<F> {
         }
     }
 
-    fn own(&mut self, request: F::Request, len: u64) -> RequestId {
-        let id = self.next_request;
-        self.next_request += 1;
-        self.requests.insert(
-            id,
-            Owned {
-                request,
-                information: usize::try_from(len).unwrap_or(0),
-                cancelable: false,
-                cancelling: false,
-                done: false,
-            },
-        );
+    /// Remembers `request` for the engine; `None` (and the request is refused with
+    /// `INSUFFICIENT_RESOURCES`) when there is no room.
+    fn own(&mut self, fw: &mut F, request: F::Request, len: u64) -> Option<RequestId> {
+        let owned = Owned::new(request, usize::try_from(len).unwrap_or(0));
+        let id = self.requests.insert(owned);
+        if id.is_none() {
+            fw.complete(request, Status::INSUFFICIENT_RESOURCES, 0);
+        }
         id
     }
 
@@ -327,19 +316,21 @@ impl<F: Framework> Filter<F> {
     /// filter had to leave to this callback completes now.
     pub fn on_cancel(&mut self, fw: &mut F, request: F::Request) {
         // Bounded by the requests the filter owns; cancellation is rare.
-        let Some((&id, owned)) = self.requests.iter_mut().find(|(_, o)| o.request == request)
-        else {
+        let Some(id) = self.requests.find(request) else {
             debug_assert!(
                 false,
                 "cancel callback for a request the filter does not own"
             );
             return;
         };
+        let Some(owned) = self.requests.get_mut(id) else {
+            return;
+        };
         owned.cancelable = false;
         if owned.cancelling {
             owned.cancelling = false;
             if owned.done {
-                self.requests.remove(&id);
+                self.requests.remove(id);
                 fw.complete(request, Status::CANCELLED, 0);
             }
             return;
@@ -350,7 +341,7 @@ impl<F: Framework> Filter<F> {
     /// True when request `id` may be completed or sent now: it is not cancelable (or
     /// was unmarked). False when cancellation won: the cancel callback finishes it.
     fn release_cancelable(&mut self, fw: &mut F, id: RequestId, completing: bool) -> bool {
-        let Some(owned) = self.requests.get_mut(&id) else {
+        let Some(owned) = self.requests.get_mut(id) else {
             return true;
         };
         if owned.cancelling {
@@ -526,7 +517,10 @@ impl<F: Framework> Filter<F> {
             Ok(Ok((offset, len, zero))) => {
                 let batch = self.next_batch;
                 self.next_batch += 1;
-                self.hydrates.insert(batch, request);
+                if !self.hydrates.insert(batch, request) {
+                    fw.complete(request, Status::INSUFFICIENT_RESOURCES, 0);
+                    return;
+                }
                 self.run(
                     fw,
                     Event::Hydrate {
@@ -582,8 +576,8 @@ impl<F: Framework> Filter<F> {
                 return;
             };
             let n = self.missing.len().min(MISSING_BATCH_MAX);
-            let batch: Vec<MissingRange> = self.missing.iter().take(n).copied().collect();
-            let encoded = MissingBatch::new(&batch).map(|b| {
+            let batch = &self.missing.make_contiguous()[..n];
+            let encoded = MissingBatch::new(batch).map(|b| {
                 let len = b.encoded_len();
                 (b, len)
             });
@@ -645,7 +639,7 @@ impl<F: Framework> Filter<F> {
                     });
                     return;
                 }
-                let Some(owned) = self.requests.get(&id) else {
+                let Some(owned) = self.requests.get(id) else {
                     debug_assert!(false, "forward of unknown request {id}");
                     return;
                 };
@@ -657,7 +651,7 @@ impl<F: Framework> Filter<F> {
             Action::Hold { id } => {
                 // The request stays owned by the filter until the engine says otherwise,
                 // and the file system may cancel it meanwhile.
-                if let Some(owned) = self.requests.get_mut(&id) {
+                if let Some(owned) = self.requests.get_mut(id) {
                     match fw.mark_cancelable(owned.request) {
                         Ok(()) => owned.cancelable = true,
                         // Cancelled before it could be marked: the engine lets it go.
@@ -677,7 +671,8 @@ impl<F: Framework> Filter<F> {
                     len: bytes.end - bytes.start,
                     flags,
                 };
-                let full = self.missing.len() >= self.config.missing_queue_max;
+                let full = self.missing.len() >= self.config.missing_queue_max
+                    || self.missing.try_reserve(1).is_err();
                 match self.missing.back_mut() {
                     Some(last) if full || last.offset + last.len == range.offset => {
                         let start = last.offset.min(range.offset);
@@ -700,8 +695,8 @@ impl<F: Framework> Filter<F> {
                 let source = if zero {
                     WriteSource::Zeros
                 } else {
-                    match self.hydrates.get(&batch) {
-                        Some(&request) => WriteSource::Payload {
+                    match self.hydrates.get(batch) {
+                        Some(request) => WriteSource::Payload {
                             request,
                             payload_offset,
                         },
@@ -729,12 +724,12 @@ impl<F: Framework> Filter<F> {
             Action::CommitMetadata { commit } => fw.queue_commit_work(commit),
             Action::Complete { id, status } => {
                 if !self.release_cancelable(fw, id, true) {
-                    if let Some(owned) = self.requests.get_mut(&id) {
+                    if let Some(owned) = self.requests.get_mut(id) {
                         owned.done = true;
                     }
                     return;
                 }
-                if let Some(owned) = self.requests.remove(&id) {
+                if let Some(owned) = self.requests.remove(id) {
                     let information = if status.is_success() {
                         owned.information
                     } else {
@@ -746,7 +741,7 @@ impl<F: Framework> Filter<F> {
                 }
             }
             Action::HydrateDone { batch, status } => {
-                if let Some(request) = self.hydrates.remove(&batch) {
+                if let Some(request) = self.hydrates.remove(batch) {
                     fw.complete(request, status, 0);
                 }
             }
@@ -758,6 +753,8 @@ impl<F: Framework> Filter<F> {
         }
     }
 }
+
+mod owned;
 
 #[cfg(test)]
 mod tests;
