@@ -26,6 +26,8 @@ pub(crate) struct World {
     links: Vec<Link>,
     /// Simulated time past which a run that has not ended has hung.
     time_cap_ns: u64,
+    /// Steps run so far (paces the costlier liveness checks).
+    steps: u64,
 }
 
 impl World {
@@ -52,6 +54,7 @@ impl World {
             machines: vec![drawn.machine],
             links: vec![drawn.link],
             time_cap_ns,
+            steps: 0,
         }
     }
 
@@ -89,6 +92,7 @@ impl World {
             if self.failed() || self.all_done() {
                 break;
             }
+            self.steps += 1;
             for i in 0..self.machines.len() {
                 self.check_progress(i);
             }
@@ -134,6 +138,7 @@ impl World {
 
     /// Liveness of machine `i` after every step of its restore (see `judge.rs`).
     fn check_progress(&mut self, i: usize) {
+        let steps = self.steps;
         let (m, link) = (&mut self.machines[i], &self.links[i]);
         if !m.phase_is_restoring() || m.ext.is_some() {
             return;
@@ -151,6 +156,7 @@ impl World {
             service: &m.service,
             last_delay_fault_ns,
             wait_bound_ns: m.hold_deadline_ns / 2,
+            service_knowledge: steps % 8 == 0,
         };
         if let Err(why) = crate::judge::check_progress(&m.wdf, &progress) {
             m.k().v.fail(Rule::Liveness, why);

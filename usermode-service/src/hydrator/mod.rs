@@ -294,7 +294,8 @@ impl Hydrator {
     pub fn tracks(&self, regions: Range<u64>) -> bool {
         let queued = |q: &VecDeque<Range<u64>>, r: u64| q.iter().any(|x| x.contains(&r));
         regions.into_iter().all(|r| {
-            self.busy.contains(r) && !self.hydrate_sent(r)
+            // A fetch not delivered yet (a hydrate already sent does not count).
+            self.fetches.values().any(|f| f.regions.contains(&r))
                 || self.reasked_on_demand.contains(r)
                 || self.reasked_background.contains(r)
                 || queued(&self.on_demand, r)
@@ -392,11 +393,6 @@ impl Hydrator {
                 self.reasked_background.insert(both);
             }
         }
-    }
-
-    /// True when a hydrate of `region` was sent and not acknowledged.
-    fn hydrate_sent(&self, region: u64) -> bool {
-        self.batches.values().any(|b| b.contains(&region))
     }
 
     fn promote(&mut self, regions: Range<u64>) {
