@@ -32,7 +32,72 @@ pub(crate) struct Drawn {
     pub(crate) link: Link,
 }
 
+/// How often each machine-level fault strikes, per million chances.
+#[derive(Clone, Copy, Debug, Default)]
+struct FaultRates {
+    meta_ppm: u32,
+    commit_crash_ppm: u32,
+    crash_per_op_ppm: u32,
+    kill_per_op_ppm: u32,
+}
+
+/// What building a machine decides; the rest starts empty.
+struct Parts {
+    kernel: Kernel,
+    service: Service,
+    store: MetaDev,
+    identity: Identity,
+    attach: Attach,
+    geometry: Geometry,
+    filter_config: FilterConfig,
+    workload: Workload,
+    ops_target: u64,
+    volume_sectors: u64,
+    partition_start: u64,
+    rates: FaultRates,
+    hold_deadline_ns: u64,
+    hydrator_deadline_ns: u64,
+    shape: String,
+    ext: Option<LinkServer>,
+}
+
 impl Machine {
+    fn assemble(p: Parts) -> Machine {
+        Machine {
+            wdf: SimWdf::new(p.kernel),
+            filter: None,
+            service: p.service,
+            store: p.store,
+            identity: p.identity,
+            attach: p.attach,
+            geometry: p.geometry,
+            filter_config: p.filter_config,
+            workload: p.workload,
+            fs_irps: Vec::new(),
+            next_write_id: 0,
+            ops_target: p.ops_target,
+            ops_issued: 0,
+            ops_done: 0,
+            phase: Phase::Run,
+            boot_step: 0,
+            mounted: false,
+            boots: 0,
+            commits_since_boot: 0,
+            volume_sectors: p.volume_sectors,
+            partition_start: p.partition_start,
+            meta_ppm: p.rates.meta_ppm,
+            commit_crash_ppm: p.rates.commit_crash_ppm,
+            crash_per_op_ppm: p.rates.crash_per_op_ppm,
+            kill_per_op_ppm: p.rates.kill_per_op_ppm,
+            hold_deadline_ns: p.hold_deadline_ns,
+            hydrator_deadline_ns: p.hydrator_deadline_ns,
+            shutdown_flush: None,
+            fs_tick_pending: false,
+            shape: p.shape,
+            ext: p.ext,
+        }
+    }
+
     /// The machine of run `config`, drawn from its seed.
     pub(crate) fn draw(config: &RunConfig) -> Drawn {
         let mut rng = Rng::new(config.seed);
@@ -180,9 +245,8 @@ impl Machine {
         let mut service = Service::new(geometry, attach, hydrator_config, 1_000_000_000);
         service.failure_span_bytes = failure_span_bytes;
         let ops = config.ops.max(1);
-        let machine = Machine {
-            wdf: SimWdf::new(kernel),
-            filter: None,
+        let machine = Machine::assemble(Parts {
+            kernel,
             service,
             store,
             identity,
@@ -190,31 +254,23 @@ impl Machine {
             geometry,
             filter_config,
             workload,
-            fs_irps: Vec::new(),
-            next_write_id: 0,
             ops_target: config.ops,
-            ops_issued: 0,
-            ops_done: 0,
-            phase: Phase::Run,
-            boot_step: 0,
-            mounted: false,
-            boots: 0,
-            commits_since_boot: 0,
             volume_sectors,
             partition_start,
-            meta_ppm: 20_000,
-            // About two power losses inside a commit per run (a commit per ~10 requests).
-            commit_crash_ppm: (20_000_000 / ops).min(250_000) as u32,
-            // About two power losses and two service kills per run.
-            crash_per_op_ppm: (2_000_000 / ops).min(200_000) as u32,
-            kill_per_op_ppm: (2_000_000 / ops).min(200_000) as u32,
+            rates: FaultRates {
+                meta_ppm: 20_000,
+                // About two power losses inside a commit per run (a commit per ~10
+                // requests).
+                commit_crash_ppm: (20_000_000 / ops).min(250_000) as u32,
+                // About two power losses and two service kills per run.
+                crash_per_op_ppm: (2_000_000 / ops).min(200_000) as u32,
+                kill_per_op_ppm: (2_000_000 / ops).min(200_000) as u32,
+            },
             hold_deadline_ns,
             hydrator_deadline_ns,
-            shutdown_flush: None,
-            fs_tick_pending: false,
             shape,
             ext: None,
-        };
+        });
         Drawn { machine, link }
     }
 
@@ -291,9 +347,8 @@ impl Machine {
         let kernel = Kernel::new(rng, faults, oracle, lower);
         // Never started: the real service attaches through `ext` instead.
         let service = Service::new(geometry, attach, HydratorConfig::default(), 1_000_000_000);
-        let machine = Machine {
-            wdf: SimWdf::new(kernel),
-            filter: None,
+        let machine = Machine::assemble(Parts {
+            kernel,
             service,
             store,
             identity,
@@ -301,26 +356,12 @@ impl Machine {
             geometry,
             filter_config,
             workload,
-            fs_irps: Vec::new(),
-            next_write_id: 0,
             ops_target: m.ops_max,
-            ops_issued: 0,
-            ops_done: 0,
-            phase: Phase::Run,
-            boot_step: 0,
-            mounted: false,
-            boots: 0,
-            commits_since_boot: 0,
             volume_sectors,
             partition_start,
-            meta_ppm: 0,
-            commit_crash_ppm: 0,
-            crash_per_op_ppm: 0,
-            kill_per_op_ppm: 0,
+            rates: FaultRates::default(),
             hold_deadline_ns,
             hydrator_deadline_ns: 30_000_000_000,
-            shutdown_flush: None,
-            fs_tick_pending: false,
             shape,
             ext: Some({
                 // The machine is built (the oracle's per-sector state takes a while on
@@ -328,7 +369,7 @@ impl Machine {
                 server.start_clock();
                 server
             }),
-        };
+        });
         Drawn { machine, link }
     }
 }
