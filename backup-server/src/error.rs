@@ -109,6 +109,17 @@ pub enum BackupError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A version number is taken by a different index than the one being published.
+    #[error("version {version} of {volume} already exists with a different index")]
+    VersionConflict {
+        /// The volume name.
+        volume: String,
+        /// The version.
+        version: u32,
+    },
+    /// Replication failed (see [`crate::replicate::ReplicateError`]).
+    #[error(transparent)]
+    Replication(#[from] crate::replicate::ReplicateError),
     /// A worker task died (a bug, or the runtime shutting down).
     #[error("internal error: {0}")]
     Internal(String),

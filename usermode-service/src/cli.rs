@@ -4,6 +4,7 @@
 //! (`backup` and `serve` are the backup server crate's); [`Command`] adds the help text
 //! and `main.rs` dispatches.
 
+use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
 use rehydrate_backup::{BackupArgs, ServeArgs};
 
 use crate::restore::RestoreArgs;
@@ -63,6 +64,12 @@ process that wrote it still runs. Exits 1 with one line when there is no status 
 Examples:\n  rehydrate status\n  rehydrate status --json --status-file /tmp/r/status.json"
     )]
     Status(StatusArgs),
+    /// Send the versions a receiving store lacks; `replicate status` shows pending sessions.
+    #[command(long_about = rehydrate_backup::replicate::cli::REPLICATE_HELP)]
+    Replicate(ReplicateArgs),
+    /// Receive replicated versions into a store (the other end of `replicate`).
+    #[command(long_about = rehydrate_backup::replicate::cli::RECEIVE_HELP)]
+    Receive(ReceiveArgs),
 }
 
 #[cfg(test)]
@@ -212,7 +219,14 @@ mod tests {
     #[test]
     fn every_subcommand_has_help_with_an_example() {
         let mut cli = Cli::command();
-        for name in ["backup", "serve", "restore", "status"] {
+        for name in [
+            "backup",
+            "serve",
+            "restore",
+            "status",
+            "replicate",
+            "receive",
+        ] {
             let sub = cli.find_subcommand_mut(name).unwrap();
             let help = sub.render_long_help().to_string();
             assert!(help.contains("rehydrate "), "{name}: {help}");

@@ -54,6 +54,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Status(args) => println!("{}", args.run()?),
+        Command::Receive(args) => runtime()?.block_on(args.run())?,
+        Command::Replicate(args) => match runtime()?.block_on(args.run())? {
+            0 => {}
+            code => std::process::exit(code.into()),
+        },
     }
     Ok(())
 }

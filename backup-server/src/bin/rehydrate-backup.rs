@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rehydrate_backup::cli::{run_backup, run_serve, BackupArgs, ServeArgs};
+use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,10 @@ enum Command {
     Backup(BackupArgs),
     /// Serve every volume version in a store over NBD (read-only).
     Serve(ServeArgs),
+    /// Send the versions a receiving store lacks (`replicate status`: pending sessions).
+    Replicate(ReplicateArgs),
+    /// Receive replicated versions into a store.
+    Receive(ReceiveArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,12 @@ fn main() -> ExitCode {
                     .map(|summary| println!("{}", summary.render(json)))
             }
             Command::Serve(args) => run_serve(args).await,
+            Command::Receive(args) => args.run().await,
+            Command::Replicate(args) => args.run().await.map(|code| {
+                if code != 0 {
+                    std::process::exit(code.into());
+                }
+            }),
         }
     });
     match result {
