@@ -23,6 +23,9 @@ use crate::store::{ChunkStore, PublishVersionOutcome};
 /// Chunks being verified and written at once; the socket is not read while this many
 /// wait, so memory stays bounded and the sender slows down.
 pub const STORING_IN_FLIGHT: usize = 8;
+/// How long a session waits for an earlier one of the same sender: tries x step.
+const LOCK_WAIT_TRIES: u32 = 200;
+const LOCK_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(50);
 /// Chunks checked at once when looking for chunks already in the store.
 const CHECK_IN_FLIGHT: usize = 8;
 
@@ -97,7 +100,7 @@ pub async fn session(
                 }
                 Action::Load { sender_id, volumes } => {
                     let d = SessionDir::new(&root, &sender_id);
-                    let loaded = match d.lock() {
+                    let loaded = match lock_waiting(&d).await {
                         Ok(Some(lock)) => {
                             _lock = Some(lock);
                             load(&store, &d, &volumes).await
@@ -248,6 +251,18 @@ pub async fn session(
             pending: 0,
         }),
     }
+}
+
+/// Take the sender's lock, waiting a while for an earlier session of the same sender to
+/// finish (a sender that reconnects after a cut may find the old session still draining).
+async fn lock_waiting(dir: &SessionDir) -> Result<Option<std::fs::File>, ReplicateError> {
+    for _ in 0..LOCK_WAIT_TRIES {
+        if let Some(lock) = dir.lock()? {
+            return Ok(Some(lock));
+        }
+        tokio::time::sleep(LOCK_WAIT_STEP).await;
+    }
+    dir.lock()
 }
 
 /// The receiver's state of `volumes`, and this sender's record (opened for appending).
