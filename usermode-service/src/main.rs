@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     // `serve` says where it listens and which export names it refuses (info level);
     // everything else stays quiet unless RUST_LOG asks.
     let default_filter = match cli.command {
-        Command::Serve(_) => "warn,rehydrate_backup=info",
+        Command::Serve(_) | Command::Receive(_) => "warn,rehydrate_backup=info",
         _ => "warn",
     };
     tracing_subscriber::fmt()

@@ -16,6 +16,9 @@ use super::message::{Message, MessageError};
 /// How long a peer may stay silent before the session is given up.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Most bytes allocated for a frame before its bytes arrive: the largest chunk.
+const PREALLOCATE_BYTES: usize = (8 << 20) + 64;
+
 /// Why the stream of messages ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -52,9 +55,10 @@ pub async fn read_message(r: &mut (impl AsyncRead + Unpin)) -> Result<Message, C
         got += n;
     }
     let len = frame::parse_length(prefix)?;
-    // Grows as bytes arrive: a peer that claims a large frame and sends nothing gets
-    // nothing allocated for it.
-    let mut body = Vec::new();
+    // Up to a chunk's worth is allocated at once (no regrowing while a chunk arrives);
+    // beyond that the buffer grows as bytes arrive, so a peer that claims a large frame
+    // and sends nothing gets little allocated for it.
+    let mut body = Vec::with_capacity(len.min(PREALLOCATE_BYTES));
     (&mut *r).take(len as u64).read_to_end(&mut body).await?;
     if body.len() != len {
         return Err(FrameError::Truncated(4 + body.len()).into());

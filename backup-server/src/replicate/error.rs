@@ -21,6 +21,9 @@ pub enum ReplicateError {
         /// Volumes left pending.
         pending: usize,
     },
+    /// A receiving session ended early (logged by `receive`; the sender says why too).
+    #[error("session ended early: {0}")]
+    SessionEnded(String),
     /// A `--volume` the sending store does not have.
     #[error("volume {0} has no version in the sending store")]
     NoSuchVolume(String),

@@ -185,6 +185,20 @@ impl Proxy {
         cut: impl FnMut(u64) -> Option<u64> + Send + 'static,
         rate_bytes_per_sec: Option<u64>,
     ) -> Self {
+        Self::start_with(target, cut, rate_bytes_per_sec, None)
+    }
+
+    /// A proxy that flips one bit of the first connection's client bytes at `offset`.
+    pub fn flipping(target: u16, offset: u64) -> Self {
+        Self::start_with(target, |_| None, None, Some(offset))
+    }
+
+    fn start_with(
+        target: u16,
+        cut: impl FnMut(u64) -> Option<u64> + Send + 'static,
+        rate_bytes_per_sec: Option<u64>,
+        flip_at: Option<u64>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -199,10 +213,16 @@ impl Proxy {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let limit = (plan.lock().unwrap())(n);
+                        let flip = flip_at.filter(|_| n == 0);
                         n += 1;
                         let (f, c) = (f.clone(), c.clone());
                         std::thread::spawn(move || {
-                            relay(client, target, limit, rate_bytes_per_sec, &f, &c)
+                            let plan = RelayPlan {
+                                limit,
+                                rate: rate_bytes_per_sec,
+                                flip,
+                            };
+                            relay(client, target, plan, &f, &c)
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -224,14 +244,18 @@ impl Drop for Proxy {
     }
 }
 
-fn relay(
-    client: TcpStream,
-    target: u16,
+/// What a relay does to one connection.
+struct RelayPlan {
+    /// Cut after this many client bytes.
     limit: Option<u64>,
+    /// Pace the client's bytes to this rate.
     rate: Option<u64>,
-    forwarded: &AtomicU64,
-    cuts: &AtomicU64,
-) {
+    /// Flip a bit of the client's byte at this offset.
+    flip: Option<u64>,
+}
+
+fn relay(client: TcpStream, target: u16, plan: RelayPlan, forwarded: &AtomicU64, cuts: &AtomicU64) {
+    let RelayPlan { limit, rate, flip } = plan;
     client.set_nonblocking(false).unwrap();
     let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
         return;
@@ -262,6 +286,9 @@ fn relay(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some(at) = flip.filter(|&at| (sent..sent + n as u64).contains(&at)) {
+            buf[(at - sent) as usize] ^= 0x10;
+        }
         if to_server.write_all(&buf[..n]).is_err() {
             break;
         }
