@@ -351,6 +351,19 @@ pub enum PublishVersionOutcome {
 const STORE_ID_PATH: &str = "store-id";
 
 impl ChunkStore {
+    /// The object at `path`, whole, or `None` if there is none.
+    async fn fetch_object(&self, path: &Path) -> Result<Option<Bytes>, BackupError> {
+        match self.objects.get(path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| BackupError::store(path, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BackupError::store(path, e)),
+        }
+    }
+
     /// The store's root directory, for a local store.
     pub fn local_root(&self) -> Option<&std::path::Path> {
         self.local_root.as_deref()
@@ -366,16 +379,8 @@ impl ChunkStore {
                 reason: format!("{STORE_ID_PATH} is not 16 bytes"),
             })
         };
-        match self.objects.get(&path).await {
-            Ok(got) => {
-                return read(
-                    &got.bytes()
-                        .await
-                        .map_err(|e| BackupError::store(&path, e))?,
-                )
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(BackupError::store(&path, e)),
+        if let Some(bytes) = self.fetch_object(&path).await? {
+            return read(&bytes);
         }
         let mut seed = blake3::Hasher::new();
         let now = std::time::SystemTime::now()
@@ -399,16 +404,8 @@ impl ChunkStore {
                 Ok(id)
             }
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let got = self
-                    .objects
-                    .get(&path)
-                    .await
-                    .map_err(|e| BackupError::store(&path, e))?;
-                read(
-                    &got.bytes()
-                        .await
-                        .map_err(|e| BackupError::store(&path, e))?,
-                )
+                // Another process made it first: use theirs.
+                read(&self.fetch_object(&path).await?.unwrap_or_default())
             }
             Err(e) => Err(BackupError::store(&path, e)),
         }
@@ -420,15 +417,12 @@ impl ChunkStore {
         volume: &VolumeName,
         version: u32,
     ) -> Result<Bytes, BackupError> {
-        let path = version_path(volume, version);
-        match self.objects.get(&path).await {
-            Ok(got) => got.bytes().await.map_err(|e| BackupError::store(&path, e)),
-            Err(object_store::Error::NotFound { .. }) => Err(BackupError::VersionNotFound {
+        self.fetch_object(&version_path(volume, version))
+            .await?
+            .ok_or_else(|| BackupError::VersionNotFound {
                 volume: volume.to_string(),
                 version,
-            }),
-            Err(e) => Err(BackupError::store(&path, e)),
-        }
+            })
     }
 
     /// Chunk `hash` in its stored form, after checking that it decodes to `expected_len`
@@ -438,19 +432,12 @@ impl ChunkStore {
         hash: &ChunkHash,
         expected_len: usize,
     ) -> Result<chunk::Encoded, BackupError> {
-        let path = hash.path();
-        let stored = match self.objects.get(&path).await {
-            Ok(got) => got
-                .bytes()
-                .await
-                .map_err(|e| BackupError::store(&path, e))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(BackupError::MissingChunk {
+        let stored =
+            self.fetch_object(&hash.path())
+                .await?
+                .ok_or_else(|| BackupError::MissingChunk {
                     hash: hash.to_string(),
-                })
-            }
-            Err(e) => return Err(BackupError::store(&path, e)),
-        };
+                })?;
         let hash = *hash;
         let checked = stored.clone();
         crate::cpu::run(move || chunk::decode_bytes(&hash, checked, expected_len))

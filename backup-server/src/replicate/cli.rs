@@ -221,17 +221,9 @@ mod tests {
     #[test]
     fn replicate_and_its_status_subcommand_parse_unambiguously() {
         Cli::command().debug_assert();
-        let Ok(Top::Replicate(a)) = parse(&[
-            "replicate",
-            "--from",
-            "/s",
-            "--to",
-            "h:1",
-            "--volume",
-            "a",
-            "--volume",
-            "b",
-        ]) else {
+        let base = ["replicate", "--from", "/s", "--to", "h:1"];
+        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        let Ok(Top::Replicate(a)) = parse(&with(&["--volume", "a", "--volume", "b"])) else {
             panic!("replicate did not parse");
         };
         assert_eq!(
@@ -252,35 +244,10 @@ mod tests {
             vec!["replicate"],
             vec!["replicate", "--from", "/s"],
             vec!["replicate", "--to", "h:1"],
-            vec![
-                "replicate",
-                "--from",
-                "/s",
-                "--to",
-                "h:1",
-                "status",
-                "--store",
-                "/d",
-            ],
             vec!["replicate", "status"],
-            vec![
-                "replicate",
-                "--from",
-                "/s",
-                "--to",
-                "h:1",
-                "--volume",
-                "../x",
-            ],
-            vec![
-                "replicate",
-                "--from",
-                "/s",
-                "--to",
-                "h:1",
-                "--window",
-                "1KiB",
-            ],
+            with(&["status", "--store", "/d"]),
+            with(&["--volume", "../x"]),
+            with(&["--window", "1KiB"]),
         ] {
             assert!(parse(&bad).is_err(), "{bad:?}");
         }

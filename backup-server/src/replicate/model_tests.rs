@@ -54,16 +54,14 @@ impl ReceiverStore {
     }
 }
 
+/// `len` bytes of noise named by `n` (BLAKE3's output stream).
 fn chunk_data(n: u16, len: usize) -> Vec<u8> {
-    let mut x = u64::from(n) * 0x9E37_79B9 + 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&n.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
 }
 
 /// A sender store from a spec: per volume, per version, the chunk numbers (0: zero).
@@ -171,16 +169,19 @@ fn check_invariants(s: &SenderStore, r: &ReceiverStore) {
 }
 
 /// Run one session between the two stores.
-fn run_session(s: &SenderStore, r: &mut ReceiverStore, faults: &Faults) -> SessionRun {
-    let local: Vec<LocalVolume> = s
-        .volumes
+/// The sender's view of its store.
+fn local(s: &SenderStore) -> Vec<LocalVolume> {
+    s.volumes
         .iter()
         .map(|(v, versions)| LocalVolume {
             volume: v.clone(),
             versions: versions.clone(),
         })
-        .collect();
-    let mut snd = Sender::new(SENDER_ID, local, 3 * 65536);
+        .collect()
+}
+
+fn run_session(s: &SenderStore, r: &mut ReceiverStore, faults: &Faults) -> SessionRun {
+    let mut snd = Sender::new(SENDER_ID, local(s), 3 * 65536);
     let mut rcv = Receiver::new(RECEIVER_ID);
     let mut to_r = FrameDecoder::new();
     let mut to_s = FrameDecoder::new();
@@ -680,15 +681,7 @@ proptest! {
 /// Drive a receiver by hand up to the point where it asked for chunks.
 fn receiver_asking(s: &SenderStore) -> (Receiver, Vec<receiver::Action>) {
     let mut rcv = Receiver::new(RECEIVER_ID);
-    let local: Vec<LocalVolume> = s
-        .volumes
-        .iter()
-        .map(|(v, versions)| LocalVolume {
-            volume: v.clone(),
-            versions: versions.clone(),
-        })
-        .collect();
-    let mut snd = Sender::new(SENDER_ID, local, 1 << 20);
+    let mut snd = Sender::new(SENDER_ID, local(s), 1 << 20);
     let mut r = ReceiverStore::default();
     let (mut to_s, mut back, mut open) = (FrameDecoder::new(), 0, true);
     let mut seen = Vec::new();
@@ -774,11 +767,7 @@ fn a_lying_sender_ends_the_session_and_publishes_nothing() {
 #[test]
 fn a_receiver_cannot_make_the_sender_send_what_the_manifest_does_not_name() {
     let s = sender_store(&[vec![vec![1]]]);
-    let local = vec![LocalVolume {
-        volume: VolumeName::new("vol0").unwrap(),
-        versions: s.volumes[&VolumeName::new("vol0").unwrap()].clone(),
-    }];
-    let mut snd = Sender::new(SENDER_ID, local, 1 << 20);
+    let mut snd = Sender::new(SENDER_ID, local(&s), 1 << 20);
     snd.frame(Message::Hello(super::message::Hello {
         protocol: super::message::PROTOCOL,
         version: super::message::PROTOCOL_VERSION,
