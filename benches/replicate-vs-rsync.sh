@@ -199,11 +199,11 @@ for _ in 1 2; do
 done
 before=$(du -sb "$RB/data" | cut -f1)
 cp -a "$RB" "$WORK/restic-clean"
-restic copy -q -r "$RB" --from-repo "$RA" --from-password-file <(echo bench) &
-COPY=$!
-# Kill it once it wrote about half of what a clean copy of the two versions writes.
+# What a clean copy of the two new versions writes, then the same copy killed half-way.
 restic copy -q -r "$WORK/restic-clean" --from-repo "$RA" --from-password-file <(echo bench)
 clean=$(( $(du -sb "$WORK/restic-clean/data" | cut -f1) - before ))
+restic copy -q -r "$RB" --from-repo "$RA" --from-password-file <(echo bench) &
+COPY=$!
 while kill -0 "$COPY" 2>/dev/null && [ "$(du -sb "$RB/data" | cut -f1)" -lt $((before + clean / 2)) ]; do sleep 0.02; done
 kill -9 "$COPY" 2>/dev/null || true; wait "$COPY" 2>/dev/null || true
 cut_written=$(( $(du -sb "$RB/data" | cut -f1) - before ))

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use super::frame::{self, FrameError};
 use super::message::{Message, MessageError};
 
-/// How long a peer may stay silent before the session is given up.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a peer may stay silent before the session is given up. Generous: before it
+/// answers a manifest, a receiver may read back many chunks it already holds.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Most bytes allocated for a frame before its bytes arrive: the largest chunk.
 const PREALLOCATE_BYTES: usize = (8 << 20) + 64;

@@ -100,8 +100,12 @@ pub async fn replicate(store: &ChunkStore, options: &Options) -> Result<Report, 
         while let Some(action) = core.poll_action() {
             match action {
                 Action::Send(m) => {
+                    // Progress counts chunks at their full length (the manifest's), sent
+                    // compressed or not, so the bar ends at its total.
                     let chunk_bytes = match &m {
-                        Message::Chunk { body, .. } => body.len() as u64,
+                        Message::Chunk { hash, .. } | Message::Unavailable { hash, .. } => {
+                            core.manifest().chunk_len(hash).unwrap_or_default() as u64
+                        }
                         _ => 0,
                     };
                     if peer_open {
@@ -110,11 +114,11 @@ pub async fn replicate(store: &ChunkStore, options: &Options) -> Result<Report, 
                             core.peer_gone(e.to_string());
                         }
                     }
+                    bar.set_length(core.requested_bytes());
                     bar.inc(chunk_bytes);
                 }
                 Action::ReadChunk { hash, expected_len } => {
                     reading += 1;
-                    bar.inc_length(expected_len as u64);
                     let (store, tx) = (store.clone(), read_tx.clone());
                     tokio::spawn(async move {
                         let r = store.get_chunk_stored(&hash, expected_len).await;

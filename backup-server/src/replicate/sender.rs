@@ -104,6 +104,7 @@ pub struct Sender {
     ready: VecDeque<Message>,
     missing_frames: u64,
     missing_complete: bool,
+    requested_bytes: u64,
     done_for: Option<u64>,
     frames_sent: u64,
     acked: u64,
@@ -139,6 +140,7 @@ impl Sender {
             ready: VecDeque::new(),
             missing_frames: 0,
             missing_complete: false,
+            requested_bytes: 0,
             done_for: None,
             frames_sent: 0,
             acked: 0,
@@ -164,6 +166,11 @@ impl Sender {
     /// Whether the session is over.
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Finished
+    }
+
+    /// Chunk bytes the receiver asked for so far (for progress).
+    pub fn requested_bytes(&self) -> u64 {
+        self.requested_bytes
     }
 
     /// The manifest (empty until the Welcome).
@@ -345,6 +352,7 @@ impl Sender {
                 )));
             }
             self.queue.push_back(h);
+            self.requested_bytes += self.manifest.chunk_len(&h).unwrap_or_default() as u64;
         }
         self.missing_frames += 1;
         self.missing_complete |= last;
