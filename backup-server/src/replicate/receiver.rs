@@ -151,8 +151,6 @@ pub struct Receiver {
     have: HashSet<ChunkHash>,
     /// Asked for and neither received nor declared unavailable.
     outstanding: HashSet<ChunkHash>,
-    /// Ever asked for in this session.
-    asked: HashSet<ChunkHash>,
     /// Handed to the shell to store, no answer yet.
     storing: HashSet<ChunkHash>,
     /// Stored, not yet durable.
@@ -185,7 +183,6 @@ impl Receiver {
             manifest: Manifest::new(),
             have: HashSet::new(),
             outstanding: HashSet::new(),
-            asked: HashSet::new(),
             storing: HashSet::new(),
             written: Vec::new(),
             written_bytes: 0,
@@ -506,7 +503,6 @@ impl Receiver {
             }
         }
         self.outstanding.extend(missing.iter().copied());
-        self.asked.extend(missing.iter().copied());
         let mut pieces = missing.chunks(MAX_HASHES_PER_FRAME).peekable();
         if pieces.peek().is_none() {
             self.send_missing(true, Vec::new());
@@ -711,11 +707,6 @@ impl Receiver {
                 }
             })
             .collect()
-    }
-
-    /// Chunks asked for in this session.
-    pub fn asked(&self) -> usize {
-        self.asked.len()
     }
 }
 

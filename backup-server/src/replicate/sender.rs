@@ -288,22 +288,23 @@ impl Sender {
         }
         let local = std::mem::take(&mut self.local);
         for (theirs, ours) in chains.into_iter().zip(local) {
-            let diverged = theirs.versions.len() > ours.versions.len()
-                || theirs
-                    .versions
-                    .iter()
-                    .zip(&ours.versions)
-                    .any(|((tv, td), (ov, ob))| tv != ov || *td != *blake3::hash(ob).as_bytes());
-            if diverged {
-                let at = theirs
-                    .versions
-                    .iter()
-                    .zip(&ours.versions)
-                    .find(|((tv, td), (ov, ob))| tv != ov || *td != *blake3::hash(ob).as_bytes())
-                    .map_or_else(|| theirs.versions.len() as u32, |((tv, _), _)| *tv);
+            // The first of the receiver's versions that is not ours, number and bytes.
+            let differs = theirs
+                .versions
+                .iter()
+                .enumerate()
+                .find(|(i, (tv, td))| {
+                    ours.versions
+                        .get(*i)
+                        .is_none_or(|(ov, ob)| tv != ov || *td != *blake3::hash(ob).as_bytes())
+                })
+                .map(|(_, (tv, _))| *tv);
+            if let Some(at) = differs {
                 self.refused.insert(
                     ours.volume.clone(),
-                    format!("the receiver's versions differ from ours (at version {at}): the stores have diverged"),
+                    format!(
+                        "the receiver's versions differ from ours (at version {at}): the stores have diverged"
+                    ),
                 );
                 continue;
             }
