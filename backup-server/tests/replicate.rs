@@ -175,17 +175,22 @@ fn a_cutting_proxy_until_the_transfer_completes() {
 }
 
 /// kill -9 of the receiver or of the sender at random moments of a slowed transfer
-/// (the receiver restarted on the same port), then runs until it completes.
+/// (the receiver restarted on the same port), then runs until it completes. The bytes
+/// that crossed the proxy in all are the missing bytes, plus a manifest per connection,
+/// plus per kill at most what was in flight: the window, and for a receiver also the
+/// chunks it had taken in but not yet written.
 #[test]
 fn kill_nine_of_either_end_then_resume() {
     let seed = Rng::seed();
     let mut rng = Rng::new(seed);
     let s = Scenario::new(12, seed);
+    let missing = missing_bytes(&s.sender, &s.receiver);
     let port = free_port();
     let log = s.path("receiver.log");
     let mut receiver = Receiver::start(&s.receiver, port, &log);
     // 8 MiB/s: the 30 MiB transfer takes about four seconds, time to kill mid-way.
     let proxy = Proxy::start(port, |_| None, Some(8 << 20));
+    let window = 256u64 << 10;
     for round in 0..4 {
         let mut child = replicate_cmd(&s.sender, proxy.port, &["--window", "256KiB"])
             .spawn()
@@ -210,13 +215,22 @@ fn kill_nine_of_either_end_then_resume() {
     loop {
         runs += 1;
         assert!(runs <= 5, "seed {seed}: no success after the kills");
-        let run = run_replicate(&s.sender, port, &[]);
+        let run = run_replicate(&s.sender, proxy.port, &["--window", "256KiB"]);
         assert_prefix_of_complete_versions(&s.sender, &s.receiver, &VOLUMES);
         if run.code == 0 {
             break;
         }
     }
     s.assert_all_replicated();
+    let wire = proxy.forwarded.load(std::sync::atomic::Ordering::Relaxed);
+    let connections = 4 + runs;
+    let in_flight = 2 * (window + 9 * (64 << 10)) + 2 * window;
+    let allowance = connections * (index_bytes(&s.sender) + 1024) + in_flight;
+    eprintln!("seed {seed}: {wire} bytes crossed for {missing} missing (+{allowance} allowed)");
+    assert!(
+        wire as f64 <= 1.05 * missing as f64 + allowance as f64,
+        "seed {seed}: {wire} bytes crossed for {missing} missing"
+    );
 }
 
 /// Flip one byte of a chunk object.

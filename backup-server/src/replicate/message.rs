@@ -42,9 +42,12 @@ pub const MAX_VOLUMES: usize = 65_536;
 /// Most hashes one Missing frame carries (32 bytes each: 4 MiB).
 pub const MAX_HASHES_PER_FRAME: usize = 131_072;
 /// Longest reason text.
-pub const MAX_REASON_BYTES: usize = 1024;
+/// (A Result for the most volumes, each with the longest reason, still fits a frame.)
+pub const MAX_REASON_BYTES: usize = 512;
 
 const _: () = assert!(MAX_HASHES_PER_FRAME * 32 + 16 < frame::MAX_FRAME_BYTES);
+const _: () =
+    assert!(MAX_VOLUMES * (1 + 128 + 1 + 4 + 8 + 2 + MAX_REASON_BYTES) < frame::MAX_FRAME_BYTES);
 
 /// Which end of a session a peer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

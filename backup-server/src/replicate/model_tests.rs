@@ -795,3 +795,23 @@ fn a_receiver_cannot_make_the_sender_send_what_the_manifest_does_not_name() {
     assert_eq!(reads, 0);
     assert!(finished_with_error);
 }
+
+#[test]
+fn a_damaged_index_at_the_sender_holds_back_that_version_and_its_descendants() {
+    let mut s = sender_store(&[vec![vec![1], vec![2], vec![3]], vec![vec![4]]]);
+    let vol0 = VolumeName::new("vol0").unwrap();
+    let versions = s.volumes.get_mut(&vol0).unwrap();
+    let mut damaged = versions[1].1.to_vec();
+    damaged[20] ^= 1;
+    versions[1].1 = Bytes::from(damaged);
+    let mut r = ReceiverStore::default();
+    let o = run_session(&s, &mut r, &Faults::default()).outcome.unwrap();
+    assert!(o.error.is_none(), "{o:?}");
+    assert_eq!(o.committed, vec![VolumeName::new("vol1").unwrap()]);
+    assert_eq!(o.failed.len(), 1);
+    assert!(o.failed[0].1.contains("unusable"), "{:?}", o.failed);
+    assert_eq!(
+        r.published[&vol0].keys().copied().collect::<Vec<_>>(),
+        vec![1]
+    );
+}

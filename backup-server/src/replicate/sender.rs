@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use super::manifest::Manifest;
+use super::frame;
+use super::manifest::{Manifest, ManifestError};
 use super::message::{
     Hello, Message, Role, VolumeChain, VolumeResult, VolumeState, PROTOCOL, PROTOCOL_VERSION,
 };
@@ -26,6 +27,8 @@ pub const READ_AHEAD: usize = 8;
 /// How often the receiver may ask for one chunk in a session (the first time and its
 /// re-requests after failed checks).
 pub const MAX_SENDS_PER_CHUNK: u32 = 4;
+/// Bytes of a Manifest frame besides the index: header, name, version.
+const MANIFEST_FRAME_OVERHEAD_BYTES: usize = 256;
 /// Default bytes in flight beyond the receiver's acknowledgements.
 pub const DEFAULT_WINDOW_BYTES: u64 = 2 << 20;
 /// What a frame weighs in the window at least: bounds the frames (and so the
@@ -94,6 +97,9 @@ pub struct Sender {
     manifest: Manifest,
     up_to_date: Vec<VolumeName>,
     refused: BTreeMap<VolumeName, String>,
+    /// Volumes whose newer versions could not go in the manifest: why, and whether that
+    /// lasts (else the next run sends them).
+    held_back: BTreeMap<VolumeName, (String, bool)>,
     unreadable: BTreeMap<VolumeName, String>,
     committed: BTreeMap<VolumeName, u32>,
     versions_committed: u64,
@@ -130,6 +136,7 @@ impl Sender {
             manifest: Manifest::new(),
             up_to_date: Vec::new(),
             refused: BTreeMap::new(),
+            held_back: BTreeMap::new(),
             unreadable: BTreeMap::new(),
             committed: BTreeMap::new(),
             versions_committed: 0,
@@ -312,10 +319,32 @@ impl Sender {
             if rest.is_empty() {
                 self.up_to_date.push(ours.volume.clone());
             }
+            // A version that cannot go (its index is damaged here, or too large for a
+            // frame) holds back itself and its descendants; the versions before it go.
             for (version, bytes) in rest {
-                self.manifest
-                    .push(ours.volume.clone(), *version, bytes.clone())
-                    .map_err(|e| SenderError(format!("our own index is unusable: {e}")))?;
+                let name = &ours.volume;
+                let held = if bytes.len() + MANIFEST_FRAME_OVERHEAD_BYTES > frame::MAX_FRAME_BYTES {
+                    Some((
+                        format!(
+                            "version {version}'s index ({} bytes) is larger than a frame",
+                            bytes.len()
+                        ),
+                        true,
+                    ))
+                } else {
+                    match self.manifest.push(name.clone(), *version, bytes.clone()) {
+                        Ok(()) => None,
+                        Err(ManifestError::TooLarge) => Some((
+                            "the manifest is full; the next run sends the rest".to_owned(),
+                            false,
+                        )),
+                        Err(e) => Some((format!("our index is unusable: {e}"), true)),
+                    }
+                };
+                if let Some(reason) = held {
+                    self.held_back.insert(name.clone(), reason);
+                    break;
+                }
             }
         }
         for e in self.manifest.entries() {
@@ -460,6 +489,12 @@ impl Sender {
                 None if self.unreadable.contains_key(volume) => VolumeState::Failed,
                 None => VolumeState::Pending,
             };
+            // Sent all it could, but newer versions were held back.
+            let state = match (state, self.held_back.get(volume)) {
+                (VolumeState::Committed, Some((_, true))) => VolumeState::Failed,
+                (VolumeState::Committed, Some((_, false))) => VolumeState::Pending,
+                (state, _) => state,
+            };
             match state {
                 VolumeState::Committed => out.committed.push(volume.clone()),
                 VolumeState::Pending => out.pending.push(volume.clone()),
@@ -468,6 +503,7 @@ impl Sender {
                         .unreadable
                         .get(volume)
                         .cloned()
+                        .or_else(|| self.held_back.get(volume).map(|(r, _)| r.clone()))
                         .or_else(|| from_result.map(|r| r.reason.clone()))
                         .unwrap_or_default();
                     out.failed.push((volume.clone(), reason));
