@@ -1,7 +1,8 @@
 //! A framed connection over TCP for the tokio shells: a reader task that turns the byte
 //! stream into decoded messages (bounded channel, so a slow consumer slows the peer), and
-//! a writer that counts the bytes it puts on the wire. Nothing here knows replication
-//! beyond [`Message`]; a later protocol between sites reuses it with its own messages.
+//! a writer that counts the bytes it puts on the wire. Generic over the protocol's
+//! message type ([`Wire`]): replication uses it with its `Message`, a later protocol
+//! between sites with its own.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::frame::{self, FrameError};
-use super::message::{Message, MessageError};
+use super::session::{MessageError, Wire};
 
 /// How long a peer may stay silent before the session is given up. Generous: before it
 /// answers a manifest, a receiver may read back many chunks it already holds.
@@ -41,7 +42,7 @@ pub enum ConnError {
 }
 
 /// Read one message; [`ConnError::Closed`] at a clean end of stream between frames.
-pub async fn read_message(r: &mut (impl AsyncRead + Unpin)) -> Result<Message, ConnError> {
+pub async fn read_message<M: Wire>(r: &mut (impl AsyncRead + Unpin)) -> Result<M, ConnError> {
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -66,15 +67,15 @@ pub async fn read_message(r: &mut (impl AsyncRead + Unpin)) -> Result<Message, C
     }
     let kind = body[0];
     let payload = bytes::Bytes::from(body).slice(1..);
-    Ok(Message::decode(kind, payload)?)
+    Ok(M::decode(kind, payload)?)
 }
 
 /// The receiving side of a connection: decoded messages, or the error that ended them.
-pub type Incoming = mpsc::Receiver<Result<Message, ConnError>>;
+pub type Incoming<M> = mpsc::Receiver<Result<M, ConnError>>;
 
 /// Split `stream`: a task reads messages into a channel of `buffer` entries; the returned
 /// writer sends.
-pub fn split(stream: TcpStream, buffer: usize) -> (Incoming, Writer) {
+pub fn split<M: Wire>(stream: TcpStream, buffer: usize) -> (Incoming<M>, Writer) {
     let _ = stream.set_nodelay(true);
     let (mut read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(buffer.max(1));
@@ -109,7 +110,7 @@ pub struct Writer {
 
 impl Writer {
     /// Send one message.
-    pub async fn send(&mut self, message: &Message) -> Result<(), ConnError> {
+    pub async fn send(&mut self, message: &impl Wire) -> Result<(), ConnError> {
         self.buf.clear();
         message.encode_into(&mut self.buf);
         let mut off = 0;

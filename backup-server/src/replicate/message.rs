@@ -22,17 +22,18 @@
 //!                               missing chunks u64 | reason (u16 len + UTF-8))
 //! ```
 //!
-//! Hello and Error are the session layer (shared with any later protocol between two
-//! sites: its own `protocol` name, its own body); the rest is replication's.
+//! Hello and Error are the session layer ([`super::session`], shared with any later
+//! protocol between two sites: its own `protocol` name, its own body); the rest is
+//! replication's.
 
 use bytes::Bytes;
 
 use super::frame;
+use super::session::{self, put_text, Reader, Wire};
+pub use super::session::{Hello, MessageError, Role, MAX_REASON_BYTES};
 use crate::chunk::ChunkHash;
 use crate::name::VolumeName;
 
-/// Magic at the start of every Hello.
-pub const SESSION_MAGIC: [u8; 8] = *b"RHYDSESS";
 /// The replication protocol's name in Hello.
 pub const PROTOCOL: [u8; 8] = *b"RHYDREPL";
 /// The replication protocol version this code speaks.
@@ -41,37 +42,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const MAX_VOLUMES: usize = 65_536;
 /// Most hashes one Missing frame carries (32 bytes each: 4 MiB).
 pub const MAX_HASHES_PER_FRAME: usize = 131_072;
-/// Longest reason text.
-/// (A Result for the most volumes, each with the longest reason, still fits a frame.)
-pub const MAX_REASON_BYTES: usize = 512;
-
 const _: () = assert!(MAX_HASHES_PER_FRAME * 32 + 16 < frame::MAX_FRAME_BYTES);
 const _: () =
     assert!(MAX_VOLUMES * (1 + 128 + 1 + 4 + 8 + 2 + MAX_REASON_BYTES) < frame::MAX_FRAME_BYTES);
-
-/// Which end of a session a peer is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Sends its store's versions.
-    Sender = 1,
-    /// Receives them into its store.
-    Receiver = 2,
-}
-
-/// The session layer's greeting.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hello {
-    /// Which protocol runs in this session ([`PROTOCOL`] for replication).
-    pub protocol: [u8; 8],
-    /// Its version.
-    pub version: u16,
-    /// Which end the peer is.
-    pub role: Role,
-    /// The peer's store identity.
-    pub store_id: [u8; 16],
-    /// The protocol's own greeting (replication: the sender's volume names).
-    pub body: Bytes,
-}
 
 /// A volume's published versions at the receiver, each with the BLAKE3 of its index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,25 +146,6 @@ pub enum Message {
     Result(Vec<VolumeResult>),
 }
 
-/// Why a frame's payload is not a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MessageError {
-    /// The kind byte names no message.
-    #[error("unknown message kind {0:#04x}")]
-    UnknownKind(u8),
-    /// The payload ended before a field.
-    #[error("{0} message is truncated")]
-    Truncated(&'static str),
-    /// Bytes were left after the last field.
-    #[error("{0} message has {1} trailing bytes")]
-    Trailing(&'static str, usize),
-    /// A field holds a value the protocol does not allow.
-    #[error("{0} message: {1}")]
-    Invalid(&'static str, &'static str),
-}
-
-const HELLO: u8 = 0x01;
-const ERROR: u8 = 0x02;
 const WELCOME: u8 = 0x10;
 const MANIFEST: u8 = 0x11;
 const MANIFEST_END: u8 = 0x12;
@@ -202,6 +156,10 @@ const DONE: u8 = 0x16;
 const ACK: u8 = 0x17;
 const COMMITTED: u8 = 0x18;
 const RESULT: u8 = 0x19;
+// Replication's own kinds stay clear of the session layer's.
+const _: () = assert!(WELCOME >= session::FIRST_PROTOCOL_KIND);
+const _: () = assert!(session::HELLO < session::FIRST_PROTOCOL_KIND);
+const _: () = assert!(session::ERROR < session::FIRST_PROTOCOL_KIND);
 
 impl Message {
     /// The message's name (for errors and logs).
@@ -227,18 +185,12 @@ impl Message {
         let mut p = Vec::new();
         let kind = match self {
             Message::Hello(h) => {
-                p.extend_from_slice(&SESSION_MAGIC);
-                p.extend_from_slice(&h.protocol);
-                p.extend_from_slice(&h.version.to_le_bytes());
-                p.push(h.role as u8);
-                p.extend_from_slice(&h.store_id);
-                p.extend_from_slice(&(h.body.len() as u32).to_le_bytes());
-                p.extend_from_slice(&h.body);
-                HELLO
+                h.encode_payload(&mut p);
+                session::HELLO
             }
             Message::Error(reason) => {
                 put_text(&mut p, reason);
-                ERROR
+                session::ERROR
             }
             Message::Welcome(chains) => {
                 p.extend_from_slice(&(chains.len() as u32).to_le_bytes());
@@ -335,31 +287,10 @@ impl Message {
     /// Decode a frame's payload.
     pub fn decode(kind: u8, payload: Bytes) -> Result<Self, MessageError> {
         let name = kind_name(kind).ok_or(MessageError::UnknownKind(kind))?;
-        let mut r = Reader { buf: payload, name };
+        let mut r = Reader::new(payload, name);
         let message = match kind {
-            HELLO => {
-                if r.array::<8>()? != SESSION_MAGIC {
-                    return Err(MessageError::Invalid(name, "bad session magic"));
-                }
-                let protocol = r.array::<8>()?;
-                let version = r.u16()?;
-                let role = match r.u8()? {
-                    1 => Role::Sender,
-                    2 => Role::Receiver,
-                    _ => return Err(MessageError::Invalid(name, "unknown role")),
-                };
-                let store_id = r.array::<16>()?;
-                let len = r.u32()? as usize;
-                let body = r.bytes(len)?;
-                Message::Hello(Hello {
-                    protocol,
-                    version,
-                    role,
-                    store_id,
-                    body,
-                })
-            }
-            ERROR => Message::Error(r.text()?),
+            session::HELLO => Message::Hello(Hello::decode_payload(&mut r)?),
+            session::ERROR => Message::Error(r.text()?),
             WELCOME => {
                 let count = r.count(MAX_VOLUMES, 1 + 4)?;
                 let mut chains = Vec::with_capacity(count);
@@ -450,10 +381,20 @@ impl Message {
     }
 }
 
+impl Wire for Message {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        Message::encode_into(self, out);
+    }
+
+    fn decode(kind: u8, payload: Bytes) -> Result<Self, MessageError> {
+        Message::decode(kind, payload)
+    }
+}
+
 fn kind_name(kind: u8) -> Option<&'static str> {
     Some(match kind {
-        HELLO => "Hello",
-        ERROR => "Error",
+        session::HELLO => "Hello",
+        session::ERROR => "Error",
         WELCOME => "Welcome",
         MANIFEST => "Manifest",
         MANIFEST_END => "ManifestEnd",
@@ -472,93 +413,6 @@ fn put_name(p: &mut Vec<u8>, name: &VolumeName) {
     // Volume names are at most 128 bytes (checked when made).
     p.push(name.as_str().len() as u8);
     p.extend_from_slice(name.as_str().as_bytes());
-}
-
-fn put_text(p: &mut Vec<u8>, text: &str) {
-    let mut end = text.len().min(MAX_REASON_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    p.extend_from_slice(&(end as u16).to_le_bytes());
-    p.extend_from_slice(&text.as_bytes()[..end]);
-}
-
-/// A bounds-checked cursor over a payload.
-struct Reader {
-    buf: Bytes,
-    name: &'static str,
-}
-
-impl Reader {
-    fn bytes(&mut self, n: usize) -> Result<Bytes, MessageError> {
-        if n > self.buf.len() {
-            return Err(MessageError::Truncated(self.name));
-        }
-        Ok(self.buf.split_to(n))
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], MessageError> {
-        let b = self.bytes(N)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(&b);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, MessageError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, MessageError> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, MessageError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, MessageError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    /// A u32 element count, at most `max`, and small enough that `count * min_bytes`
-    /// fits in what is left: so no allocation exceeds what the payload justifies.
-    fn count(&mut self, max: usize, min_bytes: usize) -> Result<usize, MessageError> {
-        let n = self.u32()? as usize;
-        if n > max || n.saturating_mul(min_bytes) > self.buf.len() {
-            return Err(MessageError::Invalid(self.name, "count exceeds its bound"));
-        }
-        Ok(n)
-    }
-
-    fn name(&mut self) -> Result<VolumeName, MessageError> {
-        let n = self.u8()? as usize;
-        let raw = self.bytes(n)?;
-        std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| VolumeName::new(s).ok())
-            .ok_or(MessageError::Invalid(self.name, "invalid volume name"))
-    }
-
-    fn text(&mut self) -> Result<String, MessageError> {
-        let n = self.u16()? as usize;
-        if n > MAX_REASON_BYTES {
-            return Err(MessageError::Invalid(self.name, "text too long"));
-        }
-        let raw = self.bytes(n)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| MessageError::Invalid(self.name, "not UTF-8"))
-    }
-
-    fn rest(&mut self) -> Bytes {
-        std::mem::take(&mut self.buf)
-    }
-
-    fn finish(&self) -> Result<(), MessageError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(MessageError::Trailing(self.name, self.buf.len()))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,13 +8,14 @@
 //! After a failure, volumes whose data arrived are committed; the others stay at their
 //! previous version, and the next run resumes with only what is missing.
 //!
-//! - [`frame`], [`message`]: the wire (length-prefixed bounded frames; the session layer
-//!   Hello/Error, shared with any later protocol between sites; replication's messages).
+//! - [`frame`], [`session`], [`conn`]: the framing, the session layer (Hello/Error, the
+//!   [`session::Wire`] trait) and the tokio connection, shared with any later protocol
+//!   between two sites; [`message`]: replication's messages on them.
 //! - [`manifest`], [`decide`]: what is to be replicated, and which versions may be
 //!   published now (a pure function).
 //! - [`receiver`], [`sender`]: the two ends, sans-IO (events in, actions out).
 //! - [`record`], [`session_dir`]: the receiver's durable session record.
-//! - [`conn`], [`receive`], [`send`]: the tokio shells that perform the actions.
+//! - [`receive`], [`send`]: the tokio shells that perform the actions.
 //! - [`cli`], [`status`]: the `replicate`, `replicate status` and `receive` commands.
 
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod receiver;
 pub mod record;
 pub mod send;
 pub mod sender;
+pub mod session;
 pub mod session_dir;
 pub mod status;
 
