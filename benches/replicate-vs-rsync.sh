@@ -130,8 +130,9 @@ theirs() { rsync -a "${@:2}" "$SRC/" "rsync://127.0.0.1:$1/dst/" && sync -f "$WO
 step() {
     local name=$1 t0 t1 t2 t3 n
     rm -rf "$WORK/ours.before" "$WORK/theirs.before" "$WORK/theirs.fsync"
-    cp -a "$WORK/ours" "$WORK/ours.before"; cp -a "$WORK/theirs" "$WORK/theirs.before"
-    cp -a "$WORK/theirs" "$WORK/theirs.fsync"
+    # Hard links: neither tool changes a file in place (both write new files and rename).
+    cp -al "$WORK/ours" "$WORK/ours.before"; cp -al "$WORK/theirs" "$WORK/theirs.before"
+    cp -al "$WORK/theirs" "$WORK/theirs.fsync"
     sync
     t0=$(now); ours "$PORT" >"$WORK/out" ; t1=$(now)
     theirs "$RPORT"; t2=$(now)
@@ -198,7 +199,7 @@ for _ in 1 2; do
     restic backup -q -r "$RA" "$WORK/img-r"
 done
 before=$(du -sb "$RB/data" | cut -f1)
-cp -a "$RB" "$WORK/restic-clean"
+cp -al "$RB" "$WORK/restic-clean"
 # What a clean copy of the two new versions writes, then the same copy killed half-way.
 restic copy -q -r "$WORK/restic-clean" --from-repo "$RA" --from-password-file <(echo bench)
 clean=$(( $(du -sb "$WORK/restic-clean/data" | cut -f1) - before ))
