@@ -32,7 +32,7 @@ use crate::source::{fetch, Fetched, Source, SourceError};
 const TICK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What a finished restore did.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Outcome {
     /// Hydrator counters at the end.
     pub progress: Progress,
@@ -241,6 +241,10 @@ impl<S: Source> Shell<S> {
                 });
                 // Every hydrate of this fetch has been written (or dropped) by now.
                 self.payloads.remove(&id);
+            }
+            Err(e @ SourceError::Changed { .. }) => {
+                // Never continue against another source than the one pinned.
+                self.failure.get_or_insert(ServiceError::Source(e));
             }
             Err(e) => {
                 tracing::debug!(%e, id, "restore: fetch failed");

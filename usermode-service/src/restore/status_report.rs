@@ -26,7 +26,7 @@ impl StatusReport {
     /// Starts reporting a restore of `source` into `target` to `status_file` (or the
     /// default location).
     pub fn new(status_file: Option<&Path>, source: &str, target: &Path) -> StatusReport {
-        let file = match StatusFile::create(status_file) {
+        let file = match StatusFile::for_target(status_file, target) {
             Ok(file) => {
                 tracing::debug!(path = %file.path().display(), "restore: status file");
                 Some(file)

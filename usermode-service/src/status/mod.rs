@@ -6,17 +6,20 @@
 //! old one, so a reader sees the previous snapshot or the next one, never half of one.
 //! The file is one JSON object ([`StatusSnapshot`], `format` = [`STATUS_FORMAT`]).
 //!
-//! Where it lives ([`status_path`]): `--status-file PATH` if given, else
-//! `$XDG_RUNTIME_DIR/rehydrate/status.json`, else `/tmp/rehydrate-$UID/status.json`; the
-//! directory is created private (0700). Two restores with the default path overwrite
-//! each other's status; give each its own `--status-file`.
+//! Where it lives: `--status-file PATH` if given, else in `$XDG_RUNTIME_DIR/rehydrate/`,
+//! else `/tmp/rehydrate-$UID/`, a directory created private (0700): `restore-HASH.json`
+//! for a restore (one per target, [`target_status_path`], so two restores never share
+//! one), `status.json` for the demo. `rehydrate status` shows every file there.
 
 mod file;
 mod view;
 
 use std::path::PathBuf;
 
-pub use file::{read_status, status_path, StatusFile, STATUS_FILE_MAX_BYTES};
+pub use file::{
+    default_status_files, read_status, status_path, target_status_path, StatusFile,
+    STATUS_FILE_MAX_BYTES,
+};
 pub use view::{process_alive, render_human, render_json, StatusArgs};
 
 /// The version of the file's layout. A reader refuses another version rather than
