@@ -159,6 +159,14 @@ pub enum ServiceError {
         /// Which operation.
         what: &'static str,
     },
+    /// The live export's address cannot be listened on.
+    #[error("cannot serve the live export on {addr}: {source}")]
+    ExportListen {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),

@@ -4,16 +4,18 @@
 //! only after its data is written, durably only after `fdatasync` and a metadata commit,
 //! so a killed restore resumes where its last commit left it.
 
+pub mod live;
 mod lock;
 mod meta_file;
 mod padded;
 mod paths;
 pub mod pin;
 mod report;
-mod shell;
+pub(crate) mod shell;
 mod status_report;
 mod target;
 mod target_id;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,6 +85,17 @@ pub struct RestoreArgs {
     /// the rest left as it is): normal for a block device.
     #[arg(long)]
     pub force: bool,
+    /// Serve the volume read-write over NBD on this address while it restores (and
+    /// after, until SIGINT or SIGTERM): e.g. 127.0.0.1:10810.
+    #[arg(long, value_name = "ADDR")]
+    pub export: Option<String>,
+    /// The live export's name [default: the source's export name].
+    #[arg(long, value_name = "NAME", requires = "export")]
+    pub export_name: Option<String>,
+    /// Draw restored bytes, on-demand misses and source outages over time into this
+    /// SVG file when the restore ends.
+    #[arg(long, value_name = "PATH.svg")]
+    pub timeline: Option<PathBuf>,
     /// Where to keep the snapshot `rehydrate status` reads, rewritten twice a second
     /// [default: one file per target in $XDG_RUNTIME_DIR/rehydrate/, else
     /// /tmp/rehydrate-$UID/]
@@ -142,7 +155,8 @@ async fn restore(args: &RestoreArgs) -> Result<Summary, ServiceError> {
     let mut status = StatusReport::new(args.status_file.as_deref(), &args.source, &args.target);
     let result = restore_with(args, &mut status).await;
     match &result {
-        Ok(_) => status.complete(),
+        Ok(summary) if summary.complete => status.complete(),
+        Ok(_) => status.stopped(),
         Err(e) => status.failed(e),
     }
     result
@@ -159,6 +173,10 @@ async fn restore_with(
     let deadline = Duration::from_secs(args.deadline.max(1));
     let meta_path = args.metadata_path();
     paths::check_distinct(&args.target, &meta_path)?;
+    let listener = match &args.export {
+        Some(addr) => Some(live::serve::bind(addr).await?),
+        None => None,
+    };
 
     // What exists already, locked and read, before anything is written or fetched.
     let existing = Target::open_existing(&args.target)?;
@@ -259,9 +277,45 @@ async fn restore_with(
         restored = map.restored_count(),
         "restore: starting"
     );
-    let source = PaddedSource::new(source, volume_bytes);
-    let shell = shell::Shell::new(target, store, meta, map, config, Arc::new(source))?;
-    let outcome = shell.run(started, status).await?;
+    let title = format!("rehydrate restore of {}", pin::describe(&binding.source));
+    let source = Arc::new(PaddedSource::new(source, volume_bytes));
+    let target = Arc::new(target);
+    let live = listener.map(|listener| {
+        let shared = Arc::new(live::Shared {
+            passthrough: false.into(),
+            stopping: false.into(),
+            clients: 0.into(),
+            size_bytes: size,
+            target: Arc::clone(&target),
+            map: Arc::clone(&map),
+        });
+        let name = args
+            .export_name
+            .clone()
+            .unwrap_or_else(|| match url.export.split('@').next() {
+                Some(name) if !name.is_empty() => name.to_owned(),
+                _ => "rehydrate".to_owned(),
+            });
+        let description = format!(
+            "rehydrate live restore of {} into {}",
+            pin::describe(&binding.source),
+            args.target.display()
+        );
+        live::serve::start(listener, name, description, shared, Arc::clone(&source))
+    });
+    let shell = shell::Shell::new(
+        target,
+        store,
+        meta,
+        map,
+        config,
+        source,
+        live,
+        args.timeline.is_some(),
+    )?;
+    let outcome = shell
+        .run(started, status, args.timeline.as_deref(), &title)
+        .await?;
     Ok(Summary::new(size, started.elapsed(), outcome))
 }
 

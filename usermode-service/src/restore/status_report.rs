@@ -76,6 +76,13 @@ impl StatusReport {
         self.write();
     }
 
+    /// A live export was stopped before every region was restored.
+    pub fn stopped(&mut self) {
+        self.snapshot.phase = Phase::Stopped;
+        self.snapshot.eta_secs = None;
+        self.write();
+    }
+
     /// The restore stopped with `error`.
     pub fn failed(&mut self, error: &dyn std::fmt::Display) {
         self.snapshot.phase = Phase::Failed;

@@ -31,6 +31,9 @@ pub struct Target {
     pub created: bool,
 }
 
+/// Most extents one [`Target::allocation`] call reports.
+pub const ALLOCATION_STEPS_MAX: usize = 4096;
+
 /// Largest zero buffer written at once where holes cannot be punched.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
@@ -182,6 +185,43 @@ impl Target {
         Ok(())
     }
 
+    /// Allocation of `[start, end)` as the file system reports it (`SEEK_DATA` and
+    /// `SEEK_HOLE`): holes read as zeros. A block device is all data. At most
+    /// [`ALLOCATION_STEPS_MAX`] extents; the rest is reported as data (always true).
+    pub fn allocation(&self, start: u64, end: u64) -> std::io::Result<Vec<rehydrate_nbd::Extent>> {
+        use rehydrate_nbd::Extent;
+        use rustix::fs::SeekFrom;
+        let end = end.min(self.end_bytes);
+        if !self.regular || start >= end {
+            return Ok(vec![Extent::data(end.saturating_sub(start))]);
+        }
+        let mut out = Vec::new();
+        let mut at = start;
+        for _ in 0..ALLOCATION_STEPS_MAX {
+            if at >= end {
+                return Ok(out);
+            }
+            // ENXIO: no data at or after `at`.
+            let data = match rustix::fs::seek(&self.file, SeekFrom::Data(at)) {
+                Ok(d) => d.min(end),
+                Err(rustix::io::Errno::NXIO) => end,
+                Err(e) => return Err(e.into()),
+            };
+            if data > at {
+                out.push(Extent::hole(data - at));
+                at = data;
+                continue;
+            }
+            let hole = rustix::fs::seek(&self.file, SeekFrom::Hole(at))?.min(end);
+            out.push(Extent::data(hole.max(at + 1) - at));
+            at = hole.max(at + 1);
+        }
+        if at < end {
+            out.push(Extent::data(end - at));
+        }
+        Ok(out)
+    }
+
     /// Makes written data durable.
     pub fn flush(&self) -> std::io::Result<()> {
         self.file.sync_data()
@@ -233,6 +273,24 @@ mod tests {
             Target::open_existing(dir.path()),
             Err(ServiceError::TargetKind(_))
         ));
+    }
+
+    #[test]
+    fn allocation_reports_holes_as_zero() {
+        use rehydrate_nbd::Extent;
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Target::create(&dir.path().join("t"), 1 << 20).unwrap();
+        t.fit(1 << 20, false).unwrap();
+        t.write_at(256 << 10, &[1; 4096]).unwrap();
+        let map = t.allocation(0, 1 << 20).unwrap();
+        assert_eq!(map.iter().map(|e| e.length_bytes).sum::<u64>(), 1 << 20);
+        // Where the file system keeps holes, the written block is data between holes.
+        if map.len() > 1 {
+            assert!(map[0].hole && map[0].zero);
+            assert!(map.iter().any(|e| !e.hole));
+        } else {
+            assert_eq!(map, vec![Extent::data(1 << 20)]);
+        }
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub fn render_human(s: &StatusSnapshot, alive: bool, now_ms: u64) -> String {
         (Phase::Restoring, true) => format!("restoring (pid {})", s.pid),
         (Phase::Restoring, false) => format!("not running (last update {age} ago)"),
         (Phase::Complete, _) => format!("complete (finished {age} ago)"),
+        (Phase::Stopped, _) => format!("stopped ({age} ago); run the same command to resume"),
         (Phase::Failed, _) => format!(
             "failed ({age} ago): {}",
             s.error.as_deref().unwrap_or("no reason recorded")
@@ -133,6 +134,18 @@ pub fn render_human(s: &StatusSnapshot, alive: bool, now_ms: u64) -> String {
         ("rate", rate(s.rate_bytes_per_sec)),
         ("eta", eta),
         ("held requests", s.held_requests.to_string()),
+        (
+            "clients",
+            s.clients
+                .map_or("-".into(), |c| format!("{c} connected to the live export")),
+        ),
+        (
+            "miss latency",
+            match (s.miss_latency_ms_p50, s.miss_latency_ms_p99) {
+                (Some(p50), Some(p99)) => format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+                _ => "-".into(),
+            },
+        ),
         ("misses served", s.misses_served.to_string()),
         (
             "failures",
