@@ -19,9 +19,12 @@
 //!   noting `Hold`, and answering `Complete`.
 //! - [`extents`] answers block status for the volume as the client sees it.
 //!
-//! Requests are 512-byte aligned (advertised as the minimum block size, so qemu and
-//! libnbd align for us); only the last request of an export whose size is not a whole
-//! number of sectors may end unaligned, at the end.
+//! The engine works in whole 512-byte sectors. Clients may send any offset and length
+//! (`nbdfuse` passes on what FUSE gets, and `fuse2fs` writes single superblock fields):
+//! an unaligned read reads the sectors around it; an unaligned write or write-zeroes is
+//! cut into its aligned middle and at most two partial sectors, each written by
+//! read-modify-write under one lock, so two unaligned writes to different bytes of one
+//! sector never lose each other. An unaligned trim trims only its whole sectors.
 
 pub mod extents;
 pub mod front;
@@ -71,6 +74,8 @@ pub struct LiveExport<S> {
     source: Arc<S>,
     requests: mpsc::UnboundedSender<Request>,
     description: String,
+    /// Serialises the read-modify-write of partial sectors.
+    rmw: tokio::sync::Mutex<()>,
 }
 
 impl<S: Source> LiveExport<S> {
@@ -88,30 +93,122 @@ impl<S: Source> LiveExport<S> {
             source,
             requests,
             description,
+            rmw: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Checks alignment: offsets and lengths in whole sectors, but a request may end
-    /// unaligned exactly at the end of an export of odd size.
+    /// Whether `offset` is a sector boundary for the engine (the export's end counts:
+    /// the engine pads an odd last sector).
+    fn boundary(&self, offset: u64) -> bool {
+        offset % SECTOR_SIZE_BYTES == 0 || offset == self.shared.size_bytes
+    }
+
+    /// The sector holding byte `offset`, clipped at the export's end.
+    fn sector_of(&self, offset: u64) -> (u64, u64) {
+        let start = offset / SECTOR_SIZE_BYTES * SECTOR_SIZE_BYTES;
+        (start, SECTOR_SIZE_BYTES.min(self.shared.size_bytes - start))
+    }
+
+    /// Reads any range: the whole sectors around it, sliced.
+    async fn read_any(&self, offset: u64, len: u64) -> Result<Bytes, ExportError> {
+        self.check(offset, len)?;
+        if len == 0 || (self.boundary(offset) && self.boundary(offset + len)) {
+            return self.submit(io::Op::Read { offset, len }).await;
+        }
+        let start = self.sector_of(offset).0;
+        let (last, last_len) = self.sector_of(offset + len - 1);
+        let data = self
+            .submit(io::Op::Read {
+                offset: start,
+                len: last + last_len - start,
+            })
+            .await?;
+        let at = (offset - start) as usize;
+        Ok(data.slice(at..at + len as usize))
+    }
+
+    /// Writes `data` (or zeros) over any range: the aligned middle as it is, a partial
+    /// first or last sector by read-modify-write.
+    async fn write_any(
+        &self,
+        offset: u64,
+        len: u64,
+        data: Option<Bytes>,
+        fua: bool,
+    ) -> Result<(), ExportError> {
+        self.check(offset, len)?;
+        let end = offset + len;
+        let bytes = |from: u64, to: u64| match &data {
+            Some(d) => d.slice((from - offset) as usize..(to - offset) as usize),
+            None => Bytes::from(vec![0u8; (to - from) as usize]),
+        };
+        let whole = |from: u64, to: u64| match &data {
+            Some(_) => io::Op::Write {
+                offset: from,
+                data: bytes(from, to),
+                fua,
+            },
+            None => io::Op::Zeroes {
+                offset: from,
+                len: to - from,
+                fua,
+            },
+        };
+        if len == 0 || (self.boundary(offset) && self.boundary(end)) {
+            return self.submit(whole(offset, end)).await.map(drop);
+        }
+        // The aligned middle, if any, and the partial sectors at either end.
+        let middle_start = offset.div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES;
+        let tail_sector = end / SECTOR_SIZE_BYTES * SECTOR_SIZE_BYTES;
+        let middle_end = if self.boundary(end) { end } else { tail_sector };
+        let mut partial = Vec::new();
+        if !self.boundary(offset) {
+            partial.push((offset, end.min(middle_start)));
+        }
+        if !self.boundary(end) && tail_sector >= middle_start {
+            partial.push((tail_sector, end));
+        }
+        if middle_start < middle_end {
+            self.submit(whole(middle_start, middle_end)).await?;
+        }
+        let _serial = self.rmw.lock().await;
+        for (from, to) in partial {
+            let (sector, sector_len) = self.sector_of(from);
+            let old = self
+                .submit(io::Op::Read {
+                    offset: sector,
+                    len: sector_len,
+                })
+                .await?;
+            let mut new = old.to_vec();
+            let at = (from - sector) as usize;
+            new[at..at + (to - from) as usize].copy_from_slice(&bytes(from, to));
+            self.submit(io::Op::Write {
+                offset: sector,
+                data: Bytes::from(new),
+                fua,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Checks the range lies inside the export.
     fn check(&self, offset: u64, len: u64) -> Result<(), ExportError> {
         let end = offset.checked_add(len).ok_or(ExportError::OutOfRange)?;
         if end > self.shared.size_bytes {
             return Err(ExportError::OutOfRange);
         }
-        let aligned = offset % SECTOR_SIZE_BYTES == 0
-            && (len % SECTOR_SIZE_BYTES == 0 || end == self.shared.size_bytes);
-        if !aligned {
-            return Err(ExportError::Misaligned(SECTOR_SIZE_BYTES as u32));
-        }
         Ok(())
     }
 
-    /// Runs `op`: straight on the target when the engine is a pass-through, else
-    /// through the shell and the engine.
+    /// Runs a sector-aligned `op`: straight on the target when the engine is a
+    /// pass-through, else through the shell and the engine.
     fn submit(&self, op: io::Op) -> BoxFuture<'_, Result<Bytes, ExportError>> {
         Box::pin(async move {
             if let Some((offset, len)) = op.range() {
                 self.check(offset, len)?;
+                debug_assert!(self.boundary(offset) && self.boundary(offset + len));
             }
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Err(ExportError::ShuttingDown);
@@ -152,20 +249,15 @@ impl<S: Source> Export for LiveExport<S> {
         self.description.clone()
     }
 
-    fn min_block_bytes(&self) -> u32 {
-        SECTOR_SIZE_BYTES as u32
-    }
-
     fn read(&self, offset: u64, length: u32) -> BoxFuture<'_, Result<Bytes, ExportError>> {
-        self.submit(io::Op::Read {
-            offset,
-            len: u64::from(length),
-        })
+        Box::pin(self.read_any(offset, u64::from(length)))
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, Result<(), ExportError>> {
-        let done = self.submit(io::Op::Write { offset, data, fua });
-        Box::pin(async move { done.await.map(drop) })
+        Box::pin(async move {
+            self.write_any(offset, data.len() as u64, Some(data), fua)
+                .await
+        })
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), ExportError>> {
@@ -174,11 +266,28 @@ impl<S: Source> Export for LiveExport<S> {
     }
 
     fn trim(&self, offset: u64, length: u32) -> BoxFuture<'_, Result<(), ExportError>> {
-        let done = self.submit(io::Op::Trim {
-            offset,
-            len: u64::from(length),
-        });
-        Box::pin(async move { done.await.map(drop) })
+        Box::pin(async move {
+            let end = offset
+                .checked_add(u64::from(length))
+                .ok_or(ExportError::OutOfRange)?;
+            self.check(offset, u64::from(length))?;
+            // A trim is a hint: only its whole sectors are trimmed.
+            let start = offset.div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES;
+            let stop = if end == self.shared.size_bytes {
+                end
+            } else {
+                end / SECTOR_SIZE_BYTES * SECTOR_SIZE_BYTES
+            };
+            if start >= stop {
+                return Ok(());
+            }
+            self.submit(io::Op::Trim {
+                offset: start,
+                len: stop - start,
+            })
+            .await
+            .map(drop)
+        })
     }
 
     fn write_zeroes(
@@ -187,12 +296,7 @@ impl<S: Source> Export for LiveExport<S> {
         length: u32,
         fua: bool,
     ) -> BoxFuture<'_, Result<(), ExportError>> {
-        let done = self.submit(io::Op::Zeroes {
-            offset,
-            len: u64::from(length),
-            fua,
-        });
-        Box::pin(async move { done.await.map(drop) })
+        Box::pin(async move { self.write_any(offset, u64::from(length), None, fua).await })
     }
 
     fn block_status(
