@@ -21,6 +21,13 @@ fn url(port: u16, export: &str) -> String {
     format!("nbd://127.0.0.1:{port}/{export}")
 }
 
+/// `DIR/a.img` (random, a zero quarter) backed up as `sys` into `DIR/store`, served.
+fn served_image(dir: &Path) -> (Vec<u8>, Proc) {
+    let data = make_image(&dir.join("a.img"), IMAGE_BYTES);
+    backup(&dir.join("a.img"), &dir.join("store"), "sys");
+    (data, serve(&dir.join("store")))
+}
+
 /// A restore of `export` at `port` into `target`, killed once it committed progress.
 fn start_and_kill(port: u16, export: &str, target: &Path, status: &Path) {
     let child = spawn_restore(
@@ -88,14 +95,8 @@ fn item1_a_server_restarted_mid_restore_with_a_new_version_does_not_change_what_
 #[test]
 fn item1_another_server_with_a_volume_of_the_same_name_and_size_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, target, status) = (
-        dir.path().join("store"),
-        dir.path().join("t"),
-        dir.path().join("st"),
-    );
-    make_image(&dir.path().join("a.img"), IMAGE_BYTES);
-    backup(&dir.path().join("a.img"), &store, "sys");
-    let server = serve(&store);
+    let (target, status) = (dir.path().join("t"), dir.path().join("st"));
+    let (_, server) = served_image(dir.path());
     start_and_kill(server.port, "sys", &target, &status);
     drop(server);
 
@@ -167,10 +168,7 @@ fn item1_a_foreign_server_is_pinned_by_address_size_and_sampled_blocks() {
 #[test]
 fn item2_the_metadata_can_be_neither_the_target_nor_another_restores() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    make_image(&dir.path().join("a.img"), IMAGE_BYTES);
-    backup(&dir.path().join("a.img"), &store, "sys");
-    let server = serve(&store);
+    let (_, server) = served_image(dir.path());
     let u = url(server.port, "sys");
 
     let x = dir.path().join("x");
@@ -205,14 +203,8 @@ fn item2_the_metadata_can_be_neither_the_target_nor_another_restores() {
 #[test]
 fn item3_a_second_restore_of_one_target_is_refused_naming_the_first_pid() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, target, status) = (
-        dir.path().join("store"),
-        dir.path().join("t"),
-        dir.path().join("st"),
-    );
-    make_image(&dir.path().join("a.img"), IMAGE_BYTES);
-    backup(&dir.path().join("a.img"), &store, "sys");
-    let server = serve(&store);
+    let (target, status) = (dir.path().join("t"), dir.path().join("st"));
+    let (_, server) = served_image(dir.path());
     let mut first = spawn_restore(
         &url(server.port, "sys"),
         &target,
@@ -266,10 +258,7 @@ fn item4_any_size_the_backup_accepted_restores_to_the_exact_size() {
 #[test]
 fn item5_a_target_larger_than_the_source_needs_force() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let a = make_image(&dir.path().join("a.img"), IMAGE_BYTES);
-    backup(&dir.path().join("a.img"), &store, "sys");
-    let server = serve(&store);
+    let (a, server) = served_image(dir.path());
     let target = dir.path().join("big");
     std::fs::write(&target, vec![9u8; IMAGE_BYTES + MIB as usize]).unwrap();
     let line = one_line_error(&restore(&url(server.port, "sys"), &target, &[]));
@@ -290,14 +279,8 @@ fn item5_a_target_larger_than_the_source_needs_force() {
 #[test]
 fn item9_metadata_of_another_or_a_recreated_target_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, t1, status) = (
-        dir.path().join("store"),
-        dir.path().join("t1"),
-        dir.path().join("st"),
-    );
-    make_image(&dir.path().join("a.img"), IMAGE_BYTES);
-    backup(&dir.path().join("a.img"), &store, "sys");
-    let server = serve(&store);
+    let (t1, status) = (dir.path().join("t1"), dir.path().join("st"));
+    let (_, server) = served_image(dir.path());
     start_and_kill(server.port, "sys", &t1, &status);
     let m1 = dir.path().join("t1.rehydrate-meta");
 
@@ -415,14 +398,8 @@ fn item14_a_region_size_out_of_range_is_echoed_as_given() {
 #[test]
 fn item14_a_source_outage_prints_one_line_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, target, status) = (
-        dir.path().join("store"),
-        dir.path().join("t"),
-        dir.path().join("st"),
-    );
-    make_image(&dir.path().join("a.img"), IMAGE_BYTES);
-    backup(&dir.path().join("a.img"), &store, "sys");
-    let server = serve(&store);
+    let (target, status) = (dir.path().join("t"), dir.path().join("st"));
+    let (_, server) = served_image(dir.path());
     let mut child = spawn_restore(
         &url(server.port, "sys"),
         &target,

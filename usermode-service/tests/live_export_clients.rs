@@ -132,6 +132,16 @@ fn tool(program: &str, package: &str, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// `qemu-io -f raw -c CMD... URL`.
+fn qemu_io(url: &str, commands: &[&str]) -> String {
+    let mut args = vec!["-f", "raw"];
+    for c in commands {
+        args.extend(["-c", c]);
+    }
+    args.push(url);
+    tool("qemu-io", "qemu-utils", &args)
+}
+
 /// Writes of patterns at unaligned offsets and sizes (qemu aligns them to the 512-byte
 /// minimum block itself), each also applied to `reference`.
 const WRITES: [(u64, u64, u8); 6] = [
@@ -150,11 +160,7 @@ fn qemu_io_unaligned_writes_mid_restore_read_back_and_the_final_target_matches()
     for (offset, len, pattern) in WRITES {
         let w = format!("write -P {pattern} {offset} {len}");
         let r = format!("read -P {pattern} {offset} {len}");
-        tool(
-            "qemu-io",
-            "qemu-utils",
-            &["-f", "raw", "-c", &w, "-c", "flush", "-c", &r, &live.url()],
-        );
+        qemu_io(&live.url(), &[&w, "flush", &r]);
         reference[offset as usize..(offset + len) as usize].fill(pattern);
     }
     assert!(live.restoring(), "the writes overlapped the restore");
@@ -269,32 +275,13 @@ fn kill_9_while_clients_write_and_flush_then_resume_keeps_every_flushed_write() 
         .map(|i| (i * 7 * MIB + 4096 * i, 64 * 1024, 0x10 + i as u8))
         .collect();
     for &(offset, len, p) in &flushed {
-        tool(
-            "qemu-io",
-            "qemu-utils",
-            &[
-                "-f",
-                "raw",
-                "-c",
-                &format!("write -P {p} {offset} {len}"),
-                "-c",
-                "flush",
-                &live.url(),
-            ],
+        qemu_io(
+            &live.url(),
+            &[&format!("write -P {p} {offset} {len}"), "flush"],
         );
     }
     // A write left unflushed when the kill comes: it may or may not survive.
-    tool(
-        "qemu-io",
-        "qemu-utils",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            &format!("write -P 0x77 {} 4096", 50 * MIB),
-            &live.url(),
-        ],
-    );
+    qemu_io(&live.url(), &[&format!("write -P 0x77 {} 4096", 50 * MIB)]);
     std::thread::sleep(Duration::from_millis(1500));
     let restored_before = live.status()["bytes_restored"].as_u64().unwrap();
     let mut child = live.child.take().unwrap();
@@ -405,16 +392,9 @@ fn status_shows_clients_held_reads_and_miss_latency() {
     let live = Live::start("1MiB");
     // Reads far ahead of the sweep are misses.
     for i in 0..8u64 {
-        tool(
-            "qemu-io",
-            "qemu-utils",
-            &[
-                "-f",
-                "raw",
-                "-c",
-                &format!("read {} 4k", 60 * MIB - i * 1000 * 4096),
-                &live.url(),
-            ],
+        qemu_io(
+            &live.url(),
+            &[&format!("read {} 4k", 60 * MIB - i * 1000 * 4096)],
         );
     }
     std::thread::sleep(Duration::from_millis(700));
