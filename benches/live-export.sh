@@ -19,12 +19,12 @@ port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));pri
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "no listener on $1" >&2; exit 1; }
 ms_now() { date +%s%N | awk '{printf "%d", $1/1000000}'; }
 
-SRC=$(port); $R serve --store store --listen 127.0.0.1:$SRC 2>/dev/null & SERVE=$!
 image() { # NAME GIB: DATA_MIB of random data at the start, the rest sparse
     head -c $((DATA << 20)) /dev/urandom > $1.img; truncate -s $2G $1.img
     $R backup $1.img --store store --volume $1 >/dev/null
 }
 image small $SMALL; image large $LARGE
+SRC=$(port); $R serve --store store --listen 127.0.0.1:$SRC 2>/dev/null & SERVE=$!
 wait_port $SRC
 
 first_read() { # VOLUME
