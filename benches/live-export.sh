@@ -17,7 +17,7 @@ R=$PWD/target/release/rehydrate
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT; cd "$W"
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "no listener on $1" >&2; exit 1; }
-ms_now() { date +%s%N | awk '{printf "%d", $1/1000000}'; }
+ms_now() { echo $(( $(date +%s%N) / 1000000 )); }
 
 image() { # NAME GIB: DATA_MIB of random data at the start, the rest sparse
     head -c $((DATA << 20)) /dev/urandom > $1.img; truncate -s $2G $1.img
@@ -39,8 +39,8 @@ first_read small $SMALL; first_read large $LARGE
 
 fio_lat() { # URL RATE: p50 and p99 completion latency of random 4 KiB reads, in us
     fio --name=miss --ioengine=nbd --uri="$1" --rw=randread --bs=4k --iodepth=1 \
-        --size=$((DATA))m --time_based --runtime=$SECS --output-format=json 2>/dev/null |
-        python3 -c 'import json,sys;j=json.load(sys.stdin)["jobs"][0]["read"]["clat_ns"]["percentile"];print("p50_us=%.0f p99_us=%.0f"%(j["50.000000"]/1e3,j["99.000000"]/1e3))'
+        --size=$((DATA))m --time_based --runtime=$SECS --output-format=json --output=fio.json >/dev/null 2>&1
+    python3 -c 'import json,sys;j=json.load(sys.stdin)["jobs"][0]["read"]["clat_ns"]["percentile"];print("p50_us=%.0f p99_us=%.0f"%(j["50.000000"]/1e3,j["99.000000"]/1e3))' < fio.json
 }
 miss_latency() { # LABEL RATE
     local exp; exp=$(port); rm -f t-m.img t-m.img.rehydrate-meta
@@ -56,8 +56,8 @@ throughput() { # LABEL URL
     for rw in read write randread randwrite; do
         local bs=1m; case $rw in rand*) bs=4k;; esac
         fio --name=t --ioengine=nbd --uri="$2" --rw=$rw --bs=$bs --iodepth=16 --size=$((DATA))m \
-            --time_based --runtime=$SECS --output-format=json 2>/dev/null |
-            python3 -c "import json,sys;j=json.load(sys.stdin)['jobs'][0];d=j['read'] if 'read' in '$rw' else j['write'];print('$1 $rw bs=$bs: %.1f MiB/s'%(d['bw_bytes']/2**20))"
+            --time_based --runtime=$SECS --output-format=json --output=fio.json >/dev/null 2>&1
+        python3 -c "import json,sys;j=json.load(sys.stdin)['jobs'][0];d=j['read'] if 'read' in '$rw' else j['write'];print('$1 $rw bs=$bs: %.1f MiB/s'%(d['bw_bytes']/2**20))" < fio.json
     done
 }
 exp=$(port); rm -f t-s.img t-s.img.rehydrate-meta
