@@ -66,7 +66,7 @@ until $R status --status-file st.json --json 2>/dev/null | grep -q '"bytes_resto
 sleep 1.5   # the last commit and the switch to pass-through
 throughput "live export" nbd://127.0.0.1:$exp/small
 kill -TERM $pid; wait $pid || true
-q=$(port); qemu-nbd -f raw -b 127.0.0.1 -p $q -x small --shared=8 --cache=writeback t-s.img & QEMU=$!
+q=$(port); qemu-nbd --persistent -f raw -b 127.0.0.1 -p $q -x small --shared=8 --cache=writeback t-s.img & QEMU=$!
 wait_port $q
 throughput "qemu-nbd" nbd://127.0.0.1:$q/small
 kill $QEMU $SERVE
