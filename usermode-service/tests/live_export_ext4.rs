@@ -21,6 +21,17 @@ fn sh(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{program}: {e}"))
 }
 
+/// Unmounts what a failing check would leave mounted (lazily: it may be busy).
+struct Unmount(Vec<(&'static str, std::path::PathBuf)>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for (tool, path) in &self.0 {
+            let _ = Command::new(tool).args(["-u", "-z"]).arg(path).output();
+        }
+    }
+}
+
 fn wait_for(path: &Path, what: &str) -> bool {
     let start = Instant::now();
     while !path.exists() {
@@ -72,23 +83,31 @@ fn ext4_on_the_live_volume_through_nbdfuse_and_fuse2fs() {
     let server = serve(&dir.path().join("store"));
     let export_port = free_port();
     let target = dir.path().join("target.img");
-    let mut restore = spawn_restore(
-        &format!("nbd://127.0.0.1:{}/fs", server.port),
-        &target,
-        &[
-            "--export",
-            &format!("127.0.0.1:{export_port}"),
-            "--rate-limit",
-            "2MiB",
-            "--status-file",
-            s(&dir.path().join("status.json")),
-        ],
-    );
-    wait_listening(export_port, &mut restore);
+    // Killed on drop, so a failing check leaves no restore running.
+    let mut restore = Proc {
+        child: spawn_restore(
+            &format!("nbd://127.0.0.1:{}/fs", server.port),
+            &target,
+            &[
+                "--export",
+                &format!("127.0.0.1:{export_port}"),
+                "--rate-limit",
+                "2MiB",
+                "--status-file",
+                s(&dir.path().join("status.json")),
+            ],
+        ),
+        port: export_port,
+    };
+    wait_listening(export_port, &mut restore.child);
 
     let (m1, m2) = (dir.path().join("m1"), dir.path().join("m2"));
     std::fs::create_dir(&m1).unwrap();
     std::fs::create_dir(&m2).unwrap();
+    let _unmount = Unmount(vec![
+        ("fusermount", m2.clone()),
+        ("fusermount3", m1.clone()),
+    ]);
     let mut nbdfuse = Proc {
         child: Command::new("nbdfuse")
             .arg(&m1)
@@ -170,8 +189,18 @@ fn ext4_on_the_live_volume_through_nbdfuse_and_fuse2fs() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = sh("kill", &["-TERM", &restore.id().to_string()]);
-    let out = restore.wait_with_output().unwrap();
+    let _ = sh("kill", &["-TERM", &restore.child.id().to_string()]);
+    let _ = restore.child.wait();
+    let mut stdout = String::new();
+    if let Some(mut o) = restore.child.stdout.take() {
+        use std::io::Read;
+        let _ = o.read_to_string(&mut stdout);
+    }
+    let out = std::process::Output {
+        status: restore.child.wait().unwrap(),
+        stdout: stdout.into_bytes(),
+        stderr: Vec::new(),
+    };
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).starts_with("restore: complete "),
