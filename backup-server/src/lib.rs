@@ -19,6 +19,7 @@ pub mod export;
 pub mod index;
 pub mod location;
 pub mod name;
+mod os;
 pub mod size;
 pub mod store;
 

@@ -9,6 +9,7 @@ mod report;
 mod shell;
 mod status_report;
 mod target;
+mod target_os;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,10 +3,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::FallocateFlags;
+use rehydrate_nbd::PositionalIo;
 
 use crate::error::ServiceError;
 
@@ -48,7 +47,7 @@ impl Target {
                 file.set_len(needed_bytes).map_err(io("size"))?;
                 (file, true, true)
             }
-            Some(m) if m.is_file() || m.file_type().is_block_device() => {
+            Some(m) if m.is_file() || super::target_os::is_block_device(&m) => {
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -88,15 +87,7 @@ impl Target {
     /// Makes `[offset, offset + len)` read as zeros: a punched hole in a regular file
     /// (no data written), else written zeros.
     pub fn zero(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        if self.regular
-            && rustix::fs::fallocate(
-                &self.file,
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                offset,
-                len,
-            )
-            .is_ok()
-        {
+        if self.regular && super::target_os::punch_hole(&self.file, offset, len) {
             return Ok(());
         }
         let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(len as usize)];
