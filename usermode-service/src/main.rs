@@ -54,6 +54,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Status(args) => println!("{}", args.run()?),
+        #[cfg(windows)]
+        Command::Attach(args) => println!("{}", rehydrate_service::attach::run(&args)?.line()),
     }
     Ok(())
 }
