@@ -138,49 +138,48 @@ fn the_inx_installs_into_the_volume_class() {
     assert_eq!(inf.directive("Version", "ClassGuid"), VOLUME_CLASS_GUID);
 }
 
+/// The registry lines of `section`'s `key` directive, and the one among them that names
+/// the Volume class's UpperFilters (there must be exactly one).
+fn upper_filters_line(inf: &Inf, section: &str, key: &str) -> (Vec<RegLine>, RegLine) {
+    let mut lines = inf.reg_lines(section, key);
+    let at: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].is_volume_upper_filters())
+        .collect();
+    assert_eq!(
+        at.len(),
+        1,
+        "[{section}] {key} must name the Volume class's UpperFilters once: {lines:?}"
+    );
+    let line = lines.remove(at[0]);
+    (lines, line)
+}
+
 #[test]
 fn install_appends_the_filter_to_the_volume_class_upper_filters() {
-    let inf = inx();
-    let lines = inf.reg_lines(INSTALL, "AddReg");
-    let filters: Vec<_> = lines
-        .iter()
-        .filter(|l| l.is_volume_upper_filters())
-        .collect();
-    assert_eq!(filters.len(), 1, "{lines:?}");
+    let (_, filters) = upper_filters_line(&inx(), INSTALL, "AddReg");
     assert_eq!(
-        filters[0].flags, FLG_ADDREG_MULTI_SZ_APPEND,
+        filters.flags, FLG_ADDREG_MULTI_SZ_APPEND,
         "UpperFilters must be appended to as a REG_MULTI_SZ, keeping volsnap and the others"
     );
-    assert_eq!(filters[0].value, "Rehydrate");
+    assert_eq!(filters.value, "Rehydrate");
 }
 
 #[test]
 fn uninstall_removes_only_its_own_string_from_upper_filters() {
-    let inf = inx();
-    let lines = inf.reg_lines(UNINSTALL, "DelReg");
-    let filters: Vec<_> = lines
-        .iter()
-        .filter(|l| l.is_volume_upper_filters())
-        .collect();
+    let (others, filters) = upper_filters_line(&inx(), UNINSTALL, "DelReg");
     assert_eq!(
-        filters.len(),
-        1,
-        "uninstall must take the filter out of UpperFilters: {lines:?}"
-    );
-    assert_eq!(
-        filters[0].flags, FLG_DELREG_MULTI_SZ_DELSTRING,
+        filters.flags, FLG_DELREG_MULTI_SZ_DELSTRING,
         "DelReg flags {:#010x} delete the whole UpperFilters value (every volume filter: \
          volsnap, fvevol, ...); FLG_DELREG_MULTI_SZ_DELSTRING removes one string",
-        filters[0].flags
+        filters.flags
     );
-    assert_eq!(filters[0].value, "Rehydrate");
+    assert_eq!(filters.value, "Rehydrate");
     // Nothing else of the class key is deleted.
     assert!(
-        lines.iter().all(
-            |l| !l.subkey.to_ascii_lowercase().contains("control\\class")
-                || l.is_volume_upper_filters()
-        ),
-        "{lines:?}"
+        others
+            .iter()
+            .all(|l| !l.subkey.to_ascii_lowercase().contains("control\\class")),
+        "{others:?}"
     );
 }
 
