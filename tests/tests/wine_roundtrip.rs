@@ -5,6 +5,10 @@
 //! be byte-identical to the image. This runs the Windows file (positioned I/O, fsync,
 //! the chunk store's directories) and socket paths of the service.
 //!
+//! A second test runs the service's own portable tests (unit tests, and the backup /
+//! serve / status end-to-end test) as Windows executables under wine, as the GitHub
+//! Windows job does natively.
+//!
 //! Wine 8 (Debian's) lacks `bcryptprimitives.dll`, whose `ProcessPrng` Rust's std
 //! imports for random numbers: the test builds a tiny one with mingw-w64 that forwards
 //! to `SystemFunction036` (RtlGenRandom) and puts it beside the .exe. The first run
@@ -47,17 +51,21 @@ struct Wine {
     exe: PathBuf,
 }
 
+/// The environment every wine run gets: the prefix kept with the cross build, no debug
+/// chatter, no Mono or Gecko installer dialogs while the prefix is created, no display.
+fn wine_env(command: &mut Command, prefix: &Path) {
+    command
+        .env("WINEPREFIX", prefix)
+        .env("WINEDEBUG", "-all")
+        .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
+        .env_remove("DISPLAY");
+}
+
 impl Wine {
     fn command(&self, dir: &Path) -> Command {
         let mut command = Command::new(&self.loader);
-        command
-            .arg(&self.exe)
-            .current_dir(dir)
-            .env("WINEPREFIX", &self.prefix)
-            .env("WINEDEBUG", "-all")
-            // No Mono or Gecko installer dialogs while the prefix is created.
-            .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
-            .env_remove("DISPLAY");
+        command.arg(&self.exe).current_dir(dir);
+        wine_env(&mut command, &self.prefix);
         command
     }
 
@@ -98,6 +106,29 @@ fn ok(what: &str, out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Puts a `bcryptprimitives.dll` with `ProcessPrng` in `dir` (where the .exe files are).
+fn provide_process_prng(dir: &Path) {
+    let dll = dir.join("bcryptprimitives.dll");
+    if dll.exists() {
+        return;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let source = dir.join("process_prng.c");
+    std::fs::write(&source, PROCESS_PRNG_C).unwrap();
+    let out = Command::new(MINGW_GCC)
+        .args(["-shared", "-O2", "-o"])
+        .arg(&dll)
+        .arg(&source)
+        .arg("-ladvapi32")
+        .output()
+        .expect("mingw-w64 gcc runs");
+    ok("building bcryptprimitives.dll", &out);
+}
+
+fn wine_prefix() -> PathBuf {
+    cross_target_dir().join("wine-prefix")
+}
+
 /// Builds rehydrate.exe and the bcryptprimitives.dll beside it.
 fn build(loader: PathBuf) -> Wine {
     let built = cross_cargo("build", &["-p", "rehydrate-service", "--bin", "rehydrate"]);
@@ -105,24 +136,25 @@ fn build(loader: PathBuf) -> Wine {
     let exe_dir = cross_target_dir().join(WINDOWS_TARGET).join("debug");
     let exe = exe_dir.join("rehydrate.exe");
     assert!(exe.exists(), "{} was not built", exe.display());
-    let dll = exe_dir.join("bcryptprimitives.dll");
-    if !dll.exists() {
-        let source = exe_dir.join("process_prng.c");
-        std::fs::write(&source, PROCESS_PRNG_C).unwrap();
-        let out = Command::new(MINGW_GCC)
-            .args(["-shared", "-O2", "-o"])
-            .arg(&dll)
-            .arg(&source)
-            .arg("-ladvapi32")
-            .output()
-            .expect("mingw-w64 gcc runs");
-        ok("building bcryptprimitives.dll", &out);
-    }
+    provide_process_prng(&exe_dir);
     Wine {
         loader,
-        prefix: cross_target_dir().join("wine-prefix"),
+        prefix: wine_prefix(),
         exe,
     }
+}
+
+/// The Windows toolchain and wine, or why the test skips.
+fn wine_or_skip(test: &str) -> Option<PathBuf> {
+    if let Some(reason) = missing_windows_toolchain() {
+        skip(test, &reason);
+        return None;
+    }
+    let loader = wine64();
+    if loader.is_none() {
+        skip(test, "wine64 is not installed (apt-get install wine64)");
+    }
+    loader
 }
 
 /// Waits until something listens on `port` (a server just started).
@@ -169,15 +201,7 @@ fn restore_linux(dir: &Path, port: u16, target: &str) {
 
 #[test]
 fn the_windows_build_backs_up_serves_and_restores_against_the_linux_build() {
-    if let Some(reason) = missing_windows_toolchain() {
-        skip("wine_roundtrip", &reason);
-        return;
-    }
-    let Some(loader) = wine64() else {
-        skip(
-            "wine_roundtrip",
-            "wine64 is not installed (apt-get install wine64)",
-        );
+    let Some(loader) = wine_or_skip("wine_roundtrip") else {
         return;
     };
     let wine = build(loader);
@@ -261,4 +285,40 @@ fn the_windows_build_backs_up_serves_and_restores_against_the_linux_build() {
         got == image,
         "the volume restored from rehydrate.exe serve differs from the image"
     );
+}
+
+#[test]
+fn the_services_portable_tests_pass_as_windows_executables() {
+    let Some(loader) = wine_or_skip("wine_roundtrip (service tests)") else {
+        return;
+    };
+    // The test executables land in deps/; the DLL must be beside them.
+    provide_process_prng(
+        &cross_target_dir()
+            .join(WINDOWS_TARGET)
+            .join("debug")
+            .join("deps"),
+    );
+    // restore_e2e is left out: it drives qemu-nbd, nbdkit and fallocate, Linux tools.
+    let mut cargo = rehydrate_tests::windows::cargo();
+    cargo
+        .current_dir(rehydrate_tests::windows::workspace_root())
+        .args(["test", "--target", WINDOWS_TARGET, "--target-dir"])
+        .arg(cross_target_dir())
+        .args(["-p", "rehydrate-service", "--lib", "--bins"])
+        .args(["--test", "backup_serve_status_e2e"])
+        .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER", &loader)
+        .env_remove("CARGO_TARGET_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    wine_env(&mut cargo, &wine_prefix());
+    let out = wait_bounded(
+        cargo.spawn().expect("cargo runs"),
+        "the service's tests under wine",
+    );
+    let stdout = ok(
+        "cargo test -p rehydrate-service (Windows, under wine)",
+        &out,
+    );
+    assert!(stdout.contains("test result: ok"), "{stdout}");
 }
