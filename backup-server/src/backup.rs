@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::IsTerminal;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rehydrate_nbd::PositionalIo;
 
 use crate::chunk::{self, ChunkHash};
 use crate::error::BackupError;

@@ -174,16 +174,8 @@ async fn serve_catalog(
 
 /// Completes on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = crate::os::terminated() => {}
     }
 }

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod index;
 pub mod location;
 pub mod name;
+mod os;
 pub mod size;
 pub mod store;
 

@@ -374,7 +374,7 @@ impl ChunkStore {
         let file = root.join(path.as_ref());
         let _ = tokio::task::spawn_blocking(move || {
             if let Ok(f) = std::fs::File::open(&file) {
-                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+                crate::os::start_writeback(&f);
             }
         })
         .await;
@@ -387,9 +387,7 @@ impl ChunkStore {
         };
         let file = root.join(path.as_ref());
         tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&file)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| BackupError::Sync { path: file, source })
+            crate::os::sync_file(&file).map_err(|source| BackupError::Sync { path: file, source })
         })
         .await
         .map_err(|e| BackupError::Internal(e.to_string()))?
@@ -410,12 +408,10 @@ impl ChunkStore {
         tokio::task::spawn_blocking(move || {
             // Deepest first, so each parent is synced after the entries it gained.
             dirs.iter().rev().try_for_each(|dir| {
-                std::fs::File::open(dir)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|source| BackupError::Sync {
-                        path: dir.clone(),
-                        source,
-                    })
+                crate::os::sync_dir(dir).map_err(|source| BackupError::Sync {
+                    path: dir.clone(),
+                    source,
+                })
             })
         })
         .await

@@ -71,6 +71,9 @@ rehydrate restore --source nbd://127.0.0.1:10809/sys --target /dev/sdb"
     Serve(ServeArgs),
     /// Restore a whole volume from an NBD export into a file or block device (Linux).
     Restore(RestoreArgs),
+    /// Restore a volume in place under the Rehydrate filter (Windows).
+    #[cfg(windows)]
+    Attach(crate::attach::AttachArgs),
     /// Show how a running (or the last) restore stands.
     #[command(
         about = "Show how a running (or the last) restore stands",

@@ -46,6 +46,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             });
         }
         Command::Status(args) => print_last_line(&args.run()?),
+        #[cfg(windows)]
+        Command::Attach(args) => print_last_line(&rehydrate_service::attach::run(&args)?.line()),
     }
     Ok(())
 }

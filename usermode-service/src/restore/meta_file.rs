@@ -2,10 +2,10 @@
 //! `MetaStore` trait with positioned reads and writes and `fdatasync` as the flush.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rehydrate_driver::meta::{MetaStore, StoreError, META_PAGE_SIZE_BYTES};
+use rehydrate_nbd::PositionalIo;
 
 /// A metadata store in a regular file.
 pub struct FileMetaStore {

@@ -15,6 +15,7 @@ pub(crate) mod shell;
 mod status_report;
 mod target;
 mod target_id;
+mod target_os;
 pub mod timeline;
 
 use std::path::{Path, PathBuf};

@@ -57,11 +57,10 @@ fn normalized(path: &Path) -> PathBuf {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
-    #[cfg(unix)]
     #[test]
     fn two_spellings_of_one_path_are_the_same_file() {
         let dir = tempfile::tempdir().unwrap();

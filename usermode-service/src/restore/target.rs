@@ -8,11 +8,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use rehydrate_driver::meta::TargetPin;
-use rustix::fs::FallocateFlags;
+use rehydrate_nbd::PositionalIo;
 
 use super::lock::lock_exclusive;
 use crate::error::ServiceError;
@@ -53,7 +52,7 @@ impl Target {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(path, "inspect")(e)),
         };
-        if !(meta.is_file() || meta.file_type().is_block_device()) {
+        if !(meta.is_file() || super::target_os::is_block_device(&meta)) {
             return Err(ServiceError::TargetKind(path.to_owned()));
         }
         let file = OpenOptions::new()
@@ -164,15 +163,7 @@ impl Target {
         if len == 0 {
             return Ok(());
         }
-        if self.regular
-            && rustix::fs::fallocate(
-                &self.file,
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                offset,
-                len,
-            )
-            .is_ok()
-        {
+        if self.regular && super::target_os::punch_hole(&self.file, offset, len) {
             return Ok(());
         }
         let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(len as usize)];
@@ -190,7 +181,6 @@ impl Target {
     /// [`ALLOCATION_STEPS_MAX`] extents; the rest is reported as data (always true).
     pub fn allocation(&self, start: u64, end: u64) -> std::io::Result<Vec<rehydrate_nbd::Extent>> {
         use rehydrate_nbd::Extent;
-        use rustix::fs::SeekFrom;
         let end = end.min(self.end_bytes);
         if !self.regular || start >= end {
             return Ok(vec![Extent::data(end.saturating_sub(start))]);
@@ -201,20 +191,19 @@ impl Target {
             if at >= end {
                 return Ok(out);
             }
-            // ENXIO: no data at or after `at`.
-            let data = match rustix::fs::seek(&self.file, SeekFrom::Data(at)) {
-                Ok(d) => d.min(end),
-                Err(rustix::io::Errno::NXIO) => end,
-                Err(e) => return Err(e.into()),
+            let Some((data, hole)) = super::target_os::next_data_run(&self.file, at)? else {
+                out.push(Extent::hole(end - at));
+                return Ok(out);
             };
+            let data = data.clamp(at, end);
             if data > at {
                 out.push(Extent::hole(data - at));
                 at = data;
                 continue;
             }
-            let hole = rustix::fs::seek(&self.file, SeekFrom::Hole(at))?.min(end);
-            out.push(Extent::data(hole.max(at + 1) - at));
-            at = hole.max(at + 1);
+            let hole = hole.min(end).max(at + 1);
+            out.push(Extent::data(hole - at));
+            at = hole;
         }
         if at < end {
             out.push(Extent::data(end - at));

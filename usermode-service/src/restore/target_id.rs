@@ -5,11 +5,12 @@
 
 use std::fs::File;
 
-use rehydrate_driver::meta::{TargetKind, TargetPin, TARGET_ID_BYTES};
+use rehydrate_driver::meta::TargetPin;
 
 /// The pin of the open target `file` of `size_bytes`.
 #[cfg(unix)]
 pub fn pin(file: &File, size_bytes: u64) -> std::io::Result<TargetPin> {
+    use rehydrate_driver::meta::{TargetKind, TARGET_ID_BYTES};
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let meta = file.metadata()?;
     let mut id = [0u8; TARGET_ID_BYTES];
@@ -58,6 +59,7 @@ pub fn same_file(_a: &File, _b: &File) -> std::io::Result<bool> {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use rehydrate_driver::meta::TargetKind;
 
     #[test]
     fn a_recreated_file_has_another_pin_and_the_same_file_the_same() {

@@ -74,9 +74,13 @@ fn uid_dir() -> Result<PathBuf, StatusError> {
     Ok(std::env::temp_dir().join(format!("rehydrate-{uid}")))
 }
 
+/// Windows: the user's own local application data.
 #[cfg(not(unix))]
 fn uid_dir() -> Result<PathBuf, StatusError> {
-    Err(StatusError::NoDefaultPath)
+    std::env::var_os("LOCALAPPDATA")
+        .map(|dir| PathBuf::from(dir).join("rehydrate"))
+        .filter(|dir| dir.is_absolute())
+        .ok_or(StatusError::NoDefaultPath)
 }
 
 /// A status file being written: each [`write`](Self::write) replaces it whole.

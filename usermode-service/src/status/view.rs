@@ -2,7 +2,7 @@
 //! (one JSON object).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{
     default_status_files, read_status, status_path, unix_ms_now, Phase, StatusError, StatusSnapshot,
@@ -58,14 +58,16 @@ impl StatusArgs {
     }
 }
 
-/// Whether process `pid` still runs (Linux: `/proc/PID` exists and is not a zombie).
+/// Whether process `pid` still runs (Linux: `/proc/PID` exists and is not a zombie;
+/// Windows: the process can be opened and has no exit code yet).
 /// A pid reused by another process after the writer exited reads as alive; the
 /// `updated` age in the view tells the two apart.
+#[cfg(not(windows))]
 pub fn process_alive(pid: u32) -> bool {
     if pid == 0 {
         return false;
     }
-    let proc_dir = Path::new("/proc").join(pid.to_string());
+    let proc_dir = std::path::Path::new("/proc").join(pid.to_string());
     match std::fs::read_to_string(proc_dir.join("stat")) {
         // The state follows the parenthesised command name, which may hold spaces.
         Ok(stat) => stat
@@ -73,6 +75,30 @@ pub fn process_alive(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
+    }
+}
+
+/// See the other `process_alive`.
+#[cfg(windows)]
+#[allow(unsafe_code)]
+pub fn process_alive(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    if pid == 0 {
+        return false;
+    }
+    // SAFETY: plain FFI calls; the handle is checked, used, and closed once.
+    unsafe {
+        let process = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if process.is_null() {
+            return false;
+        }
+        let mut code = 0u32;
+        let ok = GetExitCodeProcess(process, &mut code);
+        CloseHandle(process);
+        ok != 0 && code == STILL_ACTIVE as u32
     }
 }
 
