@@ -16,9 +16,11 @@ pub mod cli;
 mod cpu;
 pub mod error;
 pub mod export;
+pub mod identity;
 pub mod index;
 pub mod location;
 pub mod name;
+mod os;
 pub mod replicate;
 pub mod size;
 pub mod store;
@@ -27,9 +29,12 @@ pub use backup::{backup, BackupOptions, BackupSummary};
 pub use cache::ChunkCache;
 pub use catalog::StoreCatalog;
 pub use chunk::ChunkHash;
-pub use cli::{run_backup, run_serve, serve_on, BackupArgs, ServeArgs};
+pub use cli::{
+    run_backup, run_backup_command, run_serve, serve_on, BackupArgs, BackupCommand, ServeArgs,
+};
 pub use error::BackupError;
 pub use export::VersionExport;
+pub use identity::{ExportIdentity, IdentityError};
 pub use index::{ChunkRef, Index, IndexError};
 pub use location::StoreLocation;
 pub use name::{ExportName, VolumeName};

@@ -125,6 +125,13 @@ impl Client {
         export_name: &str,
         options: ClientOptions,
     ) -> Result<Self, Error> {
+        // A name the protocol cannot carry is refused before dialling: no server could
+        // ever accept it, so it must not look like a connection to retry.
+        if export_name.len() > crate::consts::MAX_STRING_BYTES {
+            return Err(Error::NameTooLong {
+                len: export_name.len(),
+            });
+        }
         let timeout = options.connect_timeout;
         let dial = async {
             let stream = TcpStream::connect(addr).await?;
@@ -520,7 +527,12 @@ where
         let step = match machine.receive(buf) {
             Ok(step) => step,
             Err(e) => {
-                if matches!(e, Error::UnknownExport(_) | Error::OptionRefused { .. }) {
+                if matches!(
+                    e,
+                    Error::UnknownExport { .. }
+                        | Error::OptionRefused { .. }
+                        | Error::NameTooLong { .. }
+                ) {
                     // The spec asks for a soft disconnect when we give up negotiating.
                     let mut abort = Vec::new();
                     crate::option::ClientOption::Abort.encode(&mut abort);

@@ -1,11 +1,11 @@
 //! `rehydrate-backup backup|serve`: the backup server's subcommands on their own, with
 //! the same arguments `rehydrate backup` and `rehydrate serve` take.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rehydrate_backup::cli::{run_backup, run_serve, BackupArgs, ServeArgs};
+use rehydrate_backup::cli::{run_backup_command, run_serve, BackupCommand, ServeArgs};
 use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
 
 #[derive(Parser)]
@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Back up an image file or block device as a new version of a volume.
-    Backup(BackupArgs),
+    Backup(BackupCommand),
     /// Serve every volume version in a store over NBD (read-only).
     Serve(ServeArgs),
     /// Send the versions a receiving store lacks (`replicate status`: pending sessions).
@@ -50,11 +50,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Backup(args) => {
-                let json = args.json;
-                run_backup(args)
-                    .await
-                    .map(|summary| println!("{}", summary.render(json)))
+            Command::Backup(command) => {
+                let json = command.args.json;
+                run_backup_command(command).await.map(|summary| {
+                    // Published: a reader that went away does not make it a failure.
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", summary.render(json)).and_then(|()| out.flush());
+                })
             }
             Command::Serve(args) => run_serve(args).await,
             Command::Receive(args) => args.run().await,

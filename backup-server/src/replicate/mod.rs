@@ -25,6 +25,7 @@ mod error;
 pub mod frame;
 pub mod manifest;
 pub mod message;
+mod platform;
 pub mod receive;
 pub mod receiver;
 pub mod record;

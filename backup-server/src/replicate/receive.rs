@@ -3,18 +3,17 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::Path;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::conn;
 use super::error::ReplicateError;
 use super::message::VolumeChain;
 use super::receiver::{Action, LocalState, PriorSession, Receiver};
 use super::session_dir::{hex_id, RecordFile, SessionDir};
+use super::{conn, platform};
 use crate::chunk::{self, ChunkHash};
 use crate::error::BackupError;
 use crate::index::{ChunkRef, Index};
@@ -160,9 +159,12 @@ pub async fn session(
                 Action::SyncAndRecord(hashes) => {
                     // In the background: chunks keep arriving while the batch is synced.
                     let (root, rec, tx) = (root.clone(), record.take(), synced_tx.clone());
+                    let (store, runtime) = (store.clone(), tokio::runtime::Handle::current());
                     syncing = true;
                     tokio::task::spawn_blocking(move || {
-                        let _ = tx.send((sync_and_record(&root, rec, &hashes), hashes));
+                        let durable =
+                            |h: &[ChunkHash]| platform::make_durable(&root, &store, h, &runtime);
+                        let _ = tx.send((sync_and_record(durable, rec, &hashes), hashes));
                     });
                 }
                 Action::Publish {
@@ -378,23 +380,16 @@ async fn store_chunk(
 type SyncFailure = (Option<RecordFile>, String);
 
 /// Make the written chunks durable, then record them as arrived (durably). Blocking.
-///
-/// One `syncfs` of the store's file system makes every chunk file and the directory
-/// entries naming them durable in one journal commit: fsyncing each file and each of
-/// the 256 fan-out directories instead costs a commit apiece, which made that the
-/// bottleneck. (Each chunk's writeback already started when it was stored.)
 fn sync_and_record(
-    root: &Path,
+    durable: impl FnOnce(&[ChunkHash]) -> Result<(), String>,
     record: Option<RecordFile>,
     hashes: &[ChunkHash],
 ) -> Result<RecordFile, SyncFailure> {
     let Some(mut record) = record else {
         return Err((None, "no session record to append to".into()));
     };
-    let synced = std::fs::File::open(root)
-        .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from));
-    if let Err(e) = synced {
-        return Err((Some(record), format!("cannot sync {}: {e}", root.display())));
+    if let Err(e) = durable(hashes) {
+        return Err((Some(record), e));
     }
     let mut seen = HashSet::new();
     let unique: Vec<ChunkHash> = hashes.iter().copied().filter(|h| seen.insert(*h)).collect();

@@ -62,17 +62,7 @@ impl SessionDir {
     pub fn lock(&self) -> Result<Option<File>, ReplicateError> {
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(file)),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(io_err(&path)(e.into())),
-        }
+        super::platform::open_locked(&path).map_err(io_err(&path))
     }
 
     /// The record, if there is a readable one. A damaged header or manifest is logged and
@@ -156,9 +146,7 @@ impl SessionDir {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ReplicateError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    crate::os::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// An open record, appended to.
