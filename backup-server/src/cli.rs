@@ -86,6 +86,7 @@ impl BackupSummary {
 /// the caller's (see [`BackupSummary::render`] and `args.json`).
 pub async fn run_backup(args: BackupArgs) -> Result<BackupSummary, BackupError> {
     let store = ChunkStore::open(&args.store, true)?;
+    store.check_conditional_put().await?;
     let options = BackupOptions {
         volume: args.volume,
         chunk_size: args.chunk_size,

@@ -101,6 +101,18 @@ pub enum BackupError {
     /// The volume already has the largest version number the layout allows.
     #[error("volume {0} has no version number left")]
     VersionsExhausted(String),
+    /// The store does not honour create-if-not-exists (conditional put), so concurrent
+    /// backups could overwrite each other's versions; nothing is written to it.
+    #[error(
+        "store {store} does not support create-if-not-exists (conditional put: If-None-Match), \
+         which publishing versions needs: {reason}"
+    )]
+    NoConditionalPut {
+        /// The store as given.
+        store: String,
+        /// What the probe saw.
+        reason: String,
+    },
     /// The server could not listen on the requested address.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -11,9 +11,10 @@
 //! Supported: fixed newstyle; `NBD_OPT_EXPORT_NAME`, `GO`, `INFO`, `LIST`, `ABORT`,
 //! `STRUCTURED_REPLY`, `LIST_META_CONTEXT`, `SET_META_CONTEXT` with `base:allocation`
 //! (unknown options get `NBD_REP_ERR_UNSUP`); simple and structured replies; `READ`,
-//! `WRITE`, `FLUSH`, `TRIM`, `WRITE_ZEROES`, `DISC`, `BLOCK_STATUS`. Not supported:
-//! TLS (`NBD_OPT_STARTTLS` is answered `NBD_REP_ERR_UNSUP`), oldstyle negotiation,
-//! extended headers.
+//! `WRITE`, `FLUSH`, `TRIM`, `WRITE_ZEROES`, `DISC`, `BLOCK_STATUS`; TLS with
+//! `NBD_OPT_STARTTLS` ([`tls`]: rustls; the server requires it once configured, the
+//! client asks first for `nbds://`). Not supported: oldstyle negotiation, extended
+//! headers.
 
 pub mod assemble;
 pub mod client;
@@ -26,6 +27,7 @@ pub mod handshake;
 pub mod option;
 pub mod rules;
 pub mod server;
+pub mod tls;
 pub mod transmission;
 pub mod url;
 
@@ -37,4 +39,5 @@ pub use export::{BoxFuture, Catalog, Export, ExportError, Extent, MapCatalog, Me
 pub use file_export::FileExport;
 pub use handshake::Negotiated;
 pub use server::{serve, serve_connection, serve_until, ServerConfig};
+pub use tls::{AccessPolicy, ClientTls, PeerIdentity, ServerTls};
 pub use url::NbdUrl;
