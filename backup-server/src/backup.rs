@@ -5,7 +5,8 @@
 //! read) → hash and zero check (rayon) → existence check (store `head`) → compress
 //! (rayon) → put-if-not-exists (store). Only when every chunk is stored and, locally,
 //! synced, is the index published — so an interrupted backup leaves stored chunks
-//! (reused by the next backup) but no visible version.
+//! (reused by the next backup) but no visible version. Each hash is announced before
+//! its existence check, so a concurrent `gc` spares it (see [`crate::marks`]).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -22,6 +23,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::chunk::{self, ChunkHash};
 use crate::error::BackupError;
 use crate::index::{ChunkRef, Index, MAX_VOLUME_BYTES};
+use crate::marks::Announcer;
 use crate::name::VolumeName;
 use crate::size::ChunkSize;
 use crate::store::{ChunkStore, PutOutcome};
@@ -98,6 +100,22 @@ pub async fn backup(
     source: &Path,
     options: &BackupOptions,
 ) -> Result<BackupSummary, BackupError> {
+    let marks = Arc::new(Announcer::new(store));
+    let result = backup_announcing(store, source, options, &marks).await;
+    // Withdraw the announcements whatever happened: after publishing they are no longer
+    // needed, after a failure nothing will publish. One left behind only delays a gc.
+    if let Err(e) = marks.finish().await {
+        tracing::warn!(%e, "backup: could not withdraw its pending chunk list; gc expires it");
+    }
+    result
+}
+
+async fn backup_announcing(
+    store: &ChunkStore,
+    source: &Path,
+    options: &BackupOptions,
+    marks: &Arc<Announcer>,
+) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     let source_err = |e: std::io::Error| BackupError::Source {
         path: source.to_owned(),
@@ -153,14 +171,15 @@ pub async fn backup(
                 Arc::clone(&seen),
                 store.clone(),
             );
-            let (throttle, pool) = (throttle.clone(), Arc::clone(&pool));
+            let (throttle, pool, marks) = (throttle.clone(), Arc::clone(&pool), Arc::clone(marks));
             async move {
                 let offset = i * chunk_size.bytes();
                 let len = (size_bytes - offset).min(chunk_size.bytes()) as usize;
                 if let Some(t) = &throttle {
                     t.wait_for(offset).await;
                 }
-                let fate = back_up_chunk(&store, file, &path, offset, len, &seen, &pool).await?;
+                let fate =
+                    back_up_chunk(&store, file, &path, offset, len, &seen, &pool, &marks).await?;
                 Ok::<_, BackupError>((i, len, fate))
             }
         })
@@ -207,6 +226,8 @@ pub async fn backup(
     Ok(summary)
 }
 
+// Each argument is one piece of a chunk's context; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn back_up_chunk(
     store: &ChunkStore,
     file: Arc<File>,
@@ -215,6 +236,7 @@ async fn back_up_chunk(
     len: usize,
     seen: &Mutex<HashSet<ChunkHash>>,
     pool: &BufferPool,
+    marks: &Announcer,
 ) -> Result<Fate, BackupError> {
     let mut buf = pool.take(len);
     let data =
@@ -238,6 +260,11 @@ async fn back_up_chunk(
         .lock()
         .map_err(|_| BackupError::Internal("lock poisoned".into()))?
         .insert(hash);
+    // Announced before the existence check, so a gc running now cannot delete a chunk
+    // this backup then reuses (see `crate::marks`).
+    if first_time && marks.announce(hash).await? {
+        marks.wait_for_gc(&hash).await?;
+    }
     if !first_time || store.has_chunk(&hash).await? {
         pool.give(data);
         return Ok(Fate::Reused(hash));

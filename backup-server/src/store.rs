@@ -84,6 +84,11 @@ impl ChunkStore {
         &self.shown
     }
 
+    /// The object store underneath (retention and gc work on it directly).
+    pub(crate) fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
     /// Check that the store honours create-if-not-exists, which publishing relies on to
     /// give concurrent backups distinct versions: write a probe object twice with
     /// `PutMode::Create`; the second write must be refused. A store that accepts both

@@ -3,6 +3,7 @@
 //! backups, and a server without conditional put.
 
 mod common;
+mod gc_race;
 mod s3_server;
 
 use std::io::Read;
@@ -331,4 +332,20 @@ fn a_store_without_conditional_put_is_refused_at_startup() {
     );
     assert!(listed(&bucket, "chunks").is_empty());
     assert!(listed(&bucket, "volumes").is_empty());
+}
+
+/// `gc` racing backups in a bucket: no chunk a published version names is ever lost,
+/// and gc still deletes the orphans nobody reuses.
+#[test]
+fn gc_racing_backups_in_a_bucket_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = s3_server::new_bucket("gc-race");
+    let objects = std::sync::Arc::new(gc_race::Jittery::new(
+        s3_server::bucket_store(&bucket),
+        3,
+        500,
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let removed = rt.block_on(gc_race::race(objects, dir.path(), 8, 3));
+    assert!(removed >= 8 * 8, "gc removed only {removed} chunks");
 }

@@ -4,7 +4,7 @@
 //! (`backup` and `serve` are the backup server crate's); [`Command`] adds the help text
 //! and `main.rs` dispatches.
 
-use rehydrate_backup::{BackupArgs, ServeArgs};
+use rehydrate_backup::{BackupArgs, ForgetArgs, GcArgs, ServeArgs};
 
 use crate::restore::RestoreArgs;
 use crate::status::StatusArgs;
@@ -63,6 +63,26 @@ process that wrote it still runs. Exits 1 with one line when there is no status 
 Examples:\n  rehydrate status\n  rehydrate status --json --status-file /tmp/r/status.json"
     )]
     Status(StatusArgs),
+    /// Remove versions of a volume that no keep rule keeps.
+    #[command(
+        about = "Remove versions of a volume that no keep rule keeps",
+        long_about = "Remove version indexes of a volume that no keep rule keeps: --keep-last N \
+keeps the N newest, --keep-hourly/-daily/-weekly/-monthly/-yearly N the newest of each of the \
+last N hours, days, ISO weeks, months, years with a version (UTC). At least one rule is needed. \
+Chunks stay until `rehydrate gc`. Prints one line per version (keep, removed, or would remove \
+with --dry-run) with its sizes.\n\nExample:\n  rehydrate forget --store /var/backups --volume sys \
+--keep-last 3 --keep-daily 7 --dry-run"
+    )]
+    Forget(ForgetArgs),
+    /// Delete chunks no version references, safely while backups run.
+    #[command(
+        about = "Delete chunks no version references, safely while backups run",
+        long_about = "Delete the chunks no version references. Safe while backups run: chunks a \
+running backup announced are kept, and a backup that needs a chunk this gc condemned waits \
+for it. Prints one line per chunk with its size, then the totals.\n\nExample:\n  rehydrate gc \
+--store s3://backups/fleet --dry-run"
+    )]
+    Gc(GcArgs),
 }
 
 #[cfg(test)]
@@ -212,7 +232,7 @@ mod tests {
     #[test]
     fn every_subcommand_has_help_with_an_example() {
         let mut cli = Cli::command();
-        for name in ["backup", "serve", "restore", "status"] {
+        for name in ["backup", "serve", "restore", "status", "forget", "gc"] {
             let sub = cli.find_subcommand_mut(name).unwrap();
             let help = sub.render_long_help().to_string();
             assert!(help.contains("rehydrate "), "{name}: {help}");

@@ -54,6 +54,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Status(args) => println!("{}", args.run()?),
+        Command::Forget(args) => {
+            runtime()?.block_on(rehydrate_backup::run_forget(&args, &mut |l| {
+                println!("{l}")
+            }))?;
+        }
+        Command::Gc(args) => {
+            runtime()?.block_on(rehydrate_backup::run_gc(&args, &mut |l| println!("{l}")))?;
+        }
     }
     Ok(())
 }

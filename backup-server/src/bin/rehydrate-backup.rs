@@ -1,11 +1,12 @@
-//! `rehydrate-backup backup|serve`: the backup server's subcommands on their own, with
-//! the same arguments `rehydrate backup` and `rehydrate serve` take.
+//! `rehydrate-backup backup|serve|forget|gc`: the backup server's subcommands on their
+//! own, with the same arguments `rehydrate backup`, `serve`, `forget` and `gc` take.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rehydrate_backup::cli::{run_backup, run_serve, BackupArgs, ServeArgs};
+use rehydrate_backup::{run_forget, run_gc, ForgetArgs, GcArgs};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,10 @@ enum Command {
     Backup(BackupArgs),
     /// Serve every volume version in a store over NBD (read-only).
     Serve(ServeArgs),
+    /// Remove versions of a volume that no keep rule keeps.
+    Forget(ForgetArgs),
+    /// Delete chunks no version references (safe while backups run).
+    Gc(GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,8 @@ fn main() -> ExitCode {
                     .map(|summary| println!("{}", summary.render(json)))
             }
             Command::Serve(args) => run_serve(args).await,
+            Command::Forget(args) => run_forget(&args, &mut |l| println!("{l}")).await.map(drop),
+            Command::Gc(args) => run_gc(&args, &mut |l| println!("{l}")).await.map(drop),
         }
     });
     match result {
