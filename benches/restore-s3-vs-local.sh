@@ -16,6 +16,8 @@ set -euo pipefail
 runs="${1:-3}"
 size_mib="${2:-512}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=benches/common.sh
+. "$root/benches/common.sh"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 moto="${REHYDRATE_MOTO_SERVER:-$(command -v moto_server || true)}"
 [ -x "$moto" ] || { echo "bench: moto_server missing: python3 -m venv /opt/rehydrate-s3 && /opt/rehydrate-s3/bin/pip install 'moto[server]'" >&2; exit 1; }
@@ -23,18 +25,7 @@ command -v curl >/dev/null || { echo "bench: curl is missing" >&2; exit 1; }
 (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p rehydrate-service --bin rehydrate)
 rehydrate="$target_dir/release/rehydrate"
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "bench: nothing on $1" >&2; exit 1; }
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc -l; }
 
 s3_port=$(free_port)
 "$moto" -H 127.0.0.1 -p "$s3_port" >/dev/null 2>&1 &
@@ -102,7 +93,6 @@ t0=$(now)
 find "$work/store/chunks" -type f -print0 | xargs -0 -P 8 cat > /dev/null
 local_reads=$(since "$t0")
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 lc=$(median "${local_cold[@]}"); sc=$(median "${s3_cold[@]}")
 lw=$(median "${local_warm[@]}"); sw=$(median "${s3_warm[@]}")
 printf 'bench: size_mib=%d runs=%d chunks=%d backup_local_secs=%.3f backup_s3_secs=%.3f\n' \

@@ -14,6 +14,8 @@ set -euo pipefail
 runs="${1:-5}"
 size_mib="${2:-1024}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=benches/common.sh
+. "$root/benches/common.sh"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 for tool in openssl qemu-img; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install -y openssl qemu-utils)" >&2; exit 1; }
@@ -23,13 +25,6 @@ done
 rehydrate="$target_dir/release/rehydrate"
 reader="$target_dir/release/examples/read-export"
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 # Certificates: a CA, a server certificate for 127.0.0.1, a client certificate.
 certs="$work/certs"
@@ -52,8 +47,6 @@ for ((at = 64; at + 16 <= size_mib; at += 128)); do
 done
 "$rehydrate" backup "$img" --store "$work/store" --volume bench >/dev/null
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "bench: no server on $1" >&2; exit 1; }
 plain_port=$(free_port)
 "$rehydrate" serve --store "$work/store" --listen "127.0.0.1:$plain_port" --cache-size 2GiB 2>/dev/null &
 pids+=($!)
@@ -67,8 +60,7 @@ export REHYDRATE_TLS_CA="$certs/ca-cert.pem" REHYDRATE_TLS_CERT="$certs/client-c
 qemu_tls=(--object "tls-creds-x509,id=tls0,dir=$certs,endpoint=client" --image-opts
     "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=$tls_port,export=bench,tls-creds=tls0")
 
-now() { date +%s.%N; }
-timed() { local t0; t0=$(now); "$@" >/dev/null; echo "$(now) - $t0" | bc -l; }
+timed() { local t0; t0=$(now); "$@" >/dev/null; since "$t0"; }
 # Warm both servers' caches, so every timed run moves the same bytes from memory.
 "$reader" "nbd://127.0.0.1:$plain_port/bench" "$work/out" >/dev/null
 "$reader" "nbds://127.0.0.1:$tls_port/bench" "$work/out" >/dev/null
@@ -88,7 +80,6 @@ for ((i = 1; i <= runs; i++)); do
         "${ours_plain[-1]}" "${ours_tls[-1]}" "${qemu_plain[-1]}" "${qemu_tls_t[-1]}"
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 op=$(median "${ours_plain[@]}"); ot=$(median "${ours_tls[@]}")
 qp=$(median "${qemu_plain[@]}"); qt=$(median "${qemu_tls_t[@]}")
 printf 'bench: size_mib=%d runs=%d ours_plain_secs=%.3f ours_tls_secs=%.3f ours_tls_ratio=%.2f qemu_img_plain_secs=%.3f qemu_img_tls_secs=%.3f qemu_img_tls_ratio=%.2f\n' \

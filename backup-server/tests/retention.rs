@@ -9,7 +9,7 @@ mod gc_race;
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rehydrate_backup::{ChunkRef, ChunkStore, VolumeName};
@@ -20,6 +20,15 @@ fn lines(cmd: &mut std::process::Command) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// `rehydrate-backup forget --store STORE --volume vol ARGS...`: its stdout lines.
+fn forget(store: &str, args: &[&str]) -> Vec<String> {
+    lines(
+        bin()
+            .args(["forget", "--store", store, "--volume", "vol"])
+            .args(args),
+    )
 }
 
 /// `key=value` fields of a summary line.
@@ -72,16 +81,7 @@ fn forget_then_gc_keeps_remaining_versions_whole_and_shrinks_the_store() {
     let store_s = store.to_str().unwrap();
 
     // Dry runs change nothing.
-    let dry = lines(bin().args([
-        "forget",
-        "--store",
-        store_s,
-        "--volume",
-        "vol",
-        "--keep-last",
-        "2",
-        "--dry-run",
-    ]));
+    let dry = forget(store_s, &["--keep-last", "2", "--dry-run"]);
     assert_eq!(
         dry.iter()
             .filter(|l| l.starts_with("would remove vol@"))
@@ -91,15 +91,7 @@ fn forget_then_gc_keeps_remaining_versions_whole_and_shrinks_the_store() {
     );
     assert_eq!(version_files(&store, "vol").len(), 4);
 
-    let out = lines(bin().args([
-        "forget",
-        "--store",
-        store_s,
-        "--volume",
-        "vol",
-        "--keep-last",
-        "2",
-    ]));
+    let out = forget(store_s, &["--keep-last", "2"]);
     let last = fields(out.last().unwrap());
     assert_eq!(
         (last["kept"].as_str(), last["removed"].as_str()),
@@ -217,22 +209,16 @@ fn a_dead_backups_announcements_protect_its_chunks_until_they_expire() {
     let dir = tempfile::tempdir().unwrap();
     let (image, store) = (dir.path().join("img"), dir.path().join("store"));
     write_image(&image, &[(32 * MIB, true)], 8);
-    let mut child = bin()
+    let child = bin()
         .arg("backup")
         .arg(&image)
         .arg("--store")
         .arg(&store)
         .args(["--volume", "v", "--rate-limit", "8MiB"])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while chunk_files(&store).len() < 4 {
-        assert!(Instant::now() < deadline, "no chunks stored in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_mid_way(child, || chunk_files(&store).len() >= 4);
     let stored = chunk_files(&store).len();
     let store_s = store.to_str().unwrap();
     let out = lines(bin().args(["gc", "--store", store_s]));

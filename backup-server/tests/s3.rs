@@ -6,7 +6,6 @@ mod common;
 mod gc_race;
 mod s3_server;
 
-use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,11 +59,7 @@ struct ServeProcess {
 
 impl ServeProcess {
     fn start(store: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = s3_bin()
             .args(["serve", "--store", store])
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -275,7 +270,7 @@ fn killed_backup_publishes_nothing_and_the_next_reuses_its_chunks() {
     let bucket = s3_server::new_bucket("killed");
     let store = format!("s3://{bucket}");
     // 8 MiB/s: about four seconds for 32 MiB, time to kill it mid-way.
-    let mut child = s3_bin()
+    let child = s3_bin()
         .arg("backup")
         .arg(&image)
         .args(["--store", &store, "--volume", "vol", "--rate-limit", "8MiB"])
@@ -283,21 +278,7 @@ fn killed_backup_publishes_nothing_and_the_next_reuses_its_chunks() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while listed(&bucket, "chunks").len() < 4 {
-        assert!(Instant::now() < deadline, "backup stored no chunks in time");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    assert!(!child.wait().unwrap().success());
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(stdout.is_empty(), "the killed backup printed: {stdout}");
+    kill_mid_way(child, || listed(&bucket, "chunks").len() >= 4);
     assert!(listed(&bucket, "volumes").is_empty(), "a version appeared");
     let stored = listed(&bucket, "chunks").len() as u64;
     assert!((4..32).contains(&stored), "{stored} chunks before the kill");

@@ -27,14 +27,6 @@ impl Drop for Served {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `serve --store STORE --listen ADDR EXTRA...`, waited for on loopback.
 fn serve(store: &Path, listen_ip: &str, extra: &[&str], log: PathBuf) -> Served {
     let port = free_port();
