@@ -95,6 +95,10 @@ pub async fn serve_until(
             tracing::debug!(%peer, "nbd server: connection");
             match serve_connection(stream, catalog, &config).await {
                 Ok(()) => tracing::debug!(%peer, "nbd server: connection closed"),
+                // A refused certificate is the operator's business, not just a dropped line.
+                Err(e @ Error::TlsHandshake(_)) => {
+                    tracing::warn!(%peer, %e, "nbd server: client refused")
+                }
                 Err(e) => tracing::info!(%peer, %e, "nbd server: connection ended with error"),
             }
             drop(permit);
