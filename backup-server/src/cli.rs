@@ -39,6 +39,19 @@ pub struct BackupArgs {
     pub json: bool,
 }
 
+/// `backup` as the command line takes it: [`BackupArgs`] plus the options that programs
+/// embedding a backup (the demo) leave at their defaults.
+#[derive(Args, Clone, Debug)]
+pub struct BackupCommand {
+    /// What to back up, and where.
+    #[command(flatten)]
+    pub args: BackupArgs,
+    /// Read back every chunk the store already has and check it against its hash,
+    /// replacing any that is damaged (without it, only a cheap size check is made).
+    #[arg(long)]
+    pub verify: bool,
+}
+
 /// Serve every volume version in a store, read-only, over NBD.
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
@@ -105,6 +118,16 @@ impl BackupSummary {
 /// Run `backup`: open (or create) the store, back up, publish. Printing the summary is
 /// the caller's (see [`BackupSummary::render`] and `args.json`).
 pub async fn run_backup(args: BackupArgs) -> Result<BackupSummary, BackupError> {
+    run_backup_command(BackupCommand {
+        args,
+        verify: false,
+    })
+    .await
+}
+
+/// [`run_backup`] with every command-line option.
+pub async fn run_backup_command(command: BackupCommand) -> Result<BackupSummary, BackupError> {
+    let args = command.args;
     let store = ChunkStore::open(&args.store, true)?;
     store.check_conditional_put().await?;
     let options = BackupOptions {
@@ -112,6 +135,7 @@ pub async fn run_backup(args: BackupArgs) -> Result<BackupSummary, BackupError> 
         chunk_size: args.chunk_size,
         progress: !args.json,
         rate_limit_bytes_per_sec: args.rate_limit,
+        verify: command.verify,
     };
     backup(&store, &args.source, &options).await
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod export;
 pub mod forget;
 pub mod gc;
+pub mod identity;
 pub mod index;
 pub mod keep;
 pub mod location;
@@ -35,11 +36,14 @@ pub use backup::{backup, BackupOptions, BackupSummary};
 pub use cache::ChunkCache;
 pub use catalog::StoreCatalog;
 pub use chunk::ChunkHash;
-pub use cli::{run_backup, run_serve, serve_on, BackupArgs, ServeArgs};
+pub use cli::{
+    run_backup, run_backup_command, run_serve, serve_on, BackupArgs, BackupCommand, ServeArgs,
+};
 pub use error::BackupError;
 pub use export::VersionExport;
 pub use forget::{run_forget, ForgetArgs, ForgetSummary};
 pub use gc::{run_gc, GcArgs, GcSummary};
+pub use identity::{ExportIdentity, IdentityError};
 pub use index::{ChunkRef, Index, IndexError};
 pub use location::StoreLocation;
 pub use name::{ExportName, VolumeName};

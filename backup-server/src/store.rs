@@ -49,6 +49,17 @@ impl std::fmt::Debug for ChunkStore {
     }
 }
 
+/// How a chunk a backup would reuse stands ([`ChunkStore::check_chunk`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkCheck {
+    /// The store does not have it.
+    Missing,
+    /// The store has it, plausible (or verified, when asked).
+    Present,
+    /// The store has it damaged; the text says how.
+    Damaged(String),
+}
+
 /// What storing a chunk did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -136,6 +147,72 @@ impl ChunkStore {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(BackupError::store(&path, e)),
         }
+    }
+
+    /// How a chunk the store may already have stands, for a backup that would reuse it:
+    /// missing, present and plausible, or damaged. Cheap by default: its size and first
+    /// byte must fit a chunk of `len` bytes (raw: exactly `len + 1` bytes; zstd: 2 to
+    /// `len + 1`). With `verify` the chunk is read back and checked against its hash.
+    pub async fn check_chunk(
+        &self,
+        hash: &ChunkHash,
+        len: usize,
+        verify: bool,
+    ) -> Result<ChunkCheck, BackupError> {
+        let path = hash.path();
+        let size = match self.objects.head(&path).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(ChunkCheck::Missing),
+            Err(e) => return Err(BackupError::store(&path, e)),
+        };
+        let encoding = if size == 0 {
+            None
+        } else {
+            self.objects
+                .get_range(&path, 0..1)
+                .await
+                .map_err(|e| BackupError::store(&path, e))?
+                .first()
+                .copied()
+        };
+        let plausible = match encoding {
+            Some(chunk::ENCODING_RAW) => size == len as u64 + 1,
+            Some(chunk::ENCODING_ZSTD) => (2..=len as u64 + 1).contains(&size),
+            _ => false,
+        };
+        if !plausible {
+            return Ok(ChunkCheck::Damaged(format!(
+                "stored size {size} bytes with encoding {encoding:?} cannot hold a {len}-byte chunk"
+            )));
+        }
+        if !verify {
+            return Ok(ChunkCheck::Present);
+        }
+        match self.get_chunk(hash, len).await {
+            Ok(_) => Ok(ChunkCheck::Present),
+            Err(BackupError::CorruptChunk { reason, .. }) => Ok(ChunkCheck::Damaged(reason)),
+            Err(BackupError::MissingChunk { .. }) => Ok(ChunkCheck::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces a damaged chunk with its good encoded form. The only overwrite the store
+    /// ever does: the new object is written whole and then takes the name (a temporary
+    /// file renamed into place locally, an atomic put on object stores), so a reader
+    /// sees the damaged chunk or the good one, never half of one.
+    pub async fn replace_chunk(
+        &self,
+        hash: &ChunkHash,
+        encoded: chunk::Encoded,
+    ) -> Result<(), BackupError> {
+        let path = hash.path();
+        let opts = PutOptions::from(PutMode::Overwrite);
+        self.objects
+            .put_opts(&path, encoded.into_payload(), opts)
+            .await
+            .map_err(|e| BackupError::store(&path, e))?;
+        self.start_writeback(&path).await;
+        Ok(())
     }
 
     /// Store a chunk's encoded form (see [`chunk::encode`]) under `hash`, unless present.
@@ -293,8 +370,16 @@ impl ChunkStore {
                 .await
             {
                 Ok(_) => {
-                    self.sync_file(&path).await?;
-                    self.sync_dirs([path]).await?;
+                    // Published: the version is visible from here on, so the backup has
+                    // succeeded. A failed fsync is reported, not turned into a failure
+                    // a script would retry (and so publish the volume twice).
+                    let synced = match self.sync_file(&path).await {
+                        Ok(()) => self.sync_dirs([path]).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = synced {
+                        tracing::error!(%volume, version = next, %e, "version published, but making it durable failed; it may not survive a power loss");
+                    }
                     return Ok(next);
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {

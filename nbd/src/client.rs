@@ -135,6 +135,13 @@ impl Client {
         export_name: &str,
         options: ClientOptions,
     ) -> Result<Self, Error> {
+        // A name the protocol cannot carry is refused before dialling: no server could
+        // ever accept it, so it must not look like a connection to retry.
+        if export_name.len() > crate::consts::MAX_STRING_BYTES {
+            return Err(Error::NameTooLong {
+                len: export_name.len(),
+            });
+        }
         let timeout = options.connect_timeout;
         let dial = async {
             let stream = TcpStream::connect(addr).await?;
@@ -576,8 +583,9 @@ where
             Err(e) => {
                 if matches!(
                     e,
-                    Error::UnknownExport(_)
+                    Error::UnknownExport { .. }
                         | Error::OptionRefused { .. }
+                        | Error::NameTooLong { .. }
                         | Error::Forbidden { .. }
                         | Error::TlsRequired
                 ) {

@@ -67,9 +67,21 @@ pub enum Error {
     /// The peer broke the protocol; the connection was dropped.
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
-    /// The server does not have the export we asked for.
-    #[error("server has no export named {0:?}")]
-    UnknownExport(String),
+    /// The server does not have the export we asked for, or cannot open it; `message`
+    /// is the server's reason (empty when it gave none).
+    #[error("server has no export named {name:?}{}{message}", if message.is_empty() { "" } else { ": " })]
+    UnknownExport {
+        /// The export asked for.
+        name: String,
+        /// The server's message.
+        message: String,
+    },
+    /// An export name longer than the protocol's 4096-byte string bound; never sent.
+    #[error("export name of {len} bytes is longer than the 4096 bytes NBD allows")]
+    NameTooLong {
+        /// Bytes in the name.
+        len: usize,
+    },
     /// The server refused an option with an error reply.
     #[error("server refused option {option} with reply {reply:#x}: {message}")]
     OptionRefused {

@@ -235,16 +235,17 @@ where
                     client.unwrap_or("(no certificate)")
                 ))
             }
-            Need::Export(name) => {
-                chosen = match catalog.open(name).await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        tracing::warn!(%e, name, "nbd server: opening export failed");
-                        None
-                    }
-                };
-                Lookup::Export(chosen.as_ref().map(|e| export_info(e.as_ref())))
-            }
+            Need::Export(name) => match catalog.open(name).await {
+                Ok(found) => {
+                    chosen = found;
+                    Lookup::Export(chosen.as_ref().map(|e| export_info(e.as_ref())))
+                }
+                Err(e) => {
+                    tracing::warn!(%e, name, "nbd server: opening export failed");
+                    // The client learns why, not just that the name is unknown.
+                    Lookup::Unavailable(format!("export {name:?} cannot be opened: {e}"))
+                }
+            },
         };
         match machine.respond(option, lookup) {
             ServerOutcome::Continue => {}
@@ -275,6 +276,7 @@ fn export_info(export: &dyn Export) -> ExportInfo {
         read_only: export.read_only(),
         can_multi_conn: export.can_multi_conn(),
         description: export.description(),
+        min_block_bytes: export.min_block_bytes(),
     }
 }
 

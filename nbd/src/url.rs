@@ -73,6 +73,9 @@ impl NbdUrl {
         let path = path.strip_prefix('/').unwrap_or(path);
         let export =
             percent_decode(path).ok_or_else(|| bad("bad percent escape in export name"))?;
+        if export.len() > crate::consts::MAX_STRING_BYTES {
+            return Err(bad("export name is longer than the 4096 bytes NBD allows"));
+        }
         Ok(Self {
             host: host.to_owned(),
             port,

@@ -4,7 +4,7 @@
 //! (`backup` and `serve` are the backup server crate's); [`Command`] adds the help text
 //! and `main.rs` dispatches.
 
-use rehydrate_backup::{BackupArgs, ForgetArgs, GcArgs, ServeArgs};
+use rehydrate_backup::{BackupCommand, ForgetArgs, GcArgs, ServeArgs};
 
 use crate::restore::RestoreArgs;
 use crate::status::StatusArgs;
@@ -17,12 +17,30 @@ use crate::status::StatusArgs;
     long_about = None
 )]
 #[command(
-    after_help = "Sizes take a unit: 4KiB, 1MiB, 1GiB. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more."
+    after_help = "Sizes take a unit: 4KiB, 1MiB, 1GiB. Logs go to stderr: errors only by default, warnings with -v, more with -vv and -vvv; RUST_LOG (e.g. RUST_LOG=debug) overrides."
 )]
 pub struct Cli {
+    /// More log lines on stderr: -v warnings, -vv progress, -vvv debugging.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log filter when RUST_LOG is unset. A failure ends with one line of its own,
+    /// so retries and warnings on the way there stay quiet unless asked for; `serve`
+    /// says where it listens and which names it refuses.
+    pub fn log_filter(&self) -> &'static str {
+        match (&self.command, self.verbose) {
+            (_, 3..) => "debug",
+            (_, 2) => "info",
+            (Command::Serve(_), _) => "warn,rehydrate_backup=info",
+            (_, 1) => "warn",
+            (_, 0) => "error",
+        }
+    }
 }
 
 /// The subcommands, in the order a restore uses them.
@@ -39,7 +57,7 @@ an interrupted backup publishes nothing.\n\nExample:\n  rehydrate backup disk.im
 /var/backups --volume sys\n\nThe last line is `backup: volume=NAME version=N bytes=B \
 new_chunks=C reused_chunks=R zero_chunks=Z ...`."
     )]
-    Backup(BackupArgs),
+    Backup(BackupCommand),
     /// Serve every volume version in a store, read-only, over NBD.
     #[command(
         about = "Serve every volume version in a store, read-only, over NBD",
@@ -142,9 +160,10 @@ mod tests {
             "sys",
         ])
         .unwrap();
-        let Command::Backup(a) = cli.command else {
+        let Command::Backup(BackupCommand { args: a, verify }) = cli.command else {
             panic!("not backup: {:?}", cli.command);
         };
+        assert!(!verify);
         assert_eq!(a.source, std::path::PathBuf::from("disk.img"));
         assert_eq!(
             (a.store.as_str(), a.volume.as_str()),
@@ -178,6 +197,18 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn logs_are_quiet_unless_asked_for() {
+        let quiet = Cli::try_parse_from(["rehydrate", "status"]).unwrap();
+        assert_eq!(quiet.log_filter(), "error");
+        let v = Cli::try_parse_from(["rehydrate", "-v", "status"]).unwrap();
+        assert_eq!(v.log_filter(), "warn");
+        let vv = Cli::try_parse_from(["rehydrate", "status", "-vv"]).unwrap();
+        assert_eq!(vv.log_filter(), "info");
+        let serve = Cli::try_parse_from(["rehydrate", "serve", "--store", "s"]).unwrap();
+        assert_eq!(serve.log_filter(), "warn,rehydrate_backup=info");
     }
 
     #[test]

@@ -150,6 +150,7 @@ fn options(volume: &str) -> BackupOptions {
         chunk_size: ChunkSize::from_shift(16).unwrap(),
         progress: false,
         rate_limit_bytes_per_sec: None,
+        verify: false,
     }
 }
 

@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         read_only: data.first().is_some_and(|b| b & 1 == 1),
         can_multi_conn: true,
         description: "fuzz".into(),
+        min_block_bytes: if data.get(1).is_some_and(|b| b & 1 == 1) { 512 } else { 1 },
     };
 
     // Handshake, then transmission on whatever bytes remain. The second input bit picks
@@ -32,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         let lookup = match machine.needs(&option) {
             Need::Nothing => Lookup::Nothing,
             Need::Export(name) if name.len() % 3 == 1 => Lookup::Refused("policy".into()),
+            Need::Export(name) if name.len() % 3 == 2 => Lookup::Unavailable("damaged".into()),
             Need::Export(name) => Lookup::Export((name.len() % 2 == 0).then(|| info.clone())),
             Need::List => Lookup::List(vec![("a".into(), String::new())]),
         };

@@ -83,6 +83,7 @@ pub struct ClientHandshake {
     listed: Vec<(String, String)>,
     replies_this_option: u32,
     want_tls: bool,
+    description: String,
 }
 
 impl ClientHandshake {
@@ -111,6 +112,7 @@ impl ClientHandshake {
             listed: Vec::new(),
             replies_this_option: 0,
             want_tls: false,
+            description: String::new(),
         }
     }
 
@@ -286,8 +288,11 @@ impl ClientHandshake {
             (State::Go, ReplyBody::Error { code, .. }) if code == REP_ERR_UNSUP => {
                 self.send_export_name();
             }
-            (State::Go, ReplyBody::Error { code, .. }) if code == REP_ERR_UNKNOWN => {
-                return Err(Error::UnknownExport(self.export_name().to_owned()));
+            (State::Go, ReplyBody::Error { code, message }) if code == REP_ERR_UNKNOWN => {
+                return Err(Error::UnknownExport {
+                    name: self.export_name().to_owned(),
+                    message,
+                });
             }
             (State::List, ReplyBody::Server { name, details }) => {
                 if self.listed.len() >= MAX_LISTED_EXPORTS {
@@ -319,6 +324,7 @@ impl ClientHandshake {
             InfoReply::BlockSize { maximum, .. } if maximum >= 512 => {
                 self.max_payload_bytes = maximum.min(MAX_PAYLOAD_BYTES);
             }
+            InfoReply::Description(text) => self.description = text,
             // The spec says to ignore what we did not ask for or do not know.
             _ => {}
         }
@@ -342,7 +348,9 @@ impl ClientHandshake {
         self.send(
             ClientOption::Go(GoRequest {
                 name,
-                info_requests: Vec::new(),
+                // The description says what the export is (`rehydrate serve` pins its
+                // version there); servers without one simply do not send it.
+                info_requests: vec![INFO_DESCRIPTION],
             }),
             State::Go,
         );
@@ -365,6 +373,7 @@ impl ClientHandshake {
             // the other is ignored rather than trusted.
             base_allocation: self.base_allocation.filter(|_| self.structured),
             max_payload_bytes: self.max_payload_bytes,
+            description: std::mem::take(&mut self.description),
         })
     }
 }
@@ -382,6 +391,7 @@ mod tests {
             read_only: true,
             can_multi_conn: true,
             description: "test".into(),
+            min_block_bytes: 1,
         }
     }
 

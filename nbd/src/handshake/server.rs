@@ -34,6 +34,9 @@ pub struct ExportInfo {
     pub can_multi_conn: bool,
     /// Optional text for `NBD_INFO_DESCRIPTION` and `NBD_OPT_LIST`.
     pub description: String,
+    /// Smallest request alignment the export accepts (`NBD_INFO_BLOCK_SIZE` minimum):
+    /// 1, or a power of two up to 64 KiB.
+    pub min_block_bytes: u32,
 }
 
 impl ExportInfo {
@@ -82,6 +85,9 @@ pub enum Lookup {
     /// The export exists or not, but this client may not open it: the reason, sent
     /// with `NBD_REP_ERR_POLICY`.
     Refused(String),
+    /// The export exists but cannot be opened; the text says why (e.g. its index is
+    /// damaged). Answered `NBD_REP_ERR_UNKNOWN` with that text, never "no export".
+    Unavailable(String),
 }
 
 /// What the shell must do after an option was answered.
@@ -227,12 +233,22 @@ impl ServerHandshake {
         if self.tls == Tls::Required {
             return self.respond_before_tls(option);
         }
-        let (export, names) = match lookup {
-            Lookup::Export(info) => (info, None),
-            Lookup::List(names) => (None, Some(names)),
-            Lookup::Nothing => (None, None),
+        let (export, names, unavailable) = match lookup {
+            Lookup::Export(info) => (info, None, None),
+            Lookup::List(names) => (None, Some(names), None),
+            Lookup::Nothing => (None, None, None),
+            Lookup::Unavailable(why) => (None, None, Some(why)),
             Lookup::Refused(reason) => return self.refuse(option, reason),
         };
+        // Every option that names an export answers one that cannot be opened the same
+        // way: unknown, with the reason (EXPORT_NAME has no error reply: hang up).
+        if let Some(why) = unavailable {
+            if matches!(option, ClientOption::ExportName(_)) {
+                return self.finish(ServerOutcome::Close);
+            }
+            self.reply(OptionReply::error(code, REP_ERR_UNKNOWN, why));
+            return ServerOutcome::Continue;
+        }
         match option {
             ClientOption::ExportName(name) => match export {
                 Some(info) => {
@@ -445,7 +461,7 @@ impl ServerHandshake {
         self.reply(OptionReply {
             option: code,
             body: ReplyBody::Info(InfoReply::BlockSize {
-                minimum: 1,
+                minimum: info.min_block_bytes.max(1),
                 preferred: PREFERRED_BLOCK_BYTES,
                 maximum: MAX_PAYLOAD_BYTES,
             }),
@@ -476,6 +492,7 @@ impl ServerHandshake {
             base_allocation,
             export_name: name,
             max_payload_bytes: MAX_PAYLOAD_BYTES,
+            description: info.description.clone(),
         }))
     }
 
