@@ -5,7 +5,8 @@
 //! read) → hash and zero check (rayon) → existence check (store `head`) → compress
 //! (rayon) → put-if-not-exists (store). Only when every chunk is stored and, locally,
 //! synced, is the index published — so an interrupted backup leaves stored chunks
-//! (reused by the next backup) but no visible version.
+//! (reused by the next backup) but no visible version. Each hash is announced before
+//! its existence check, so a concurrent `gc` spares it (see [`crate::marks`]).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -22,6 +23,7 @@ use rehydrate_nbd::PositionalIo;
 use crate::chunk::{self, ChunkHash};
 use crate::error::BackupError;
 use crate::index::{ChunkRef, Index, MAX_VOLUME_BYTES};
+use crate::marks::Announcer;
 use crate::name::VolumeName;
 use crate::size::ChunkSize;
 use crate::store::{ChunkCheck, ChunkStore, PutOutcome};
@@ -109,6 +111,22 @@ pub async fn backup(
     source: &Path,
     options: &BackupOptions,
 ) -> Result<BackupSummary, BackupError> {
+    let marks = Arc::new(Announcer::new(store));
+    let result = backup_announcing(store, source, options, &marks).await;
+    // Withdraw the announcements whatever happened: after publishing they are no longer
+    // needed, after a failure nothing will publish. One left behind only delays a gc.
+    if let Err(e) = marks.finish().await {
+        tracing::warn!(%e, "backup: could not withdraw its pending chunk list; gc expires it");
+    }
+    result
+}
+
+async fn backup_announcing(
+    store: &ChunkStore,
+    source: &Path,
+    options: &BackupOptions,
+    marks: &Arc<Announcer>,
+) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     let source_err = |e: std::io::Error| BackupError::Source {
         path: source.to_owned(),
@@ -165,15 +183,22 @@ pub async fn backup(
                 Arc::clone(&seen),
                 store.clone(),
             );
-            let (throttle, pool, verify) = (throttle.clone(), Arc::clone(&pool), options.verify);
+            let (throttle, pool, verify, marks) = (
+                throttle.clone(),
+                Arc::clone(&pool),
+                options.verify,
+                Arc::clone(marks),
+            );
             async move {
                 let offset = i * chunk_size.bytes();
                 let len = (size_bytes - offset).min(chunk_size.bytes()) as usize;
                 if let Some(t) = &throttle {
                     t.wait_for(offset).await;
                 }
-                let fate =
-                    back_up_chunk(&store, file, &path, offset, len, &seen, &pool, verify).await?;
+                let fate = back_up_chunk(
+                    &store, file, &path, offset, len, &seen, &pool, verify, &marks,
+                )
+                .await?;
                 Ok::<_, BackupError>((i, len, fate))
             }
         })
@@ -236,6 +261,7 @@ async fn back_up_chunk(
     seen: &Mutex<HashSet<ChunkHash>>,
     pool: &BufferPool,
     verify: bool,
+    marks: &Announcer,
 ) -> Result<Fate, BackupError> {
     let mut buf = pool.take(len);
     let data =
@@ -262,6 +288,11 @@ async fn back_up_chunk(
     if !first_time {
         pool.give(data);
         return Ok(Fate::Reused(hash));
+    }
+    // Announced before the existence check, so a gc running now cannot delete a chunk
+    // this backup then reuses (see `crate::marks`).
+    if marks.announce(hash).await? {
+        marks.wait_for_gc(&hash).await?;
     }
     let damage = match store.check_chunk(&hash, len, verify).await? {
         ChunkCheck::Missing => None,

@@ -95,6 +95,50 @@ impl ChunkStore {
         &self.shown
     }
 
+    /// The object store underneath (retention and gc work on it directly).
+    pub(crate) fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Check that the store honours create-if-not-exists, which publishing relies on to
+    /// give concurrent backups distinct versions: write a probe object twice with
+    /// `PutMode::Create`; the second write must be refused. A store that accepts both
+    /// (an S3-compatible server ignoring `If-None-Match`) is refused here, at startup,
+    /// rather than risking two backups publishing the same version number. Local
+    /// directories always support it (hard links), so they are not probed.
+    pub async fn check_conditional_put(&self) -> Result<(), BackupError> {
+        if self.local_root.is_some() {
+            return Ok(());
+        }
+        let path = Path::from_iter(["probe", "conditional-put"]);
+        let put = || {
+            self.objects.put_opts(
+                &path,
+                PutPayload::from_static(b"create-if-not-exists probe"),
+                PutMode::Create.into(),
+            )
+        };
+        // The first write may find the probe from an earlier run: both are fine.
+        match put().await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(self.no_conditional_put(e.to_string())),
+        }
+        match put().await {
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) => Err(self.no_conditional_put(
+                "a second create-if-not-exists write of one object succeeded".into(),
+            )),
+            Err(e) => Err(self.no_conditional_put(e.to_string())),
+        }
+    }
+
+    fn no_conditional_put(&self, reason: String) -> BackupError {
+        BackupError::NoConditionalPut {
+            store: self.shown.clone(),
+            reason,
+        }
+    }
+
     /// Whether chunk `hash` is stored (existence only; reads verify content).
     pub async fn has_chunk(&self, hash: &ChunkHash) -> Result<bool, BackupError> {
         let path = hash.path();

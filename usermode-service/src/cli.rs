@@ -5,7 +5,7 @@
 //! and `main.rs` dispatches.
 
 use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
-use rehydrate_backup::{BackupCommand, ServeArgs};
+use rehydrate_backup::{BackupCommand, ForgetArgs, GcArgs, ServeArgs};
 
 use crate::restore::RestoreArgs;
 use crate::status::StatusArgs;
@@ -91,6 +91,26 @@ Examples:\n  rehydrate status\n  rehydrate status --json --status-file /tmp/r/st
     /// Receive replicated versions into a store (the other end of `replicate`).
     #[command(long_about = rehydrate_backup::replicate::cli::RECEIVE_HELP)]
     Receive(ReceiveArgs),
+    /// Remove versions of a volume that no keep rule keeps.
+    #[command(
+        about = "Remove versions of a volume that no keep rule keeps",
+        long_about = "Remove version indexes of a volume that no keep rule keeps: --keep-last N \
+keeps the N newest, --keep-hourly/-daily/-weekly/-monthly/-yearly N the newest of each of the \
+last N hours, days, ISO weeks, months, years with a version (UTC). At least one rule is needed. \
+Chunks stay until `rehydrate gc`. Prints one line per version (keep, removed, or would remove \
+with --dry-run) with its sizes.\n\nExample:\n  rehydrate forget --store /var/backups --volume sys \
+--keep-last 3 --keep-daily 7 --dry-run"
+    )]
+    Forget(ForgetArgs),
+    /// Delete chunks no version references, safely while backups run.
+    #[command(
+        about = "Delete chunks no version references, safely while backups run",
+        long_about = "Delete the chunks no version references. Safe while backups run: chunks a \
+running backup announced are kept, and a backup that needs a chunk this gc condemned waits \
+for it. Prints one line per chunk with its size, then the totals.\n\nExample:\n  rehydrate gc \
+--store s3://backups/fleet --dry-run"
+    )]
+    Gc(GcArgs),
 }
 
 #[cfg(test)]
@@ -260,6 +280,8 @@ mod tests {
             "status",
             "replicate",
             "receive",
+            "forget",
+            "gc",
         ] {
             let sub = cli.find_subcommand_mut(name).unwrap();
             let help = sub.render_long_help().to_string();

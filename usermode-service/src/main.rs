@@ -53,6 +53,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             0 => {}
             code => std::process::exit(code.into()),
         },
+        // One line per version or chunk, then the summary.
+        Command::Forget(args) => {
+            runtime()?.block_on(rehydrate_backup::run_forget(&args, &mut |l| {
+                print_last_line(l)
+            }))?;
+        }
+        Command::Gc(args) => {
+            runtime()?.block_on(rehydrate_backup::run_gc(&args, &mut |l| print_last_line(l)))?;
+        }
     }
     Ok(())
 }

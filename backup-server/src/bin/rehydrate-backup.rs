@@ -1,5 +1,5 @@
-//! `rehydrate-backup backup|serve`: the backup server's subcommands on their own, with
-//! the same arguments `rehydrate backup` and `rehydrate serve` take.
+//! `rehydrate-backup backup|serve|forget|gc`: the backup server's subcommands on their
+//! own, with the same arguments `rehydrate backup`, `serve`, `forget` and `gc` take.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rehydrate_backup::cli::{run_backup_command, run_serve, BackupCommand, ServeArgs};
 use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
+use rehydrate_backup::{run_forget, run_gc, ForgetArgs, GcArgs};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,10 @@ enum Command {
     Replicate(ReplicateArgs),
     /// Receive replicated versions into a store.
     Receive(ReceiveArgs),
+    /// Remove versions of a volume that no keep rule keeps.
+    Forget(ForgetArgs),
+    /// Delete chunks no version references (safe while backups run).
+    Gc(GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
                     std::process::exit(code.into());
                 }
             }),
+            Command::Forget(args) => run_forget(&args, &mut print_line).await.map(drop),
+            Command::Gc(args) => run_gc(&args, &mut print_line).await.map(drop),
         }
     });
     match result {
@@ -74,4 +81,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line of `forget`'s or `gc`'s report; a reader that went away is no failure (the
+/// work is done either way).
+fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
