@@ -167,6 +167,9 @@ pub enum ServiceError {
         /// Why.
         source: std::io::Error,
     },
+    /// The live export's TLS certificate, key or client CA could not be used.
+    #[error("live export TLS: {0}")]
+    ExportTls(String),
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),

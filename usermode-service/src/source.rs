@@ -222,6 +222,9 @@ impl NbdSource {
         let options = ClientOptions {
             max_in_flight: max_in_flight.max(1),
             connect_timeout: deadline.max(Duration::from_millis(100)),
+            // nbds:// always negotiates TLS (certificates from REHYDRATE_TLS_CA, _CERT,
+            // _KEY) and never falls back to plain text, on every redial too.
+            tls: rehydrate_nbd::ClientTls::for_url(url).map_err(SourceError::Server)?,
             ..ClientOptions::default()
         };
         let started = Instant::now();

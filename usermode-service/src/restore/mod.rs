@@ -93,6 +93,16 @@ pub struct RestoreArgs {
     /// The live export's name [default: the source's export name].
     #[arg(long, value_name = "NAME", requires = "export")]
     pub export_name: Option<String>,
+    /// Serve the live export over TLS only (NBD STARTTLS) with this certificate chain
+    /// (PEM); needs --export-tls-key.
+    #[arg(long, value_name = "PEM", requires_all = ["export", "export_tls_key"])]
+    pub export_tls_cert: Option<PathBuf>,
+    /// The live export's TLS private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "export_tls_cert")]
+    pub export_tls_key: Option<PathBuf>,
+    /// Accept only live-export clients whose certificate this CA (PEM) signed.
+    #[arg(long, value_name = "PEM", requires = "export_tls_cert")]
+    pub export_tls_client_ca: Option<PathBuf>,
     /// Draw restored bytes, on-demand misses and source outages over time into this
     /// SVG file when the restore ends.
     #[arg(long, value_name = "PATH.svg")]
@@ -178,6 +188,11 @@ async fn restore_with(
         Some(addr) => Some(live::serve::bind(addr).await?),
         None => None,
     };
+    let export_tls = live::serve::tls(
+        args.export_tls_cert.as_deref(),
+        args.export_tls_key.as_deref(),
+        args.export_tls_client_ca.as_deref(),
+    )?;
 
     // What exists already, locked and read, before anything is written or fetched.
     let existing = Target::open_existing(&args.target)?;
@@ -302,7 +317,14 @@ async fn restore_with(
             pin::describe(&binding.source),
             args.target.display()
         );
-        live::serve::start(listener, name, description, shared, Arc::clone(&source))
+        live::serve::start(
+            listener,
+            name,
+            description,
+            export_tls,
+            shared,
+            Arc::clone(&source),
+        )
     });
     let shell = shell::Shell::new(
         target,
