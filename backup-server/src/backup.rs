@@ -5,12 +5,12 @@
 //! read) → hash and zero check (rayon) → existence check (store `head`) → compress
 //! (rayon) → put-if-not-exists (store). Only when every chunk is stored and, locally,
 //! synced, is the index published — so an interrupted backup leaves stored chunks
-//! (reused by the next backup) but no visible version.
+//! (reused by the next backup) but no visible version. Each hash is announced before
+//! its existence check, so a concurrent `gc` spares it (see [`crate::marks`]).
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::IsTerminal;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,13 +18,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rehydrate_nbd::PositionalIo;
 
 use crate::chunk::{self, ChunkHash};
 use crate::error::BackupError;
 use crate::index::{ChunkRef, Index, MAX_VOLUME_BYTES};
+use crate::marks::Announcer;
 use crate::name::VolumeName;
 use crate::size::ChunkSize;
-use crate::store::{ChunkStore, PutOutcome};
+use crate::store::{ChunkCheck, ChunkStore, PutOutcome};
 
 /// Chunks in the pipeline at once: enough to keep every core hashing while reads and
 /// store writes wait; memory use is this times the chunk size (at most 128 MiB).
@@ -42,6 +44,9 @@ pub struct BackupOptions {
     /// Read at most this many bytes per second from the source (`None`: unlimited), so a
     /// backup of a live disk leaves it room for other work.
     pub rate_limit_bytes_per_sec: Option<u64>,
+    /// Read back and verify every chunk the store already has (else only its size is
+    /// checked); a damaged one is replaced with the source's good data.
+    pub verify: bool,
 }
 
 /// What a backup did. `Display` is the line `backup: volume=… version=… …`.
@@ -64,6 +69,8 @@ pub struct BackupSummary {
     pub reused_chunks: u64,
     /// All-zero chunks (marked in the index, not stored).
     pub zero_chunks: u64,
+    /// Chunks the store had in a damaged form, replaced with the source's data.
+    pub repaired_chunks: u64,
     /// Bytes written to the store for new chunks (after compression).
     pub stored_bytes: u64,
     /// Wall-clock time in seconds.
@@ -81,7 +88,12 @@ impl std::fmt::Display for BackupSummary {
             self.new_chunks,
             self.reused_chunks,
             self.zero_chunks
-        )
+        )?;
+        // Only when it happened, so the usual line stays as it always was.
+        if self.repaired_chunks > 0 {
+            write!(f, " repaired_chunks={}", self.repaired_chunks)?;
+        }
+        Ok(())
     }
 }
 
@@ -90,6 +102,7 @@ enum Fate {
     Zero,
     Reused(ChunkHash),
     Written(ChunkHash, u64),
+    Repaired(ChunkHash, u64),
 }
 
 /// Back up `source` (an image file or block device) as a new version of a volume.
@@ -97,6 +110,22 @@ pub async fn backup(
     store: &ChunkStore,
     source: &Path,
     options: &BackupOptions,
+) -> Result<BackupSummary, BackupError> {
+    let marks = Arc::new(Announcer::new(store));
+    let result = backup_announcing(store, source, options, &marks).await;
+    // Withdraw the announcements whatever happened: after publishing they are no longer
+    // needed, after a failure nothing will publish. One left behind only delays a gc.
+    if let Err(e) = marks.finish().await {
+        tracing::warn!(%e, "backup: could not withdraw its pending chunk list; gc expires it");
+    }
+    result
+}
+
+async fn backup_announcing(
+    store: &ChunkStore,
+    source: &Path,
+    options: &BackupOptions,
+    marks: &Arc<Announcer>,
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     let source_err = |e: std::io::Error| BackupError::Source {
@@ -141,6 +170,7 @@ pub async fn backup(
         new_chunks: 0,
         reused_chunks: 0,
         zero_chunks: 0,
+        repaired_chunks: 0,
         stored_bytes: 0,
         secs: 0.0,
     };
@@ -153,14 +183,22 @@ pub async fn backup(
                 Arc::clone(&seen),
                 store.clone(),
             );
-            let (throttle, pool) = (throttle.clone(), Arc::clone(&pool));
+            let (throttle, pool, verify, marks) = (
+                throttle.clone(),
+                Arc::clone(&pool),
+                options.verify,
+                Arc::clone(marks),
+            );
             async move {
                 let offset = i * chunk_size.bytes();
                 let len = (size_bytes - offset).min(chunk_size.bytes()) as usize;
                 if let Some(t) = &throttle {
                     t.wait_for(offset).await;
                 }
-                let fate = back_up_chunk(&store, file, &path, offset, len, &seen, &pool).await?;
+                let fate = back_up_chunk(
+                    &store, file, &path, offset, len, &seen, &pool, verify, &marks,
+                )
+                .await?;
                 Ok::<_, BackupError>((i, len, fate))
             }
         })
@@ -180,12 +218,18 @@ pub async fn backup(
                 written.push(hash);
                 *slot = ChunkRef::Data(hash);
             }
+            Fate::Repaired(hash, stored) => {
+                summary.repaired_chunks += 1;
+                summary.stored_bytes += stored;
+                written.push(hash);
+                *slot = ChunkRef::Data(hash);
+            }
         }
         progress.inc(len as u64);
     }
     drop(results);
     debug_assert_eq!(
-        summary.zero_chunks + summary.reused_chunks + summary.new_chunks,
+        summary.zero_chunks + summary.reused_chunks + summary.new_chunks + summary.repaired_chunks,
         chunk_count
     );
 
@@ -207,6 +251,7 @@ pub async fn backup(
     Ok(summary)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn back_up_chunk(
     store: &ChunkStore,
     file: Arc<File>,
@@ -215,6 +260,8 @@ async fn back_up_chunk(
     len: usize,
     seen: &Mutex<HashSet<ChunkHash>>,
     pool: &BufferPool,
+    verify: bool,
+    marks: &Announcer,
 ) -> Result<Fate, BackupError> {
     let mut buf = pool.take(len);
     let data =
@@ -238,12 +285,31 @@ async fn back_up_chunk(
         .lock()
         .map_err(|_| BackupError::Internal("lock poisoned".into()))?
         .insert(hash);
-    if !first_time || store.has_chunk(&hash).await? {
+    if !first_time {
         pool.give(data);
         return Ok(Fate::Reused(hash));
     }
+    // Announced before the existence check, so a gc running now cannot delete a chunk
+    // this backup then reuses (see `crate::marks`).
+    if marks.announce(hash).await? {
+        marks.wait_for_gc(&hash).await?;
+    }
+    let damage = match store.check_chunk(&hash, len, verify).await? {
+        ChunkCheck::Missing => None,
+        ChunkCheck::Present => {
+            pool.give(data);
+            return Ok(Fate::Reused(hash));
+        }
+        ChunkCheck::Damaged(reason) => Some(reason),
+    };
     let encoded = crate::cpu::run(move || chunk::encode(Bytes::from(data))).await?;
     let stored = encoded.stored_len();
+    if let Some(reason) = damage {
+        // The source's bytes hash to the chunk's name: they are the good copy.
+        tracing::warn!(chunk = %hash, %reason, "backup: replacing a damaged chunk");
+        store.replace_chunk(&hash, encoded).await?;
+        return Ok(Fate::Repaired(hash, stored));
+    }
     Ok(match store.put_chunk(&hash, encoded).await? {
         PutOutcome::Written => Fate::Written(hash, stored),
         PutOutcome::AlreadyStored => Fate::Reused(hash),
@@ -320,6 +386,7 @@ mod tests {
             chunk_size: ChunkSize::from_shift(16).unwrap(),
             progress: false,
             rate_limit_bytes_per_sec: None,
+            verify: false,
         }
     }
 

@@ -51,12 +51,15 @@ impl StoreCatalog {
             Err(BackupError::VersionNotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(Some(VersionExport::new(
+        let path = format!("{}@{version}", wanted.volume);
+        let export = VersionExport::new(
             wanted.volume,
             version,
             Arc::new(index),
             Arc::clone(&self.cache),
-        )))
+        )
+        .map_err(|source| BackupError::Index { path, source })?;
+        Ok(Some(export))
     }
 
     /// Every export name with its description.

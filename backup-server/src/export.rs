@@ -14,7 +14,8 @@ use rehydrate_nbd::{BoxFuture, Export, ExportError, Extent};
 use crate::cache::ChunkCache;
 use crate::chunk::ChunkHash;
 use crate::error::BackupError;
-use crate::index::{ChunkRef, Index};
+use crate::identity::ExportIdentity;
+use crate::index::{ChunkRef, Index, IndexError};
 use crate::name::VolumeName;
 use crate::size::MAX_CHUNK_BYTES;
 
@@ -29,22 +30,37 @@ pub struct VersionExport {
     version: u32,
     index: Arc<Index>,
     cache: Arc<ChunkCache>,
+    /// The description every client is told (see [`crate::identity`]).
+    identity: ExportIdentity,
 }
 
 impl VersionExport {
-    /// Serve `index` (version `version` of `volume`) through `cache`.
+    /// Serve `index` (version `version` of `volume`) through `cache`. Fails only for an
+    /// index that cannot be encoded (a decoded one always can).
     pub fn new(
         volume: VolumeName,
         version: u32,
         index: Arc<Index>,
         cache: Arc<ChunkCache>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, IndexError> {
+        let identity = ExportIdentity {
+            volume: volume.clone(),
+            version,
+            size_bytes: index.volume_size_bytes,
+            index_checksum: index.checksum()?,
+        };
+        Ok(Self {
             volume,
             version,
             index,
             cache,
-        }
+            identity,
+        })
+    }
+
+    /// What this export is, as its description tells clients.
+    pub fn identity(&self) -> &ExportIdentity {
+        &self.identity
     }
 
     /// The version served.
@@ -130,7 +146,7 @@ impl Export for VersionExport {
     }
 
     fn description(&self) -> String {
-        format!("{}@{}", self.volume, self.version)
+        self.identity.render()
     }
 
     fn read(&self, offset: u64, length: u32) -> BoxFuture<'_, Result<Bytes, ExportError>> {
@@ -196,11 +212,12 @@ mod tests {
             chunk_size: ChunkSize::from_shift(16).unwrap(),
             progress: false,
             rate_limit_bytes_per_sec: None,
+            verify: false,
         };
         backup(&store, &image, &options).await.unwrap();
         let index = store.read_index(&options.volume, 1).await.unwrap();
         let cache = Arc::new(ChunkCache::new(store, 1 << 20));
-        let export = VersionExport::new(options.volume, 1, Arc::new(index), cache);
+        let export = VersionExport::new(options.volume, 1, Arc::new(index), cache).unwrap();
         (dir, data, export)
     }
 

@@ -171,6 +171,16 @@ impl Index {
         Ok(out)
     }
 
+    /// The checksum the stored form carries (bytes 40..72): BLAKE3 of the header's first
+    /// 40 bytes and every entry. Names this version's contents exactly: `rehydrate
+    /// serve` tells clients it, and a restore pins it.
+    pub fn checksum(&self) -> Result<[u8; 32], IndexError> {
+        let encoded = self.encode()?;
+        let mut sum = [0u8; 32];
+        sum.copy_from_slice(&encoded[CHECKSUM_OFFSET..HEADER_BYTES]);
+        Ok(sum)
+    }
+
     /// Decode and check the stored form.
     pub fn decode(bytes: &[u8]) -> Result<Self, IndexError> {
         let header: &[u8; HEADER_BYTES] = bytes

@@ -5,9 +5,13 @@
 //! - [`store`]: the layout over any `object_store` (local directory by default);
 //!   [`chunk`] and [`index`] say each object's format byte by byte.
 //! - [`backup`]: image or device → chunks → a published version.
-//! - [`catalog`], [`export`], [`cache`]: the NBD side, over `rehydrate-nbd`'s server.
+//! - [`catalog`], [`export`], [`cache`]: the NBD side, over `rehydrate-nbd`'s server;
+//!   [`access`]: which TLS client may read which volume.
+//! - [`keep`], [`forget`], [`gc`], [`marks`]: retention, and deleting unreferenced
+//!   chunks safely while backups run.
 //! - [`cli`]: the subcommands' arguments and entry points for the binaries.
 
+pub mod access;
 pub mod backup;
 pub mod cache;
 pub mod catalog;
@@ -16,19 +20,32 @@ pub mod cli;
 mod cpu;
 pub mod error;
 pub mod export;
+pub mod forget;
+pub mod gc;
+pub mod identity;
 pub mod index;
+pub mod keep;
 pub mod location;
+pub mod marks;
 pub mod name;
+mod os;
+pub mod replicate;
 pub mod size;
 pub mod store;
 
+pub use access::{AllowRule, AllowRules};
 pub use backup::{backup, BackupOptions, BackupSummary};
 pub use cache::ChunkCache;
 pub use catalog::StoreCatalog;
 pub use chunk::ChunkHash;
-pub use cli::{run_backup, run_serve, serve_on, BackupArgs, ServeArgs};
+pub use cli::{
+    run_backup, run_backup_command, run_serve, serve_on, BackupArgs, BackupCommand, ServeArgs,
+};
 pub use error::BackupError;
 pub use export::VersionExport;
+pub use forget::{run_forget, ForgetArgs, ForgetSummary};
+pub use gc::{run_gc, GcArgs, GcSummary};
+pub use identity::{ExportIdentity, IdentityError};
 pub use index::{ChunkRef, Index, IndexError};
 pub use location::StoreLocation;
 pub use name::{ExportName, VolumeName};

@@ -49,6 +49,17 @@ impl std::fmt::Debug for ChunkStore {
     }
 }
 
+/// How a chunk a backup would reuse stands ([`ChunkStore::check_chunk`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkCheck {
+    /// The store does not have it.
+    Missing,
+    /// The store has it, plausible (or verified, when asked).
+    Present,
+    /// The store has it damaged; the text says how.
+    Damaged(String),
+}
+
 /// What storing a chunk did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -84,6 +95,50 @@ impl ChunkStore {
         &self.shown
     }
 
+    /// The object store underneath (retention and gc work on it directly).
+    pub(crate) fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Check that the store honours create-if-not-exists, which publishing relies on to
+    /// give concurrent backups distinct versions: write a probe object twice with
+    /// `PutMode::Create`; the second write must be refused. A store that accepts both
+    /// (an S3-compatible server ignoring `If-None-Match`) is refused here, at startup,
+    /// rather than risking two backups publishing the same version number. Local
+    /// directories always support it (hard links), so they are not probed.
+    pub async fn check_conditional_put(&self) -> Result<(), BackupError> {
+        if self.local_root.is_some() {
+            return Ok(());
+        }
+        let path = Path::from_iter(["probe", "conditional-put"]);
+        let put = || {
+            self.objects.put_opts(
+                &path,
+                PutPayload::from_static(b"create-if-not-exists probe"),
+                PutMode::Create.into(),
+            )
+        };
+        // The first write may find the probe from an earlier run: both are fine.
+        match put().await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(self.no_conditional_put(e.to_string())),
+        }
+        match put().await {
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) => Err(self.no_conditional_put(
+                "a second create-if-not-exists write of one object succeeded".into(),
+            )),
+            Err(e) => Err(self.no_conditional_put(e.to_string())),
+        }
+    }
+
+    fn no_conditional_put(&self, reason: String) -> BackupError {
+        BackupError::NoConditionalPut {
+            store: self.shown.clone(),
+            reason,
+        }
+    }
+
     /// Whether chunk `hash` is stored (existence only; reads verify content).
     pub async fn has_chunk(&self, hash: &ChunkHash) -> Result<bool, BackupError> {
         let path = hash.path();
@@ -92,6 +147,72 @@ impl ChunkStore {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(BackupError::store(&path, e)),
         }
+    }
+
+    /// How a chunk the store may already have stands, for a backup that would reuse it:
+    /// missing, present and plausible, or damaged. Cheap by default: its size and first
+    /// byte must fit a chunk of `len` bytes (raw: exactly `len + 1` bytes; zstd: 2 to
+    /// `len + 1`). With `verify` the chunk is read back and checked against its hash.
+    pub async fn check_chunk(
+        &self,
+        hash: &ChunkHash,
+        len: usize,
+        verify: bool,
+    ) -> Result<ChunkCheck, BackupError> {
+        let path = hash.path();
+        let size = match self.objects.head(&path).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(ChunkCheck::Missing),
+            Err(e) => return Err(BackupError::store(&path, e)),
+        };
+        let encoding = if size == 0 {
+            None
+        } else {
+            self.objects
+                .get_range(&path, 0..1)
+                .await
+                .map_err(|e| BackupError::store(&path, e))?
+                .first()
+                .copied()
+        };
+        let plausible = match encoding {
+            Some(chunk::ENCODING_RAW) => size == len as u64 + 1,
+            Some(chunk::ENCODING_ZSTD) => (2..=len as u64 + 1).contains(&size),
+            _ => false,
+        };
+        if !plausible {
+            return Ok(ChunkCheck::Damaged(format!(
+                "stored size {size} bytes with encoding {encoding:?} cannot hold a {len}-byte chunk"
+            )));
+        }
+        if !verify {
+            return Ok(ChunkCheck::Present);
+        }
+        match self.get_chunk(hash, len).await {
+            Ok(_) => Ok(ChunkCheck::Present),
+            Err(BackupError::CorruptChunk { reason, .. }) => Ok(ChunkCheck::Damaged(reason)),
+            Err(BackupError::MissingChunk { .. }) => Ok(ChunkCheck::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces a damaged chunk with its good encoded form. The only overwrite the store
+    /// ever does: the new object is written whole and then takes the name (a temporary
+    /// file renamed into place locally, an atomic put on object stores), so a reader
+    /// sees the damaged chunk or the good one, never half of one.
+    pub async fn replace_chunk(
+        &self,
+        hash: &ChunkHash,
+        encoded: chunk::Encoded,
+    ) -> Result<(), BackupError> {
+        let path = hash.path();
+        let opts = PutOptions::from(PutMode::Overwrite);
+        self.objects
+            .put_opts(&path, encoded.into_payload(), opts)
+            .await
+            .map_err(|e| BackupError::store(&path, e))?;
+        self.start_writeback(&path).await;
+        Ok(())
     }
 
     /// Store a chunk's encoded form (see [`chunk::encode`]) under `hash`, unless present.
@@ -249,8 +370,16 @@ impl ChunkStore {
                 .await
             {
                 Ok(_) => {
-                    self.sync_file(&path).await?;
-                    self.sync_dirs([path]).await?;
+                    // Published: the version is visible from here on, so the backup has
+                    // succeeded. A failed fsync is reported, not turned into a failure
+                    // a script would retry (and so publish the volume twice).
+                    let synced = match self.sync_file(&path).await {
+                        Ok(()) => self.sync_dirs([path]).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = synced {
+                        tracing::error!(%volume, version = next, %e, "version published, but making it durable failed; it may not survive a power loss");
+                    }
                     return Ok(next);
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {
@@ -289,7 +418,7 @@ impl ChunkStore {
         let file = root.join(path.as_ref());
         let _ = tokio::task::spawn_blocking(move || {
             if let Ok(f) = std::fs::File::open(&file) {
-                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+                crate::os::start_writeback(&f);
             }
         })
         .await;
@@ -302,9 +431,7 @@ impl ChunkStore {
         };
         let file = root.join(path.as_ref());
         tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&file)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| BackupError::Sync { path: file, source })
+            crate::os::sync_file(&file).map_err(|source| BackupError::Sync { path: file, source })
         })
         .await
         .map_err(|e| BackupError::Internal(e.to_string()))?
@@ -325,16 +452,166 @@ impl ChunkStore {
         tokio::task::spawn_blocking(move || {
             // Deepest first, so each parent is synced after the entries it gained.
             dirs.iter().rev().try_for_each(|dir| {
-                std::fs::File::open(dir)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|source| BackupError::Sync {
-                        path: dir.clone(),
-                        source,
-                    })
+                crate::os::sync_dir(dir).map_err(|source| BackupError::Sync {
+                    path: dir.clone(),
+                    source,
+                })
             })
         })
         .await
         .map_err(|e| BackupError::Internal(e.to_string()))?
+    }
+}
+
+/// What [`ChunkStore::publish_version`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishVersionOutcome {
+    /// This call published the version.
+    Published,
+    /// The version was already there with exactly these bytes.
+    AlreadyPresent,
+}
+
+/// The object holding a store's identity (16 random bytes).
+const STORE_ID_PATH: &str = "store-id";
+
+impl ChunkStore {
+    /// The object at `path`, whole, or `None` if there is none.
+    async fn fetch_object(&self, path: &Path) -> Result<Option<Bytes>, BackupError> {
+        match self.objects.get(path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| BackupError::store(path, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BackupError::store(path, e)),
+        }
+    }
+
+    /// The store's root directory, for a local store.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
+    /// This store's identity: 16 bytes made once, at first use, and kept in the object
+    /// `store-id` (create-if-not-exists, so concurrent first uses agree).
+    pub async fn identity(&self) -> Result<[u8; 16], BackupError> {
+        let path = Path::from(STORE_ID_PATH);
+        let read = |bytes: &[u8]| -> Result<[u8; 16], BackupError> {
+            bytes.try_into().map_err(|_| BackupError::InvalidStore {
+                store: self.shown.clone(),
+                reason: format!("{STORE_ID_PATH} is not 16 bytes"),
+            })
+        };
+        if let Some(bytes) = self.fetch_object(&path).await? {
+            return read(&bytes);
+        }
+        let mut seed = blake3::Hasher::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        seed.update(&now.as_nanos().to_le_bytes());
+        seed.update(&std::process::id().to_le_bytes());
+        seed.update(self.shown.as_bytes());
+        seed.update(&(&seed as *const _ as usize).to_le_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&seed.finalize().as_bytes()[..16]);
+        let payload = PutPayload::from(Bytes::copy_from_slice(&id));
+        match self
+            .objects
+            .put_opts(&path, payload, PutMode::Create.into())
+            .await
+        {
+            Ok(_) => {
+                self.sync_file(&path).await?;
+                self.sync_dirs([path]).await?;
+                Ok(id)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Another process made it first: use theirs.
+                read(&self.fetch_object(&path).await?.unwrap_or_default())
+            }
+            Err(e) => Err(BackupError::store(&path, e)),
+        }
+    }
+
+    /// Version `version` of `volume`'s index file exactly as stored (not decoded).
+    pub async fn read_index_bytes(
+        &self,
+        volume: &VolumeName,
+        version: u32,
+    ) -> Result<Bytes, BackupError> {
+        self.fetch_object(&version_path(volume, version))
+            .await?
+            .ok_or_else(|| BackupError::VersionNotFound {
+                volume: volume.to_string(),
+                version,
+            })
+    }
+
+    /// Chunk `hash` in its stored form, after checking that it decodes to `expected_len`
+    /// bytes with that hash (for sending it on without recompressing).
+    pub async fn get_chunk_stored(
+        &self,
+        hash: &ChunkHash,
+        expected_len: usize,
+    ) -> Result<chunk::Encoded, BackupError> {
+        let stored =
+            self.fetch_object(&hash.path())
+                .await?
+                .ok_or_else(|| BackupError::MissingChunk {
+                    hash: hash.to_string(),
+                })?;
+        let hash = *hash;
+        let checked = stored.clone();
+        crate::cpu::run(move || chunk::decode_bytes(&hash, checked, expected_len))
+            .await?
+            .map_err(|e| BackupError::CorruptChunk {
+                hash: hash.to_string(),
+                reason: e.to_string(),
+            })?;
+        let encoding = *stored.first().unwrap_or(&chunk::ENCODING_RAW);
+        Ok(chunk::Encoded {
+            encoding,
+            body: stored.slice(1..),
+        })
+    }
+
+    /// Publish `index` (an encoded index, checked by the caller) as exactly version
+    /// `version` of `volume`, create-if-not-exists, then make it durable. The same bytes
+    /// already there count as published; different bytes are a conflict.
+    pub async fn publish_version(
+        &self,
+        volume: &VolumeName,
+        version: u32,
+        index: Bytes,
+    ) -> Result<PublishVersionOutcome, BackupError> {
+        let path = version_path(volume, version);
+        let outcome = match self
+            .objects
+            .put_opts(
+                &path,
+                PutPayload::from(index.clone()),
+                PutMode::Create.into(),
+            )
+            .await
+        {
+            Ok(_) => PublishVersionOutcome::Published,
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                if self.read_index_bytes(volume, version).await? != index {
+                    return Err(BackupError::VersionConflict {
+                        volume: volume.to_string(),
+                        version,
+                    });
+                }
+                PublishVersionOutcome::AlreadyPresent
+            }
+            Err(e) => return Err(BackupError::store(&path, e)),
+        };
+        self.sync_file(&path).await?;
+        self.sync_dirs([path]).await?;
+        Ok(outcome)
     }
 }
 

@@ -165,7 +165,7 @@ fn bad_export_names_are_unknown_exports() {
             "vol\\..\\x",
         ] {
             match rehydrate_nbd::Client::connect(server.addr, name).await {
-                Err(rehydrate_nbd::Error::UnknownExport(n)) => assert_eq!(n, name),
+                Err(rehydrate_nbd::Error::UnknownExport { name: n, .. }) => assert_eq!(n, name),
                 other => panic!("export {name:?} was not refused as unknown: {other:?}"),
             }
         }

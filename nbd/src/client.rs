@@ -23,6 +23,7 @@ use crate::error::{Error, ProtocolError};
 use crate::export::Extent;
 use crate::handshake::client::{ClientHandshake, ClientStep};
 use crate::handshake::Negotiated;
+use crate::tls::ClientTls;
 use crate::transmission::{decode_reply, Command, Reply, Request};
 use crate::url::NbdUrl;
 
@@ -35,6 +36,9 @@ pub struct ClientOptions {
     pub structured_replies: bool,
     /// Give up dialling and negotiating after this long.
     pub connect_timeout: Duration,
+    /// Negotiate TLS (`NBD_OPT_STARTTLS`) with these settings and refuse plain text;
+    /// [`ClientTls::for_url`] gives what an `nbd://` or `nbds://` URL needs.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +47,7 @@ impl Default for ClientOptions {
             max_in_flight: 32,
             structured_replies: true,
             connect_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -114,9 +119,14 @@ impl Client {
         Self::connect_with(addr, export_name, ClientOptions::default()).await
     }
 
-    /// Dial the server and export named by an `nbd://` URL.
+    /// Dial the server and export named by an `nbd://` URL, or an `nbds://` URL with
+    /// the TLS settings from the environment ([`ClientTls::from_env`]).
     pub async fn connect_url(url: &NbdUrl) -> Result<Self, Error> {
-        Self::connect_with(url.address(), &url.export, ClientOptions::default()).await
+        let options = ClientOptions {
+            tls: ClientTls::for_url(url)?,
+            ..ClientOptions::default()
+        };
+        Self::connect_with(url.address(), &url.export, options).await
     }
 
     /// Dial `addr` over TCP and negotiate `export_name`.
@@ -125,13 +135,21 @@ impl Client {
         export_name: &str,
         options: ClientOptions,
     ) -> Result<Self, Error> {
+        // A name the protocol cannot carry is refused before dialling: no server could
+        // ever accept it, so it must not look like a connection to retry.
+        if export_name.len() > crate::consts::MAX_STRING_BYTES {
+            return Err(Error::NameTooLong {
+                len: export_name.len(),
+            });
+        }
         let timeout = options.connect_timeout;
         let dial = async {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let address = stream.peer_addr()?.to_string();
-            let mut client = Self::handshake(stream, export_name, options).await?;
-            client.address = Some(address);
+            let peer = stream.peer_addr()?;
+            let mut client =
+                Self::negotiate_on(stream, export_name, options, Some(peer.ip())).await?;
+            client.address = Some(peer.to_string());
             Ok(client)
         };
         tokio::time::timeout(timeout, dial)
@@ -152,7 +170,7 @@ impl Client {
     pub async fn list_exports(addr: impl ToSocketAddrs) -> Result<Vec<(String, String)>, Error> {
         let mut stream = TcpStream::connect(addr).await?;
         let mut buf = BytesMut::new();
-        match negotiate(&mut stream, ClientHandshake::list(), &mut buf).await? {
+        match negotiate(&mut stream, &mut ClientHandshake::list(), &mut buf).await? {
             ClientStep::Listed(names) => {
                 let _ = stream.shutdown().await;
                 Ok(names)
@@ -161,11 +179,26 @@ impl Client {
         }
     }
 
-    /// Negotiate over an already-open stream (TCP, Unix socket, or a TLS stream).
+    /// Negotiate over an already-open stream (TCP, Unix socket, or a TLS stream). With
+    /// `options.tls`, the server name to check must have been set on it.
     pub async fn handshake<S>(
+        stream: S,
+        export_name: &str,
+        options: ClientOptions,
+    ) -> Result<Self, Error>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::negotiate_on(stream, export_name, options, None).await
+    }
+
+    /// Negotiate, upgrading to TLS first when `options.tls` asks; `dialled` is the
+    /// address the certificate is checked against when no server name was set.
+    async fn negotiate_on<S>(
         mut stream: S,
         export_name: &str,
         options: ClientOptions,
+        dialled: Option<std::net::IpAddr>,
     ) -> Result<Self, Error>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -174,10 +207,30 @@ impl Client {
         if !options.structured_replies {
             machine = machine.simple_replies_only();
         }
-        let mut buf = BytesMut::with_capacity(4096);
-        let ClientStep::Done(info) = negotiate(&mut stream, machine, &mut buf).await? else {
-            return Err(ProtocolError::Unexpected("handshake ended without an export").into());
+        let Some(tls) = options.tls.clone() else {
+            let mut buf = BytesMut::with_capacity(4096);
+            let info = negotiated(negotiate(&mut stream, &mut machine, &mut buf).await?)?;
+            return Ok(Self::start(stream, buf, info, options));
         };
+        machine = machine.with_starttls();
+        let mut buf = BytesMut::with_capacity(4096);
+        let ClientStep::StartTls = negotiate(&mut stream, &mut machine, &mut buf).await? else {
+            return Err(ProtocolError::Unexpected("handshake ended before TLS").into());
+        };
+        if !buf.is_empty() {
+            return Err(ProtocolError::Unexpected("plain text after the STARTTLS reply").into());
+        }
+        let mut secure = tls.connect(stream, dialled).await?;
+        machine.tls_started()?;
+        let info = negotiated(negotiate(&mut secure, &mut machine, &mut buf).await?)?;
+        Ok(Self::start(secure, buf, info, options))
+    }
+
+    /// Start the reader and writer tasks on a negotiated stream.
+    fn start<S>(stream: S, buf: BytesMut, info: Negotiated, options: ClientOptions) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         tracing::debug!(?info, "nbd client negotiated");
         let max_in_flight = options.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let core = Arc::new(Core {
@@ -188,7 +241,7 @@ impl Client {
         let (tx, rx) = mpsc::channel(max_in_flight);
         tokio::spawn(writer_task(write_half, rx, Arc::clone(&core)));
         tokio::spawn(reader_task(read_half, buf, Arc::clone(&core)));
-        Ok(Self {
+        Self {
             core,
             tx,
             slots: Arc::new(Semaphore::new(max_in_flight)),
@@ -199,7 +252,7 @@ impl Client {
                 ..options
             },
             address: None,
-        })
+        }
     }
 
     /// What was negotiated: export name, size, flags, structured replies, block status.
@@ -507,10 +560,18 @@ impl Client {
     }
 }
 
-/// Run a client handshake machine over a stream until it finishes.
+/// The negotiated export, from the step that ended a handshake.
+fn negotiated(step: ClientStep) -> Result<Negotiated, Error> {
+    match step {
+        ClientStep::Done(info) => Ok(info),
+        _ => Err(ProtocolError::Unexpected("handshake ended without an export").into()),
+    }
+}
+
+/// Run a client handshake machine over a stream until it finishes or asks for TLS.
 async fn negotiate<S>(
     stream: &mut S,
-    mut machine: ClientHandshake,
+    machine: &mut ClientHandshake,
     buf: &mut BytesMut,
 ) -> Result<ClientStep, Error>
 where
@@ -520,7 +581,14 @@ where
         let step = match machine.receive(buf) {
             Ok(step) => step,
             Err(e) => {
-                if matches!(e, Error::UnknownExport(_) | Error::OptionRefused { .. }) {
+                if matches!(
+                    e,
+                    Error::UnknownExport { .. }
+                        | Error::OptionRefused { .. }
+                        | Error::NameTooLong { .. }
+                        | Error::Forbidden { .. }
+                        | Error::TlsRequired
+                ) {
                     // The spec asks for a soft disconnect when we give up negotiating.
                     let mut abort = Vec::new();
                     crate::option::ClientOption::Abort.encode(&mut abort);

@@ -37,6 +37,12 @@ pub enum ExportError {
     /// The operation is not implemented by this export (`NBD_ENOTSUP`).
     #[error("operation not supported")]
     Unsupported,
+    /// The request is not aligned to the export's minimum block size (`NBD_EINVAL`).
+    #[error("request not aligned to the {0}-byte minimum block size")]
+    Misaligned(u32),
+    /// The export is stopping and takes no new requests (`NBD_ESHUTDOWN`).
+    #[error("export is shutting down")]
+    ShuttingDown,
 }
 
 impl ExportError {
@@ -44,7 +50,8 @@ impl ExportError {
     pub fn errno(&self) -> u32 {
         match self {
             ExportError::Io(_) | ExportError::Corrupt(_) => consts::EIO,
-            ExportError::OutOfRange => consts::EINVAL,
+            ExportError::OutOfRange | ExportError::Misaligned(_) => consts::EINVAL,
+            ExportError::ShuttingDown => consts::ESHUTDOWN,
             ExportError::ReadOnly => consts::EPERM,
             ExportError::NoSpace => consts::ENOSPC,
             ExportError::Unsupported => consts::ENOTSUP,
@@ -116,6 +123,14 @@ pub trait Export: Send + Sync + 'static {
     /// Text shown by `NBD_OPT_LIST` and `NBD_INFO_DESCRIPTION`.
     fn description(&self) -> String {
         String::new()
+    }
+
+    /// Alignment every request's offset and length must have (`NBD_INFO_BLOCK_SIZE`
+    /// minimum); 1 accepts any. An export with a larger minimum refuses unaligned
+    /// requests itself ([`ExportError::Misaligned`]); clients that honour the minimum
+    /// (qemu, libnbd) do read-modify-write on their side.
+    fn min_block_bytes(&self) -> u32 {
+        1
     }
 
     /// Read exactly `length` bytes at `offset`.

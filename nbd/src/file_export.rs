@@ -1,19 +1,19 @@
 //! [`FileExport`]: a raw image file (or block device) served as an export.
 //!
-//! Positioned reads and writes (`pread`/`pwrite` through `FileExt`) run on tokio's blocking
-//! pool, so many requests proceed at once without sharing a file cursor. Block status
-//! comes from `SEEK_DATA`/`SEEK_HOLE`; where the file system lacks them, all data.
+//! Positioned reads and writes ([`PositionalIo`]) run on tokio's blocking pool, so many
+//! requests proceed at once without sharing a file cursor. On Unix, block status comes
+//! from `SEEK_DATA`/`SEEK_HOLE` and trim punches holes; where the file system lacks them,
+//! and on Windows, every extent is data and trim is ignored (it is a hint).
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rustix::fs::{FallocateFlags, SeekFrom};
-use rustix::io::Errno;
 
 use crate::export::{BoxFuture, Export, ExportError, Extent};
+use crate::positional::PositionalIo;
 
 /// Most extents one block status call gathers (the client asks again for the rest).
 pub const MAX_FILE_EXTENTS: usize = 4096;
@@ -31,7 +31,7 @@ impl FileExport {
     pub fn open(path: impl AsRef<Path>, read_only: bool) -> std::io::Result<Self> {
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
         // Seeking to the end works for block devices too, whose metadata length is 0.
-        let size_bytes = rustix::fs::seek(&file, SeekFrom::End(0))?;
+        let size_bytes = (&file).seek(SeekFrom::End(0))?;
         Ok(Self {
             file: Arc::new(file),
             size_bytes,
@@ -92,11 +92,7 @@ impl Export for FileExport {
             return Box::pin(async { Err(ExportError::ReadOnly) });
         }
         Box::pin(self.blocking(move |file| {
-            // Trim is a hint: a file system that cannot punch holes simply keeps the data.
-            let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-            if let Err(e) = rustix::fs::fallocate(file, mode, offset, length.into()) {
-                tracing::debug!(%e, "trim: hole punching unavailable, ignoring");
-            }
+            sparse::punch_hole(file, offset, length.into());
             Ok(())
         }))
     }
@@ -107,38 +103,78 @@ impl Export for FileExport {
         length: u32,
     ) -> BoxFuture<'_, Result<Vec<Extent>, ExportError>> {
         let end = offset.saturating_add(length.into()).min(self.size_bytes);
-        Box::pin(self.blocking(move |file| Ok(file_extents(file, offset, end))))
+        Box::pin(self.blocking(move |file| Ok(sparse::file_extents(file, offset, end))))
     }
 }
 
-/// Extents of `[offset, end)` from `SEEK_DATA`/`SEEK_HOLE`, at most [`MAX_FILE_EXTENTS`].
-fn file_extents(file: &File, offset: u64, end: u64) -> Vec<Extent> {
-    let mut extents = Vec::new();
-    let mut pos = offset;
-    while pos < end && extents.len() < MAX_FILE_EXTENTS {
-        let data_start = match rustix::fs::seek(file, SeekFrom::Data(pos)) {
-            Ok(d) => d.min(end),
-            // ENXIO: no data after `pos`, the rest is a hole.
-            Err(Errno::NXIO) => end,
-            Err(e) => {
-                tracing::debug!(%e, "SEEK_DATA unavailable, reporting data");
-                extents.push(Extent::data(end - pos));
-                return extents;
-            }
-        };
-        if data_start > pos {
-            extents.push(Extent::hole(data_start - pos));
-            pos = data_start;
-            continue;
+/// Holes in files: Linux's `SEEK_DATA`/`SEEK_HOLE` and `FALLOC_FL_PUNCH_HOLE`.
+#[cfg(unix)]
+mod sparse {
+    use std::fs::File;
+
+    use rustix::fs::{FallocateFlags, SeekFrom};
+    use rustix::io::Errno;
+
+    use super::MAX_FILE_EXTENTS;
+    use crate::export::Extent;
+
+    /// Trim is a hint: a file system that cannot punch holes simply keeps the data.
+    pub fn punch_hole(file: &File, offset: u64, length: u64) {
+        let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        if let Err(e) = rustix::fs::fallocate(file, mode, offset, length) {
+            tracing::debug!(%e, "trim: hole punching unavailable, ignoring");
         }
-        let hole_start = match rustix::fs::seek(file, SeekFrom::Hole(pos)) {
-            Ok(h) => h.clamp(pos + 1, end),
-            Err(_) => end,
-        };
-        extents.push(Extent::data(hole_start - pos));
-        pos = hole_start;
     }
-    extents
+
+    /// Extents of `[offset, end)` from `SEEK_DATA`/`SEEK_HOLE`, at most [`MAX_FILE_EXTENTS`].
+    pub fn file_extents(file: &File, offset: u64, end: u64) -> Vec<Extent> {
+        let mut extents = Vec::new();
+        let mut pos = offset;
+        while pos < end && extents.len() < MAX_FILE_EXTENTS {
+            let data_start = match rustix::fs::seek(file, SeekFrom::Data(pos)) {
+                Ok(d) => d.min(end),
+                // ENXIO: no data after `pos`, the rest is a hole.
+                Err(Errno::NXIO) => end,
+                Err(e) => {
+                    tracing::debug!(%e, "SEEK_DATA unavailable, reporting data");
+                    extents.push(Extent::data(end - pos));
+                    return extents;
+                }
+            };
+            if data_start > pos {
+                extents.push(Extent::hole(data_start - pos));
+                pos = data_start;
+                continue;
+            }
+            let hole_start = match rustix::fs::seek(file, SeekFrom::Hole(pos)) {
+                Ok(h) => h.clamp(pos + 1, end),
+                Err(_) => end,
+            };
+            extents.push(Extent::data(hole_start - pos));
+            pos = hole_start;
+        }
+        extents
+    }
+}
+
+/// Windows: no hole queries or punching here (both are hints); every extent is data.
+#[cfg(windows)]
+mod sparse {
+    use std::fs::File;
+
+    use crate::export::Extent;
+
+    /// Trim is a hint; the data stays.
+    pub fn punch_hole(_file: &File, _offset: u64, _length: u64) {}
+
+    /// `[offset, end)` as one data extent.
+    pub fn file_extents(_file: &File, offset: u64, end: u64) -> Vec<Extent> {
+        if end > offset {
+            vec![Extent::data(end - offset)]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

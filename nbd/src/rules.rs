@@ -99,6 +99,7 @@ mod tests {
             read_only,
             can_multi_conn: false,
             description: String::new(),
+            min_block_bytes: 1,
         };
         Negotiated {
             export_name: String::new(),
@@ -107,6 +108,7 @@ mod tests {
             structured_replies: true,
             base_allocation: Some(1),
             max_payload_bytes: MAX_PAYLOAD_BYTES,
+            description: String::new(),
         }
     }
 

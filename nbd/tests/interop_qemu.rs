@@ -136,7 +136,10 @@ async fn our_client_reads_qemu_nbd_with_block_status() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::UnknownExport(_) | Error::OptionRefused { .. }),
+        matches!(
+            err,
+            Error::UnknownExport { .. } | Error::OptionRefused { .. }
+        ),
         "{err:?}"
     );
 }

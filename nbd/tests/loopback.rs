@@ -100,7 +100,7 @@ async fn pipelined_reads_writes_and_block_status() {
     assert!(c.read(0, 8192).await.unwrap().iter().all(|&b| b == 0));
     assert!(matches!(
         Client::connect(addr, "missing").await,
-        Err(Error::UnknownExport(_))
+        Err(Error::UnknownExport { .. })
     ));
     let names = Client::list_exports(addr).await.unwrap();
     assert_eq!(

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: where the workspace's binaries are, free ports,
 //! and child processes that are killed when a test ends, pass or fail.
 
+pub mod windows;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

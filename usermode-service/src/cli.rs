@@ -4,7 +4,8 @@
 //! (`backup` and `serve` are the backup server crate's); [`Command`] adds the help text
 //! and `main.rs` dispatches.
 
-use rehydrate_backup::{BackupArgs, ServeArgs};
+use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
+use rehydrate_backup::{BackupCommand, ForgetArgs, GcArgs, ServeArgs};
 
 use crate::restore::RestoreArgs;
 use crate::status::StatusArgs;
@@ -17,12 +18,30 @@ use crate::status::StatusArgs;
     long_about = None
 )]
 #[command(
-    after_help = "Sizes take a unit: 4KiB, 1MiB, 1GiB. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more."
+    after_help = "Sizes take a unit: 4KiB, 1MiB, 1GiB. Logs go to stderr: errors only by default, warnings with -v, more with -vv and -vvv; RUST_LOG (e.g. RUST_LOG=debug) overrides."
 )]
 pub struct Cli {
+    /// More log lines on stderr: -v warnings, -vv progress, -vvv debugging.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log filter when RUST_LOG is unset. A failure ends with one line of its own,
+    /// so retries and warnings on the way there stay quiet unless asked for; `serve`
+    /// says where it listens and which names it refuses.
+    pub fn log_filter(&self) -> &'static str {
+        match (&self.command, self.verbose) {
+            (_, 3..) => "debug",
+            (_, 2) => "info",
+            (Command::Serve(_) | Command::Receive(_), _) => "warn,rehydrate_backup=info",
+            (_, 1) => "warn",
+            (_, 0) => "error",
+        }
+    }
 }
 
 /// The subcommands, in the order a restore uses them.
@@ -39,7 +58,7 @@ an interrupted backup publishes nothing.\n\nExample:\n  rehydrate backup disk.im
 /var/backups --volume sys\n\nThe last line is `backup: volume=NAME version=N bytes=B \
 new_chunks=C reused_chunks=R zero_chunks=Z ...`."
     )]
-    Backup(BackupArgs),
+    Backup(BackupCommand),
     /// Serve every volume version in a store, read-only, over NBD.
     #[command(
         about = "Serve every volume version in a store, read-only, over NBD",
@@ -53,6 +72,9 @@ rehydrate restore --source nbd://127.0.0.1:10809/sys --target /dev/sdb"
     Serve(ServeArgs),
     /// Restore a whole volume from an NBD export into a file or block device (Linux).
     Restore(RestoreArgs),
+    /// Restore a volume in place under the Rehydrate filter (Windows).
+    #[cfg(windows)]
+    Attach(crate::attach::AttachArgs),
     /// Show how a running (or the last) restore stands.
     #[command(
         about = "Show how a running (or the last) restore stands",
@@ -63,6 +85,32 @@ process that wrote it still runs. Exits 1 with one line when there is no status 
 Examples:\n  rehydrate status\n  rehydrate status --json --status-file /tmp/r/status.json"
     )]
     Status(StatusArgs),
+    /// Send the versions a receiving store lacks; `replicate status` shows pending sessions.
+    #[command(long_about = rehydrate_backup::replicate::cli::REPLICATE_HELP)]
+    Replicate(ReplicateArgs),
+    /// Receive replicated versions into a store (the other end of `replicate`).
+    #[command(long_about = rehydrate_backup::replicate::cli::RECEIVE_HELP)]
+    Receive(ReceiveArgs),
+    /// Remove versions of a volume that no keep rule keeps.
+    #[command(
+        about = "Remove versions of a volume that no keep rule keeps",
+        long_about = "Remove version indexes of a volume that no keep rule keeps: --keep-last N \
+keeps the N newest, --keep-hourly/-daily/-weekly/-monthly/-yearly N the newest of each of the \
+last N hours, days, ISO weeks, months, years with a version (UTC). At least one rule is needed. \
+Chunks stay until `rehydrate gc`. Prints one line per version (keep, removed, or would remove \
+with --dry-run) with its sizes.\n\nExample:\n  rehydrate forget --store /var/backups --volume sys \
+--keep-last 3 --keep-daily 7 --dry-run"
+    )]
+    Forget(ForgetArgs),
+    /// Delete chunks no version references, safely while backups run.
+    #[command(
+        about = "Delete chunks no version references, safely while backups run",
+        long_about = "Delete the chunks no version references. Safe while backups run: chunks a \
+running backup announced are kept, and a backup that needs a chunk this gc condemned waits \
+for it. Prints one line per chunk with its size, then the totals.\n\nExample:\n  rehydrate gc \
+--store s3://backups/fleet --dry-run"
+    )]
+    Gc(GcArgs),
 }
 
 #[cfg(test)]
@@ -122,9 +170,10 @@ mod tests {
             "sys",
         ])
         .unwrap();
-        let Command::Backup(a) = cli.command else {
+        let Command::Backup(BackupCommand { args: a, verify }) = cli.command else {
             panic!("not backup: {:?}", cli.command);
         };
+        assert!(!verify);
         assert_eq!(a.source, std::path::PathBuf::from("disk.img"));
         assert_eq!(
             (a.store.as_str(), a.volume.as_str()),
@@ -158,6 +207,18 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn logs_are_quiet_unless_asked_for() {
+        let quiet = Cli::try_parse_from(["rehydrate", "status"]).unwrap();
+        assert_eq!(quiet.log_filter(), "error");
+        let v = Cli::try_parse_from(["rehydrate", "-v", "status"]).unwrap();
+        assert_eq!(v.log_filter(), "warn");
+        let vv = Cli::try_parse_from(["rehydrate", "status", "-vv"]).unwrap();
+        assert_eq!(vv.log_filter(), "info");
+        let serve = Cli::try_parse_from(["rehydrate", "serve", "--store", "s"]).unwrap();
+        assert_eq!(serve.log_filter(), "warn,rehydrate_backup=info");
     }
 
     #[test]
@@ -212,7 +273,16 @@ mod tests {
     #[test]
     fn every_subcommand_has_help_with_an_example() {
         let mut cli = Cli::command();
-        for name in ["backup", "serve", "restore", "status"] {
+        for name in [
+            "backup",
+            "serve",
+            "restore",
+            "status",
+            "replicate",
+            "receive",
+            "forget",
+            "gc",
+        ] {
             let sub = cli.find_subcommand_mut(name).unwrap();
             let help = sub.render_long_help().to_string();
             assert!(help.contains("rehydrate "), "{name}: {help}");

@@ -9,12 +9,13 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attach;
 pub mod cli;
 pub mod error;
 pub mod hydrator;
 pub mod link;
 #[cfg(windows)]
-mod link_windows;
+pub mod link_windows;
 pub mod restore;
 pub mod source;
 pub mod status;

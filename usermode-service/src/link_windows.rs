@@ -1,29 +1,32 @@
-//! The driver link on Windows: the filter's control device and the inverted call.
+//! The driver link on Windows: [`WindowsLink`], a [`Transport`] over `DeviceIoControl`
+//! on the filter's control device, `\\.\RehydrateControl` (SYSTEM and Administrators
+//! only). The messages are the link's (`link/messages.rs`); this file only moves bytes.
 //!
-//! As thin as the kernel shell: it moves the ABI's encoded messages
-//! (`rehydrate_driver::abi`) through `DeviceIoControl` and decides nothing; the hydrator
-//! decides what to fetch and when.
+//! One handle opened for overlapped I/O and bound to an I/O completion port. Every
+//! exchange is overlapped, the short ones (`ATTACH`, `GET_STATUS`, ...) and the ones
+//! that stay in the driver (pended `GET_MISSING`s, `HYDRATE`s until their data reached
+//! the volume) alike: KMDF answers every queued request through the port, because it
+//! returns `STATUS_PENDING` for each request it queues, even one completed at once
+//! (`FxIoQueue::QueueRequest`, fxioqueue.cpp). One reaper thread takes the packets and
+//! wakes the waiting caller with the completion status, which the port hands back in
+//! the `OVERLAPPED` (`Internal` is the NTSTATUS the driver completed with).
 //!
-//! Two handles on `\\.\RehydrateControl` (SYSTEM and Administrators only):
-//! * an **overlapped** handle bound to an I/O completion port, for the requests that stay
-//!   in the driver: several `GET_MISSING` kept pended (the driver completes one with a
-//!   batch of wanted ranges when it has some) and `HYDRATE`s in flight (one completes
-//!   when its data reached the volume). [`Link::wait`] reaps one completion at a time.
-//! * a **synchronous** handle for the short exchanges that complete at once (`ATTACH`,
-//!   `FETCH_FAILED`, `CONTROL`, `GET_STATUS`, `QUERY_BITMAP`).
-//!
-//! Each overlapped operation owns its `OVERLAPPED` and buffer in a `Box` that stays put
-//! until the completion port returns it; dropping the link cancels what is pending and
-//! waits for every cancellation before closing the handles.
+//! Each operation owns its `OVERLAPPED` and buffers in a `Box` that stays put until the
+//! port returns it; a caller that stops waiting only drops its receiver. Dropping the
+//! last clone cancels what the handle has in the driver (`CancelIoEx`: parked
+//! `GET_MISSING`s complete cancelled) and waits for every packet before the buffers are
+//! freed and the handles closed.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use rehydrate_driver::abi::{
-    Attach, BitmapQuery, Control, FetchFailed, Ioctl, MissingBatch, MissingRange, StatusCounters,
-    BITMAP_PAGE_MAX_BYTES, MISSING_BATCH_MAX_BYTES, STATUS_COUNTERS_BYTES,
-};
+use rehydrate_driver::abi::{Ioctl, METHOD_IN_DIRECT};
+use rehydrate_driver::Status;
+use tokio::sync::oneshot;
 use windows_sys::Win32::Foundation::{
     CloseHandle, GetLastError, ERROR_IO_PENDING, GENERIC_READ, GENERIC_WRITE, HANDLE,
     INVALID_HANDLE_VALUE, WAIT_TIMEOUT,
@@ -32,339 +35,250 @@ use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
 };
 use windows_sys::Win32::System::IO::{
-    CancelIoEx, CreateIoCompletionPort, DeviceIoControl, GetQueuedCompletionStatus, OVERLAPPED,
+    CancelIoEx, CreateIoCompletionPort, DeviceIoControl, GetQueuedCompletionStatus,
+    PostQueuedCompletionStatus, OVERLAPPED,
 };
+
+use crate::link::{LinkError, LinkReply, Transport};
 
 /// The Win32 name of the filter's control device (`\DosDevices\RehydrateControl`).
 pub const CONTROL_DEVICE_PATH: &str = r"\\.\RehydrateControl";
 
-/// Most `GET_MISSING` requests the link keeps pended.
-pub const PENDED_MISSING_MAX: usize = 16;
-
-/// What finished.
-#[derive(Debug)]
-pub enum Completion {
-    /// A `GET_MISSING` came back with these ranges; the link has already pended a new
-    /// one in its place.
-    Missing(Vec<MissingRange>),
-    /// A `GET_MISSING` failed (e.g. `STATUS_DEVICE_NOT_READY` after a detach, or
-    /// cancelled); not re-pended.
-    MissingFailed(io::Error),
-    /// `HYDRATE` number `token` finished.
-    Hydrated {
-        /// The caller's token from [`Link::hydrate`].
-        token: u64,
-        /// Ok when the driver took the data (written, or dropped as stale).
-        result: io::Result<()>,
-    },
-}
-
-#[derive(Debug)]
-enum Kind {
-    Missing,
-    Hydrate(u64),
-}
+/// Completion key of the packet that tells the reaper to finish.
+const STOP_KEY: usize = usize::MAX;
+/// How long a closing link waits for the driver to give back its operations before it
+/// leaks their buffers rather than free memory the driver may still write.
+const CLOSE_WAIT_MS: u32 = 30_000;
 
 /// One overlapped operation; `overlapped` first so the pointer the port returns is the
 /// pointer to the whole operation.
 #[repr(C)]
 struct Op {
     overlapped: OVERLAPPED,
-    kind: Kind,
-    buffer: Vec<u8>,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// METHOD_IN_DIRECT: `output` carries the message in, and nothing comes back in it.
+    direct_in: bool,
+    done: Option<oneshot::Sender<LinkReply>>,
 }
 
-/// The open control device.
-pub struct Link {
-    overlapped: HANDLE,
-    sync: HANDLE,
+/// The open control device; clones share it.
+#[derive(Clone)]
+pub struct WindowsLink {
+    device: Arc<Device>,
+}
+
+struct Device {
+    handle: HANDLE,
     port: HANDLE,
-    pending: usize,
-    missing_pended: usize,
+    /// Operations started and not yet returned by the port.
+    in_flight: Arc<AtomicUsize>,
+    reaper: Mutex<Option<JoinHandle<()>>>,
 }
 
-// SAFETY: the handles are process-wide kernel handles; `&mut self` serialises their use.
-unsafe impl Send for Link {}
+// SAFETY: the handles are process-wide kernel handles, usable from any thread; the
+// kernel serialises the calls made on them.
+unsafe impl Send for Device {}
+// SAFETY: as above; the only mutable state is atomic or behind a mutex.
+unsafe impl Sync for Device {}
 
 fn wide(text: &str) -> Vec<u16> {
     text.encode_utf16().chain(Some(0)).collect()
 }
 
-fn abi_error(e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+fn len_u32(ioctl: Ioctl, len: usize) -> Result<u32, LinkError> {
+    u32::try_from(len).map_err(|_| LinkError::Os {
+        ioctl,
+        source: io::Error::new(io::ErrorKind::InvalidInput, "buffer over 4 GiB"),
+    })
 }
 
-fn len_u32(len: usize) -> io::Result<u32> {
-    u32::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer over 4 GiB"))
-}
-
-fn open_handle(path: &[u16], flags: u32) -> io::Result<HANDLE> {
-    // SAFETY: `path` is NUL-terminated and outlives the call; no security attributes or
-    // template.
-    let handle = unsafe {
-        CreateFileW(
-            path.as_ptr(),
-            GENERIC_READ | GENERIC_WRITE,
-            FILE_SHARE_READ | FILE_SHARE_WRITE,
-            ptr::null(),
-            OPEN_EXISTING,
-            flags,
-            ptr::null_mut(),
-        )
-    };
-    if handle == INVALID_HANDLE_VALUE {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(handle)
-    }
-}
-
-impl Link {
-    /// Opens the control device and pends `missing_pended` `GET_MISSING` requests
-    /// (at most [`PENDED_MISSING_MAX`]).
-    pub fn open(missing_pended: usize) -> io::Result<Link> {
+impl WindowsLink {
+    /// Opens the control device. `NotFound` while no filter instance runs (the control
+    /// device exists while the filter is attached to a volume).
+    pub fn open() -> io::Result<WindowsLink> {
         let path = wide(CONTROL_DEVICE_PATH);
-        let sync = open_handle(&path, 0)?;
-        let overlapped = match open_handle(&path, FILE_FLAG_OVERLAPPED) {
-            Ok(h) => h,
-            Err(e) => {
-                // SAFETY: our handle, closed once.
-                unsafe { CloseHandle(sync) };
-                return Err(e);
-            }
-        };
-        // SAFETY: binds our overlapped handle to a new port (key 0, one thread).
-        let port = unsafe { CreateIoCompletionPort(overlapped, ptr::null_mut(), 0, 1) };
-        let mut link = Link {
-            overlapped,
-            sync,
-            port,
-            pending: 0,
-            missing_pended: 0,
-        };
-        if port.is_null() {
-            link.port = ptr::null_mut();
-            return Err(io::Error::last_os_error());
-        }
-        for _ in 0..missing_pended.min(PENDED_MISSING_MAX) {
-            link.pend_missing()?;
-        }
-        Ok(link)
-    }
-
-    /// A synchronous exchange on the synchronous handle; returns the bytes written
-    /// into `output`.
-    fn call(&self, ioctl: Ioctl, input: &[u8], output: &mut [u8]) -> io::Result<usize> {
-        let mut returned = 0u32;
-        // SAFETY: synchronous handle, so both buffers are only used during the call; the
-        // lengths are the buffers' own.
-        let ok = unsafe {
-            DeviceIoControl(
-                self.sync,
-                ioctl.code(),
-                if input.is_empty() {
-                    ptr::null()
-                } else {
-                    input.as_ptr().cast()
-                },
-                len_u32(input.len())?,
-                if output.is_empty() {
-                    ptr::null_mut()
-                } else {
-                    output.as_mut_ptr().cast()
-                },
-                len_u32(output.len())?,
-                &mut returned,
+        // SAFETY: `path` is NUL-terminated and outlives the call; no security attributes
+        // or template.
+        let handle = unsafe {
+            CreateFileW(
+                path.as_ptr(),
+                GENERIC_READ | GENERIC_WRITE,
+                FILE_SHARE_READ | FILE_SHARE_WRITE,
+                ptr::null(),
+                OPEN_EXISTING,
+                FILE_FLAG_OVERLAPPED,
                 ptr::null_mut(),
             )
         };
-        if ok == 0 {
+        if handle == INVALID_HANDLE_VALUE {
             return Err(io::Error::last_os_error());
         }
-        Ok(returned as usize)
+        // SAFETY: binds our overlapped handle to a new port (key 0, one thread).
+        let port = unsafe { CreateIoCompletionPort(handle, ptr::null_mut(), 0, 1) };
+        if port.is_null() {
+            let error = io::Error::last_os_error();
+            // SAFETY: our handle, closed once.
+            unsafe { CloseHandle(handle) };
+            return Err(error);
+        }
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let reaper = {
+            let (port, in_flight) = (port as usize, Arc::clone(&in_flight));
+            std::thread::Builder::new()
+                .name("rehydrate-link".into())
+                .spawn(move || reap(port as HANDLE, &in_flight))
+        };
+        let device = Device {
+            handle,
+            port,
+            in_flight,
+            reaper: Mutex::new(None),
+        };
+        // From here dropping `device` closes both handles.
+        *device.reaper.lock().unwrap_or_else(|e| e.into_inner()) = Some(reaper?);
+        Ok(WindowsLink {
+            device: Arc::new(device),
+        })
     }
+}
 
-    /// Starts an overlapped exchange; its completion comes out of [`Link::wait`].
-    /// `as_output` puts `op.buffer` in the output-buffer slot (GET_MISSING's answer, and
-    /// HYDRATE, whose METHOD_IN_DIRECT message travels there).
-    fn start(&mut self, ioctl: Ioctl, op: Op) -> io::Result<()> {
-        let len = len_u32(op.buffer.len())?;
-        let op = Box::into_raw(Box::new(op));
+impl Transport for WindowsLink {
+    async fn exchange(&self, ioctl: Ioctl, input: Vec<u8>) -> Result<LinkReply, LinkError> {
+        // The transfer method is the code's low two bits (`METHOD_FROM_CTL_CODE`).
+        let direct_in = ioctl.code() & 3 == METHOD_IN_DIRECT;
+        let (input, output) = if direct_in {
+            (Vec::new(), input)
+        } else {
+            (input, vec![0u8; ioctl.output_max_bytes()])
+        };
+        let (done, reply) = oneshot::channel();
+        self.device.start(
+            ioctl,
+            Box::new(Op {
+                overlapped: OVERLAPPED::default(),
+                input,
+                output,
+                direct_in,
+                done: Some(done),
+            }),
+        )?;
+        reply.await.map_err(|_| LinkError::Closed { ioctl })
+    }
+}
+
+impl Device {
+    /// Starts one overlapped exchange; its packet comes back to the reaper.
+    fn start(&self, ioctl: Ioctl, op: Box<Op>) -> Result<(), LinkError> {
+        let in_len = len_u32(ioctl, op.input.len())?;
+        let out_len = len_u32(ioctl, op.output.len())?;
+        let op = Box::into_raw(op);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         // SAFETY: `op` is a live heap allocation that stays put until the port returns
-        // its OVERLAPPED (`wait` or `Drop` turns it back into a Box), or until the call
-        // fails at once (freed below).
+        // its OVERLAPPED (the reaper turns it back into a Box), or until the call fails
+        // at once (freed below); empty buffers are passed as null with length 0.
         let ok = unsafe {
+            let input = if in_len == 0 {
+                ptr::null()
+            } else {
+                (*op).input.as_ptr().cast()
+            };
+            let output = if out_len == 0 {
+                ptr::null_mut()
+            } else {
+                (*op).output.as_mut_ptr().cast()
+            };
             DeviceIoControl(
-                self.overlapped,
+                self.handle,
                 ioctl.code(),
-                ptr::null(),
-                0,
-                (*op).buffer.as_mut_ptr().cast(),
-                len,
+                input,
+                in_len,
+                output,
+                out_len,
                 ptr::null_mut(),
                 ptr::addr_of_mut!((*op).overlapped),
             )
         };
-        // SAFETY: plain FFI call.
+        // SAFETY: plain FFI call, right after the one that set the error.
         if ok == 0 && unsafe { GetLastError() } != ERROR_IO_PENDING {
-            let error = io::Error::last_os_error();
-            // SAFETY: the driver never saw the operation, so no completion will come.
+            let source = io::Error::last_os_error();
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            // SAFETY: the call failed before reaching the driver, so no packet will come
+            // and nobody else holds the operation.
             drop(unsafe { Box::from_raw(op) });
-            return Err(error);
+            return Err(LinkError::Os { ioctl, source });
         }
         // Completed at once or pending: either way a packet reaches the port.
-        self.pending += 1;
         Ok(())
-    }
-
-    fn pend_missing(&mut self) -> io::Result<()> {
-        self.start(
-            Ioctl::GetMissing,
-            Op {
-                overlapped: OVERLAPPED::default(),
-                kind: Kind::Missing,
-                buffer: vec![0u8; MISSING_BATCH_MAX_BYTES],
-            },
-        )?;
-        self.missing_pended += 1;
-        Ok(())
-    }
-
-    /// `ATTACH`: which restore this service drives.
-    pub fn attach(&self, attach: &Attach) -> io::Result<()> {
-        let mut bytes = vec![0u8; attach.encoded_len()];
-        attach.encode(&mut bytes).map_err(abi_error)?;
-        self.call(Ioctl::Attach, &bytes, &mut []).map(drop)
-    }
-
-    /// `CONTROL`: start, pause, resume, detach.
-    pub fn control(&self, control: &Control) -> io::Result<()> {
-        let mut bytes = vec![0u8; control.encoded_len()];
-        control.encode(&mut bytes).map_err(abi_error)?;
-        self.call(Ioctl::Control, &bytes, &mut []).map(drop)
-    }
-
-    /// `FETCH_FAILED`: the range could not be fetched.
-    pub fn fetch_failed(&self, failed: &FetchFailed) -> io::Result<()> {
-        let mut bytes = vec![0u8; failed.encoded_len()];
-        failed.encode(&mut bytes).map_err(abi_error)?;
-        self.call(Ioctl::FetchFailed, &bytes, &mut []).map(drop)
-    }
-
-    /// `GET_STATUS`.
-    pub fn status(&self) -> io::Result<StatusCounters> {
-        let mut out = [0u8; STATUS_COUNTERS_BYTES];
-        let n = self.call(Ioctl::GetStatus, &[], &mut out)?;
-        StatusCounters::decode(&out[..n]).map_err(abi_error)
-    }
-
-    /// `QUERY_BITMAP`: the encoded `BitmapPage` (decode it with
-    /// `BitmapPage::decode(&bytes)`, which borrows from the bytes).
-    pub fn query_bitmap(&self, query: &BitmapQuery) -> io::Result<Vec<u8>> {
-        let mut input = vec![0u8; query.encoded_len()];
-        query.encode(&mut input).map_err(abi_error)?;
-        let mut out = vec![0u8; BITMAP_PAGE_MAX_BYTES];
-        let n = self.call(Ioctl::QueryBitmap, &input, &mut out)?;
-        out.truncate(n);
-        Ok(out)
-    }
-
-    /// `HYDRATE`: `message` is a whole encoded `Hydrate` (prefix + payload, e.g. built
-    /// with `Hydrate::encode_prefix` and the payload read in after it). Completes through
-    /// [`Link::wait`] as [`Completion::Hydrated`] with `token`.
-    pub fn hydrate(&mut self, token: u64, message: Vec<u8>) -> io::Result<()> {
-        self.start(
-            Ioctl::Hydrate,
-            Op {
-                overlapped: OVERLAPPED::default(),
-                kind: Kind::Hydrate(token),
-                buffer: message,
-            },
-        )
-    }
-
-    /// Operations the driver still holds.
-    pub fn pending(&self) -> usize {
-        self.pending
-    }
-
-    /// Waits up to `timeout_ms` (`u32::MAX`: forever) for one completion; `Ok(None)` on
-    /// timeout. A completed `GET_MISSING` is pended again before this returns.
-    pub fn wait(&mut self, timeout_ms: u32) -> io::Result<Option<Completion>> {
-        let Some((op, result)) = self.reap(timeout_ms)? else {
-            return Ok(None);
-        };
-        Ok(Some(match op.kind {
-            Kind::Hydrate(token) => Completion::Hydrated {
-                token,
-                result: result.map(drop),
-            },
-            Kind::Missing => {
-                self.missing_pended -= 1;
-                match result {
-                    Ok(n) => {
-                        let ranges = MissingBatch::decode(&op.buffer[..n.min(op.buffer.len())])
-                            .map(|batch| batch.iter().collect::<Vec<_>>());
-                        // Keep the number pended constant, whatever the batch held.
-                        self.pend_missing()?;
-                        Completion::Missing(ranges.map_err(abi_error)?)
-                    }
-                    Err(e) => Completion::MissingFailed(e),
-                }
-            }
-        }))
-    }
-
-    /// One packet from the port: the operation and its outcome (bytes returned).
-    fn reap(&mut self, timeout_ms: u32) -> io::Result<Option<(Box<Op>, io::Result<usize>)>> {
-        let mut bytes = 0u32;
-        let mut key = 0usize;
-        let mut overlapped: *mut OVERLAPPED = ptr::null_mut();
-        // SAFETY: our port; out-pointers are locals.
-        let ok = unsafe {
-            GetQueuedCompletionStatus(self.port, &mut bytes, &mut key, &mut overlapped, timeout_ms)
-        };
-        if overlapped.is_null() {
-            // SAFETY: plain FFI call.
-            let error = unsafe { GetLastError() };
-            return if ok == 0 && error == WAIT_TIMEOUT {
-                Ok(None)
-            } else {
-                Err(io::Error::last_os_error())
-            };
-        }
-        self.pending -= 1;
-        // SAFETY: every OVERLAPPED on this port is the first field of an `Op` leaked by
-        // `start`; the driver is done with it, so we own it again.
-        let op = unsafe { Box::from_raw(overlapped.cast::<Op>()) };
-        let result = if ok == 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(bytes as usize)
-        };
-        Ok(Some((op, result)))
     }
 }
 
-impl Drop for Link {
-    fn drop(&mut self) {
-        // SAFETY: our handle; cancels every operation it has in the driver (GET_MISSING
-        // requests parked in its manual queue complete cancelled).
-        unsafe { CancelIoEx(self.overlapped, ptr::null()) };
-        // Bounded: one packet per pending operation, each now cancelled or done.
-        while self.pending > 0 {
-            match self.reap(u32::MAX) {
-                Ok(Some(_)) => {}
-                _ => break,
-            }
+/// The reaper thread: hands each completed operation back to its caller until told to
+/// stop and every operation came back (or the driver kept some past `CLOSE_WAIT_MS`).
+fn reap(port: HANDLE, in_flight: &AtomicUsize) {
+    let mut stopping = false;
+    loop {
+        if stopping && in_flight.load(Ordering::SeqCst) == 0 {
+            return;
         }
-        // SAFETY: our handles, closed once; a null port was never opened.
-        unsafe {
-            if !self.port.is_null() {
-                CloseHandle(self.port);
+        let mut bytes = 0u32;
+        let mut key = 0usize;
+        let mut overlapped: *mut OVERLAPPED = ptr::null_mut();
+        let wait_ms = if stopping { CLOSE_WAIT_MS } else { u32::MAX };
+        // SAFETY: our port; the out-pointers are locals.
+        let ok = unsafe {
+            GetQueuedCompletionStatus(port, &mut bytes, &mut key, &mut overlapped, wait_ms)
+        };
+        if overlapped.is_null() {
+            if ok != 0 && key == STOP_KEY {
+                stopping = true;
+                continue;
             }
-            CloseHandle(self.overlapped);
-            CloseHandle(self.sync);
+            // SAFETY: plain FFI call.
+            let error = unsafe { GetLastError() };
+            if error == WAIT_TIMEOUT {
+                tracing::error!(
+                    left = in_flight.load(Ordering::SeqCst),
+                    "driver link: requests not given back by the driver; their buffers are leaked"
+                );
+            }
+            // A timeout while stopping, or the port is gone: nothing more will come.
+            return;
+        }
+        // SAFETY: every OVERLAPPED on this port is the first field of an `Op` leaked by
+        // `Device::start`; the driver is done with it, so it is ours again. `Internal`
+        // holds the NTSTATUS of the completion (the I/O status block's `Status`).
+        let mut op = unsafe { Box::from_raw(overlapped.cast::<Op>()) };
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        let status = Status(op.overlapped.Internal as u32);
+        let mut output = std::mem::take(&mut op.output);
+        if op.direct_in || !status.is_success() {
+            output.clear();
+        } else {
+            output.truncate(bytes as usize);
+        }
+        if let Some(done) = op.done.take() {
+            // The caller may have stopped waiting; the operation is finished either way.
+            let _ = done.send(LinkReply { status, output });
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: our handle; cancels every operation it has in the driver (parked
+        // GET_MISSINGs complete cancelled; HYDRATEs complete when their writes do).
+        unsafe { CancelIoEx(self.handle, ptr::null()) };
+        // SAFETY: our port; a packet with no OVERLAPPED and the stop key.
+        unsafe { PostQueuedCompletionStatus(self.port, 0, STOP_KEY, ptr::null()) };
+        let reaper = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(reaper) = reaper {
+            let _ = reaper.join();
+        }
+        // SAFETY: our handles, closed once, after the reaper stopped using the port.
+        unsafe {
+            CloseHandle(self.handle);
+            CloseHandle(self.port);
         }
     }
 }

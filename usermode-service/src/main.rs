@@ -1,7 +1,7 @@
 //! `rehydrate`: the service's command line. Every failure ends with one line
 //! `rehydrate: error: ...` and a non-zero exit status.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,16 +10,10 @@ use rehydrate_service::ServiceError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `serve` says where it listens and which export names it refuses (info level);
-    // everything else stays quiet unless RUST_LOG asks.
-    let default_filter = match cli.command {
-        Command::Serve(_) => "warn,rehydrate_backup=info",
-        _ => "warn",
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_filter())),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -37,25 +31,50 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Backup(args) => {
-            let json = args.json;
-            let summary = runtime()?.block_on(rehydrate_backup::run_backup(args))?;
-            println!("{}", summary.render(json));
+            let json = args.args.json;
+            let summary = runtime()?.block_on(rehydrate_backup::run_backup_command(args))?;
+            // The version is published: whatever happens to stdout, the backup succeeded.
+            print_last_line(&summary.render(json));
         }
         Command::Serve(args) => runtime()?.block_on(rehydrate_backup::run_serve(args))?,
         Command::Restore(args) => {
             let summary = rehydrate_service::restore::run(&args)?;
-            println!(
-                "{}",
-                if args.json {
-                    summary.json()
-                } else {
-                    summary.line()
-                }
-            );
+            print_last_line(&if args.json {
+                summary.json()
+            } else {
+                summary.line()
+            });
         }
-        Command::Status(args) => println!("{}", args.run()?),
+        Command::Status(args) => print_last_line(&args.run()?),
+        #[cfg(windows)]
+        Command::Attach(args) => print_last_line(&rehydrate_service::attach::run(&args)?.line()),
+        Command::Receive(args) => runtime()?.block_on(args.run())?,
+        Command::Replicate(args) => match runtime()?.block_on(args.run())? {
+            0 => {}
+            code => std::process::exit(code.into()),
+        },
+        // One line per version or chunk, then the summary.
+        Command::Forget(args) => {
+            runtime()?.block_on(rehydrate_backup::run_forget(&args, &mut |l| {
+                print_last_line(l)
+            }))?;
+        }
+        Command::Gc(args) => {
+            runtime()?.block_on(rehydrate_backup::run_gc(&args, &mut |l| print_last_line(l)))?;
+        }
     }
     Ok(())
+}
+
+/// Prints the command's result. A reader that went away (`rehydrate status | head -1`,
+/// a closed pipe) is a normal end, not an error: the work is done either way.
+fn print_last_line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("rehydrate: warning: cannot write the result to stdout: {e}");
+        }
+    }
 }
 
 /// The runtime `backup` and `serve` run on: multi-threaded, as the backup hashes and

@@ -61,6 +61,24 @@ pub enum SourceError {
         /// Byte offset.
         offset: u64,
     },
+    /// The server refused the export for good (unknown, damaged, a name too long):
+    /// waiting will not change it.
+    #[error("source {url} refused: {last}")]
+    Refused {
+        /// The source.
+        url: String,
+        /// The server's answer.
+        last: rehydrate_nbd::Error,
+    },
+    /// A reconnect found another source than the one pinned: the restore must stop
+    /// rather than mix two backups.
+    #[error("source {url} changed: {reason}")]
+    Changed {
+        /// The source.
+        url: String,
+        /// What differs.
+        reason: String,
+    },
 }
 
 impl SourceError {
@@ -69,6 +87,7 @@ impl SourceError {
         use rehydrate_nbd::consts::{EINVAL, EOVERFLOW, ESHUTDOWN};
         match self {
             SourceError::Unreachable { .. } | SourceError::Connection(_) => FetchError::Transient,
+            SourceError::Refused { .. } | SourceError::Changed { .. } => FetchError::Corrupt,
             SourceError::OutOfRange { .. } => FetchError::OutOfRange,
             SourceError::ShortRead { .. } | SourceError::Corrupt { .. } => FetchError::Corrupt,
             SourceError::Server(rehydrate_nbd::Error::Server { errno, .. }) => match *errno {
@@ -173,8 +192,14 @@ async fn checked_read<S: Source>(
     Ok(data)
 }
 
+/// Checks that a new connection still reaches the source a restore is pinned to;
+/// `Err(reason)` refuses it.
+pub type RedialCheck =
+    Arc<dyn Fn(Client) -> rehydrate_nbd::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// An NBD export as a source. Redials when the connection breaks (the hydrator's retry
-/// policy paces the attempts).
+/// policy paces the attempts), to the pinned export and through the pinned check when
+/// [`NbdSource::pin`] set them.
 pub struct NbdSource {
     url: NbdUrl,
     options: ClientOptions,
@@ -182,6 +207,9 @@ pub struct NbdSource {
     size_bytes: u64,
     block_status: bool,
     request_timeout: Duration,
+    check: Option<RedialCheck>,
+    /// Set when a reconnect found another source: every later request fails with it.
+    changed: std::sync::Mutex<Option<String>>,
 }
 
 impl NbdSource {
@@ -194,6 +222,9 @@ impl NbdSource {
         let options = ClientOptions {
             max_in_flight: max_in_flight.max(1),
             connect_timeout: deadline.max(Duration::from_millis(100)),
+            // nbds:// always negotiates TLS (certificates from REHYDRATE_TLS_CA, _CERT,
+            // _KEY) and never falls back to plain text, on every redial too.
+            tls: rehydrate_nbd::ClientTls::for_url(url).map_err(SourceError::Server)?,
             ..ClientOptions::default()
         };
         let started = Instant::now();
@@ -210,6 +241,8 @@ impl NbdSource {
                         client: RwLock::new(client),
                         options,
                         request_timeout: deadline.max(Duration::from_secs(1)),
+                        check: None,
+                        changed: std::sync::Mutex::new(None),
                     })
                 }
                 Err(e) => {
@@ -217,10 +250,17 @@ impl NbdSource {
                     // A refused export will not appear by waiting.
                     let permanent = matches!(
                         e,
-                        rehydrate_nbd::Error::UnknownExport(_)
+                        rehydrate_nbd::Error::UnknownExport { .. }
+                            | rehydrate_nbd::Error::NameTooLong { .. }
                             | rehydrate_nbd::Error::InvalidUrl { .. }
                     );
-                    if permanent || elapsed + delay > deadline {
+                    if permanent {
+                        return Err(SourceError::Refused {
+                            url: url.to_string(),
+                            last: e,
+                        });
+                    }
+                    if elapsed + delay > deadline {
                         return Err(SourceError::Unreachable {
                             url: url.to_string(),
                             attempts,
@@ -236,13 +276,34 @@ impl NbdSource {
         }
     }
 
-    /// The export's URL.
+    /// The export's URL (after [`NbdSource::pin`], the pinned export's).
     pub fn url(&self) -> &NbdUrl {
         &self.url
     }
 
+    /// From now on, reconnect to `export` only, and only accept a connection that
+    /// `check` passes.
+    pub fn pin(&mut self, export: String, check: RedialCheck) {
+        self.url.export = export;
+        self.check = Some(check);
+    }
+
+    /// The current connection (its handshake details say what the export is).
+    pub async fn connection(&self) -> Client {
+        self.client().await
+    }
+
     async fn client(&self) -> Client {
         self.client.read().await.clone()
+    }
+
+    /// The reason the source was found changed, if it was.
+    fn changed(&self) -> Option<SourceError> {
+        let reason = self.changed.lock().ok()?.clone()?;
+        Some(SourceError::Changed {
+            url: self.url.to_string(),
+            reason,
+        })
     }
 
     /// Replaces a broken connection once; errors are left for the next attempt.
@@ -254,12 +315,26 @@ impl NbdSource {
         }
         match Client::connect_with(self.url.address(), &self.url.export, self.options.clone()).await
         {
-            Ok(c) if c.size_bytes() == self.size_bytes => *current = c,
-            Ok(c) => tracing::warn!(
-                size = c.size_bytes(),
-                "source: export changed size on redial"
-            ),
+            Ok(c) if c.size_bytes() != self.size_bytes => self.refuse(format!(
+                "the export now holds {} bytes, not {}",
+                c.size_bytes(),
+                self.size_bytes
+            )),
+            Ok(c) => match &self.check {
+                Some(check) => match check(c.clone()).await {
+                    Ok(()) => *current = c,
+                    Err(reason) => self.refuse(reason),
+                },
+                None => *current = c,
+            },
             Err(e) => tracing::warn!(%e, "source: redial failed"),
+        }
+    }
+
+    fn refuse(&self, reason: String) {
+        tracing::warn!(url = %self.url, %reason, "source: reconnected to another source");
+        if let Ok(mut changed) = self.changed.lock() {
+            changed.get_or_insert(reason);
         }
     }
 
@@ -276,7 +351,7 @@ impl NbdSource {
             },
             e if e.is_connection_error() => {
                 self.redial(client).await;
-                SourceError::Connection(e)
+                self.changed().unwrap_or(SourceError::Connection(e))
             }
             e => SourceError::Server(e),
         }
@@ -306,6 +381,9 @@ impl Source for NbdSource {
     }
 
     async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, SourceError> {
+        if let Some(e) = self.changed() {
+            return Err(e);
+        }
         let client = self.client().await;
         match self.timed(client.read(offset, len)).await {
             Ok(data) => Ok(data),
@@ -314,6 +392,9 @@ impl Source for NbdSource {
     }
 
     async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Allocation>, SourceError> {
+        if let Some(e) = self.changed() {
+            return Err(e);
+        }
         let client = self.client().await;
         match self.timed(client.block_status(offset, len)).await {
             Ok(extents) => Ok(extents

@@ -141,25 +141,33 @@ fn make_image(path: &Path, size: u64) {
 }
 
 struct Images {
-    _dir: tempfile::TempDir,
     even: PathBuf,
     odd: PathBuf,
 }
 
 /// Two images shared by the tests: 256 MiB, and 256 MiB + 3584 bytes (not a whole
-/// number of 4 KiB regions).
+/// number of 4 KiB regions). They live in cargo's directory for integration-test files
+/// and are kept for the next run: a static is never dropped, so a temporary directory
+/// here would leak half a gigabyte on every run.
 fn images() -> &'static Images {
     static IMAGES: OnceLock<Images> = OnceLock::new();
     IMAGES.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let even = dir.path().join("even.img");
-        let odd = dir.path().join("odd.img");
-        make_image(&even, 256 * MIB);
-        make_image(&odd, 256 * MIB + 3584);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("restore_e2e-images");
+        std::fs::create_dir_all(&dir).expect("images directory");
+        let image = |name: &str, size: u64| {
+            let path = dir.join(name);
+            if std::fs::metadata(&path).ok().map(|m| m.len()) != Some(size) {
+                // Made under another name and renamed, so a run killed midway leaves no
+                // half-made image behind under the real name.
+                let partial = dir.join(format!("{name}.partial"));
+                make_image(&partial, size);
+                std::fs::rename(&partial, &path).expect("rename image");
+            }
+            path
+        };
         Images {
-            _dir: dir,
-            even,
-            odd,
+            even: image("even.img", 256 * MIB),
+            odd: image("odd.img", 256 * MIB + 3584),
         }
     })
 }

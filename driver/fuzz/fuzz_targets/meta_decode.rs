@@ -7,9 +7,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use rehydrate_driver::meta::{
-    decode_header, decode_page_slot, encode_header, encode_page_slot, identity_tag, Header,
-    Identity, MetaStore, Metadata, Page, StoreError, HEADER_STORE_PAGES, META_PAGE_SIZE_BYTES,
-    REGIONS_PER_PAGE, WORDS_PER_PAGE,
+    decode_header, decode_page_slot, encode_header, encode_page_slot, identity_tag, Binding,
+    Header, Identity, MetaStore, Metadata, Page, SourceKind, SourcePin, StoreError, TargetKind,
+    TargetPin, HEADER_STORE_PAGES, META_PAGE_SIZE_BYTES, REGIONS_PER_PAGE, TARGET_ID_BYTES,
+    WORDS_PER_PAGE,
 };
 use rehydrate_driver::{Geometry, RegionMap};
 
@@ -176,8 +177,11 @@ fuzz_target!(|data: &[u8]| {
             if input.byte() < 16 {
                 id.backup_id[0] ^= 1;
             }
+            // The binding the header records: kinds and name from the input, so
+            // unknown kinds and bad names reach the decoder sealed by a valid checksum.
             let header = Header {
                 identity: id,
+                binding: binding(&mut input),
                 generation: input.u64() % 1000,
             };
             encode_header(&header, &mut page);
@@ -219,6 +223,12 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let map = RegionMap::new(geometry).expect("small map");
+    if let Ok(header) = Metadata::read_header(&mut store) {
+        // What `read_header` returns decodes again to itself.
+        let mut page: Page = [0; META_PAGE_SIZE_BYTES];
+        encode_header(&header, &mut page);
+        assert_eq!(decode_header(&page), Ok(header));
+    }
     let Ok(mut meta) = Metadata::open(&mut store, &identity, &map) else {
         return;
     };
@@ -240,3 +250,29 @@ fuzz_target!(|data: &[u8]| {
     Metadata::open(&mut store, &identity, &again).expect("a committed store reopens");
     assert_eq!(map_words(&again), loaded, "a committed mark reverted");
 });
+
+/// A binding chosen by the input: a pinned source of either kind with a name of up to
+/// 300 bytes (too long ones fall back to unrecorded), a target of any kind.
+fn binding(input: &mut Input<'_>) -> Binding {
+    let kind = match input.byte() % 3 {
+        0 => SourceKind::Unrecorded,
+        1 => SourceKind::BackupVersion,
+        _ => SourceKind::ForeignNbd,
+    };
+    let len = usize::from(input.byte()) + usize::from(input.byte() % 64);
+    let name: String = (0..len)
+        .map(|_| char::from(b'a' + input.byte() % 26))
+        .collect();
+    let source = SourcePin::new(kind, &name, input.u64(), input.u64(), [input.byte(); 32])
+        .unwrap_or(SourcePin::UNRECORDED);
+    let target = TargetPin {
+        kind: match input.byte() % 4 {
+            0 => TargetKind::Unrecorded,
+            1 => TargetKind::UnixFile,
+            2 => TargetKind::UnixBlockDevice,
+            _ => TargetKind::WindowsVolume,
+        },
+        id: [input.byte(); TARGET_ID_BYTES],
+    };
+    Binding { source, target }
+}

@@ -27,7 +27,7 @@
 //!
 //! The backlog needs no allocation: its links live in each request's WDF context (a
 //! request is in it at most once: either as a new request or as a completed one), and
-//! the timer is a flag. A thread at PASSIVE_LEVEL that needs ownership (the commit work
+//! the timer and a removal are flags. A thread at PASSIVE_LEVEL that needs ownership (the commit work
 //! item, device removal) waits on an event and is handed ownership by the owner leaving.
 //! An owner at DISPATCH_LEVEL runs at most [`DRAIN_MAX`] backlog entries, then hands
 //! the rest to a work item, to stay far from the DPC watchdog.
@@ -79,6 +79,9 @@ pub enum Event {
     Cancel(WDFREQUEST),
     /// The filter's timer fired.
     Timer,
+    /// The volume is being removed: fail what the filter holds (`Filter::on_remove`) and
+    /// refuse new requests, before KMDF's purge waits for every request the driver owns.
+    Remove,
 }
 
 /// What only the owner touches.
@@ -101,6 +104,7 @@ struct Gate {
     head: WDFREQUEST,
     tail: WDFREQUEST,
     timer_fired: bool,
+    remove_requested: bool,
 }
 
 /// One filter instance's state and its lock.
@@ -132,6 +136,7 @@ impl Shared {
                 head: ptr::null_mut(),
                 tail: ptr::null_mut(),
                 timer_fired: false,
+                remove_requested: false,
             }),
             inner: UnsafeCell::new(inner),
             handoff: UnsafeCell::new(KEVENT::default()),
@@ -175,6 +180,7 @@ impl Shared {
         if gate.owned {
             match event {
                 Event::Timer => gate.timer_fired = true,
+                Event::Remove => gate.remove_requested = true,
                 Event::Io(r) => push(gate, r, Pending::Io),
                 Event::Control(r) => push(gate, r, Pending::Control),
                 Event::LowerComplete(r) => push(gate, r, Pending::LowerComplete),
@@ -235,7 +241,7 @@ impl Shared {
         let mut ran = 0u32;
         loop {
             let gate = self.acquire();
-            let more = gate.timer_fired || !gate.head.is_null();
+            let more = gate.remove_requested || gate.timer_fired || !gate.head.is_null();
             if more && ran >= DRAIN_MAX {
                 if gate.passive_waiters > 0 {
                     // A waiting commit goes first; its own `leave` runs the rest, so a
@@ -255,7 +261,11 @@ impl Shared {
                 };
                 return;
             }
-            let next = if gate.timer_fired {
+            // A removal first: the requests behind it are then refused at once.
+            let next = if gate.remove_requested {
+                gate.remove_requested = false;
+                Some(Event::Remove)
+            } else if gate.timer_fired {
                 gate.timer_fired = false;
                 Some(Event::Timer)
             } else {

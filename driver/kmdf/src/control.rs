@@ -22,15 +22,16 @@ use core::ptr;
 use rehydrate_driver::abi::FILE_DEVICE_REHYDRATE;
 use wdk::nt_success;
 use wdk_sys::{
-    call_unsafe_wdf_function_binding, _WDF_IO_QUEUE_DISPATCH_TYPE, _WDF_TRI_STATE, NTSTATUS,
-    PWDFDEVICE_INIT, STATUS_DEVICE_NOT_READY, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS,
-    WDFDEVICE, WDFDRIVER, WDFOBJECT, WDFQUEUE, WDFREQUEST, WDFSPINLOCK, WDFWAITLOCK,
-    WDF_IO_QUEUE_CONFIG, WDF_NO_OBJECT_ATTRIBUTES,
+    call_unsafe_wdf_function_binding, NTSTATUS, PWDFDEVICE_INIT, STATUS_DEVICE_NOT_READY,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, WDFDEVICE, WDFDRIVER, WDFOBJECT, WDFQUEUE,
+    WDFREQUEST, WDFSPINLOCK, WDFWAITLOCK, WDF_NO_OBJECT_ATTRIBUTES,
 };
 
 use crate::cell::{Event, Shared};
 use crate::kmdf::RequestContext;
-use crate::wdf::{self, size_ulong, unicode, wide};
+use crate::queue_spec::{CONTROL_QUEUE, PARKED_QUEUE};
+use crate::queues::{self, Handlers};
+use crate::wdf::{self, unicode, wide};
 
 /// What the driver keeps between devices.
 struct Global {
@@ -242,7 +243,9 @@ unsafe fn create_control_device() -> Result<(WDFDEVICE, WDFQUEUE), NTSTATUS> {
         return Err(named);
     }
     let mut device: WDFDEVICE = ptr::null_mut();
-    // SAFETY: WdfDeviceCreate consumes `init` whether it succeeds or fails.
+    // SAFETY: `init` is live; the out-pointer is a local. On success WdfDeviceCreate frees
+    // the init structure and nulls `init`; on failure it leaves both to us
+    // (`FxDevice::_Create`, fxdevice.cpp).
     let nt_status = unsafe {
         call_unsafe_wdf_function_binding!(
             WdfDeviceCreate,
@@ -252,6 +255,10 @@ unsafe fn create_control_device() -> Result<(WDFDEVICE, WDFQUEUE), NTSTATUS> {
         )
     };
     if !nt_success(nt_status) {
+        if !init.is_null() {
+            // SAFETY: not consumed by the failed WdfDeviceCreate; freed once.
+            unsafe { call_unsafe_wdf_function_binding!(WdfDeviceInitFree, init) };
+        }
         return Err(nt_status);
     }
     // SAFETY: `device` is live; on any failure below we delete it, which deletes its
@@ -279,50 +286,22 @@ unsafe fn build_control_device(
     device: WDFDEVICE,
     link: &wdk_sys::UNICODE_STRING,
 ) -> Result<WDFQUEUE, NTSTATUS> {
-    // SAFETY: the caller's contract; configs and out-pointers are locals.
+    // SAFETY: the caller's contract; `link` outlives the call.
     unsafe {
         let nt_status =
             call_unsafe_wdf_function_binding!(WdfDeviceCreateSymbolicLink, device, link);
         if !nt_success(nt_status) {
             return Err(nt_status);
         }
-        let mut config = WDF_IO_QUEUE_CONFIG {
-            Size: size_ulong::<WDF_IO_QUEUE_CONFIG>(),
-            DispatchType: _WDF_IO_QUEUE_DISPATCH_TYPE::WdfIoQueueDispatchParallel,
-            PowerManaged: _WDF_TRI_STATE::WdfFalse,
-            DefaultQueue: 1,
-            EvtIoDeviceControl: Some(evt_control_ioctl),
-            ..WDF_IO_QUEUE_CONFIG::default()
-        };
-        let mut queue: WDFQUEUE = ptr::null_mut();
-        let nt_status = call_unsafe_wdf_function_binding!(
-            WdfIoQueueCreate,
+        queues::create(
             device,
-            &mut config,
-            WDF_NO_OBJECT_ATTRIBUTES,
-            &mut queue
-        );
-        if !nt_success(nt_status) {
-            return Err(nt_status);
-        }
-        let mut config = WDF_IO_QUEUE_CONFIG {
-            Size: size_ulong::<WDF_IO_QUEUE_CONFIG>(),
-            DispatchType: _WDF_IO_QUEUE_DISPATCH_TYPE::WdfIoQueueDispatchManual,
-            PowerManaged: _WDF_TRI_STATE::WdfFalse,
-            ..WDF_IO_QUEUE_CONFIG::default()
-        };
-        let mut parked: WDFQUEUE = ptr::null_mut();
-        let nt_status = call_unsafe_wdf_function_binding!(
-            WdfIoQueueCreate,
-            device,
-            &mut config,
-            WDF_NO_OBJECT_ATTRIBUTES,
-            &mut parked
-        );
-        if !nt_success(nt_status) {
-            return Err(nt_status);
-        }
-        Ok(parked)
+            &CONTROL_QUEUE,
+            Handlers {
+                device_control: Some(evt_control_ioctl),
+                ..Handlers::default()
+            },
+        )?;
+        queues::create(device, &PARKED_QUEUE, Handlers::default())
     }
 }
 

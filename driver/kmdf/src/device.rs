@@ -16,6 +16,15 @@
 //! `STATUS_INSUFFICIENT_RESOURCES` rather than passing by the filter: completing it
 //! without the filter's metadata commit would acknowledge a durability that is not there.
 //!
+//! # Removal
+//! KMDF purges a non-power-managed queue at removal and waits for every request the
+//! driver owns (`PnpEventRemovedCommonCode` → `FxIoQueue::StopProcessingForPower`), and
+//! only then runs the device's cleanup. Held requests are therefore failed earlier, in
+//! `EvtDeviceSelfManagedIoFlush` (called from `PnpCleanupForRemove` on both the graceful
+//! and the surprise path) with `EvtIoStop` as a backstop; a request still arriving is
+//! refused. What the filter sent down completes as usual, through the filter, so the
+//! HYDRATE requests its writes came from are completed too.
+//!
 //! # Which volume
 //! The driver is a class filter, so PnP offers it every volume. `EvtDriverDeviceAdd`
 //! compares the volume's PDO name with the `TargetDevice` parameter and, for any other
@@ -33,13 +42,12 @@ use rehydrate_driver::{RegionMap, Status};
 use wdk::nt_success;
 use wdk_sys::{
     call_unsafe_wdf_function_binding, ntddk::IofCompleteRequest, _DEVICE_REGISTRY_PROPERTY,
-    _WDF_IO_QUEUE_DISPATCH_TYPE, _WDF_MEMORY_DESCRIPTOR_TYPE, _WDF_TRI_STATE, NTSTATUS,
-    PFN_WDF_WORKITEM, PIRP, PWDFDEVICE_INIT, STATUS_DISK_CORRUPT_ERROR,
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS, ULONG,
-    ULONG_PTR, WDFCMRESLIST, WDFDEVICE, WDFDRIVER, WDFIOTARGET, WDFOBJECT, WDFQUEUE, WDFREQUEST,
-    WDFSPINLOCK, WDFTIMER, WDFWORKITEM, WDF_IO_QUEUE_CONFIG, WDF_MEMORY_DESCRIPTOR,
-    WDF_NO_OBJECT_ATTRIBUTES, WDF_OBJECT_ATTRIBUTES, WDF_PNPPOWER_EVENT_CALLBACKS,
-    WDF_TIMER_CONFIG, WDF_WORKITEM_CONFIG,
+    _WDF_MEMORY_DESCRIPTOR_TYPE, _WDF_REQUEST_STOP_ACTION_FLAGS, NTSTATUS, PFN_WDF_WORKITEM, PIRP,
+    PWDFDEVICE_INIT, STATUS_DISK_CORRUPT_ERROR, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS, ULONG, ULONG_PTR, WDFCMRESLIST,
+    WDFDEVICE, WDFDRIVER, WDFIOTARGET, WDFOBJECT, WDFQUEUE, WDFREQUEST, WDFSPINLOCK, WDFTIMER,
+    WDFWORKITEM, WDF_MEMORY_DESCRIPTOR, WDF_NO_OBJECT_ATTRIBUTES, WDF_OBJECT_ATTRIBUTES,
+    WDF_PNPPOWER_EVENT_CALLBACKS, WDF_TIMER_CONFIG, WDF_WORKITEM_CONFIG,
 };
 
 use crate::cell::{Event, Inner, Shared};
@@ -47,6 +55,8 @@ use crate::config::{self, PATH_UNITS_MAX};
 use crate::control;
 use crate::kmdf::{Kmdf, Origin, RequestContext};
 use crate::meta_store::FileStore;
+use crate::queue_spec::VOLUME_QUEUE;
+use crate::queues::{self, Handlers};
 use crate::wdf::{self, context_type, names_equal, size_ulong};
 
 /// `IOCTL_DISK_GET_LENGTH_INFO` (ntdddisk.h): `CTL_CODE(IOCTL_DISK_BASE, 0x0017,
@@ -97,8 +107,9 @@ unsafe fn shared_arc(device: WDFDEVICE) -> Option<Arc<Shared>> {
 }
 
 /// Runs one event as the cell's owner: the only place the shell calls the filter's
-/// request callbacks. A device being removed refuses new requests and lets requests
-/// already sent down finish with the lower status.
+/// callbacks. Once the device is being removed, new requests are refused; requests
+/// already sent down, the timer and the metadata commit go on, since the engine still
+/// completes what it sent down (and the HYDRATE requests those writes came from).
 pub fn dispatch(inner: &mut Inner, event: Event) {
     let Inner {
         filter,
@@ -106,47 +117,53 @@ pub fn dispatch(inner: &mut Inner, event: Event) {
         removed,
         ..
     } = inner;
-    let live = if *removed { None } else { filter.as_mut() };
     match event {
-        Event::Io(request) => match live {
+        Event::Io(request) => match filter.as_mut().filter(|_| !*removed) {
             Some(f) => f.on_io(fw, request),
             None => fw.complete(request, Status::DEVICE_NOT_READY, 0),
         },
-        Event::Control(request) => match live {
+        Event::Control(request) => match filter.as_mut().filter(|_| !*removed) {
             Some(f) => f.on_control(fw, request),
             None => fw.complete(request, Status::DEVICE_NOT_READY, 0),
         },
         Event::Timer => {
-            if let Some(f) = live {
+            if let Some(f) = filter.as_mut() {
                 f.on_timer(fw);
             }
         }
-        Event::Cancel(request) => match live {
+        // Also after removal: a request whose completion was left to this callback
+        // (cancellation won the race) is completed here.
+        Event::Cancel(request) => match filter.as_mut() {
             Some(f) => f.on_cancel(fw, request),
             None => fw.complete(request, Status::CANCELLED, 0),
         },
+        Event::Remove => {
+            if !*removed {
+                *removed = true;
+                if let Some(f) = filter.as_mut() {
+                    f.on_remove(fw);
+                }
+            }
+        }
         Event::LowerComplete(request) => {
             // Read everything first: the filter may complete `request` below.
             // SAFETY: a request back from the lower target, ours again, with our context.
-            let (origin, forget, lower, status, information) = unsafe {
+            let (origin, forget, lower, status) = unsafe {
                 let ctx = RequestContext::of(request);
                 (
                     (*ctx).origin,
                     (*ctx).forget,
                     (*ctx).lower,
                     Status((*ctx).status as u32),
-                    call_unsafe_wdf_function_binding!(WdfRequestGetInformation, request),
                 )
             };
             let own = matches!(origin, Origin::OwnWrite | Origin::OwnFlush);
-            if forget {
-                fw.complete(request, status, information as usize);
-                return;
-            }
-            match live {
-                Some(f) => f.on_lower_complete(fw, lower, status),
-                None if !own => fw.complete(request, status, information as usize),
-                None => {}
+            match filter.as_mut() {
+                Some(f) if !forget => f.on_lower_complete(fw, lower, status),
+                // A pass-through flush (`Kmdf::send_and_forget`), or no filter (never
+                // started): the lower status and information are the answer.
+                _ if !own => fw.complete(request, status, 0),
+                _ => {}
             }
             if own {
                 // SAFETY: our own request, back from the target and reported.
@@ -216,6 +233,7 @@ unsafe fn create_device(mut device_init: PWDFDEVICE_INIT) -> Result<WDFDEVICE, N
         let mut pnp = WDF_PNPPOWER_EVENT_CALLBACKS {
             Size: size_ulong::<WDF_PNPPOWER_EVENT_CALLBACKS>(),
             EvtDevicePrepareHardware: Some(evt_prepare_hardware),
+            EvtDeviceSelfManagedIoFlush: Some(evt_self_managed_io_flush),
             ..WDF_PNPPOWER_EVENT_CALLBACKS::default()
         };
         call_unsafe_wdf_function_binding!(
@@ -342,28 +360,19 @@ unsafe fn finish_device(device: WDFDEVICE, parked: WDFQUEUE) -> NTSTATUS {
         let ctx: *mut DeviceContext = DEVICE_CONTEXT_TYPE.get(device as WDFOBJECT);
         (*ctx).shared = Arc::into_raw(shared);
 
-        // The volume's requests: parallel, because the filter holds reads for minutes
-        // while others flow; not power-managed, as a storage filter in the paging path
-        // must not stall I/O during power transitions (the volume below manages power).
-        let mut queue_config = WDF_IO_QUEUE_CONFIG {
-            Size: size_ulong::<WDF_IO_QUEUE_CONFIG>(),
-            DispatchType: _WDF_IO_QUEUE_DISPATCH_TYPE::WdfIoQueueDispatchParallel,
-            PowerManaged: _WDF_TRI_STATE::WdfFalse,
-            DefaultQueue: 1,
-            EvtIoRead: Some(evt_io_read),
-            EvtIoWrite: Some(evt_io_write),
-            EvtIoDeviceControl: Some(evt_io_device_control),
-            EvtIoInternalDeviceControl: Some(evt_io_device_control),
-            ..WDF_IO_QUEUE_CONFIG::default()
+        // The volume's requests (`queue_spec::VOLUME_QUEUE`). EvtIoStop is called for
+        // every request the driver owns when KMDF purges the queue at removal.
+        let handlers = Handlers {
+            read: Some(evt_io_read),
+            write: Some(evt_io_write),
+            device_control: Some(evt_io_device_control),
+            internal_device_control: Some(evt_io_device_control),
+            stop: Some(evt_io_stop),
         };
-        let mut queue: WDFQUEUE = ptr::null_mut();
-        call_unsafe_wdf_function_binding!(
-            WdfIoQueueCreate,
-            device,
-            &mut queue_config,
-            WDF_NO_OBJECT_ATTRIBUTES,
-            &mut queue
-        )
+        match queues::create(device, &VOLUME_QUEUE, handlers) {
+            Ok(_) => STATUS_SUCCESS,
+            Err(nt_status) => nt_status,
+        }
     }
 }
 
@@ -590,6 +599,42 @@ extern "C" fn evt_io_device_control(
     io(queue, request);
 }
 
+/// `EvtIoStop` of the volume's queue. KMDF calls it for each request the driver owns
+/// when it purges the queue at removal (`FxIoQueue::ProcessPowerEvents`, state
+/// `FxIoQueuePowerPurgeNotifyingDriver`) and then waits for all of them. Normally
+/// `evt_self_managed_io_flush` has already failed what the filter held; this is the
+/// backstop. The request itself is left alone: it is held (failed by the removal), in
+/// the backlog (refused when it runs), or at the lower device (completes from there).
+extern "C" fn evt_io_stop(queue: WDFQUEUE, _request: WDFREQUEST, action_flags: ULONG) {
+    let purge = _WDF_REQUEST_STOP_ACTION_FLAGS::WdfRequestStopActionPurge as ULONG;
+    if action_flags & purge == 0 {
+        // Suspend: only for power-managed queues, which this one is not.
+        return;
+    }
+    // SAFETY: the queue is the live default queue of one of our devices.
+    let device = unsafe { call_unsafe_wdf_function_binding!(WdfIoQueueGetDevice, queue) };
+    // SAFETY: our live device, during its queue callback.
+    if let Some(shared) = unsafe { shared_of(device) } {
+        shared.enter(Event::Remove);
+    }
+}
+
+/// `EvtDeviceSelfManagedIoFlush` (PASSIVE_LEVEL): the device is being removed, gracefully
+/// or by surprise. KMDF calls it from `PnpCleanupForRemove`, before
+/// `PnpEventRemovedCommonCode` purges the non-power-managed queues and waits for every
+/// request the driver owns (pnpstatemachine.cpp). Held requests fail here, so that wait
+/// is short; stop routing the service's requests to this instance too.
+extern "C" fn evt_self_managed_io_flush(device: WDFDEVICE) {
+    // SAFETY: WDF passes our live device, in a PnP callback.
+    if let Some(shared) = unsafe { shared_arc(device) } {
+        control::clear_active(&shared);
+        shared.enter_passive();
+        // SAFETY: we are the owner until `leave`.
+        dispatch(unsafe { shared.inner() }, Event::Remove);
+        shared.leave();
+    }
+}
+
 /// The one-shot timer (a DPC, DISPATCH_LEVEL).
 extern "C" fn evt_timer(timer: WDFTIMER) {
     // SAFETY: the timer is a live child of our device, which outlives its callbacks.
@@ -602,7 +647,9 @@ extern "C" fn evt_timer(timer: WDFTIMER) {
 }
 
 /// The commit work item (PASSIVE_LEVEL): owns the filter while the metadata file is
-/// written and flushed; I/O meanwhile waits in the backlog.
+/// written and flushed; I/O meanwhile waits in the backlog. It runs during removal too:
+/// a flush from above waits for its commit, and KMDF's purge waits for that flush. The
+/// file stays open until the device cleanup, after the purge.
 extern "C" fn evt_commit_work(item: WDFWORKITEM) {
     // SAFETY: the work item is a live child of our device, which outlives its callbacks.
     let Some(shared) = (unsafe {
@@ -616,17 +663,11 @@ extern "C" fn evt_commit_work(item: WDFWORKITEM) {
     {
         // SAFETY: we are the owner until `leave`.
         let Inner {
-            filter,
-            fw,
-            store,
-            removed,
+            filter, fw, store, ..
         } = unsafe { shared.inner() };
-        if let (Some(commit), false, Some(filter), Some(store)) = (
-            fw.pending_commit.take(),
-            *removed,
-            filter.as_mut(),
-            store.as_mut(),
-        ) {
+        if let (Some(commit), Some(filter), Some(store)) =
+            (fw.pending_commit.take(), filter.as_mut(), store.as_mut())
+        {
             filter.on_commit_work(fw, commit, store);
         }
     }
@@ -646,9 +687,11 @@ extern "C" fn evt_drain_work(item: WDFWORKITEM) {
     }
 }
 
-/// Device cleanup (PASSIVE_LEVEL, the device is going away): stop routing control
-/// requests here, fail what the filter holds, mark the cell removed, close the metadata file, drop the instance
-/// count (deleting the control device with the last instance).
+/// Device cleanup (PASSIVE_LEVEL): the device is going away, after KMDF purged its queues
+/// and ran down its timer and work items (a parent's cleanup runs after its children's).
+/// The removal normally happened in `evt_self_managed_io_flush`; this makes sure of it,
+/// closes the metadata file, and drops the instance count (deleting the control device
+/// with the last instance).
 extern "C" fn evt_device_cleanup(object: WDFOBJECT) {
     // SAFETY: WDF passes our device object.
     if let Some(shared) = unsafe { shared_arc(object as WDFDEVICE) } {
@@ -657,13 +700,8 @@ extern "C" fn evt_device_cleanup(object: WDFOBJECT) {
         // SAFETY: we are the owner until `leave`.
         unsafe {
             let inner = shared.inner();
-            // Held requests and the service's parked requests fail here, so nothing
-            // the filter owns outlives the device.
-            if let Some(filter) = inner.filter.as_mut() {
-                filter.on_remove(&mut inner.fw);
-            }
-            inner.removed = true;
-            if let Some(store) = inner.store.as_mut() {
+            dispatch(inner, Event::Remove);
+            if let Some(mut store) = inner.store.take() {
                 store.close();
             }
         }

@@ -79,6 +79,10 @@ pub struct RequestContext {
     pub lower: LowerId,
     /// The lower status (completion routine).
     pub status: NTSTATUS,
+    /// Sent down and back (completion routine): the lower driver's `Information` in the
+    /// request's IRP is then what a success reports (bytes read or written, the
+    /// data-set-management output), not the length the request asked for.
+    pub returned: bool,
     /// The wrapped IRP (`Origin::FlushIrp`).
     pub irp: PIRP,
     /// The partial MDL of a hydrate payload (`Origin::OwnWrite`), freed with the request.
@@ -399,6 +403,7 @@ impl Framework for Kmdf {
             (*ctx).lower = lower;
             (*ctx).shared = self.shared;
             (*ctx).forget = false;
+            (*ctx).returned = false;
             call_unsafe_wdf_function_binding!(WdfRequestFormatRequestUsingCurrentType, request);
         }
         self.send_with_completion(request, lower)
@@ -416,6 +421,7 @@ impl Framework for Kmdf {
             unsafe {
                 (*ctx).shared = self.shared;
                 (*ctx).forget = true;
+                (*ctx).returned = false;
                 call_unsafe_wdf_function_binding!(WdfRequestFormatRequestUsingCurrentType, request);
             }
             return self.send_with_completion(request, 0);
@@ -532,6 +538,15 @@ impl Framework for Kmdf {
     fn complete(&mut self, request: WDFREQUEST, status: Status, information: usize) {
         // SAFETY: a live request the filter owns, with our context.
         let ctx = unsafe { RequestContext::of(request) };
+        // SAFETY: as above; the IRP's Information is the lower driver's once the request
+        // came back (`WdfRequestGetInformation` reads `Irp->IoStatus.Information`).
+        let information = unsafe {
+            if (*ctx).returned && status.is_success() {
+                call_unsafe_wdf_function_binding!(WdfRequestGetInformation, request)
+            } else {
+                information as ULONG_PTR
+            }
+        };
         // SAFETY: as above.
         match unsafe { (*ctx).origin } {
             Origin::Queue => {
@@ -542,7 +557,7 @@ impl Framework for Kmdf {
                         WdfRequestCompleteWithInformation,
                         request,
                         nt(status),
-                        information as ULONG_PTR
+                        information
                     )
                 };
             }
@@ -554,7 +569,7 @@ impl Framework for Kmdf {
                     let irp = (*ctx).irp;
                     call_unsafe_wdf_function_binding!(WdfObjectDelete, request as WDFOBJECT);
                     (*irp).IoStatus.__bindgen_anon_1.Status = nt(status);
-                    (*irp).IoStatus.Information = information as ULONG_PTR;
+                    (*irp).IoStatus.Information = information;
                     IofCompleteRequest(irp, wdk_sys::IO_NO_INCREMENT as _);
                 }
             }
@@ -667,6 +682,7 @@ pub extern "C" fn evt_lower_complete(
         let ctx = RequestContext::of(request);
         (*ctx).lower = context as usize as LowerId;
         (*ctx).status = call_unsafe_wdf_function_binding!(WdfRequestGetStatus, request);
+        (*ctx).returned = true;
         let shared = (*ctx).shared;
         debug_assert!(!shared.is_null());
         (*shared).enter(Event::LowerComplete(request));

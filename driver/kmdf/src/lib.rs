@@ -9,7 +9,9 @@
 //!
 //! * `device.rs`: `EvtDriverDeviceAdd` (attach to the configured volume only), start
 //!   (open the metadata, build the filter), the default queue, the flush hook, the timer
-//!   and work items, removal.
+//!   and work items, removal (`EvtDeviceSelfManagedIoFlush`, `EvtIoStop`, cleanup).
+//! * `queue_spec.rs` / `queues.rs`: every queue as plain data (checked on Linux) and the
+//!   one place a `WDF_IO_QUEUE_CONFIG` is built from it.
 //! * `cell.rs`: how concurrent callbacks at up to DISPATCH_LEVEL and the PASSIVE_LEVEL
 //!   metadata commit take turns at the filter (a WDFSPINLOCK-guarded owner flag and an
 //!   allocation-free backlog).
@@ -32,6 +34,8 @@ mod control;
 mod device;
 mod kmdf;
 mod meta_store;
+mod queue_spec;
+mod queues;
 
 use core::ptr;
 

@@ -16,13 +16,23 @@
 //! ```text
 //! offset size  field
 //!      0    8  magic              "RHYDMETA"
-//!      8    4  format_version     u32 = FORMAT_VERSION (1)
+//!      8    4  format_version     u32 = FORMAT_VERSION (2); 1 is refused as outdated
 //!     12    4  region_size_bytes  u32, power of two 4 KiB..=1 MiB
-//!     16    8  volume_size_bytes  u64, multiple of 512
+//!     16    8  volume_size_bytes  u64, multiple of 512 (the source rounded up to a sector)
 //!     24   32  backup_id          opaque bytes naming the backup version restored
 //!     56    8  generation         u64, the commit that wrote this slot (< u64::MAX)
 //!     64    4  checksum           CRC32C of bytes 0..64 followed by bytes 68..4096
-//!     68 4028  reserved           written as zero, covered by the checksum
+//!     68    1  source_kind        0 unrecorded, 1 backup version, 2 other NBD server
+//!     69    1  target_kind        0 unrecorded, 1 Unix file, 2 Unix block device,
+//!                                 3 Windows volume (binding.rs says what target_id holds)
+//!     70    2  source_name_len    u16, at most 256
+//!     72    8  source_size_bytes  u64, the source's exact size
+//!     80    8  source_version     u64, the backup version's number (0: none)
+//!     88   32  source_digest      index checksum, or checksum of sampled blocks
+//!    120   48  target_id          kind-specific identity of the target, zero-padded
+//!    168  256  source_name        UTF-8: `NAME@N`, or `nbd://HOST:PORT/EXPORT`; zero after
+//!                                 source_name_len
+//!    424 3672  reserved           written as zero, covered by the checksum
 //! ```
 //!
 //! Bitmap page slot (one page):
@@ -44,6 +54,7 @@
 //! over the whole page rejects the mix (the slot header and the first bits share sector
 //! 0, the rest of the bits are spread over sectors 1..8).
 
+use super::binding::{Binding, SourcePin, TargetPin, SOURCE_NAME_MAX_BYTES, TARGET_ID_BYTES};
 use super::{Header, Identity, MetaError, SlotError};
 
 /// Size of one metadata page, the unit of every store read and write.
@@ -51,13 +62,15 @@ pub const META_PAGE_SIZE_BYTES: usize = 4096;
 /// The unit a device writes atomically; a torn page write lands a prefix of these.
 pub const META_SECTOR_SIZE_BYTES: usize = 512;
 /// The on-disk format this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The format before the header recorded the source and target; refused as outdated.
+pub const OUTDATED_FORMAT_VERSION: u32 = 1;
 /// First bytes of a header slot.
 pub const HEADER_MAGIC: [u8; 8] = *b"RHYDMETA";
 /// First bytes of a bitmap page slot.
 pub const PAGE_MAGIC: [u8; 8] = *b"RHYDBITS";
 /// Bytes of a header slot that carry fields; the rest of its page is reserved zero.
-pub const HEADER_LEN_BYTES: usize = 68;
+pub const HEADER_LEN_BYTES: usize = 424;
 /// Bytes at the start of a bitmap page slot before the bits.
 pub const SLOT_HEADER_BYTES: usize = 32;
 /// Region-map words held by one bitmap page.
@@ -78,6 +91,14 @@ const H_VOLUME_SIZE: usize = 16;
 const H_BACKUP_ID: usize = 24;
 const H_GENERATION: usize = 56;
 const H_CHECKSUM: usize = 64;
+const H_SOURCE_KIND: usize = 68;
+const H_TARGET_KIND: usize = 69;
+const H_SOURCE_NAME_LEN: usize = 70;
+const H_SOURCE_SIZE: usize = 72;
+const H_SOURCE_VERSION: usize = 80;
+const H_SOURCE_DIGEST: usize = 88;
+const H_TARGET_ID: usize = 120;
+const H_SOURCE_NAME: usize = 168;
 
 const P_MAGIC: usize = 0;
 const P_INDEX: usize = 8;
@@ -95,7 +116,17 @@ const _: () = assert!(H_REGION_SIZE + 4 == H_VOLUME_SIZE);
 const _: () = assert!(H_VOLUME_SIZE + 8 == H_BACKUP_ID);
 const _: () = assert!(H_BACKUP_ID + 32 == H_GENERATION);
 const _: () = assert!(H_GENERATION + 8 == H_CHECKSUM);
-const _: () = assert!(H_CHECKSUM + 4 == HEADER_LEN_BYTES);
+const _: () = assert!(H_CHECKSUM + 4 == H_SOURCE_KIND);
+const _: () = assert!(H_SOURCE_KIND + 1 == H_TARGET_KIND);
+const _: () = assert!(H_TARGET_KIND + 1 == H_SOURCE_NAME_LEN);
+const _: () = assert!(H_SOURCE_NAME_LEN + 2 == H_SOURCE_SIZE);
+const _: () = assert!(H_SOURCE_SIZE + 8 == H_SOURCE_VERSION);
+const _: () = assert!(H_SOURCE_VERSION + 8 == H_SOURCE_DIGEST);
+const _: () = assert!(H_SOURCE_DIGEST + 32 == H_TARGET_ID);
+const _: () = assert!(H_TARGET_ID + TARGET_ID_BYTES == H_SOURCE_NAME);
+const _: () = assert!(H_SOURCE_NAME + SOURCE_NAME_MAX_BYTES == HEADER_LEN_BYTES);
+// Every 8-byte field is 8-byte aligned (a reader may map the page as words).
+const _: () = assert!(H_SOURCE_SIZE % 8 == 0 && H_SOURCE_VERSION % 8 == 0);
 // The header lives in one sector, which a device writes atomically.
 const _: () = assert!(HEADER_LEN_BYTES <= META_SECTOR_SIZE_BYTES);
 const _: () = assert!(P_MAGIC + 8 == P_INDEX);
@@ -207,6 +238,16 @@ pub fn encode_header(header: &Header, page: &mut Page) {
     );
     put(page, H_BACKUP_ID, &header.identity.backup_id);
     put(page, H_GENERATION, &header.generation.to_le_bytes());
+    let source = &header.binding.source;
+    let (name_len, name) = source.raw_name();
+    put(page, H_SOURCE_KIND, &[source.kind as u8]);
+    put(page, H_TARGET_KIND, &[header.binding.target.kind as u8]);
+    put(page, H_SOURCE_NAME_LEN, &name_len.to_le_bytes());
+    put(page, H_SOURCE_SIZE, &source.size_bytes.to_le_bytes());
+    put(page, H_SOURCE_VERSION, &source.version.to_le_bytes());
+    put(page, H_SOURCE_DIGEST, &source.digest);
+    put(page, H_TARGET_ID, &header.binding.target.id);
+    put(page, H_SOURCE_NAME, name);
     let checksum = page_checksum(page, H_CHECKSUM);
     put(page, H_CHECKSUM, &checksum.to_le_bytes());
     // Pair assertion: what we write, we read back the same.
@@ -215,8 +256,9 @@ pub fn encode_header(header: &Header, page: &mut Page) {
 
 /// Decodes a header slot. Any byte string is accepted as input; every failure is typed.
 ///
-/// Checks, in order: length, magic, format version (a later version may move the
-/// checksum), checksum, generation below `u64::MAX`. It does not compare the identity:
+/// Checks, in order: length, magic, format version (1 is outdated; a later version may
+/// move the checksum), checksum, generation below `u64::MAX`, the binding's kinds and
+/// name. It does not compare the identity:
 /// that is [`super::Metadata::open`]'s job, which knows what to expect.
 pub fn decode_header(bytes: &[u8]) -> Result<Header, MetaError> {
     let page: &Page = bytes
@@ -229,6 +271,9 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, MetaError> {
         });
     }
     let version = u32_at(page, H_VERSION);
+    if version == OUTDATED_FORMAT_VERSION {
+        return Err(MetaError::OutdatedFormat { found: version });
+    }
     if version != FORMAT_VERSION {
         return Err(MetaError::UnsupportedVersion { found: version });
     }
@@ -242,12 +287,27 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, MetaError> {
         // Never written (commit would overflow it); treat as damage, not as data.
         return Err(MetaError::HeaderChecksum { stored, computed });
     }
+    let source = SourcePin::decode(
+        get::<1>(page, H_SOURCE_KIND)[0],
+        u16::from_le_bytes(get(page, H_SOURCE_NAME_LEN)),
+        u64_at(page, H_SOURCE_SIZE),
+        u64_at(page, H_SOURCE_VERSION),
+        get(page, H_SOURCE_DIGEST),
+        &get::<SOURCE_NAME_MAX_BYTES>(page, H_SOURCE_NAME),
+    )
+    .map_err(MetaError::Binding)?;
+    let target = TargetPin::decode(
+        get::<1>(page, H_TARGET_KIND)[0],
+        get::<TARGET_ID_BYTES>(page, H_TARGET_ID),
+    )
+    .map_err(MetaError::Binding)?;
     Ok(Header {
         identity: Identity {
             volume_size_bytes: u64_at(page, H_VOLUME_SIZE),
             region_size_bytes: u32_at(page, H_REGION_SIZE),
             backup_id: get(page, H_BACKUP_ID),
         },
+        binding: Binding { source, target },
         generation,
     })
 }

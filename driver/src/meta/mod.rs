@@ -54,6 +54,7 @@
 //! Everything is allocated once, with `try_reserve`, when the metadata is created or
 //! opened; commits allocate nothing. The store holds `2 + 2 * bitmap_pages` pages.
 
+pub mod binding;
 pub mod layout;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -64,11 +65,15 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::ops::Range;
 
+pub use binding::{
+    Binding, BindingError, SourceKind, SourcePin, TargetKind, TargetPin, SOURCE_NAME_MAX_BYTES,
+    TARGET_ID_BYTES,
+};
 pub use layout::{
     crc32c, decode_header, decode_page_slot, encode_header, encode_page_slot, identity_tag, Page,
     PageSlot, FORMAT_VERSION, HEADER_LEN_BYTES, HEADER_MAGIC, HEADER_STORE_PAGES,
-    META_PAGE_SIZE_BYTES, META_SECTOR_SIZE_BYTES, PAGE_MAGIC, REGIONS_PER_PAGE, SLOT_HEADER_BYTES,
-    WORDS_PER_PAGE,
+    META_PAGE_SIZE_BYTES, META_SECTOR_SIZE_BYTES, OUTDATED_FORMAT_VERSION, PAGE_MAGIC,
+    REGIONS_PER_PAGE, SLOT_HEADER_BYTES, WORDS_PER_PAGE,
 };
 
 use crate::geometry::{Geometry, GeometryError};
@@ -167,11 +172,27 @@ pub enum MetaError {
         found: u64,
     },
     /// The header is of a format version this code does not know.
-    #[error("unsupported metadata format version {found} (this build reads 1)")]
+    #[error("unsupported metadata format version {found} (this build reads 2)")]
     UnsupportedVersion {
         /// Version in the header.
         found: u32,
     },
+    /// The header is of format 1, written before the header recorded which backup
+    /// version and which target it belongs to: its marks cannot be tied to either.
+    #[error("metadata format {found} was written by an older rehydrate that did not record the backup version and target it belongs to")]
+    OutdatedFormat {
+        /// Version in the header.
+        found: u32,
+    },
+    /// The header's source or target record is malformed.
+    #[error("metadata header: {0}")]
+    Binding(#[from] BindingError),
+    /// The metadata was pinned to another source (version, index or sampled blocks).
+    #[error("metadata is pinned to another source")]
+    SourceMismatch,
+    /// The metadata belongs to another target (another file, device or volume).
+    #[error("metadata belongs to another target")]
+    TargetMismatch,
     /// Neither header slot passes its checksum.
     #[error("metadata header checksum {stored:#010x} stored, {computed:#010x} computed")]
     HeaderChecksum {
@@ -268,6 +289,8 @@ impl Identity {
 pub struct Header {
     /// The restore the metadata belongs to.
     pub identity: Identity,
+    /// The source and target it is bound to.
+    pub binding: Binding,
     /// The commit that wrote this slot.
     pub generation: u64,
 }
@@ -286,6 +309,7 @@ pub struct CommitStats {
 /// The persistent metadata of one restore: see the module comment for the protocol.
 pub struct Metadata {
     identity: Identity,
+    binding: Binding,
     geometry: Geometry,
     identity_tag: u32,
     /// Last generation known durable (committed, or the newest found by `open`).
@@ -404,6 +428,19 @@ fn read_header<S: MetaStore + ?Sized>(
     Ok(decode_header(buf.as_slice()))
 }
 
+/// The newer of two header slots, and whether it is slot B; both invalid: A's error.
+fn newest_header(
+    a: Result<Header, MetaError>,
+    b: Result<Header, MetaError>,
+) -> Result<(Header, bool), MetaError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) if b.generation > a.generation => Ok((b, true)),
+        (Ok(a), _) => Ok((a, false)),
+        (Err(_), Ok(b)) => Ok((b, true)),
+        (Err(e), Err(_)) => Err(e),
+    }
+}
+
 fn backup_prefix(id: &[u8; 32]) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&id[..8]);
@@ -417,12 +454,17 @@ impl Metadata {
     }
 
     /// In-memory state with nothing dirty and slot A current everywhere.
-    fn empty(identity: &Identity, geometry: Geometry) -> Result<Metadata, MetaError> {
+    fn empty(
+        identity: &Identity,
+        binding: &Binding,
+        geometry: Geometry,
+    ) -> Result<Metadata, MetaError> {
         let bitmap_pages = bitmap_pages(&geometry);
         // At most 132,105 pages (REGION_COUNT_MAX), so the word count fits any usize.
         let words = bitmap_pages.div_ceil(64) as usize;
         Ok(Metadata {
             identity: *identity,
+            binding: *binding,
             geometry,
             identity_tag: identity_tag(identity),
             generation: 0,
@@ -448,13 +490,22 @@ impl Metadata {
         store: &mut S,
         identity: &Identity,
     ) -> Result<Metadata, MetaError> {
+        Self::create_bound(store, identity, &Binding::UNRECORDED)
+    }
+
+    /// [`Metadata::create`], recording the source and target the restore is bound to.
+    pub fn create_bound<S: MetaStore + ?Sized>(
+        store: &mut S,
+        identity: &Identity,
+        binding: &Binding,
+    ) -> Result<Metadata, MetaError> {
         let geometry = identity.geometry()?;
         let needed = Self::store_pages(&geometry);
         let pages = store.page_count();
         if pages < needed {
             return Err(MetaError::StoreTooSmall { pages, needed });
         }
-        let mut meta = Metadata::empty(identity, geometry)?;
+        let mut meta = Metadata::empty(identity, binding, geometry)?;
         meta.buf.fill(0);
         for b in [false, true] {
             store.write_page(u64::from(b), meta.buf.as_slice())?;
@@ -470,6 +521,7 @@ impl Metadata {
         for (b, generation) in [(false, 1), (true, 0)] {
             let header = Header {
                 identity: *identity,
+                binding: *binding,
                 generation,
             };
             encode_header(&header, &mut meta.buf);
@@ -490,6 +542,42 @@ impl Metadata {
         expected: &Identity,
         map: &RegionMap,
     ) -> Result<Metadata, MetaError> {
+        Self::open_checked(store, expected, None, map)
+    }
+
+    /// [`Metadata::open`], also refusing metadata bound to another source
+    /// ([`MetaError::SourceMismatch`]) or another target ([`MetaError::TargetMismatch`]).
+    pub fn open_bound<S: MetaStore + ?Sized>(
+        store: &mut S,
+        expected: &Identity,
+        binding: &Binding,
+        map: &RegionMap,
+    ) -> Result<Metadata, MetaError> {
+        Self::open_checked(store, expected, Some(binding), map)
+    }
+
+    /// The newest valid header, read without checking whom it belongs to: a shell reads
+    /// it first to learn which source the restore is pinned to. Nothing is written.
+    pub fn read_header<S: MetaStore + ?Sized>(store: &mut S) -> Result<Header, MetaError> {
+        let pages = store.page_count();
+        if pages < HEADER_STORE_PAGES {
+            return Err(MetaError::StoreTooSmall {
+                pages,
+                needed: HEADER_STORE_PAGES,
+            });
+        }
+        let mut buf = try_page()?;
+        let a = read_header(store, &mut buf, false)?;
+        let b = read_header(store, &mut buf, true)?;
+        Ok(newest_header(a, b)?.0)
+    }
+
+    fn open_checked<S: MetaStore + ?Sized>(
+        store: &mut S,
+        expected: &Identity,
+        binding: Option<&Binding>,
+        map: &RegionMap,
+    ) -> Result<Metadata, MetaError> {
         let geometry = expected.geometry()?;
         if map.region_count() != geometry.region_count() {
             return Err(MetaError::MapMismatch {
@@ -502,7 +590,8 @@ impl Metadata {
         if pages < HEADER_STORE_PAGES {
             return Err(MetaError::StoreTooSmall { pages, needed });
         }
-        let mut meta = Metadata::empty(expected, geometry)?;
+        let mut meta =
+            Metadata::empty(expected, binding.unwrap_or(&Binding::UNRECORDED), geometry)?;
         // What we read must be durable before we choose which slot to overwrite next:
         // after a restart without power loss the device cache may still hold writes of
         // a commit whose flush failed.
@@ -510,12 +599,7 @@ impl Metadata {
 
         let a = read_header(store, &mut meta.buf, false)?;
         let b = read_header(store, &mut meta.buf, true)?;
-        let (header, header_current_b) = match (a, b) {
-            (Ok(a), Ok(b)) if b.generation > a.generation => (b, true),
-            (Ok(a), _) => (a, false),
-            (Err(_), Ok(b)) => (b, true),
-            (Err(e), Err(_)) => return Err(e),
-        };
+        let (header, header_current_b) = newest_header(a, b)?;
         let found = header.identity;
         if found.volume_size_bytes != expected.volume_size_bytes {
             return Err(MetaError::VolumeSizeMismatch {
@@ -529,6 +613,16 @@ impl Metadata {
                 expected: expected.region_size_bytes,
             });
         }
+        if let Some(binding) = binding {
+            if header.binding.source != binding.source {
+                return Err(MetaError::SourceMismatch);
+            }
+            if header.binding.target != binding.target {
+                return Err(MetaError::TargetMismatch);
+            }
+        }
+        // Shells that do not check the binding keep the one found.
+        meta.binding = header.binding;
         if found.backup_id != expected.backup_id {
             return Err(MetaError::BackupMismatch {
                 found: backup_prefix(&found.backup_id),
@@ -659,6 +753,7 @@ impl Metadata {
         debug_assert_eq!(pages_written, self.dirty_count);
         let header = Header {
             identity: self.identity,
+            binding: self.binding,
             generation,
         };
         encode_header(&header, &mut self.buf);
@@ -700,6 +795,11 @@ impl Metadata {
     /// The restore this metadata belongs to.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The source and target the header records.
+    pub fn binding(&self) -> &Binding {
+        &self.binding
     }
 
     /// The geometry of the volume.

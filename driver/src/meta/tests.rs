@@ -65,11 +65,15 @@ fn crc32c_matches_the_standard_check_value() {
 fn header_round_trips_and_wrong_lengths_are_typed() {
     let header = Header {
         identity: identity(),
+        binding: binding(),
         generation: 42,
     };
     let mut page = [0u8; META_PAGE_SIZE_BYTES];
     encode_header(&header, &mut page);
     assert_eq!(decode_header(&page), Ok(header));
+    // Every field lies in the first sector, which a device writes atomically.
+    assert!(page[HEADER_LEN_BYTES..].iter().all(|&b| b == 0));
+    assert_eq!(&page[168..173], b"sys@3");
     assert_eq!(
         decode_header(&page[..100]),
         Err(MetaError::BadLength { len: 100 })
@@ -212,8 +216,8 @@ fn an_unknown_format_version_is_refused() {
     let mut store = store_for(&id);
     Metadata::create(&mut store, &id).unwrap();
     for slot in 0..2 {
-        // Version 1 -> 3 (byte 8 is the low byte of the version).
-        store.damage(slot, 8, 0b10);
+        // Version 2 -> 3 (byte 8 is the low byte of the version).
+        store.damage(slot, 8, 0b01);
     }
     assert_eq!(
         open_words(&mut store, &id).unwrap_err(),
@@ -246,6 +250,100 @@ fn a_damaged_header_is_a_checksum_error_unless_one_slot_survives() {
         open_words(&mut store, &id).unwrap_err(),
         MetaError::HeaderChecksum { .. }
     ));
+}
+
+#[test]
+fn metadata_format_1_is_refused_as_outdated() {
+    let id = identity();
+    let mut store = store_for(&id);
+    Metadata::create(&mut store, &id).unwrap();
+    for slot in 0..2 {
+        // Version 2 -> 1: a file left by a build before the header recorded the source.
+        store.damage(slot, 8, 0b11);
+    }
+    let err = open_words(&mut store, &id).unwrap_err();
+    assert_eq!(err, MetaError::OutdatedFormat { found: 1 });
+    assert!(std::format!("{err}").contains("older rehydrate"), "{err}");
+    assert_eq!(Metadata::read_header(&mut store).unwrap_err(), err);
+}
+
+fn binding() -> Binding {
+    let mut id = [0u8; TARGET_ID_BYTES];
+    id[..16].copy_from_slice(&[5; 16]);
+    Binding {
+        source: SourcePin::new(
+            SourceKind::BackupVersion,
+            "sys@3",
+            REGIONS * 4096,
+            3,
+            [9; 32],
+        )
+        .unwrap(),
+        target: TargetPin {
+            kind: TargetKind::UnixFile,
+            id,
+        },
+    }
+}
+
+#[test]
+fn the_header_records_source_and_target_and_open_bound_refuses_others() {
+    let id = identity();
+    let bound = binding();
+    let mut store = store_for(&id);
+    Metadata::create_bound(&mut store, &id, &bound).unwrap();
+    let header = Metadata::read_header(&mut store).unwrap();
+    assert_eq!((header.identity, header.binding), (id, bound));
+
+    let map = RegionMap::new(id.geometry().unwrap()).unwrap();
+    let mut meta = Metadata::open_bound(&mut store, &id, &bound, &map).unwrap();
+    assert_eq!(meta.binding(), &bound);
+    // A commit keeps the binding in the header it rewrites.
+    meta.note_marked(0..1);
+    meta.commit(&mut store, |w| u64::from(w == 0)).unwrap();
+    assert_eq!(Metadata::read_header(&mut store).unwrap().binding, bound);
+    // Plain `open` does not judge the binding but keeps it.
+    let map = RegionMap::new(id.geometry().unwrap()).unwrap();
+    assert_eq!(
+        Metadata::open(&mut store, &id, &map).unwrap().binding(),
+        &bound
+    );
+
+    let mut other = bound;
+    other.source.version = 4;
+    assert_eq!(
+        Metadata::open_bound(&mut store, &id, &other, &map).unwrap_err(),
+        MetaError::SourceMismatch
+    );
+    let mut other = bound;
+    other.target.id[0] ^= 1;
+    assert_eq!(
+        Metadata::open_bound(&mut store, &id, &other, &map).unwrap_err(),
+        MetaError::TargetMismatch
+    );
+    assert_eq!(
+        Metadata::open_bound(&mut store, &id, &Binding::UNRECORDED, &map).unwrap_err(),
+        MetaError::SourceMismatch
+    );
+}
+
+#[test]
+fn a_header_with_an_unknown_kind_is_a_typed_error() {
+    let id = identity();
+    let mut store = store_for(&id);
+    Metadata::create_bound(&mut store, &id, &binding()).unwrap();
+    let mut page = [0u8; META_PAGE_SIZE_BYTES];
+    store.read_page(0, &mut page).unwrap();
+    page[69] = 77;
+    let checksum = crc32c::update(crc32c::update(0, &page[..64]), &page[68..]);
+    page[64..68].copy_from_slice(&checksum.to_le_bytes());
+    assert_eq!(
+        decode_header(&page),
+        Err(MetaError::Binding(BindingError::UnknownKind {
+            field: "target",
+            value: 77
+        }))
+    );
 }
 
 #[test]

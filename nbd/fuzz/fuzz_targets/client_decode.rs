@@ -19,14 +19,25 @@ fuzz_target!(|data: &[u8]| {
     } else {
         ClientHandshake::list()
     };
+    // Bit 5 asks for TLS first; a STARTTLS acknowledgement is taken as a finished TLS
+    // handshake and the machine carries on.
+    if mode & 32 != 0 {
+        machine = machine.with_starttls();
+    }
     let mut rest = bytes;
     // Each step consumes at least one byte, so this is bounded by the input length.
     while let Ok(Decoded::Complete { message, consumed }) = machine.receive(rest) {
         let _ = machine.take_output();
         assert!(consumed > 0 && consumed <= rest.len());
         rest = &rest[consumed..];
-        if message != ClientStep::Continue {
-            break;
+        match message {
+            ClientStep::Continue => {}
+            ClientStep::StartTls => {
+                if machine.tls_started().is_err() {
+                    break;
+                }
+            }
+            _ => break,
         }
     }
 

@@ -22,4 +22,7 @@ pub struct Negotiated {
     /// Largest read or write payload the client will send (the server's advertised
     /// maximum if it gave one, never more than [`crate::consts::MAX_PAYLOAD_BYTES`]).
     pub max_payload_bytes: u32,
+    /// The export's `NBD_INFO_DESCRIPTION`, when the server sent one (empty otherwise).
+    /// `rehydrate serve` says there which version and index an export is.
+    pub description: String,
 }

@@ -3,14 +3,11 @@
 
 use std::task::{Context, Poll};
 
-use rehydrate_driver::abi::{
-    AbiError, Attach, BitmapPage, BitmapQuery, Control, ControlCommand, FetchFailed, Hydrate,
-    HydrateFlags, Ioctl, MissingBatch, MissingRange, StatusCounters,
-};
+use rehydrate_driver::abi::Ioctl;
 use rehydrate_driver::Status;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BitmapWords, DriverLink, LinkError};
+use super::{LinkError, Transport};
 
 /// Requests queued for the driver side and not yet taken. A bound, so a driver side that
 /// stalls makes the service wait instead of growing the queue.
@@ -93,20 +90,7 @@ impl LinkRequests {
     }
 }
 
-/// Encodes a message into a fresh buffer of `len` bytes with `encode`.
-fn encode(
-    ioctl: Ioctl,
-    len: usize,
-    encode: impl FnOnce(&mut [u8]) -> Result<usize, AbiError>,
-) -> Result<Vec<u8>, LinkError> {
-    let mut bytes = vec![0u8; len];
-    let written = encode(&mut bytes).map_err(|source| LinkError::Encode { ioctl, source })?;
-    bytes.truncate(written);
-    Ok(bytes)
-}
-
-impl ChannelLink {
-    /// Sends one request and waits for its completion, whatever its status.
+impl Transport for ChannelLink {
     async fn exchange(&self, ioctl: Ioctl, input: Vec<u8>) -> Result<LinkReply, LinkError> {
         let output_len = ioctl.output_max_bytes();
         let (reply, completion) = oneshot::channel();
@@ -129,86 +113,5 @@ impl ChannelLink {
             });
         }
         Ok(reply)
-    }
-
-    /// [`exchange`](Self::exchange) for calls whose failure status is an error: returns
-    /// the output bytes.
-    async fn call(&self, ioctl: Ioctl, input: Vec<u8>) -> Result<Vec<u8>, LinkError> {
-        let reply = self.exchange(ioctl, input).await?;
-        if !reply.status.is_success() {
-            return Err(LinkError::Refused {
-                ioctl,
-                status: reply.status,
-            });
-        }
-        Ok(reply.output)
-    }
-}
-
-impl DriverLink for ChannelLink {
-    async fn attach(&self, attach: Attach) -> Result<(), LinkError> {
-        let input = encode(Ioctl::Attach, attach.encoded_len(), |b| attach.encode(b))?;
-        self.call(Ioctl::Attach, input).await.map(drop)
-    }
-
-    async fn control(&self, command: ControlCommand) -> Result<(), LinkError> {
-        let control = Control { command };
-        let input = encode(Ioctl::Control, control.encoded_len(), |b| control.encode(b))?;
-        self.call(Ioctl::Control, input).await.map(drop)
-    }
-
-    async fn get_missing(&self) -> Result<Vec<MissingRange>, LinkError> {
-        let ioctl = Ioctl::GetMissing;
-        let output = self.call(ioctl, Vec::new()).await?;
-        let batch =
-            MissingBatch::decode(&output).map_err(|source| LinkError::Decode { ioctl, source })?;
-        Ok(batch.iter().collect())
-    }
-
-    async fn hydrate(
-        &self,
-        offset: u64,
-        len: u64,
-        zero: bool,
-        payload: &[u8],
-    ) -> Result<Status, LinkError> {
-        let flags = if zero {
-            HydrateFlags::ZERO
-        } else {
-            HydrateFlags::empty()
-        };
-        let hydrate = Hydrate {
-            offset,
-            len,
-            flags,
-            payload,
-        };
-        // One copy of the payload: the channel carries owned bytes, exactly the message
-        // DeviceIoControl would pass (prefix then payload).
-        let input = encode(Ioctl::Hydrate, hydrate.encoded_len(), |b| hydrate.encode(b))?;
-        let reply = self.exchange(Ioctl::Hydrate, input).await?;
-        Ok(reply.status)
-    }
-
-    async fn fetch_failed(&self, failed: FetchFailed) -> Result<(), LinkError> {
-        let input = encode(Ioctl::FetchFailed, failed.encoded_len(), |b| {
-            failed.encode(b)
-        })?;
-        self.call(Ioctl::FetchFailed, input).await.map(drop)
-    }
-
-    async fn query_bitmap(&self, query: BitmapQuery) -> Result<BitmapWords, LinkError> {
-        let ioctl = Ioctl::QueryBitmap;
-        let input = encode(ioctl, query.encoded_len(), |b| query.encode(b))?;
-        let output = self.call(ioctl, input).await?;
-        let page =
-            BitmapPage::decode(&output).map_err(|source| LinkError::Decode { ioctl, source })?;
-        Ok(BitmapWords::from_page(&page))
-    }
-
-    async fn get_status(&self) -> Result<StatusCounters, LinkError> {
-        let ioctl = Ioctl::GetStatus;
-        let output = self.call(ioctl, Vec::new()).await?;
-        StatusCounters::decode(&output).map_err(|source| LinkError::Decode { ioctl, source })
     }
 }

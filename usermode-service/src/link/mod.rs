@@ -6,7 +6,9 @@
 //! decoded with the ABI's decoders, so a bad reply is a typed [`LinkError`], never a
 //! panic (rule 7).
 //!
-//! [`ChannelLink`] is the in-process implementation (the simulator, and any service loop
+//! Every transport implements [`Transport`] (one IOCTL exchange: bytes in, status and
+//! bytes out) and gets [`DriverLink`] from it, so the messages are encoded and decoded
+//! in one place (`messages.rs`). [`ChannelLink`] is the in-process transport (the simulator, and any service loop
 //! that runs the filter in the same process): each call becomes one [`LinkRequest`] —
 //! IOCTL, input bytes, output buffer size, and a oneshot for the completion — on a
 //! bounded channel. The driver side ([`LinkRequests`]) hands each request to the filter
@@ -22,6 +24,9 @@
 //! stay queued in the driver.
 
 mod channel;
+mod messages;
+#[cfg(test)]
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +39,7 @@ use rehydrate_driver::abi::{
 use rehydrate_driver::Status;
 
 pub use channel::{channel, ChannelLink, LinkReply, LinkRequest, LinkRequests, LINK_QUEUE_MAX};
+pub use messages::Transport;
 
 /// The service's side of the driver link. Every method carries one IOCTL.
 ///
@@ -143,6 +149,15 @@ pub enum LinkError {
         ioctl: Ioctl,
         /// The completion status.
         status: Status,
+    },
+    /// The operating system refused the call before the driver saw it (Windows
+    /// `DeviceIoControl` failing at once: a closed handle, no memory, ...).
+    #[error("{ioctl:?}: the call did not reach the driver: {source}")]
+    Os {
+        /// The call.
+        ioctl: Ioctl,
+        /// Why.
+        source: std::io::Error,
     },
     /// The driver's reply does not decode.
     #[error("{ioctl:?}: bad reply from the driver: {source}")]

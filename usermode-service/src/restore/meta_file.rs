@@ -2,10 +2,10 @@
 //! `MetaStore` trait with positioned reads and writes and `fdatasync` as the flush.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rehydrate_driver::meta::{MetaStore, StoreError, META_PAGE_SIZE_BYTES};
+use rehydrate_nbd::PositionalIo;
 
 /// A metadata store in a regular file.
 pub struct FileMetaStore {
@@ -20,6 +20,50 @@ fn device(e: &std::io::Error) -> StoreError {
 }
 
 impl FileMetaStore {
+    /// Takes the run's exclusive lock on the file (see `lock.rs`).
+    pub fn lock(&self, path: &Path) -> Result<(), crate::ServiceError> {
+        super::lock::lock_exclusive(&self.file, path)
+    }
+
+    /// Opens the existing metadata at `path` (`create_pages: None`, not locked yet: the
+    /// caller first checks it is not the target, which it has locked), or creates a new
+    /// file of that many pages, locked (never over an existing one).
+    pub fn open_unchecked(
+        path: &Path,
+        create_pages: Option<u64>,
+    ) -> Result<FileMetaStore, crate::ServiceError> {
+        let io = |op| {
+            move |source| crate::ServiceError::MetaIo {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if create_pages.is_some() {
+            options.create_new(true);
+        }
+        let file = options.open(path).map_err(io(if create_pages.is_some() {
+            "create"
+        } else {
+            "open"
+        }))?;
+        if let Some(pages) = create_pages {
+            super::lock::lock_exclusive(&file, path)?;
+            file.set_len(pages * META_PAGE_SIZE_BYTES as u64)
+                .map_err(io("size"))?;
+        }
+        let page_count =
+            file.metadata().map_err(io("inspect"))?.len() / META_PAGE_SIZE_BYTES as u64;
+        Ok(FileMetaStore { file, page_count })
+    }
+
+    /// The open file, for identity checks.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Opens `path`, creating it when `create`; a created or short file is sized to
     /// `page_count` pages (zeros).
     pub fn open(path: &Path, page_count: u64, create: bool) -> std::io::Result<FileMetaStore> {

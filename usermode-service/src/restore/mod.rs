@@ -4,17 +4,26 @@
 //! only after its data is written, durably only after `fdatasync` and a metadata commit,
 //! so a killed restore resumes where its last commit left it.
 
+pub mod live;
+mod lock;
 mod meta_file;
+mod padded;
+mod paths;
+pub mod pin;
 mod report;
-mod shell;
+pub(crate) mod shell;
 mod status_report;
 mod target;
+mod target_id;
+mod target_os;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rehydrate_driver::meta::{Identity, Metadata};
+use rehydrate_driver::geometry::{REGION_SIZE_MAX_BYTES, REGION_SIZE_MIN_BYTES, SECTOR_SIZE_BYTES};
+use rehydrate_driver::meta::{Binding, Identity, MetaError, Metadata, SourceKind};
 use rehydrate_driver::{Geometry, RegionMap};
 use rehydrate_nbd::NbdUrl;
 
@@ -25,7 +34,8 @@ pub use target::Target;
 
 use crate::error::ServiceError;
 use crate::hydrator::HydratorConfig;
-use crate::source::{NbdSource, Source};
+use crate::source::NbdSource;
+use padded::PaddedSource;
 use rehydrate_backup::parse_size;
 
 /// Arguments of `rehydrate restore`.
@@ -52,7 +62,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "PATH")]
     pub metadata: Option<PathBuf>,
     /// Region size: the unit of restore tracking (power of two, 4KiB to 1MiB).
-    #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = parse_region_size)]
     pub region_size: u64,
     /// Largest single fetch from the source (whole regions, at most 8MiB).
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
@@ -72,10 +82,51 @@ pub struct RestoreArgs {
     /// Print the final summary as one JSON object instead of the key=value line.
     #[arg(long)]
     pub json: bool,
+    /// Restore into a target larger than the source (its first part is overwritten,
+    /// the rest left as it is): normal for a block device.
+    #[arg(long)]
+    pub force: bool,
+    /// Serve the volume read-write over NBD on this address while it restores (and
+    /// after, until SIGINT or SIGTERM): e.g. 127.0.0.1:10810.
+    #[arg(long, value_name = "ADDR")]
+    pub export: Option<String>,
+    /// The live export's name [default: the source's export name].
+    #[arg(long, value_name = "NAME", requires = "export")]
+    pub export_name: Option<String>,
+    /// Serve the live export over TLS only (NBD STARTTLS) with this certificate chain
+    /// (PEM); needs --export-tls-key.
+    #[arg(long, value_name = "PEM", requires_all = ["export", "export_tls_key"])]
+    pub export_tls_cert: Option<PathBuf>,
+    /// The live export's TLS private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "export_tls_cert")]
+    pub export_tls_key: Option<PathBuf>,
+    /// Accept only live-export clients whose certificate this CA (PEM) signed.
+    #[arg(long, value_name = "PEM", requires = "export_tls_cert")]
+    pub export_tls_client_ca: Option<PathBuf>,
+    /// Draw restored bytes, on-demand misses and source outages over time into this
+    /// SVG file when the restore ends.
+    #[arg(long, value_name = "PATH.svg")]
+    pub timeline: Option<PathBuf>,
     /// Where to keep the snapshot `rehydrate status` reads, rewritten twice a second
-    /// [default: $XDG_RUNTIME_DIR/rehydrate/status.json, else /tmp/rehydrate-$UID/status.json]
+    /// [default: one file per target in $XDG_RUNTIME_DIR/rehydrate/, else
+    /// /tmp/rehydrate-$UID/]
     #[arg(long, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
+}
+
+/// A region size from the command line: a size with a unit, a power of two from 4KiB
+/// to 1MiB (said in the error with the text given, never a clamped number).
+fn parse_region_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text).map_err(|e| e.to_string())?;
+    let valid = bytes.is_power_of_two()
+        && (u64::from(REGION_SIZE_MIN_BYTES)..=u64::from(REGION_SIZE_MAX_BYTES)).contains(&bytes);
+    if valid {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "region size {text} ({bytes} bytes) is not a power of two from 4KiB to 1MiB"
+        ))
+    }
 }
 
 impl RestoreArgs {
@@ -89,9 +140,9 @@ impl RestoreArgs {
     }
 }
 
-/// Names the backup a restore reads, for the metadata's identity: BLAKE3 of the export
-/// name and size. The same export restored again matches; metadata left by a restore of
-/// another export (or of an export that changed size) is refused rather than trusted.
+/// Names an export by name and size alone. Kept for shells that attach to an export
+/// without pinning it (the simulator's demo serves its own store for one run); a
+/// `rehydrate restore` pins the exact source instead ([`pin::backup_id_of`]).
 pub fn backup_id(export: &str, size_bytes: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(b"rehydrate backup id v1\0");
@@ -115,7 +166,8 @@ async fn restore(args: &RestoreArgs) -> Result<Summary, ServiceError> {
     let mut status = StatusReport::new(args.status_file.as_deref(), &args.source, &args.target);
     let result = restore_with(args, &mut status).await;
     match &result {
-        Ok(_) => status.complete(),
+        Ok(summary) if summary.complete => status.complete(),
+        Ok(_) => status.stopped(),
         Err(e) => status.failed(e),
     }
     result
@@ -127,14 +179,94 @@ async fn restore_with(
 ) -> Result<Summary, ServiceError> {
     let started = Instant::now();
     let url = NbdUrl::parse(&args.source).map_err(ServiceError::Url)?;
+    // `parse_region_size` admitted only valid sizes, which fit in u32.
     let region_size = u32::try_from(args.region_size).unwrap_or(u32::MAX);
     let deadline = Duration::from_secs(args.deadline.max(1));
-    let source = NbdSource::connect(&url, args.in_flight.saturating_mul(2), deadline).await?;
-    let size = source.size_bytes();
-    let geometry = Geometry::new(size, region_size).map_err(|source| ServiceError::Geometry {
-        size_bytes: size,
-        source,
-    })?;
+    let meta_path = args.metadata_path();
+    paths::check_distinct(&args.target, &meta_path)?;
+    let listener = match &args.export {
+        Some(addr) => Some(live::serve::bind(addr).await?),
+        None => None,
+    };
+    let export_tls = live::serve::tls(
+        args.export_tls_cert.as_deref(),
+        args.export_tls_key.as_deref(),
+        args.export_tls_client_ca.as_deref(),
+    )?;
+
+    // What exists already, locked and read, before anything is written or fetched.
+    let existing = Target::open_existing(&args.target)?;
+    let mut store = match meta_path.exists() {
+        true => Some(FileMetaStore::open_unchecked(&meta_path, None)?),
+        false => None,
+    };
+    if let Some(store) = &store {
+        if let Some(target) = &existing {
+            paths::check_not_same(target, store, &meta_path)?;
+        }
+        store.lock(&meta_path)?;
+    }
+    let header = match &mut store {
+        Some(store) => {
+            Some(
+                Metadata::read_header(store).map_err(|source| ServiceError::Metadata {
+                    path: meta_path.clone(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+    if header.is_some() && existing.is_none() {
+        return Err(ServiceError::MetadataWithoutTarget {
+            target: args.target.clone(),
+            metadata: meta_path,
+        });
+    }
+    let pinned = match &header {
+        Some(h) if h.binding.source.kind == SourceKind::Unrecorded => {
+            return Err(ServiceError::MetadataUnpinned(meta_path));
+        }
+        Some(h) => Some(h.binding.source),
+        None => None,
+    };
+
+    // Connect to what the metadata pins (or what the URL names), and pin it.
+    let dial = NbdUrl {
+        export: pin::export_to_dial(&url, pinned.as_ref())?,
+        ..url.clone()
+    };
+    let mut source = NbdSource::connect(&dial, args.in_flight.saturating_mul(2), deadline).await?;
+    let found = pin::identify(&source, &url).await?;
+    if let Some(pinned) = &pinned {
+        pin::check(&found, pinned)?;
+    }
+    let dial_export = match found.kind {
+        SourceKind::BackupVersion => found.name().to_owned(),
+        _ => dial.export.clone(),
+    };
+    source.pin(dial_export, pin::redial_check(found, &url));
+
+    let size = found.size_bytes;
+    let mut target = match existing {
+        Some(t) => t,
+        None => Target::create(&args.target, size)?,
+    };
+    target.fit(size, args.force)?;
+    if size == 0 {
+        // Nothing to restore, and no geometry to track it with.
+        return Ok(Summary::new(
+            0,
+            started.elapsed(),
+            shell::Outcome::default(),
+        ));
+    }
+    let volume_bytes = size.div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES;
+    let geometry =
+        Geometry::new(volume_bytes, region_size).map_err(|source| ServiceError::Geometry {
+            size_bytes: size,
+            source,
+        })?;
     let config = HydratorConfig {
         fetch_size_bytes: args.fetch_size,
         in_flight_max: args.in_flight,
@@ -144,66 +276,121 @@ async fn restore_with(
         ..HydratorConfig::default()
     };
     config.check(&geometry)?;
-    // Nothing is written to the target before every check above has passed.
-    let target = Target::open(&args.target, size)?;
     let identity = Identity {
-        volume_size_bytes: size,
+        volume_size_bytes: volume_bytes,
         region_size_bytes: region_size,
-        backup_id: backup_id(&url.export, size),
+        backup_id: pin::backup_id_of(&found),
     };
-    let meta_path = args.metadata_path();
+    let binding = Binding {
+        source: found,
+        target: target.pin()?,
+    };
     let map = Arc::new(RegionMap::new(geometry)?);
-    let (store, meta) = open_metadata(&meta_path, &identity, &map, target.created)?;
+    let (store, meta) = open_metadata(&meta_path, store, &identity, &binding, &map, &target)?;
     tracing::info!(
         size,
         regions = geometry.region_count(),
         restored = map.restored_count(),
         "restore: starting"
     );
-    let shell = shell::Shell::new(target, store, meta, map, config, Arc::new(source))?;
-    let outcome = shell.run(started, status).await?;
+    let title = format!("rehydrate restore of {}", pin::describe(&binding.source));
+    let source = Arc::new(PaddedSource::new(source, volume_bytes));
+    let target = Arc::new(target);
+    let live = listener.map(|listener| {
+        let shared = Arc::new(live::Shared {
+            passthrough: false.into(),
+            stopping: false.into(),
+            clients: 0.into(),
+            size_bytes: size,
+            target: Arc::clone(&target),
+            map: Arc::clone(&map),
+        });
+        let name = args
+            .export_name
+            .clone()
+            .unwrap_or_else(|| match url.export.split('@').next() {
+                Some(name) if !name.is_empty() => name.to_owned(),
+                _ => "rehydrate".to_owned(),
+            });
+        let description = format!(
+            "rehydrate live restore of {} into {}",
+            pin::describe(&binding.source),
+            args.target.display()
+        );
+        live::serve::start(
+            listener,
+            name,
+            description,
+            export_tls,
+            shared,
+            Arc::clone(&source),
+        )
+    });
+    let shell = shell::Shell::new(
+        target,
+        store,
+        meta,
+        map,
+        config,
+        source,
+        live,
+        args.timeline.is_some(),
+    )?;
+    let outcome = shell
+        .run(started, status, args.timeline.as_deref(), &title)
+        .await?;
     Ok(Summary::new(size, started.elapsed(), outcome))
 }
 
-/// Opens the metadata, or creates it for a new restore (or when the target was just
-/// created, as marks of an older target would be lies about the new one).
+/// Opens the metadata bound to this source and target, or creates it for a new restore.
+/// Metadata of any other restore is refused, never overwritten.
 fn open_metadata(
     path: &Path,
+    existing: Option<FileMetaStore>,
     identity: &Identity,
+    binding: &Binding,
     map: &RegionMap,
-    fresh_target: bool,
+    target: &Target,
 ) -> Result<(FileMetaStore, Metadata), ServiceError> {
-    let geometry = *map.geometry();
-    let pages = Metadata::store_pages(&geometry);
     let meta_err = |source| ServiceError::Metadata {
         path: path.to_owned(),
         source,
     };
-    let io = |op| {
-        move |source| ServiceError::MetaIo {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let exists = path.exists();
-    if exists && !fresh_target {
-        let mut store = FileMetaStore::open(path, pages, false).map_err(io("open"))?;
-        let meta = Metadata::open(&mut store, identity, map).map_err(meta_err)?;
+    if let Some(mut store) = existing {
+        let meta = match Metadata::open_bound(&mut store, identity, binding, map) {
+            Err(MetaError::TargetMismatch) => {
+                return Err(ServiceError::MetadataOfAnotherTarget {
+                    target: target.path().to_owned(),
+                    metadata: path.to_owned(),
+                })
+            }
+            other => other.map_err(meta_err)?,
+        };
         return Ok((store, meta));
     }
-    if exists {
-        tracing::warn!(path = %path.display(), "restore: target was created anew; starting its metadata over");
-        std::fs::remove_file(path).map_err(io("remove"))?;
-    }
-    let mut store = FileMetaStore::open(path, pages, true).map_err(io("create"))?;
-    let meta = Metadata::create(&mut store, identity).map_err(meta_err)?;
+    let pages = Metadata::store_pages(map.geometry());
+    let mut store = FileMetaStore::open_unchecked(path, Some(pages))?;
+    paths::check_not_same(target, &store, path)?;
+    let meta = Metadata::create_bound(&mut store, identity, binding).map_err(meta_err)?;
     Ok((store, meta))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn region_sizes_out_of_range_are_named_as_given() {
+        assert_eq!(parse_region_size("64KiB"), Ok(64 << 10));
+        let e = parse_region_size("1TiB").unwrap_err();
+        assert!(
+            e.starts_with("region size 1TiB (1099511627776 bytes)"),
+            "{e}"
+        );
+        assert!(!e.contains("4294967295"), "{e}");
+        assert!(parse_region_size("2KiB").is_err());
+        assert!(parse_region_size("12KiB").is_err());
+    }
 
     #[test]
     fn backup_ids_differ_by_export_and_size() {

@@ -24,6 +24,10 @@ pub struct Summary {
     pub retries: u64,
     /// Metadata commits made.
     pub commits: u64,
+    /// Every region is restored (a live export can be stopped before).
+    pub complete: bool,
+    /// Bytes restored at the end, earlier runs' included.
+    pub restored_bytes: u64,
 }
 
 impl Summary {
@@ -44,21 +48,30 @@ impl Summary {
             resumed_bytes: outcome.resumed_bytes,
             retries: p.retries,
             commits: outcome.commits,
+            complete: outcome.complete || bytes == 0,
+            restored_bytes: if bytes == 0 {
+                0
+            } else {
+                outcome.restored_bytes
+            },
         }
     }
 
-    /// The key=value last line.
+    /// The key=value last line: `restore: complete ...`, or `restore: stopped ...` for a
+    /// live export stopped before every region was restored.
     pub fn line(&self) -> String {
         format!(
-            "restore: complete bytes={} secs={:.3} mib_per_sec={:.1} fetched_bytes={} zero_bytes={} resumed_bytes={} skipped_restored_bytes={} retries={} commits={}",
-            self.bytes, self.secs, self.mib_per_sec, self.fetched_bytes, self.zero_bytes, self.resumed_bytes, self.resumed_bytes, self.retries, self.commits
+            "restore: {} bytes={} secs={:.3} mib_per_sec={:.1} fetched_bytes={} zero_bytes={} resumed_bytes={} skipped_restored_bytes={} retries={} commits={} restored_bytes={}",
+            if self.complete { "complete" } else { "stopped" },
+            self.bytes, self.secs, self.mib_per_sec, self.fetched_bytes, self.zero_bytes, self.resumed_bytes, self.resumed_bytes, self.retries, self.commits, self.restored_bytes
         )
     }
 
     /// The same fields as one JSON object.
     pub fn json(&self) -> String {
         serde_json::json!({
-            "event": "restore_complete",
+            "event": if self.complete { "restore_complete" } else { "restore_stopped" },
+            "restored_bytes": self.restored_bytes,
             "bytes": self.bytes,
             "secs": self.secs,
             "mib_per_sec": self.mib_per_sec,
@@ -88,6 +101,8 @@ mod tests {
             resumed_bytes: 0,
             retries: 0,
             commits: 3,
+            complete: true,
+            restored_bytes: 10,
         };
         assert!(s
             .line()

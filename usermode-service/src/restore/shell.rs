@@ -19,9 +19,12 @@ use rehydrate_driver::meta::Metadata;
 use rehydrate_driver::{Geometry, RegionMap, Status};
 use tokio::sync::mpsc;
 
+use super::live::front::{Front, LowerDone};
+use super::live::{Request, Shared};
 use super::meta_file::FileMetaStore;
 use super::status_report::StatusReport;
 use super::target::Target;
+use super::timeline::Timeline;
 use crate::error::ServiceError;
 use crate::hydrator::{
     FetchId, Hydrator, HydratorConfig, Input, Missing, Output, PayloadRef, Progress,
@@ -30,9 +33,11 @@ use crate::source::{fetch, Fetched, Source, SourceError};
 
 /// How often the engine and hydrator get a tick when nothing else happens.
 const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a stop waits for requests in flight and held before failing the rest.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// What a finished restore did.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Outcome {
     /// Hydrator counters at the end.
     pub progress: Progress,
@@ -40,6 +45,32 @@ pub struct Outcome {
     pub resumed_bytes: u64,
     /// Metadata commits this run made.
     pub commits: u64,
+    /// Every region is restored (a live export may stop before).
+    pub complete: bool,
+    /// Bytes restored at the end, including earlier runs'.
+    pub restored_bytes: u64,
+}
+
+/// The live export's side of the shell (`--export`): requests from clients, their
+/// forwarded I/O coming back, and the stop signal.
+pub(crate) struct Live {
+    pub front: Front,
+    pub requests: mpsc::UnboundedReceiver<Request>,
+    pub done_rx: mpsc::UnboundedReceiver<LowerDone>,
+    pub shared: Arc<Shared>,
+    /// Completes on SIGINT or SIGTERM.
+    pub stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+/// Where a stop of the live export stands.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stop {
+    Running,
+    /// Refusing new requests; waiting for those in flight (since then).
+    Draining(Instant),
+    /// The final flush and commit are in flight (the shell's own flush request).
+    Flushing(u64),
+    Done,
 }
 
 type FetchResult = (FetchId, Result<Fetched, SourceError>);
@@ -52,8 +83,11 @@ pub(super) struct Shell<S: Source> {
     hydrator: Hydrator,
     meta: Metadata,
     store: FileMetaStore,
-    target: Target,
+    target: Arc<Target>,
     map: Arc<RegionMap>,
+    live: Option<Live>,
+    stop: Stop,
+    timeline: Option<Timeline>,
     source: Arc<S>,
     payloads: HashMap<FetchId, Vec<u8>>,
     /// Payload of each hydrate the engine is writing.
@@ -85,13 +119,16 @@ enum OwnedInput {
 }
 
 impl<S: Source> Shell<S> {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
-        target: Target,
+        target: Arc<Target>,
         store: FileMetaStore,
         meta: Metadata,
         map: Arc<RegionMap>,
         config: HydratorConfig,
         source: Arc<S>,
+        live: Option<Live>,
+        timeline: bool,
     ) -> Result<Shell<S>, ServiceError> {
         let geometry = *map.geometry();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -104,6 +141,9 @@ impl<S: Source> Shell<S> {
             store,
             target,
             map,
+            live,
+            stop: Stop::Running,
+            timeline: timeline.then(Timeline::default),
             source,
             payloads: HashMap::new(),
             batch_payloads: HashMap::new(),
@@ -134,8 +174,26 @@ impl<S: Source> Shell<S> {
         self.started.elapsed().as_nanos() as u64
     }
 
+    /// Runs to the end (every region restored; with a live export, until stopped), then
+    /// draws the timeline if one was asked for, however the run ended.
     pub(super) async fn run(
         mut self,
+        started: Instant,
+        status: &mut StatusReport,
+        timeline: Option<&std::path::Path>,
+        title: &str,
+    ) -> Result<Outcome, ServiceError> {
+        let result = self.run_loop(started, status).await;
+        if let (Some(path), Some((t, secs))) = (timeline, self.timeline()) {
+            if let Err(e) = t.write_svg(path, secs, title) {
+                tracing::warn!(%e, path = %path.display(), "restore: timeline not written");
+            }
+        }
+        result
+    }
+
+    async fn run_loop(
+        &mut self,
         started: Instant,
         status: &mut StatusReport,
     ) -> Result<Outcome, ServiceError> {
@@ -151,7 +209,10 @@ impl<S: Source> Shell<S> {
                 bar.abandon();
                 return Err(e);
             }
-            if self.all_restored {
+            if self.live.is_none() && self.all_restored {
+                break;
+            }
+            if self.live.is_some() && self.advance_stop() {
                 break;
             }
             let wake = self
@@ -179,6 +240,7 @@ impl<S: Source> Shell<S> {
                         self.perform_engine(actions);
                     }
                 }
+                event = next_live(&mut self.live, self.stop) => self.on_live(event),
                 _ = tokio::time::sleep(sleep) => {}
             }
             if last_tick.elapsed() >= TICK_INTERVAL {
@@ -196,6 +258,8 @@ impl<S: Source> Shell<S> {
             progress: self.hydrator.progress(),
             resumed_bytes,
             commits: self.engine.counters().commits,
+            complete: self.map.is_all_restored(),
+            restored_bytes: self.restored_bytes(),
         })
     }
 
@@ -203,6 +267,79 @@ impl<S: Source> Shell<S> {
     fn report(&self, status: &mut StatusReport) {
         self.fill_status(status);
         status.write_if_due();
+    }
+
+    /// The timeline recorded so far, if asked for, with the run's length in seconds.
+    pub(super) fn timeline(&self) -> Option<(&Timeline, f64)> {
+        self.timeline
+            .as_ref()
+            .map(|t| (t, self.started.elapsed().as_secs_f64()))
+    }
+
+    fn on_live(&mut self, event: LiveEvent) {
+        match event {
+            LiveEvent::Request(request) => self.on_request(request),
+            LiveEvent::Done((lower, id, status, data)) => {
+                if let Some(live) = &mut self.live {
+                    live.front.lower_done(id, data);
+                }
+                let mut actions = Vec::new();
+                self.engine
+                    .handle(Event::LowerCompleted { lower, status }, &mut actions);
+                self.perform_engine(actions);
+            }
+            LiveEvent::Stop => {
+                tracing::info!("restore: stopping the live export");
+                if let Some(live) = &self.live {
+                    live.shared
+                        .stopping
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+                self.stop = Stop::Draining(Instant::now());
+            }
+        }
+    }
+
+    /// A client request: the engine decides, the front performs.
+    fn on_request(&mut self, request: Request) {
+        let Some(live) = &mut self.live else { return };
+        if self.stop != Stop::Running {
+            let _ = request
+                .reply
+                .send(Err(rehydrate_nbd::ExportError::ShuttingDown));
+            return;
+        }
+        let event = live.front.submit(request);
+        let mut actions = Vec::new();
+        self.engine.handle(event, &mut actions);
+        self.perform_engine(actions);
+    }
+
+    /// Moves a stop of the live export along; true when the shell may end.
+    fn advance_stop(&mut self) -> bool {
+        let Some(live) = &mut self.live else {
+            return false;
+        };
+        match self.stop {
+            Stop::Running => false,
+            Stop::Draining(since) => {
+                if live.front.in_flight() > 0 && since.elapsed() < STOP_GRACE {
+                    return false;
+                }
+                let mut actions = Vec::new();
+                if live.front.in_flight() > 0 {
+                    // Held past the grace period: failed, not lost.
+                    self.engine.handle(Event::Remove, &mut actions);
+                }
+                let (id, flush) = live.front.own_flush();
+                self.stop = Stop::Flushing(id);
+                self.engine.handle(flush, &mut actions);
+                self.perform_engine(actions);
+                false
+            }
+            Stop::Flushing(_) => false,
+            Stop::Done => true,
+        }
     }
 
     fn fill_status(&self, status: &mut StatusReport) {
@@ -214,8 +351,17 @@ impl<S: Source> Shell<S> {
         s.bytes_restored = self.restored_bytes();
         s.bytes_fetched = p.fetched_bytes;
         s.bytes_zero = p.zero_bytes;
-        // Nothing sits above a whole-volume restore, so nothing is ever held.
-        s.held_requests = 0;
+        // Only the live export has requests from above.
+        s.held_requests = self.engine.held_count() as u64;
+        if let Some(live) = &self.live {
+            s.clients = Some(
+                live.shared
+                    .clients
+                    .load(std::sync::atomic::Ordering::Acquire),
+            );
+            s.miss_latency_ms_p50 = live.front.latency_ms(0.5);
+            s.miss_latency_ms_p99 = live.front.latency_ms(0.99);
+        }
         s.misses_served = p.misses_served;
         s.fetch_failures = p.failures;
         s.retries = p.retries;
@@ -225,6 +371,24 @@ impl<S: Source> Shell<S> {
 
     fn tick(&mut self) {
         let now_ns = self.now_ns();
+        let secs = now_ns as f64 / 1e9;
+        let restored = self.restored_bytes();
+        if let Some(t) = &mut self.timeline {
+            t.restored(secs, restored);
+            if let Some(live) = &mut self.live {
+                for ms in live.front.take_misses() {
+                    t.miss(secs, ms);
+                }
+            }
+        }
+        if let Some(live) = &self.live {
+            // From here on every request bypasses the engine (one branch).
+            if self.engine.is_passthrough() {
+                live.shared
+                    .passthrough
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
         let mut actions = Vec::new();
         self.engine.handle(Event::Tick { now_ns }, &mut actions);
         self.perform_engine(actions);
@@ -234,6 +398,10 @@ impl<S: Source> Shell<S> {
     fn on_fetch_result(&mut self, id: FetchId, result: Result<Fetched, SourceError>) {
         match result {
             Ok(fetched) => {
+                let secs = self.now_ns() as f64 / 1e9;
+                if let Some(t) = &mut self.timeline {
+                    t.source_up(secs);
+                }
                 self.payloads.insert(id, fetched.data);
                 self.feed(Input::Fetched {
                     fetch: id,
@@ -242,8 +410,16 @@ impl<S: Source> Shell<S> {
                 // Every hydrate of this fetch has been written (or dropped) by now.
                 self.payloads.remove(&id);
             }
+            Err(e @ SourceError::Changed { .. }) => {
+                // Never continue against another source than the one pinned.
+                self.failure.get_or_insert(ServiceError::Source(e));
+            }
             Err(e) => {
                 tracing::debug!(%e, id, "restore: fetch failed");
+                let secs = self.now_ns() as f64 / 1e9;
+                if let Some(t) = &mut self.timeline {
+                    t.source_down(secs);
+                }
                 let error = e.fetch_error();
                 self.last_error = Some(e.to_string());
                 self.feed(Input::FetchFailed { fetch: id, error });
@@ -321,6 +497,25 @@ impl<S: Source> Shell<S> {
                         offset,
                         len,
                         zero,
+                    },
+                    &mut actions,
+                );
+                self.perform_engine(actions);
+            }
+            Output::FetchFailed {
+                offset,
+                len,
+                reason,
+            } if self.live.is_some() => {
+                // Clients wait: the engine fails exactly the requests that needed the
+                // range (EIO); everything else keeps being served.
+                tracing::warn!(offset, len, ?reason, "restore: range could not be fetched");
+                let mut actions = Vec::new();
+                self.engine.handle(
+                    Event::FetchFailed {
+                        offset,
+                        len,
+                        reason,
                     },
                     &mut actions,
                 );
@@ -433,9 +628,29 @@ impl<S: Source> Shell<S> {
                         self.inputs.push_back(OwnedInput::Missing(m));
                     }
                 }
-                // No requests come from above in a whole-volume restore.
-                Action::Forward { .. } | Action::Hold { .. } | Action::Complete { .. } => {
-                    tracing::warn!(?action, "restore: unexpected engine action");
+                // Requests from above: only the live export has them.
+                Action::Forward { id, lower } => match &mut self.live {
+                    Some(live) => live.front.forward(id, lower),
+                    None => tracing::warn!(?action, "restore: unexpected engine action"),
+                },
+                Action::Hold { id } => {
+                    if let Some(live) = &mut self.live {
+                        live.front.hold(id);
+                    }
+                }
+                Action::Complete { id, status } => {
+                    if let Some(live) = &mut self.live {
+                        let own = live.front.complete(id, status);
+                        if own && self.stop == Stop::Flushing(id) {
+                            if !status.is_success() {
+                                self.failure.get_or_insert(ServiceError::LowerFailed {
+                                    status: status.0,
+                                    what: "final flush",
+                                });
+                            }
+                            self.stop = Stop::Done;
+                        }
+                    }
                 }
             }
             queue.extend(more);
@@ -492,4 +707,30 @@ fn progress_bar(total: u64, position: u64) -> ProgressBar {
     bar.set_position(position);
     bar.reset_eta();
     bar
+}
+
+/// What the live export has for the shell.
+enum LiveEvent {
+    /// A client request.
+    Request(Request),
+    /// A forwarded request's I/O finished.
+    Done(LowerDone),
+    /// SIGINT or SIGTERM.
+    Stop,
+}
+
+/// The live export's next event; never, without a live export.
+async fn next_live(live: &mut Option<Live>, stop: Stop) -> LiveEvent {
+    let Some(live) = live else {
+        return std::future::pending().await;
+    };
+    let (requests, done, signal) = (&mut live.requests, &mut live.done_rx, &mut live.stop);
+    tokio::select! {
+        Some(request) = requests.recv() => LiveEvent::Request(request),
+        Some(finished) = done.recv() => LiveEvent::Done(finished),
+        // A completed signal future is never polled again: only while running.
+        () = signal.as_mut(), if stop == Stop::Running => LiveEvent::Stop,
+        // Closed channels (the server gone) must not wake the loop over and over.
+        else => std::future::pending().await,
+    }
 }

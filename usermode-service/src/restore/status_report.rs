@@ -26,7 +26,7 @@ impl StatusReport {
     /// Starts reporting a restore of `source` into `target` to `status_file` (or the
     /// default location).
     pub fn new(status_file: Option<&Path>, source: &str, target: &Path) -> StatusReport {
-        let file = match StatusFile::create(status_file) {
+        let file = match StatusFile::for_target(status_file, target) {
             Ok(file) => {
                 tracing::debug!(path = %file.path().display(), "restore: status file");
                 Some(file)
@@ -73,6 +73,13 @@ impl StatusReport {
         s.phase = Phase::Complete;
         s.eta_secs = Some(0);
         debug_assert_eq!(s.bytes_restored, s.bytes_total);
+        self.write();
+    }
+
+    /// A live export was stopped before every region was restored.
+    pub fn stopped(&mut self) {
+        self.snapshot.phase = Phase::Stopped;
+        self.snapshot.eta_secs = None;
         self.write();
     }
 

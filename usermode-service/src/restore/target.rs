@@ -1,78 +1,121 @@
 //! The restore target: a regular file (created at the source size when missing) or a
-//! block device, checked to be large enough before anything is written.
+//! block device, locked for the whole run and checked to fit before anything is written.
+//!
+//! Sizes: a file ends exactly where the source ends, whatever its size. The engine works
+//! in whole 512-byte sectors, so it may track a padded last sector; [`Target`] clips
+//! every write at `end_bytes`, so the padding never reaches the file. Block devices are
+//! always whole sectors, as are Windows volumes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::FallocateFlags;
+use rehydrate_driver::meta::TargetPin;
+use rehydrate_nbd::PositionalIo;
 
+use super::lock::lock_exclusive;
 use crate::error::ServiceError;
 
-/// An opened target.
+/// An opened, locked target.
+#[derive(Debug)]
 pub struct Target {
     file: File,
     path: PathBuf,
     regular: bool,
+    /// Size of the file or device when opened.
+    size_bytes: u64,
+    /// Writes are clipped here: the source's exact size.
+    end_bytes: u64,
     /// The file did not exist and was created for this restore.
     pub created: bool,
 }
 
+/// Most extents one [`Target::allocation`] call reports.
+pub const ALLOCATION_STEPS_MAX: usize = 4096;
+
 /// Largest zero buffer written at once where holes cannot be punched.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
+fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ServiceError + 'a {
+    move |source| ServiceError::TargetIo {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
 impl Target {
-    /// Opens or creates `path` and checks it can hold `needed_bytes`.
-    pub fn open(path: &Path, needed_bytes: u64) -> Result<Target, ServiceError> {
-        let io = |op: &'static str| {
-            move |source| ServiceError::TargetIo {
-                op,
-                path: path.to_owned(),
-                source,
-            }
+    /// Opens and locks an existing target; `None` when there is none. Writes nothing.
+    pub fn open_existing(path: &Path) -> Result<Option<Target>, ServiceError> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(path, "inspect")(e)),
         };
-        let existing = match std::fs::metadata(path) {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io("inspect")(e)),
-        };
-        let (file, regular, created) = match existing {
-            None => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(path)
-                    .map_err(io("create"))?;
-                file.set_len(needed_bytes).map_err(io("size"))?;
-                (file, true, true)
-            }
-            Some(m) if m.is_file() || m.file_type().is_block_device() => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .map_err(io("open"))?;
-                (file, m.is_file(), false)
-            }
-            Some(_) => return Err(ServiceError::TargetKind(path.to_owned())),
-        };
-        let mut probe = &file;
-        let size_bytes = probe.seek(SeekFrom::End(0)).map_err(io("measure"))?;
-        if size_bytes < needed_bytes {
-            return Err(ServiceError::TargetTooSmall {
-                path: path.to_owned(),
-                size_bytes,
-                needed_bytes,
-            });
+        if !(meta.is_file() || super::target_os::is_block_device(&meta)) {
+            return Err(ServiceError::TargetKind(path.to_owned()));
         }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(path, "open"))?;
+        lock_exclusive(&file, path)?;
+        let mut probe = &file;
+        // Seeking to the end also sizes block devices, whose metadata length is 0.
+        let size_bytes = probe.seek(SeekFrom::End(0)).map_err(io(path, "measure"))?;
+        Ok(Some(Target {
+            file,
+            path: path.to_owned(),
+            regular: meta.is_file(),
+            size_bytes,
+            end_bytes: size_bytes,
+            created: false,
+        }))
+    }
+
+    /// Creates, locks and sizes a new file of `size_bytes`; an existing file is an error
+    /// (never truncated).
+    pub fn create(path: &Path, size_bytes: u64) -> Result<Target, ServiceError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io(path, "create"))?;
+        lock_exclusive(&file, path)?;
+        file.set_len(size_bytes).map_err(io(path, "size"))?;
         Ok(Target {
             file,
             path: path.to_owned(),
-            regular,
-            created,
+            regular: true,
+            size_bytes,
+            end_bytes: size_bytes,
+            created: true,
         })
+    }
+
+    /// Checks the target fits a source of `source_bytes` and clips writes there. A
+    /// smaller target is refused; a larger one too unless `force` (the rest would be
+    /// left as it is, which is normal for a block device and a surprise for a file).
+    pub fn fit(&mut self, source_bytes: u64, force: bool) -> Result<(), ServiceError> {
+        if self.size_bytes < source_bytes {
+            return Err(ServiceError::TargetTooSmall {
+                path: self.path.clone(),
+                size_bytes: self.size_bytes,
+                needed_bytes: source_bytes,
+            });
+        }
+        if self.size_bytes > source_bytes && !force {
+            return Err(ServiceError::TargetTooLarge {
+                path: self.path.clone(),
+                size_bytes: self.size_bytes,
+                needed_bytes: source_bytes,
+                block_device: !self.regular,
+            });
+        }
+        self.end_bytes = source_bytes;
+        Ok(())
     }
 
     /// The target's path.
@@ -80,23 +123,47 @@ impl Target {
         &self.path
     }
 
-    /// Writes `data` at `offset`.
+    /// Whether it is a regular file (else a block device).
+    pub fn is_regular(&self) -> bool {
+        self.regular
+    }
+
+    /// The open file, for identity checks.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// What the metadata records to know this target again.
+    pub fn pin(&self) -> Result<TargetPin, ServiceError> {
+        super::target_id::pin(&self.file, self.size_bytes).map_err(io(&self.path, "inspect"))
+    }
+
+    /// `[offset, offset + len)` clipped at the end: the part that exists in the file.
+    fn clipped(&self, offset: u64, len: u64) -> u64 {
+        len.min(self.end_bytes.saturating_sub(offset))
+    }
+
+    /// Writes `data` at `offset` (what lies past the end is the padded last sector: dropped).
     pub fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.file.write_all_at(data, offset)
+        let keep = self.clipped(offset, data.len() as u64) as usize;
+        self.file.write_all_at(&data[..keep], offset)
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; bytes past the end read as zeros.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let keep = self.clipped(offset, buf.len() as u64) as usize;
+        buf[keep..].fill(0);
+        self.file.read_exact_at(&mut buf[..keep], offset)
     }
 
     /// Makes `[offset, offset + len)` read as zeros: a punched hole in a regular file
     /// (no data written), else written zeros.
     pub fn zero(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        if self.regular
-            && rustix::fs::fallocate(
-                &self.file,
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                offset,
-                len,
-            )
-            .is_ok()
-        {
+        let len = self.clipped(offset, len);
+        if len == 0 {
+            return Ok(());
+        }
+        if self.regular && super::target_os::punch_hole(&self.file, offset, len) {
             return Ok(());
         }
         let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(len as usize)];
@@ -107,6 +174,41 @@ impl Target {
             at += n as u64;
         }
         Ok(())
+    }
+
+    /// Allocation of `[start, end)` as the file system reports it (`SEEK_DATA` and
+    /// `SEEK_HOLE`): holes read as zeros. A block device is all data. At most
+    /// [`ALLOCATION_STEPS_MAX`] extents; the rest is reported as data (always true).
+    pub fn allocation(&self, start: u64, end: u64) -> std::io::Result<Vec<rehydrate_nbd::Extent>> {
+        use rehydrate_nbd::Extent;
+        let end = end.min(self.end_bytes);
+        if !self.regular || start >= end {
+            return Ok(vec![Extent::data(end.saturating_sub(start))]);
+        }
+        let mut out = Vec::new();
+        let mut at = start;
+        for _ in 0..ALLOCATION_STEPS_MAX {
+            if at >= end {
+                return Ok(out);
+            }
+            let Some((data, hole)) = super::target_os::next_data_run(&self.file, at)? else {
+                out.push(Extent::hole(end - at));
+                return Ok(out);
+            };
+            let data = data.clamp(at, end);
+            if data > at {
+                out.push(Extent::hole(data - at));
+                at = data;
+                continue;
+            }
+            let hole = hole.min(end).max(at + 1);
+            out.push(Extent::data(hole - at));
+            at = hole;
+        }
+        if at < end {
+            out.push(Extent::data(end - at));
+        }
+        Ok(out)
     }
 
     /// Makes written data durable.
@@ -126,10 +228,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_missing_file_is_created_and_a_small_one_refused() {
+    fn a_missing_file_is_created_and_a_small_or_large_one_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t");
-        let t = Target::open(&p, 8192).unwrap();
+        assert!(Target::open_existing(&p).unwrap().is_none());
+        let mut t = Target::create(&p, 8192).unwrap();
+        t.fit(8192, false).unwrap();
         assert!(t.created);
         t.write_at(0, &[1; 8192]).unwrap();
         t.zero(4096, 4096).unwrap();
@@ -137,12 +241,60 @@ mod tests {
         assert_eq!(&bytes[..4096], &[1; 4096][..]);
         assert_eq!(&bytes[4096..], &[0; 4096][..]);
         assert!(matches!(
-            Target::open(&p, 8193),
+            Target::create(&p, 1),
+            Err(ServiceError::TargetIo { op: "create", .. })
+        ));
+        drop(t);
+        let mut t = Target::open_existing(&p).unwrap().unwrap();
+        assert!(matches!(
+            t.fit(8193, false),
             Err(ServiceError::TargetTooSmall { .. })
         ));
         assert!(matches!(
-            Target::open(dir.path(), 1),
+            t.fit(8191, false),
+            Err(ServiceError::TargetTooLarge {
+                block_device: false,
+                ..
+            })
+        ));
+        t.fit(8191, true).unwrap();
+        assert!(matches!(
+            Target::open_existing(dir.path()),
             Err(ServiceError::TargetKind(_))
         ));
+    }
+
+    #[test]
+    fn allocation_reports_holes_as_zero() {
+        use rehydrate_nbd::Extent;
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Target::create(&dir.path().join("t"), 1 << 20).unwrap();
+        t.fit(1 << 20, false).unwrap();
+        t.write_at(256 << 10, &[1; 4096]).unwrap();
+        let map = t.allocation(0, 1 << 20).unwrap();
+        assert_eq!(map.iter().map(|e| e.length_bytes).sum::<u64>(), 1 << 20);
+        // Where the file system keeps holes, the written block is data between holes.
+        if map.len() > 1 {
+            assert!(map[0].hole && map[0].zero);
+            assert!(map.iter().any(|e| !e.hole));
+        } else {
+            assert_eq!(map, vec![Extent::data(1 << 20)]);
+        }
+    }
+
+    #[test]
+    fn writes_are_clipped_at_the_exact_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let mut t = Target::create(&p, 1000).unwrap();
+        t.fit(1000, false).unwrap();
+        t.write_at(512, &[7; 512]).unwrap();
+        t.zero(0, 1024).unwrap();
+        t.write_at(512, &[9; 512]).unwrap();
+        let mut back = [1u8; 512];
+        t.read_at(512, &mut back).unwrap();
+        assert_eq!(&back[..488], &[9; 488][..]);
+        assert_eq!(&back[488..], &[0; 24][..]);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1000);
     }
 }

@@ -11,6 +11,8 @@ use super::{StatusError, StatusSnapshot, STATUS_FORMAT};
 pub const STATUS_FILE_MAX_BYTES: u64 = 64 * 1024;
 
 const FILE_NAME: &str = "status.json";
+/// Prefix of the default status file of one restore target: `restore-HASH.json`.
+const TARGET_PREFIX: &str = "restore-";
 
 /// The status file's path: `given` if any, else the default (module comment).
 pub fn status_path(given: Option<&Path>) -> Result<PathBuf, StatusError> {
@@ -18,6 +20,44 @@ pub fn status_path(given: Option<&Path>) -> Result<PathBuf, StatusError> {
         return Ok(path.to_owned());
     }
     default_dir().map(|dir| dir.join(FILE_NAME))
+}
+
+/// The default status file of a restore into `target`: one per target, so two restores
+/// never overwrite each other's status. `HASH` is 16 hex digits of BLAKE3 of the
+/// target's absolute path.
+pub fn target_status_path(target: &Path) -> Result<PathBuf, StatusError> {
+    let absolute = std::path::absolute(target).unwrap_or_else(|_| target.to_owned());
+    let hash = blake3::hash(absolute.as_os_str().as_encoded_bytes());
+    let hex: String = hash.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    default_dir().map(|dir| dir.join(format!("{TARGET_PREFIX}{hex}.json")))
+}
+
+/// Every status file in the default directory (the demo's and one per restore
+/// target), in no particular order; none when the directory does not exist.
+pub fn default_status_files() -> Result<Vec<PathBuf>, StatusError> {
+    let dir = default_dir()?;
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StatusError::Io {
+                op: "list",
+                path: dir,
+                source,
+            })
+        }
+    };
+    Ok(entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n == FILE_NAME || (n.starts_with(TARGET_PREFIX) && n.ends_with(".json"))
+            })
+        })
+        .collect())
 }
 
 fn default_dir() -> Result<PathBuf, StatusError> {
@@ -34,9 +74,13 @@ fn uid_dir() -> Result<PathBuf, StatusError> {
     Ok(std::env::temp_dir().join(format!("rehydrate-{uid}")))
 }
 
+/// Windows: the user's own local application data.
 #[cfg(not(unix))]
 fn uid_dir() -> Result<PathBuf, StatusError> {
-    Err(StatusError::NoDefaultPath)
+    std::env::var_os("LOCALAPPDATA")
+        .map(|dir| PathBuf::from(dir).join("rehydrate"))
+        .filter(|dir| dir.is_absolute())
+        .ok_or(StatusError::NoDefaultPath)
 }
 
 /// A status file being written: each [`write`](Self::write) replaces it whole.
@@ -53,12 +97,26 @@ impl StatusFile {
     /// user could have created it first.
     pub fn create(given: Option<&Path>) -> Result<StatusFile, StatusError> {
         let path = status_path(given)?;
+        Self::at(path, given.is_none())
+    }
+
+    /// Like [`StatusFile::create`], but the default is the file of restore target
+    /// `target` ([`target_status_path`]).
+    pub fn for_target(given: Option<&Path>, target: &Path) -> Result<StatusFile, StatusError> {
+        let path = match given {
+            Some(p) => p.to_owned(),
+            None => target_status_path(target)?,
+        };
+        Self::at(path, given.is_none())
+    }
+
+    fn at(path: PathBuf, default: bool) -> Result<StatusFile, StatusError> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
         };
         create_private_dir(&dir)?;
-        if given.is_none() {
+        if default {
             check_private_dir(&dir)?;
         }
         // Same directory as the file, so the rename is atomic; the pid keeps two writers

@@ -6,17 +6,20 @@
 //! old one, so a reader sees the previous snapshot or the next one, never half of one.
 //! The file is one JSON object ([`StatusSnapshot`], `format` = [`STATUS_FORMAT`]).
 //!
-//! Where it lives ([`status_path`]): `--status-file PATH` if given, else
-//! `$XDG_RUNTIME_DIR/rehydrate/status.json`, else `/tmp/rehydrate-$UID/status.json`; the
-//! directory is created private (0700). Two restores with the default path overwrite
-//! each other's status; give each its own `--status-file`.
+//! Where it lives: `--status-file PATH` if given, else in `$XDG_RUNTIME_DIR/rehydrate/`,
+//! else `/tmp/rehydrate-$UID/`, a directory created private (0700): `restore-HASH.json`
+//! for a restore (one per target, [`target_status_path`], so two restores never share
+//! one), `status.json` for the demo. `rehydrate status` shows every file there.
 
 mod file;
 mod view;
 
 use std::path::PathBuf;
 
-pub use file::{read_status, status_path, StatusFile, STATUS_FILE_MAX_BYTES};
+pub use file::{
+    default_status_files, read_status, status_path, target_status_path, StatusFile,
+    STATUS_FILE_MAX_BYTES,
+};
 pub use view::{process_alive, render_human, render_json, StatusArgs};
 
 /// The version of the file's layout. A reader refuses another version rather than
@@ -33,6 +36,9 @@ pub enum Phase {
     Complete,
     /// The restore stopped with an error (see [`StatusSnapshot::error`]).
     Failed,
+    /// A live export was stopped (SIGINT/SIGTERM) before every region was restored;
+    /// running the same command again resumes it.
+    Stopped,
 }
 
 impl Phase {
@@ -42,6 +48,7 @@ impl Phase {
             Phase::Restoring => "restoring",
             Phase::Complete => "complete",
             Phase::Failed => "failed",
+            Phase::Stopped => "stopped",
         }
     }
 }
@@ -77,8 +84,8 @@ pub struct StatusSnapshot {
     pub bytes_fetched: u64,
     /// Bytes restored by zero-fill (source holes) by this run.
     pub bytes_zero: u64,
-    /// Requests held waiting for data now: 0 for `rehydrate restore`, which has no file
-    /// system above it.
+    /// Requests held waiting for data now (the demo's file system, the live export's
+    /// clients; 0 for a plain `rehydrate restore`).
     pub held_requests: u64,
     /// On-demand misses served.
     pub misses_served: u64,
@@ -90,6 +97,15 @@ pub struct StatusSnapshot {
     pub rate_bytes_per_sec: f64,
     /// Seconds until done at the current rate; absent before there is a rate.
     pub eta_secs: Option<u64>,
+    /// Clients connected to the live export (`--export`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<u64>,
+    /// Median latency of on-demand misses (held to answered), ms; live export only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miss_latency_ms_p50: Option<f64>,
+    /// 99th percentile of the same, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miss_latency_ms_p99: Option<f64>,
     /// Why the restore failed, when [`phase`](Self::phase) is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -120,6 +136,9 @@ impl StatusSnapshot {
             retries: 0,
             rate_bytes_per_sec: 0.0,
             eta_secs: None,
+            clients: None,
+            miss_latency_ms_p50: None,
+            miss_latency_ms_p99: None,
             error: None,
         }
     }

@@ -2,9 +2,11 @@
 //! (one JSON object).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::{read_status, status_path, unix_ms_now, Phase, StatusError, StatusSnapshot};
+use super::{
+    default_status_files, read_status, status_path, unix_ms_now, Phase, StatusError, StatusSnapshot,
+};
 
 /// Arguments of `rehydrate status`.
 #[derive(Clone, Debug, clap::Args)]
@@ -13,34 +15,59 @@ pub struct StatusArgs {
     /// still runs.
     #[arg(long)]
     pub json: bool,
-    /// The status file to read [default: $XDG_RUNTIME_DIR/rehydrate/status.json, else
-    /// /tmp/rehydrate-$UID/status.json]
+    /// The status file to read [default: every status file in
+    /// $XDG_RUNTIME_DIR/rehydrate/, else /tmp/rehydrate-$UID/: one per restore target,
+    /// and the demo's]
     #[arg(long, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
 }
 
 impl StatusArgs {
-    /// Reads the status file and renders it as asked.
+    /// Reads the status file (or, by default, every one) and renders it as asked: one
+    /// block per restore, newest first, separated by a blank line (`--json`: one object
+    /// per line).
     pub fn run(&self) -> Result<String, StatusError> {
-        let path = status_path(self.status_file.as_deref())?;
-        let snapshot = read_status(&path)?;
-        let alive = process_alive(snapshot.pid);
-        Ok(if self.json {
-            render_json(&snapshot, alive)
-        } else {
-            render_human(&snapshot, alive, unix_ms_now())
-        })
+        let snapshots = match &self.status_file {
+            Some(path) => vec![read_status(path)?],
+            None => {
+                let mut found: Vec<StatusSnapshot> = default_status_files()?
+                    .iter()
+                    // A file another process is replacing right now is skipped, not fatal.
+                    .filter_map(|p| read_status(p).ok())
+                    .collect();
+                if found.is_empty() {
+                    return Err(StatusError::NotFound(status_path(None)?));
+                }
+                found.sort_by_key(|s| std::cmp::Reverse(s.updated_at_unix_ms));
+                found
+            }
+        };
+        let now = unix_ms_now();
+        let rendered: Vec<String> = snapshots
+            .iter()
+            .map(|s| {
+                let alive = process_alive(s.pid);
+                if self.json {
+                    render_json(s, alive)
+                } else {
+                    render_human(s, alive, now)
+                }
+            })
+            .collect();
+        Ok(rendered.join(if self.json { "\n" } else { "\n\n" }))
     }
 }
 
-/// Whether process `pid` still runs (Linux: `/proc/PID` exists and is not a zombie).
+/// Whether process `pid` still runs (Linux: `/proc/PID` exists and is not a zombie;
+/// Windows: the process can be opened and has no exit code yet).
 /// A pid reused by another process after the writer exited reads as alive; the
 /// `updated` age in the view tells the two apart.
+#[cfg(not(windows))]
 pub fn process_alive(pid: u32) -> bool {
     if pid == 0 {
         return false;
     }
-    let proc_dir = Path::new("/proc").join(pid.to_string());
+    let proc_dir = std::path::Path::new("/proc").join(pid.to_string());
     match std::fs::read_to_string(proc_dir.join("stat")) {
         // The state follows the parenthesised command name, which may hold spaces.
         Ok(stat) => stat
@@ -48,6 +75,30 @@ pub fn process_alive(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
+    }
+}
+
+/// See the other `process_alive`.
+#[cfg(windows)]
+#[allow(unsafe_code)]
+pub fn process_alive(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    if pid == 0 {
+        return false;
+    }
+    // SAFETY: plain FFI calls; the handle is checked, used, and closed once.
+    unsafe {
+        let process = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if process.is_null() {
+            return false;
+        }
+        let mut code = 0u32;
+        let ok = GetExitCodeProcess(process, &mut code);
+        CloseHandle(process);
+        ok != 0 && code == STILL_ACTIVE as u32
     }
 }
 
@@ -67,6 +118,7 @@ pub fn render_human(s: &StatusSnapshot, alive: bool, now_ms: u64) -> String {
         (Phase::Restoring, true) => format!("restoring (pid {})", s.pid),
         (Phase::Restoring, false) => format!("not running (last update {age} ago)"),
         (Phase::Complete, _) => format!("complete (finished {age} ago)"),
+        (Phase::Stopped, _) => format!("stopped ({age} ago); run the same command to resume"),
         (Phase::Failed, _) => format!(
             "failed ({age} ago): {}",
             s.error.as_deref().unwrap_or("no reason recorded")
@@ -108,6 +160,18 @@ pub fn render_human(s: &StatusSnapshot, alive: bool, now_ms: u64) -> String {
         ("rate", rate(s.rate_bytes_per_sec)),
         ("eta", eta),
         ("held requests", s.held_requests.to_string()),
+        (
+            "clients",
+            s.clients
+                .map_or("-".into(), |c| format!("{c} connected to the live export")),
+        ),
+        (
+            "miss latency",
+            match (s.miss_latency_ms_p50, s.miss_latency_ms_p99) {
+                (Some(p50), Some(p99)) => format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+                _ => "-".into(),
+            },
+        ),
         ("misses served", s.misses_served.to_string()),
         (
             "failures",

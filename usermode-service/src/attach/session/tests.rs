@@ -1,0 +1,143 @@
+//! The attach session against the fake driver end of `link/testkit.rs`, with an
+//! in-memory source: the order of the calls, the pended requests kept up through
+//! failures, a clean detach, and the volume byte for byte.
+
+use std::time::Duration;
+
+use rehydrate_driver::abi::{ControlCommand, MissingFlags, MissingRange};
+use rehydrate_driver::Geometry;
+
+use super::*;
+use crate::link::testkit::{
+    identity, start, start_failing_pends, Seen, REGION_BYTES, VOLUME_BYTES, VOLUME_FILL,
+};
+use crate::source::MemSource;
+
+/// A volume of data with zero runs (restored without a transfer).
+fn image() -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..VOLUME_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+    bytes[64 << 10..192 << 10].fill(0);
+    bytes
+}
+
+fn config(pended: usize) -> SessionConfig {
+    SessionConfig {
+        geometry: Geometry::new(VOLUME_BYTES, REGION_BYTES).unwrap(),
+        attach: identity(),
+        hydrator: HydratorConfig {
+            fetch_size_bytes: 64 << 10,
+            in_flight_max: 4,
+            ..HydratorConfig::default()
+        },
+        pended,
+        pend_retry: Duration::from_millis(1),
+    }
+}
+
+fn drain(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Vec<Seen> {
+    let mut out = Vec::new();
+    while let Ok(s) = seen.try_recv() {
+        out.push(s);
+    }
+    out
+}
+
+#[tokio::test]
+async fn attaches_first_keeps_requests_pended_and_restores_the_volume_byte_for_byte() {
+    let mut h = start_failing_pends(2);
+    let source = Arc::new(MemSource::new(image()));
+    let report = run(h.link.clone(), source, config(3), std::future::pending())
+        .await
+        .unwrap();
+    drop(h.link);
+    let volume = h.volume.await.unwrap();
+    assert!(
+        volume == image(),
+        "the restored volume differs from the source"
+    );
+    assert_ne!(VOLUME_FILL, 0, "zero runs must have been written, not left");
+
+    let seen = drain(&mut h.seen);
+    assert_eq!(
+        seen[0],
+        Seen::Attach(identity()),
+        "ATTACH comes first: {seen:?}"
+    );
+    assert_eq!(seen[1], Seen::Control(ControlCommand::Start));
+    assert_eq!(seen.last(), Some(&Seen::Control(ControlCommand::Detach)));
+    let pends = seen.iter().filter(|s| **s == Seen::GetMissing).count();
+    // Three kept pended, and the two refused ones sent again.
+    assert!(pends >= 5, "{pends} GET_MISSING sent: {seen:?}");
+    assert_eq!(report.pends_failed, 2);
+    let counters = report.counters.expect("the driver's counters were read");
+    assert_eq!(counters.state, DriverState::AllRestored);
+    assert_eq!(report.progress.restored_bytes, VOLUME_BYTES);
+}
+
+#[tokio::test]
+async fn a_refused_get_missing_is_pended_again_and_then_delivers() {
+    // Only one request pended, and the driver refuses it twice: without pending it again
+    // the service would never hear of a miss.
+    let h = start_failing_pends(2);
+    h.link.attach(identity()).await.unwrap();
+    h.link.control(ControlCommand::Start).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let pender = tokio::spawn(keep_pended(h.link.clone(), tx, Duration::from_millis(1)));
+    let want = MissingRange {
+        offset: 8192,
+        len: 4096,
+        flags: MissingFlags::ON_DEMAND,
+    };
+    h.wants.send(want).unwrap();
+    let mut refused = 0;
+    let ranges = loop {
+        match rx.recv().await.expect("the pender keeps going") {
+            Event::PendFailed => refused += 1,
+            Event::Missing(ranges) => break ranges,
+            _ => panic!("unexpected event"),
+        }
+    };
+    assert_eq!((refused, ranges), (2, vec![want]));
+    // And it is pended once more after delivering.
+    h.link.control(ControlCommand::Detach).await.unwrap();
+    assert!(matches!(
+        rx.recv().await,
+        Some(Event::PendStopped(e)) if e.is_detached()
+    ));
+    pender.await.unwrap();
+}
+
+#[tokio::test]
+async fn stopping_detaches_cleanly_and_says_the_restore_resumes() {
+    let mut h = start();
+    let source = Arc::new(MemSource::new(image()));
+    let result = run(h.link.clone(), source, config(2), async {}).await;
+    assert!(matches!(result, Err(SessionError::Stopped)), "{result:?}");
+    let seen = drain(&mut h.seen);
+    assert_eq!(seen[0], Seen::Attach(identity()));
+    assert_eq!(seen.last(), Some(&Seen::Control(ControlCommand::Detach)));
+}
+
+#[tokio::test]
+async fn a_refused_attach_ends_the_session_before_any_get_missing() {
+    let mut h = start();
+    let source = Arc::new(MemSource::new(image()));
+    let mut other = config(2);
+    other.attach.backup_identity = [9; 32];
+    let result = run(h.link.clone(), source, other, std::future::pending()).await;
+    assert!(
+        matches!(result, Err(SessionError::Link(LinkError::Refused { .. }))),
+        "{result:?}"
+    );
+    assert_eq!(drain(&mut h.seen), Vec::new(), "nothing else was sent");
+    assert!(matches!(
+        run(
+            h.link.clone(),
+            Arc::new(MemSource::new(image())),
+            config(0),
+            async {}
+        )
+        .await,
+        Err(SessionError::Pended(0))
+    ));
+}
