@@ -4,6 +4,8 @@
 //! only after its data is written, durably only after `fdatasync` and a metadata commit,
 //! so a killed restore resumes where its last commit left it.
 
+mod buffers;
+mod fetch;
 pub mod live;
 mod lock;
 mod meta_file;
@@ -16,6 +18,7 @@ mod status_report;
 mod target;
 mod target_id;
 pub mod timeline;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +72,10 @@ pub struct RestoreArgs {
     /// Fetches in flight at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub in_flight: usize,
+    /// NBD connections to the source when it allows several (multi-conn), 1 to 16.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub connections: u16,
     /// Limit the background restore to this many bytes per second (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub rate_limit: Option<u64>,
@@ -230,6 +237,7 @@ async fn restore_with(
         _ => dial.export.clone(),
     };
     source.pin(dial_export, pin::redial_check(found, &url));
+    source.widen(usize::from(args.connections));
 
     let size = found.size_bytes;
     let mut target = match existing {
