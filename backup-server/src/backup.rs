@@ -6,6 +6,10 @@
 //! (rayon) → put-if-not-exists (store). Only when every chunk is stored and, locally,
 //! synced, is the index published — so an interrupted backup leaves stored chunks
 //! (reused by the next backup) but no visible version.
+//!
+//! A full backup reads every chunk; an incremental one ([`crate::incremental`]) reads
+//! only the chunks it is told changed and takes the others from a base version's index.
+//! Both run the same pipeline ([`run`]).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -69,6 +73,10 @@ pub struct BackupSummary {
     pub zero_chunks: u64,
     /// Chunks the store had in a damaged form, replaced with the source's data.
     pub repaired_chunks: u64,
+    /// An incremental backup: the version whose chunks it took for what did not change.
+    pub incremental_from: Option<u32>,
+    /// Bytes read from the source (all of it for a full backup).
+    pub read_bytes: u64,
     /// Bytes written to the store for new chunks (after compression).
     pub stored_bytes: u64,
     /// Wall-clock time in seconds.
@@ -91,6 +99,9 @@ impl std::fmt::Display for BackupSummary {
         if self.repaired_chunks > 0 {
             write!(f, " repaired_chunks={}", self.repaired_chunks)?;
         }
+        if let Some(base) = self.incremental_from {
+            write!(f, " incremental_from={base} read_bytes={}", self.read_bytes)?;
+        }
         Ok(())
     }
 }
@@ -110,12 +121,28 @@ pub async fn backup(
     options: &BackupOptions,
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
+    let (file, size_bytes) = open_source(source)?;
+    let chunk_count = options.chunk_size.chunk_count(size_bytes);
+    let chunks = vec![ChunkRef::Zero; chunk_len(chunk_count)?];
+    let plan = Plan {
+        chunks,
+        read: Box::new(0..chunk_count),
+        read_count: chunk_count,
+        unread_zero: 0,
+        unread_data: 0,
+        incremental_from: None,
+    };
+    run(store, source, file, size_bytes, options, plan, started).await
+}
+
+/// Opens the source and measures it (seeking to the end also sizes block devices,
+/// whose metadata length is 0).
+pub(crate) fn open_source(source: &Path) -> Result<(File, u64), BackupError> {
     let source_err = |e: std::io::Error| BackupError::Source {
         path: source.to_owned(),
         source: e,
     };
     let file = File::open(source).map_err(source_err)?;
-    // Seeking to the end also sizes block devices, whose metadata length is 0.
     let size_bytes =
         std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(source_err)?;
     if size_bytes > MAX_VOLUME_BYTES {
@@ -123,9 +150,44 @@ pub async fn backup(
             "larger than the 1 PiB a version may hold",
         )));
     }
+    Ok((file, size_bytes))
+}
+
+/// A chunk count as a length in memory.
+pub(crate) fn chunk_len(chunk_count: u64) -> Result<usize, BackupError> {
+    usize::try_from(chunk_count).map_err(|_| BackupError::Internal("chunk count overflows".into()))
+}
+
+/// What a backup reads, and what the chunks it does not read are.
+pub(crate) struct Plan {
+    /// The new version's chunk list; entries of chunks not read are already final.
+    pub chunks: Vec<ChunkRef>,
+    /// The chunks to read from the source, ascending.
+    pub read: Box<dyn Iterator<Item = u64> + Send>,
+    /// How many `read` yields.
+    pub read_count: u64,
+    /// Chunks not read whose entry is a zero marker, and those naming a stored chunk.
+    pub unread_zero: u64,
+    pub unread_data: u64,
+    /// The version the unread chunks come from (incremental), for the summary.
+    pub incremental_from: Option<u32>,
+}
+
+/// The pipeline both kinds of backup run: reads, hashes and stores the planned chunks,
+/// syncs them, publishes the index.
+pub(crate) async fn run(
+    store: &ChunkStore,
+    source: &Path,
+    file: File,
+    size_bytes: u64,
+    options: &BackupOptions,
+    plan: Plan,
+    started: Instant,
+) -> Result<BackupSummary, BackupError> {
     let file = Arc::new(file);
     let chunk_size = options.chunk_size;
     let chunk_count = chunk_size.chunk_count(size_bytes);
+    debug_assert_eq!(plan.chunks.len() as u64, chunk_count);
     let parent_version = store.latest_version(&options.volume).await?.unwrap_or(0);
 
     let progress = progress_bar(options.progress, size_bytes);
@@ -138,11 +200,15 @@ pub async fn backup(
     let path: Arc<PathBuf> = Arc::new(source.to_owned());
     let pool = Arc::new(BufferPool::default());
 
-    let mut chunks = vec![
-        ChunkRef::Zero;
-        usize::try_from(chunk_count)
-            .map_err(|_| BackupError::Internal("chunk count overflows".into()))?
-    ];
+    let Plan {
+        mut chunks,
+        read,
+        read_count,
+        unread_zero,
+        unread_data,
+        incremental_from,
+    } = plan;
+    debug_assert_eq!(read_count + unread_zero + unread_data, chunk_count);
     let mut summary = BackupSummary {
         volume: options.volume.to_string(),
         version: 0,
@@ -150,14 +216,18 @@ pub async fn backup(
         bytes: size_bytes,
         chunk_size_bytes: chunk_size.bytes(),
         new_chunks: 0,
-        reused_chunks: 0,
-        zero_chunks: 0,
+        reused_chunks: unread_data,
+        zero_chunks: unread_zero,
         repaired_chunks: 0,
+        incremental_from,
+        read_bytes: 0,
         stored_bytes: 0,
         secs: 0.0,
     };
+    // Chunks not read keep the base's entry: zero markers, or chunks stored before.
+    progress.inc((unread_zero + unread_data) * chunk_size.bytes());
     let mut written = Vec::new();
-    let mut results = futures::stream::iter(0..chunk_count)
+    let mut results = futures::stream::iter(read)
         .map(|i| {
             let (file, path, seen, store) = (
                 Arc::clone(&file),
@@ -180,9 +250,13 @@ pub async fn backup(
         .buffer_unordered(IN_FLIGHT_CHUNKS);
     while let Some(result) = results.next().await {
         let (i, len, fate) = result?;
+        summary.read_bytes += len as u64;
         let slot = &mut chunks[i as usize];
         match fate {
-            Fate::Zero => summary.zero_chunks += 1,
+            Fate::Zero => {
+                summary.zero_chunks += 1;
+                *slot = ChunkRef::Zero;
+            }
             Fate::Reused(hash) => {
                 summary.reused_chunks += 1;
                 *slot = ChunkRef::Data(hash);

@@ -4,7 +4,8 @@
 //!
 //! - [`store`]: the layout over any `object_store` (local directory by default);
 //!   [`chunk`] and [`index`] say each object's format byte by byte.
-//! - [`backup`]: image or device → chunks → a published version.
+//! - [`backup`]: image or device → chunks → a published version; [`incremental`]: the
+//!   same, reading only what changed since a base version.
 //! - [`catalog`], [`export`], [`cache`]: the NBD side, over `rehydrate-nbd`'s server.
 //! - [`cli`]: the subcommands' arguments and entry points for the binaries.
 
@@ -17,6 +18,7 @@ mod cpu;
 pub mod error;
 pub mod export;
 pub mod identity;
+pub mod incremental;
 pub mod index;
 pub mod location;
 pub mod name;
@@ -33,6 +35,7 @@ pub use cli::{
 pub use error::BackupError;
 pub use export::VersionExport;
 pub use identity::{ExportIdentity, IdentityError};
+pub use incremental::{backup_changes, BaseError, Changes, IncrementalError};
 pub use index::{ChunkRef, Index, IndexError};
 pub use location::StoreLocation;
 pub use name::{ExportName, VolumeName};
