@@ -53,10 +53,11 @@
 //!     64   48  reserved         zero
 //! ```
 
+use alloc::sync::Arc;
 use core::ops::Range;
 
 use crate::geometry::Geometry;
-use crate::meta::{MapName, MAP_RECORD_BYTES};
+use crate::meta::{MapName, NamedMap, MAP_RECORD_BYTES};
 
 /// The changed map's name in the metadata.
 pub const CHANGED_MAP: MapName = match MapName::new("changed") {
@@ -224,6 +225,33 @@ pub fn dirtied_by_write(geometry: &Geometry, offset: u64, len: u64) -> Range<u64
     geometry.region_of(offset)..geometry.region_of(end - 1) + 1
 }
 
+/// Marks the changed map as writes are taken: from any thread, lock-free; a region
+/// already marked costs one load.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    map: Arc<NamedMap>,
+}
+
+impl Tracker {
+    /// A tracker marking `map`.
+    pub fn new(map: Arc<NamedMap>) -> Tracker {
+        Tracker { map }
+    }
+
+    /// A write (or write-zeroes, or trim) of `[offset, offset + len)` was taken: called
+    /// before it can complete, so every completed write is counted, and a failed one
+    /// too (it may have changed some sectors).
+    pub fn on_write(&self, offset: u64, len: u64) {
+        self.map
+            .mark(dirtied_by_write(self.map.geometry(), offset, len));
+    }
+
+    /// The map it marks.
+    pub fn map(&self) -> &Arc<NamedMap> {
+        &self.map
+    }
+}
+
 /// The record a session commits before it takes its first write.
 pub fn begin_session(record: &Record) -> Record {
     Record {
@@ -361,6 +389,17 @@ mod tests {
             "clipped at the end"
         );
         assert_eq!(dirtied_by_write(&g, 16 * 4096, 1), 0..0);
+    }
+
+    #[test]
+    fn the_tracker_marks_every_region_a_write_touches() {
+        let g = Geometry::new(64 * 4096, 4096).unwrap();
+        let tracker = Tracker::new(Arc::new(NamedMap::new(g).unwrap()));
+        tracker.on_write(4095, 2);
+        tracker.on_write(40 * 4096, 3 * 4096);
+        tracker.on_write(40 * 4096, 512);
+        let runs: alloc::vec::Vec<_> = tracker.map().runs().collect();
+        assert_eq!(runs, [0..2, 40..43]);
     }
 
     #[test]

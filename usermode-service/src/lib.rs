@@ -9,6 +9,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(unix)]
+pub mod changed_backup;
 pub mod cli;
 pub mod error;
 pub mod hydrator;

@@ -23,6 +23,7 @@ use rehydrate_driver::{Geometry, RegionMap, Status};
 use tokio::sync::mpsc;
 
 use super::buffers::BufferPool;
+use super::changes::{stamp_of, Changes};
 use super::fetch::{fetch_parts, Parts};
 use super::live::front::{Front, LowerDone};
 use super::live::{Request, Shared};
@@ -90,6 +91,8 @@ pub(super) struct Shell<S: Source> {
     target: Arc<Target>,
     map: Arc<RegionMap>,
     live: Option<Live>,
+    /// The map of changes since the backup, whose session ends cleanly with the run.
+    changes: Option<Changes>,
     stop: Stop,
     timeline: Option<Timeline>,
     source: Arc<S>,
@@ -136,6 +139,7 @@ impl<S: Source> Shell<S> {
         config: HydratorConfig,
         source: Arc<S>,
         live: Option<Live>,
+        changes: Option<Changes>,
         timeline: bool,
     ) -> Result<Shell<S>, ServiceError> {
         let geometry = *map.geometry();
@@ -163,6 +167,7 @@ impl<S: Source> Shell<S> {
             target,
             map,
             live,
+            changes,
             stop: Stop::Running,
             timeline: timeline.then(Timeline::default),
             source,
@@ -284,6 +289,7 @@ impl<S: Source> Shell<S> {
         }
         bar.set_position(self.restored_bytes());
         bar.finish_and_clear();
+        self.end_changes();
         // The caller writes the final snapshot once it knows how the restore ended.
         self.fill_status(status);
         Ok(Outcome {
@@ -293,6 +299,29 @@ impl<S: Source> Shell<S> {
             complete: self.map.is_all_restored(),
             restored_bytes: self.restored_bytes(),
         })
+    }
+
+    /// A clean end (every region restored, or the live export stopped and flushed):
+    /// the map of changes is committed *clean* with the target's stamp. If that fails,
+    /// it stays *open*, and the next backup reads everything.
+    fn end_changes(&mut self) {
+        let Some(changes) = &mut self.changes else {
+            return;
+        };
+        let stamp = match stamp_of(self.target.file()) {
+            Ok(stamp) => stamp,
+            Err(e) => {
+                tracing::warn!(%e, "restore: cannot stamp the target; the next backup reads everything");
+                return;
+            }
+        };
+        self.engine.prepare_durable_view();
+        let engine = &self.engine;
+        if let Err(e) = changes.end(&mut self.meta, &mut self.store, stamp, |w| {
+            engine.durable_word(w)
+        }) {
+            tracing::warn!(%e, "restore: the map of changes could not be closed; the next backup reads everything");
+        }
     }
 
     /// Brings the status snapshot up to date and writes it when due.
@@ -355,7 +384,11 @@ impl<S: Source> Shell<S> {
         match self.stop {
             Stop::Running => false,
             Stop::Draining(since) => {
-                if live.front.in_flight() > 0 && since.elapsed() < STOP_GRACE {
+                let taken = live
+                    .shared
+                    .requests_in_flight
+                    .load(std::sync::atomic::Ordering::Acquire);
+                if (live.front.in_flight() > 0 || taken > 0) && since.elapsed() < STOP_GRACE {
                     return false;
                 }
                 let mut actions = Vec::new();

@@ -59,6 +59,14 @@ impl Op {
         }
     }
 
+    /// The range a write, write-zeroes or trim changes; `None` for reads and flushes.
+    pub fn written(&self) -> Option<(u64, u64)> {
+        match self {
+            Op::Write { .. } | Op::Zeroes { .. } | Op::Trim { .. } => self.range(),
+            Op::Read { .. } | Op::Flush => None,
+        }
+    }
+
     /// The range in whole sectors, as the engine takes it: an unaligned end (only at the
     /// end of an export of odd size) is rounded up to the padded last sector.
     pub fn sector_range(&self) -> Option<(u64, u64)> {
