@@ -19,7 +19,7 @@
 #
 # Needs qemu-utils (qemu-nbd, qemu-img), libnbd-bin (nbdcopy), util-linux (fallocate).
 # TMPDIR picks where the image and the copies go (a disk measures the I/O, a tmpfs the
-# rest); it needs 3x the largest size free.
+# rest); it needs twice the largest size free.
 set -euo pipefail
 
 runs=${1:-5}
@@ -46,9 +46,10 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? 
 secs() { local t0; t0=$(now); "$@" >/dev/null 2>&1; echo "$(now) - $t0" | bc -l; }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Each copy is removed once timed (not timed itself), so only one exists at a time.
 restore() { rm -f "$work/out.rh" "$work/out.rh.rehydrate-meta"; secs "$rehydrate" restore --source "$url" --target "$work/out.rh"; }
-nbdcopy_sync() { rm -f "$work/out.nc"; secs sh -c "nbdcopy '$url' '$work/out.nc' && sync '$work/out.nc'"; }
-qemu_sync() { rm -f "$work/out.qi"; secs sh -c "qemu-img convert -f raw -O raw '$url' '$work/out.qi' && sync '$work/out.qi'"; }
+nbdcopy_sync() { local t; t=$(secs sh -c "nbdcopy '$url' '$work/out.nc' && sync '$work/out.nc'"); rm -f "$work/out.nc"; echo "$t"; }
+qemu_sync() { local t; t=$(secs sh -c "qemu-img convert -f raw -O raw '$url' '$work/out.qi' && sync '$work/out.qi'"); rm -f "$work/out.qi"; echo "$t"; }
 nbdcopy_null() { secs nbdcopy "$url" null:; }
 
 for size_mib in $sizes; do
@@ -68,7 +69,8 @@ for size_mib in $sizes; do
     cmp "$img" "$work/out.rh" || { echo "bench: the restored image differs" >&2; exit 1; }
     r=(); n=(); q=(); z=(); rn=(); rq=(); rz=()
     for ((i = 1; i <= runs; i++)); do
-        r+=("$(restore)"); n+=("$(nbdcopy_sync)"); q+=("$(qemu_sync)"); z+=("$(nbdcopy_null)")
+        r+=("$(restore)"); rm -f "$work/out.rh" "$work/out.rh.rehydrate-meta"
+        n+=("$(nbdcopy_sync)"); q+=("$(qemu_sync)"); z+=("$(nbdcopy_null)")
         rn+=("$(echo "${r[-1]} / ${n[-1]}" | bc -l)")
         rq+=("$(echo "${r[-1]} / ${q[-1]}" | bc -l)")
         rz+=("$(echo "${r[-1]} / ${z[-1]}" | bc -l)")
