@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -45,7 +45,7 @@ impl Setup {
     }
 
     /// `rehydrate restore` of `export` with its live export on a fresh port.
-    fn live(&self, export: &str) -> (Child, String) {
+    fn live(&self, export: &str) -> (Running, String) {
         let port = free_port();
         let mut child = spawn_restore(
             &format!("nbd://127.0.0.1:{}/{export}", self.server.port),
@@ -58,12 +58,12 @@ impl Setup {
             ],
         );
         wait_listening(port, &mut child);
-        (child, format!("nbd://127.0.0.1:{port}/vol"))
+        (Running(Some(child)), format!("nbd://127.0.0.1:{port}/vol"))
     }
 
     /// Waits until the restore is complete (the status file says so).
-    fn wait_complete(&self, child: &mut Child) {
-        wait_restored(&self.path("status.json"), IMAGE_BYTES as u64, child);
+    fn wait_complete(&self, child: &mut Running) {
+        wait_restored(&self.path("status.json"), IMAGE_BYTES as u64, child.get());
     }
 
     /// `rehydrate backup TARGET --store STORE --volume vol [--changed-map META]`.
@@ -113,7 +113,8 @@ fn qemu_io(url: &str, commands: &[&str]) {
 }
 
 /// SIGTERM: the export flushes, commits the map clean, and exits 0.
-fn stop(child: Child) {
+fn stop(mut child: Running) {
+    let child = child.take();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -186,7 +187,7 @@ fn a_kill_9_mid_write_falls_back_to_a_full_read_and_misses_no_change() {
     let (mut live, url) = setup.live("vol");
     setup.wait_complete(&mut live);
     // Writes keep coming when the export is killed: map updates in memory are lost.
-    let mut writer = Command::new("sh")
+    let writer = Running(Some(Command::new("sh")
         .arg("-c")
         .arg(format!(
             "i=0; while true; do qemu-io -f raw -c \"write -P $((i % 200 + 1)) $((i * 65536 % 30000000)) 65536\" {url} >/dev/null 2>&1; i=$((i+1)); done"
@@ -194,12 +195,10 @@ fn a_kill_9_mid_write_falls_back_to_a_full_read_and_misses_no_change() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()));
     std::thread::sleep(Duration::from_millis(1500));
-    live.kill().unwrap();
-    let _ = live.wait();
-    writer.kill().unwrap();
-    let _ = writer.wait();
+    drop(live); // SIGKILL, mid-write
+    drop(writer);
 
     let out = setup.backup(Some(&setup.meta()));
     let note = text(&out.stderr);
@@ -232,7 +231,7 @@ fn a_kill_9_mid_write_falls_back_to_a_full_read_and_misses_no_change() {
 fn a_write_without_the_export_a_running_export_and_an_unfinished_restore() {
     let setup = Setup::new();
     // While the restore runs (slowly), its metadata is locked: the backup is refused.
-    let mut slow = spawn_restore(
+    let mut slow = Running(Some(spawn_restore(
         &format!("nbd://127.0.0.1:{}/vol", setup.server.port),
         &setup.target(),
         &[
@@ -241,12 +240,11 @@ fn a_write_without_the_export_a_running_export_and_an_unfinished_restore() {
             "--status-file",
             s(&setup.path("status.json")),
         ],
-    );
-    wait_restored(&setup.path("status.json"), MIB, &mut slow);
+    )));
+    wait_restored(&setup.path("status.json"), MIB, slow.get());
     let err = one_line_error(&setup.backup(Some(&setup.meta())));
     assert!(err.contains("in use by another restore"), "{err}");
-    slow.kill().unwrap();
-    let _ = slow.wait();
+    drop(slow);
     // Not restored yet: refused, never a backup of a half-restored volume.
     let err = one_line_error(&setup.backup(Some(&setup.meta())));
     assert!(err.contains("let it finish"), "{err}");

@@ -41,7 +41,7 @@ fn a_live_restore_completes_once_its_source_is_back_after_the_deadline() {
     let target = dir.path().join("target.img");
 
     let server = serve_on(&store, source_port);
-    let mut restore = spawn_restore(
+    let mut restore = Running(Some(spawn_restore(
         &format!("nbd://127.0.0.1:{source_port}/sys"),
         &target,
         &[
@@ -54,8 +54,8 @@ fn a_live_restore_completes_once_its_source_is_back_after_the_deadline() {
             "--status-file",
             s(&status_file),
         ],
-    );
-    wait_listening(export_port, &mut restore);
+    )));
+    wait_listening(export_port, restore.get());
     let url = format!("nbd://127.0.0.1:{export_port}/sys");
     // The first MiB restored (read through the export), then the source goes away.
     let first = qemu_io(&url, "read 0 1M");
@@ -83,7 +83,7 @@ fn a_live_restore_completes_once_its_source_is_back_after_the_deadline() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        restore.try_wait().unwrap().is_none(),
+        restore.get().try_wait().unwrap().is_none(),
         "the live export keeps running without its source"
     );
     let before = status(&status_file)["bytes_restored"].as_u64().unwrap_or(0);
@@ -98,7 +98,7 @@ fn a_live_restore_completes_once_its_source_is_back_after_the_deadline() {
     let start = Instant::now();
     while status(&status_file)["bytes_restored"].as_u64() != Some(IMAGE_BYTES as u64) {
         assert!(
-            restore.try_wait().unwrap().is_none(),
+            restore.get().try_wait().unwrap().is_none(),
             "the restore exited before it completed"
         );
         assert!(
@@ -112,6 +112,7 @@ fn a_live_restore_completes_once_its_source_is_back_after_the_deadline() {
     let again = qemu_io(&url, &format!("read {} 4k", IMAGE_BYTES - 8192));
     assert!(again.contains("read 4096/4096 bytes"), "{again}");
 
+    let restore = restore.take();
     let _ = Command::new("kill")
         .args(["-TERM", &restore.id().to_string()])
         .status();
