@@ -4,7 +4,8 @@
 //!
 //! - [`store`]: the layout over any `object_store` (local directory by default);
 //!   [`chunk`] and [`index`] say each object's format byte by byte.
-//! - [`backup`]: image or device → chunks → a published version.
+//! - [`backup`]: image or device → chunks → a published version; [`incremental`]: the
+//!   same, reading only what changed since a base version.
 //! - [`catalog`], [`export`], [`cache`]: the NBD side, over `rehydrate-nbd`'s server;
 //!   [`access`]: which TLS client may read which volume.
 //! - [`keep`], [`forget`], [`gc`], [`marks`]: retention, and deleting unreferenced
@@ -23,6 +24,7 @@ pub mod export;
 pub mod forget;
 pub mod gc;
 pub mod identity;
+pub mod incremental;
 pub mod index;
 pub mod keep;
 pub mod location;
@@ -46,6 +48,7 @@ pub use export::VersionExport;
 pub use forget::{run_forget, ForgetArgs, ForgetSummary};
 pub use gc::{run_gc, GcArgs, GcSummary};
 pub use identity::{ExportIdentity, IdentityError};
+pub use incremental::{backup_changes, BaseError, Changes, IncrementalError};
 pub use index::{ChunkRef, Index, IndexError};
 pub use location::StoreLocation;
 pub use name::{ExportName, VolumeName};

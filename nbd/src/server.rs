@@ -1,8 +1,9 @@
 //! The tokio server: accepts connections, runs the handshake machine against a
 //! [`Catalog`], then serves pipelined requests against the chosen [`Export`].
 //!
-//! Per connection, this task reads requests and spawns one handler per request (bounded
-//! by a semaphore, so a client cannot queue unbounded work); handlers send finished reply
+//! Per connection, this task reads requests and runs one handler per request (bounded
+//! by a semaphore, so a client cannot queue unbounded work): at once when the export
+//! answers without waiting, else as a task of its own. Handlers send finished reply
 //! frames to a writer task, so replies go out in completion order, each frame whole.
 //!
 //! With [`ServerConfig::tls`] set, TLS is required (FORCEDTLS): the handshake machine
@@ -375,11 +376,18 @@ async fn read_requests<R: AsyncRead + Unpin>(
             .await
             .map_err(|_| Error::Disconnected)?;
         let (session, export, tx) = (Arc::clone(session), Arc::clone(export), tx.clone());
-        tokio::spawn(async move {
+        let mut work = Box::pin(async move {
             let frame = handle(&request, payload, &session, export.as_ref()).await;
             let _ = tx.send(frame).await;
             drop(permit);
         });
+        // An export that can answer at once (cached data) is answered here: a task per
+        // such request would cost more than the request. Anything that waits becomes a
+        // task of its own, polled again there with a real waker.
+        let mut now = std::task::Context::from_waker(std::task::Waker::noop());
+        if work.as_mut().poll(&mut now).is_pending() {
+            tokio::spawn(work);
+        }
     }
 }
 

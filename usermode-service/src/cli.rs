@@ -4,6 +4,8 @@
 //! (`backup` and `serve` are the backup server crate's); [`Command`] adds the help text
 //! and `main.rs` dispatches.
 
+use std::path::PathBuf;
+
 use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
 use rehydrate_backup::{BackupCommand, ForgetArgs, GcArgs, ServeArgs};
 
@@ -44,6 +46,21 @@ impl Cli {
     }
 }
 
+/// `backup` as `rehydrate` takes it: the backup server's arguments, and the map of
+/// changes a restore keeps (which the backup server alone cannot read).
+#[derive(Debug, clap::Args)]
+pub struct BackupCli {
+    /// What to back up, and where.
+    #[command(flatten)]
+    pub command: BackupCommand,
+    /// Read only what changed since the last backup, from the map of changes kept in
+    /// this restore metadata file (SOURCE is that restore's target; the restore or live
+    /// export must be stopped). A missing or untrusted map: the whole volume is read,
+    /// said in one line.
+    #[arg(long, value_name = "METADATA")]
+    pub changed_map: Option<PathBuf>,
+}
+
 /// The subcommands, in the order a restore uses them.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -56,9 +73,11 @@ named by their BLAKE3 hash; only chunks the store lacks are written, all-zero ch
 kept as a marker only, and the version becomes visible only once every chunk is stored, so \
 an interrupted backup publishes nothing.\n\nExample:\n  rehydrate backup disk.img --store \
 /var/backups --volume sys\n\nThe last line is `backup: volume=NAME version=N bytes=B \
-new_chunks=C reused_chunks=R zero_chunks=Z ...`."
+new_chunks=C reused_chunks=R zero_chunks=Z ...`.\n\nWith --changed-map TARGET.rehydrate-meta, only \
+the chunks written since the last backup are read (the live export of `rehydrate restore` keeps \
+that map); the line then ends `incremental_from=V read_bytes=B`."
     )]
-    Backup(BackupCommand),
+    Backup(BackupCli),
     /// Serve every volume version in a store, read-only, over NBD.
     #[command(
         about = "Serve every volume version in a store, read-only, over NBD",
@@ -170,10 +189,15 @@ mod tests {
             "sys",
         ])
         .unwrap();
-        let Command::Backup(BackupCommand { args: a, verify }) = cli.command else {
+        let Command::Backup(BackupCli {
+            command: BackupCommand { args: a, verify },
+            changed_map,
+        }) = cli.command
+        else {
             panic!("not backup: {:?}", cli.command);
         };
         assert!(!verify);
+        assert_eq!(changed_map, None);
         assert_eq!(a.source, std::path::PathBuf::from("disk.img"));
         assert_eq!(
             (a.store.as_str(), a.volume.as_str()),

@@ -31,8 +31,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Backup(args) => {
-            let json = args.args.json;
-            let summary = runtime()?.block_on(rehydrate_backup::run_backup_command(args))?;
+            let json = args.command.args.json;
+            let summary = match &args.changed_map {
+                Some(map) => runtime()?
+                    .block_on(rehydrate_service::changed_backup::run(args.command, map))?,
+                None => runtime()?.block_on(rehydrate_backup::run_backup_command(args.command))?,
+            };
             // The version is published: whatever happens to stdout, the backup succeeded.
             print_last_line(&summary.render(json));
         }

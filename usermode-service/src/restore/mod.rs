@@ -4,9 +4,12 @@
 //! only after its data is written, durably only after `fdatasync` and a metadata commit,
 //! so a killed restore resumes where its last commit left it.
 
+mod buffers;
+pub(crate) mod changes;
+mod fetch;
 pub mod live;
-mod lock;
-mod meta_file;
+pub(crate) mod lock;
+pub(crate) mod meta_file;
 mod padded;
 mod paths;
 pub mod pin;
@@ -14,9 +17,10 @@ mod report;
 pub(crate) mod shell;
 mod status_report;
 mod target;
-mod target_id;
+pub(crate) mod target_id;
 mod target_os;
 pub mod timeline;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +74,10 @@ pub struct RestoreArgs {
     /// Fetches in flight at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub in_flight: usize,
+    /// NBD connections to the source when it allows several (multi-conn), 1 to 16.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub connections: u16,
     /// Limit the background restore to this many bytes per second (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub rate_limit: Option<u64>,
@@ -246,6 +254,7 @@ async fn restore_with(
         _ => dial.export.clone(),
     };
     source.pin(dial_export, pin::redial_check(found, &url));
+    source.widen(usize::from(args.connections));
 
     let size = found.size_bytes;
     let mut target = match existing {
@@ -286,7 +295,16 @@ async fn restore_with(
         target: target.pin()?,
     };
     let map = Arc::new(RegionMap::new(geometry)?);
-    let (store, meta) = open_metadata(&meta_path, store, &identity, &binding, &map, &target)?;
+    let (mut store, mut meta, fresh) =
+        open_metadata(&meta_path, store, &identity, &binding, &map, &target)?;
+    // The map of changes since the backup: a session opens before any write is taken.
+    let mut changes = changes::Changes::attach(&mut meta, &mut store, geometry, &meta_path)?;
+    if let Some(changes) = &mut changes {
+        if fresh {
+            changes.start_from(changes::base_of(&binding.source));
+        }
+        changes.begin(&mut meta, &mut store, |w| map.word(w), &meta_path)?;
+    }
     tracing::info!(
         size,
         regions = geometry.region_count(),
@@ -301,9 +319,11 @@ async fn restore_with(
             passthrough: false.into(),
             stopping: false.into(),
             clients: 0.into(),
+            requests_in_flight: 0.into(),
             size_bytes: size,
             target: Arc::clone(&target),
             map: Arc::clone(&map),
+            changes: changes.as_ref().map(changes::Changes::tracker),
         });
         let name = args
             .export_name
@@ -334,6 +354,7 @@ async fn restore_with(
         config,
         source,
         live,
+        changes,
         args.timeline.is_some(),
     )?;
     let outcome = shell
@@ -342,7 +363,8 @@ async fn restore_with(
     Ok(Summary::new(size, started.elapsed(), outcome))
 }
 
-/// Opens the metadata bound to this source and target, or creates it for a new restore.
+/// Opens the metadata bound to this source and target, or creates it for a new restore
+/// (with the map of changes since the backup beside the restore map; true then).
 /// Metadata of any other restore is refused, never overwritten.
 fn open_metadata(
     path: &Path,
@@ -351,7 +373,7 @@ fn open_metadata(
     binding: &Binding,
     map: &RegionMap,
     target: &Target,
-) -> Result<(FileMetaStore, Metadata), ServiceError> {
+) -> Result<(FileMetaStore, Metadata, bool), ServiceError> {
     let meta_err = |source| ServiceError::Metadata {
         path: path.to_owned(),
         source,
@@ -366,13 +388,15 @@ fn open_metadata(
             }
             other => other.map_err(meta_err)?,
         };
-        return Ok((store, meta));
+        return Ok((store, meta, false));
     }
-    let pages = Metadata::store_pages(map.geometry());
+    let names = [rehydrate_driver::changed::CHANGED_MAP];
+    let pages = Metadata::store_pages_with(map.geometry(), names.len());
     let mut store = FileMetaStore::open_unchecked(path, Some(pages))?;
     paths::check_not_same(target, &store, path)?;
-    let meta = Metadata::create_bound(&mut store, identity, binding).map_err(meta_err)?;
-    Ok((store, meta))
+    let meta =
+        Metadata::create_with_maps(&mut store, identity, binding, &names).map_err(meta_err)?;
+    Ok((store, meta, true))
 }
 
 #[cfg(test)]
