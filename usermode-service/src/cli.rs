@@ -198,6 +198,22 @@ mod tests {
         };
         assert!(!verify);
         assert_eq!(changed_map, None);
+        let cli = Cli::try_parse_from([
+            "rehydrate",
+            "backup",
+            "t.img",
+            "--store",
+            "s",
+            "--volume",
+            "v",
+            "--changed-map",
+            "t.img.rehydrate-meta",
+        ])
+        .unwrap();
+        let Command::Backup(BackupCli { changed_map, .. }) = cli.command else {
+            panic!("not backup");
+        };
+        assert_eq!(changed_map, Some(PathBuf::from("t.img.rehydrate-meta")));
         assert_eq!(a.source, std::path::PathBuf::from("disk.img"));
         assert_eq!(
             (a.store.as_str(), a.volume.as_str()),
