@@ -21,10 +21,17 @@ pub enum Mutant {
     LoseMarkOnTornCommit = 5,
     /// Forward reads without waiting for their regions.
     ForwardReadBeforeRestored = 6,
+    /// Write capture: number a write when it is dispatched, not when it completes.
+    SequenceAtDispatch = 7,
+    /// Write capture: make a flush's recovery point when the flush is dispatched, inside
+    /// the epoch it has not closed yet.
+    PointInsideUnflushedEpoch = 8,
+    /// Journal: apply the records of a torn segment tail instead of truncating them.
+    TornTailApplied = 9,
 }
 
 impl Mutant {
-    /// Every mutant, for sweeps.
+    /// Every mutant of the engine, for the simulator's sweeps.
     pub const ALL: [Mutant; 6] = [
         Mutant::CommitMetadataBeforeDataFlush,
         Mutant::MarkBeforeLowerWriteCompletes,
@@ -32,6 +39,14 @@ impl Mutant {
         Mutant::AcceptStaleHydrate,
         Mutant::LoseMarkOnTornCommit,
         Mutant::ForwardReadBeforeRestored,
+    ];
+
+    /// The write-capture and journal mutants: caught by the capture's model tests and
+    /// the journal's tests; they join [`Mutant::ALL`] once the simulator runs capture.
+    pub const CAPTURE: [Mutant; 3] = [
+        Mutant::SequenceAtDispatch,
+        Mutant::PointInsideUnflushedEpoch,
+        Mutant::TornTailApplied,
     ];
 
     /// The command-line name.
@@ -43,12 +58,18 @@ impl Mutant {
             Mutant::AcceptStaleHydrate => "accept-stale-hydrate",
             Mutant::LoseMarkOnTornCommit => "lose-mark-on-torn-commit",
             Mutant::ForwardReadBeforeRestored => "forward-read-before-restored",
+            Mutant::SequenceAtDispatch => "sequence-at-dispatch",
+            Mutant::PointInsideUnflushedEpoch => "point-inside-unflushed-epoch",
+            Mutant::TornTailApplied => "torn-tail-applied",
         }
     }
 
     /// The mutant called `name`.
     pub fn from_name(name: &str) -> Option<Mutant> {
-        Mutant::ALL.into_iter().find(|m| m.name() == name)
+        Mutant::ALL
+            .into_iter()
+            .chain(Mutant::CAPTURE)
+            .find(|m| m.name() == name)
     }
 }
 
