@@ -6,6 +6,8 @@
 //!   [`chunk`] and [`index`] say each object's format byte by byte.
 //! - [`backup`]: image or device → chunks → a published version.
 //! - [`catalog`], [`export`], [`cache`]: the NBD side, over `rehydrate-nbd`'s server.
+//! - [`journal`]: the point-in-time journal of protected volumes, and its recovery
+//!   points served as exports.
 //! - [`cli`]: the subcommands' arguments and entry points for the binaries.
 
 pub mod backup;
@@ -18,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod identity;
 pub mod index;
+pub mod journal;
 pub mod location;
 pub mod name;
 mod os;
@@ -33,9 +36,9 @@ pub use cli::{
 };
 pub use error::BackupError;
 pub use export::VersionExport;
-pub use identity::{ExportIdentity, IdentityError};
+pub use identity::{ExportIdentity, IdentityError, PointIdentity};
 pub use index::{ChunkRef, Index, IndexError};
 pub use location::StoreLocation;
-pub use name::{ExportName, VolumeName};
+pub use name::{ExportName, PointSpec, VolumeName};
 pub use size::{parse_size, ChunkSize};
 pub use store::{ChunkStore, PutOutcome};

@@ -95,6 +95,12 @@ impl ChunkStore {
         &self.shown
     }
 
+    /// The root directory of a local store (`None` for an object store): the journal
+    /// lives there, in files appended in place.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
     /// Whether chunk `hash` is stored (existence only; reads verify content).
     pub async fn has_chunk(&self, hash: &ChunkHash) -> Result<bool, BackupError> {
         let path = hash.path();
