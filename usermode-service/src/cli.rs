@@ -6,6 +6,8 @@
 
 use rehydrate_backup::{BackupCommand, ServeArgs};
 
+use crate::protect::points::PointsArgs;
+use crate::protect::{MarkArgs, ProtectArgs};
 use crate::restore::RestoreArgs;
 use crate::status::StatusArgs;
 
@@ -74,6 +76,13 @@ rehydrate restore --source nbd://127.0.0.1:10809/sys --target /dev/sdb"
     /// Restore a volume in place under the Rehydrate filter (Windows).
     #[cfg(windows)]
     Attach(crate::attach::AttachArgs),
+    // Their about and long help (with an example) are on the argument structs.
+    #[allow(missing_docs)]
+    Protect(ProtectArgs),
+    #[allow(missing_docs)]
+    Mark(MarkArgs),
+    #[allow(missing_docs)]
+    Points(PointsArgs),
     /// Show how a running (or the last) restore stands.
     #[command(
         about = "Show how a running (or the last) restore stands",
@@ -246,7 +255,9 @@ mod tests {
     #[test]
     fn every_subcommand_has_help_with_an_example() {
         let mut cli = Cli::command();
-        for name in ["backup", "serve", "restore", "status"] {
+        for name in [
+            "backup", "serve", "restore", "status", "protect", "mark", "points",
+        ] {
             let sub = cli.find_subcommand_mut(name).unwrap();
             let help = sub.render_long_help().to_string();
             assert!(help.contains("rehydrate "), "{name}: {help}");

@@ -56,21 +56,20 @@ pub fn resolve(
                 let mut hit = None;
                 journals.journal(base, &mut |j| {
                     hit = j.mark(label).cloned();
-                    if let (None, Some(d)) = (&damaged, j.damage()) {
-                        damaged = Some(format!(
-                            "; the journal of {volume}@{base} is damaged at sequence {}, so marks after it cannot be read",
-                            d.seq
-                        ));
+                    if damaged.is_none() {
+                        damaged = j.damage_error().map(|e| e.to_string());
                     }
                 })?;
                 if let Some(point) = hit {
                     return Ok(Found { base, point });
                 }
             }
-            Err(point_err(format!(
-                "volume {volume} has no mark {label:?}{}",
-                damaged.unwrap_or_default()
-            )))
+            Err(point_err(match damaged {
+                Some(d) => {
+                    format!("volume {volume} has no mark {label:?} in what can be read: {d}")
+                }
+                None => format!("volume {volume} has no mark {label:?}"),
+            }))
         }
         PointSpec::Time(t) => {
             let mut best: Option<Found> = None;

@@ -56,6 +56,7 @@
 
 pub mod binding;
 pub mod layout;
+pub mod premark;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]

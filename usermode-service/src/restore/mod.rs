@@ -227,7 +227,7 @@ async fn restore_with(
         pin::check(&found, pinned)?;
     }
     let dial_export = match found.kind {
-        SourceKind::BackupVersion => found.name().to_owned(),
+        SourceKind::BackupVersion | SourceKind::JournalPoint => found.name().to_owned(),
         _ => dial.export.clone(),
     };
     source.pin(dial_export, pin::redial_check(found, &url));
@@ -271,7 +271,20 @@ async fn restore_with(
         target: target.pin()?,
     };
     let map = Arc::new(RegionMap::new(geometry)?);
-    let (store, meta) = open_metadata(&meta_path, store, &identity, &binding, &map, &target)?;
+    let fresh = store.is_none();
+    let (mut store, mut meta) =
+        open_metadata(&meta_path, store, &identity, &binding, &map, &target)?;
+    if fresh {
+        // A protected target recovered in place: what it already holds is not fetched.
+        crate::protect::inplace::start(
+            &args.target,
+            &binding.target,
+            &binding.source,
+            &map,
+            &mut meta,
+            &mut store,
+        )?;
+    }
     tracing::info!(
         size,
         regions = geometry.region_count(),
