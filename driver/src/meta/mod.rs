@@ -67,6 +67,7 @@ pub mod layout;
 pub mod maps;
 #[cfg(test)]
 mod maps_tests;
+pub mod premark;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
