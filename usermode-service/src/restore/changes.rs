@@ -157,7 +157,7 @@ mod tests {
     use crate::restore::meta_file::FileMetaStore;
     use rehydrate_driver::meta::{Binding, Identity, MAP_RECORD_BYTES, META_PAGE_SIZE_BYTES};
     use rehydrate_driver::RegionMap;
-    use std::os::unix::fs::FileExt;
+    use rehydrate_nbd::PositionalIo;
 
     const BASE: Base = Base {
         version: 3,
