@@ -563,24 +563,12 @@ mod tests {
     //! filter could get it wrong.
 
     use super::*;
-    use crate::irp::{Routine, IRP_MJ_READ};
+    use crate::irp::IRP_MJ_READ;
     use crate::testing::kernel;
 
     /// A read the file system sent, presented to the filter (as `dispatch` does).
     fn presented(wdf: &mut SimWdf) -> (IrpId, usize) {
-        let k = &mut wdf.k;
-        let id = k.alloc_irp(Layer::Fs, Layer::Filter.stack_size());
-        if let Some(next) = k.next_loc(Layer::Fs, id) {
-            next.major = IRP_MJ_READ;
-            next.length = 512;
-        }
-        k.set_completion(Layer::Fs, id, Routine::Test { keep: true });
-        let frame = k.begin_call(Layer::Fs, id, Layer::Filter).unwrap();
-        k.mark_pending(Layer::Filter, id);
-        if let Some(irp) = k.irps.get_mut(id) {
-            irp.wdf = WdfState::Owned;
-        }
-        (id, frame)
+        crate::testing::presented(wdf, Layer::Fs, Layer::Filter, IRP_MJ_READ, 0)
     }
 
     fn wdf() -> SimWdf {

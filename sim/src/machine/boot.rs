@@ -99,6 +99,9 @@ impl Machine {
                 return;
             }
         };
+        if !self.volume_is_the_restores(&meta) {
+            return;
+        }
         let words: Vec<u64> = (0..map.word_count()).map(|w| map.word(w)).collect();
         let start = self.partition_start;
         let k = &mut self.wdf.k;
