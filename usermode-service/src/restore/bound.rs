@@ -119,7 +119,7 @@ pub async fn bind<T: BindTarget>(
         pin::check(&found, pinned)?;
     }
     let dial_export = match found.kind {
-        SourceKind::BackupVersion => found.name().to_owned(),
+        SourceKind::BackupVersion | SourceKind::JournalPoint => found.name().to_owned(),
         _ => dial.export.clone(),
     };
     source.pin(dial_export, pin::redial_check(found, url));

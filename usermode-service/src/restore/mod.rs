@@ -277,6 +277,17 @@ async fn restore_with(
     source.widen(usize::from(args.connections));
     let size = binding.source.size_bytes;
     let volume_bytes = identity.volume_size_bytes;
+    if fresh {
+        // A protected target recovered in place: what it already holds is not fetched.
+        crate::protect::inplace::start(
+            &args.target,
+            &binding.target,
+            &binding.source,
+            &map,
+            &mut meta,
+            &mut store,
+        )?;
+    }
     // The map of changes since the backup: a session opens before any write is taken.
     let mut changes = changes::Changes::attach(&mut meta, &mut store, geometry, &meta_path)?;
     if let Some(changes) = &mut changes {
