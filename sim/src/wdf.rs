@@ -80,6 +80,10 @@ pub struct SimWdf {
     pub timer_gen: u64,
     /// The filter's lower I/O not yet reported back to it, by its id.
     pub lowers: BTreeMap<LowerId, LowerUse>,
+    /// The device's filter refused its volume at start (not the restore's: the KMDF
+    /// shell's `Volume::Refused`): [`dispatch`] hands it every request. `None` on the
+    /// restore's volume and before a start.
+    pub refused: Option<rehydrate_driver::filter::Refused>,
     late: RefCell<Vec<String>>,
 }
 
@@ -90,6 +94,7 @@ impl SimWdf {
             k,
             timer_gen: 0,
             lowers: BTreeMap::new(),
+            refused: None,
             late: RefCell::new(Vec::new()),
         }
     }
@@ -547,6 +552,20 @@ pub fn dispatch(
         } else {
             f.on_control(wdf, id);
         }
+        wdf.collect();
+        Status::PENDING
+    } else if let Some(mut refused) = wdf.refused {
+        // A volume that is not the restore's: its requests go down untouched, the
+        // service's are refused, under the same ownership rules.
+        wdf.k.mark_pending(target, id);
+        if let Some(irp) = wdf.k.irps.get_mut(id) {
+            irp.wdf = WdfState::Owned;
+        }
+        match target {
+            Layer::Filter => refused.on_io(wdf, id),
+            _ => refused.on_control(wdf, id),
+        }
+        wdf.refused = Some(refused);
         wdf.collect();
         Status::PENDING
     } else {
