@@ -41,6 +41,11 @@ pub const PENDED_MAX: usize = 16;
 const TICK: Duration = Duration::from_millis(20);
 /// How often the driver's counters are asked for (the end of the restore shows there).
 const STATUS_POLL: Duration = Duration::from_millis(250);
+/// How long a session whose `GET_MISSING`s the driver sent back as detached waits for a
+/// last word before it ends with [`SessionError::Detached`]: the driver's counters saying
+/// every region is restored, or `stop` saying the driver's side is gone (a driver that
+/// detaches its service as it goes away after the restore, like the demo's machine).
+const DETACHED_GRACE: Duration = Duration::from_secs(2);
 
 /// What a session needs.
 #[derive(Clone, Debug)]
@@ -211,6 +216,7 @@ where
         counters: None,
         pends_failed: 0,
         failure: None,
+        detached: None,
         restored: false,
         reporter,
     };
@@ -286,6 +292,9 @@ struct Session<'r, L, S> {
     counters: Option<StatusCounters>,
     pends_failed: u64,
     failure: Option<SessionError>,
+    /// The driver sent a `GET_MISSING` back as detached, then: the session ends after
+    /// [`DETACHED_GRACE`] unless the restore is seen complete first.
+    detached: Option<(Instant, LinkError)>,
     restored: bool,
     reporter: &'r mut Reporter,
 }
@@ -317,6 +326,12 @@ where
             }
             if self.restored {
                 return Ok(None);
+            }
+            if let Some((at, _)) = &self.detached {
+                if at.elapsed() >= DETACHED_GRACE {
+                    let (_, e) = self.detached.take().expect("checked just above");
+                    return Err(SessionError::Detached(e));
+                }
             }
             tokio::select! {
                 why = &mut stop => return Ok(Some(why)),
@@ -355,7 +370,15 @@ where
             }
             Event::PendFailed => self.pends_failed += 1,
             Event::PendStopped(e) => {
-                self.failure.get_or_insert(SessionError::Detached(e));
+                if self.detached.is_none() {
+                    // One last look at the counters: a restore that just completed
+                    // ends well.
+                    let (tx, link) = (self.tx.clone(), self.link.clone());
+                    tokio::spawn(async move {
+                        let _ = tx.send(Event::Counters(link.get_status().await));
+                    });
+                    self.detached = Some((Instant::now(), e));
+                }
             }
             Event::Fetched(fetch, Ok(fetched)) => {
                 self.payloads.insert(fetch, Arc::new(fetched.data));

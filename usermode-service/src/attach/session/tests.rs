@@ -229,3 +229,63 @@ async fn a_driver_that_went_away_hears_no_detach() {
         );
     }
 }
+
+/// A source that never answers: the restore cannot end by itself.
+struct Stalled(u64);
+
+impl Source for Stalled {
+    fn size_bytes(&self) -> u64 {
+        self.0
+    }
+
+    fn supports_block_status(&self) -> bool {
+        false
+    }
+
+    async fn read(&self, _offset: u64, _len: usize) -> Result<Vec<u8>, SourceError> {
+        std::future::pending().await
+    }
+
+    async fn block_status(
+        &self,
+        _offset: u64,
+        _len: u64,
+    ) -> Result<Vec<crate::hydrator::Allocation>, SourceError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_driver_that_detaches_the_service_ends_it_unless_it_went_away_restored() {
+    for gone in [None, Some(true)] {
+        let h = start();
+        let driver_side = h.link.clone();
+        let stop = async move {
+            // The driver detaches its service (the volume goes away) while it runs.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            driver_side.control(ControlCommand::Detach).await.unwrap();
+            match gone {
+                // ... and the driver's side then says it is gone, having seen the
+                // volume restored (the demo's machine, shutting down after the restore).
+                Some(restored) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Stop::DriverGone { restored }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let started = Instant::now();
+        let source = Arc::new(Stalled(VOLUME_BYTES));
+        let result = run(h.link.clone(), source, config(2), no_status(), stop).await;
+        match gone {
+            None => {
+                assert!(
+                    matches!(result, Err(SessionError::Detached(_))),
+                    "{result:?}"
+                );
+                assert!(started.elapsed() >= DETACHED_GRACE);
+            }
+            Some(_) => assert!(result.is_ok(), "{result:?}"),
+        }
+    }
+}
