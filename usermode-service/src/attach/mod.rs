@@ -10,6 +10,7 @@
 //! identity, the metadata file, the control device) are in `windows.rs`.
 
 pub mod flow;
+pub mod inspect;
 pub mod names;
 pub mod session;
 #[cfg(windows)]
