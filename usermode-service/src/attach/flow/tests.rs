@@ -236,3 +236,30 @@ async fn a_volume_of_another_size_is_refused_before_any_metadata_exists() {
     );
     assert!(!host.metadata.exists());
 }
+
+#[tokio::test]
+async fn a_resume_against_another_source_is_refused_before_anything_is_written() {
+    // Pinned to version 2 of `sys` on the first server.
+    let first = Server::start(VOLUME_BYTES as usize).await;
+    first.back_up(2).await;
+    let mut host = FakeHost::new(&first, volume(1));
+    run(&args(&first, &host), &mut host, std::future::pending())
+        .await
+        .unwrap();
+    let before = std::fs::read(&host.metadata).unwrap();
+
+    // Another server with a `sys@2` of the same size and other data: the same metadata
+    // resumed against it is refused with one line, nothing written.
+    let second = Server::start(VOLUME_BYTES as usize).await;
+    second.back_up(3).await;
+    let mut other = FakeHost::new(&first, volume(1));
+    let refused = run(&args(&second, &other), &mut other, std::future::pending()).await;
+    let Err(AttachError::Restore(e)) = &refused else {
+        panic!("resumed against another source: {:?}", refused.err());
+    };
+    assert!(matches!(**e, ServiceError::SourceChanged { .. }), "{e}");
+    assert!(!e.to_string().contains('\n'), "one line: {e}");
+    assert!(other.parameters.is_none(), "no parameters written");
+    assert!(other.driver.is_none(), "the filter was never waited for");
+    assert_eq!(std::fs::read(&host.metadata).unwrap(), before);
+}
