@@ -236,6 +236,23 @@ pub struct StatusCounters {
 }
 
 impl StatusCounters {
+    /// Detached with nothing counted: a driver before its first attach, or one that
+    /// refused its volume (`refusal`).
+    pub const fn detached(regions_total: u64, refusal: Option<Refusal>) -> StatusCounters {
+        StatusCounters {
+            state: DriverState::Detached,
+            refusal,
+            regions_total,
+            regions_restored: 0,
+            held_requests: 0,
+            misses: 0,
+            bytes_hydrated: 0,
+            hydrate_dropped_stale: 0,
+            fetch_failures: 0,
+            requests_failed: 0,
+        }
+    }
+
     fn check(&self) -> Result<(), AbiError> {
         // Pair assertion: a refused filter is detached for good.
         if self.refusal.is_some() && self.state != DriverState::Detached {

@@ -8,7 +8,7 @@
 //! `STATUS_WRONG_VOLUME`, and `GET_STATUS` says detached and why
 //! ([`StatusCounters::refusal`]), so `rehydrate attach` can say it in one line.
 
-use crate::abi::{DriverState, Ioctl, Refusal, StatusCounters};
+use crate::abi::{Ioctl, Refusal, StatusCounters};
 use crate::framework::{Framework, RequestParameters};
 use crate::status::Status;
 
@@ -55,18 +55,7 @@ impl Refused {
 
     /// What `GET_STATUS` answers: detached, nothing to restore, and why.
     pub fn status_counters(&self) -> StatusCounters {
-        StatusCounters {
-            state: DriverState::Detached,
-            regions_total: 0,
-            regions_restored: 0,
-            held_requests: 0,
-            misses: 0,
-            bytes_hydrated: 0,
-            hydrate_dropped_stale: 0,
-            fetch_failures: 0,
-            requests_failed: 0,
-            refusal: Some(self.refusal),
-        }
+        StatusCounters::detached(0, Some(self.refusal))
     }
 
     /// A request from the service: `GET_STATUS` is answered, everything else refused.
