@@ -85,12 +85,16 @@ fn the_metadata_reads_beside_its_writer_and_nothing_is_taken_from_it() {
         before,
         "not one byte written"
     );
-    // The writer's lock is still the writer's: another run is still refused.
-    let other = FileMetaStore::open_unchecked(&path, None).unwrap();
-    assert!(
-        other.lock(&path).is_err(),
-        "the lock was not taken or dropped"
-    );
+    // The writer's lock is still the writer's: another run is still refused (Unix; the
+    // Windows build takes no lock yet, restore/lock.rs).
+    #[cfg(unix)]
+    {
+        let other = FileMetaStore::open_unchecked(&path, None).unwrap();
+        assert!(
+            other.lock(&path).is_err(),
+            "the lock was not taken or dropped"
+        );
+    }
     drop(writer);
 }
 
