@@ -26,6 +26,7 @@ pub mod meta;
 pub mod mutants;
 pub mod region;
 pub mod status;
+pub mod volume_id;
 
 pub use geometry::{Geometry, GeometryError, RangeError};
 pub use region::RegionMap;

@@ -37,6 +37,8 @@ pub mod workload;
 mod world;
 
 #[cfg(test)]
+mod refused_tests;
+#[cfg(test)]
 mod testing;
 
 pub use faults::{Fault, Faults};

@@ -300,7 +300,8 @@ mod tests {
             cli.command,
             Command::Status(StatusArgs {
                 json: false,
-                status_file: None
+                status_file: None,
+                metadata: None,
             })
         ));
         let cli = Cli::try_parse_from([
@@ -317,6 +318,20 @@ mod tests {
         assert!(a.json);
         assert_eq!(a.status_file, Some(std::path::PathBuf::from("/x/s.json")));
         assert!(Cli::try_parse_from(["rehydrate", "status", "extra"]).is_err());
+        let cli = Cli::try_parse_from(["rehydrate", "status", "--metadata", "/m"]).unwrap();
+        let Command::Status(a) = cli.command else {
+            panic!("not status: {:?}", cli.command);
+        };
+        assert_eq!(a.metadata, Some(std::path::PathBuf::from("/m")));
+        assert!(Cli::try_parse_from([
+            "rehydrate",
+            "status",
+            "--metadata",
+            "/m",
+            "--status-file",
+            "/s"
+        ])
+        .is_err());
     }
 
     #[test]

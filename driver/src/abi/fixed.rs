@@ -1,6 +1,7 @@
 //! The fixed-size messages: attach, fetch failure, status counters, control.
 
 use super::wire::{self, Writer};
+use super::Refusal;
 use super::{
     AbiError, MessageKind, ATTACH_BYTES, CONTROL_BYTES, FETCH_FAILED_BYTES, HEADER_BYTES,
     STATUS_COUNTERS_BYTES,
@@ -195,7 +196,8 @@ impl DriverState {
 /// offset size field
 ///      0    8 header                 kind 7, total_len 80
 ///      8    4 state                  DriverState (1..=5)
-///     12    4 reserved               zero
+///     12    4 refusal                0, or why the filter refused its volume (Refusal,
+///                                    1..=9); only with state Detached
 ///     16    8 regions_total
 ///     24    8 regions_restored       <= regions_total
 ///     32    8 held_requests          requests held now
@@ -212,6 +214,9 @@ impl DriverState {
 pub struct StatusCounters {
     /// Where the restore stands.
     pub state: DriverState,
+    /// Why the filter refused the volume it started on (then it stays detached and
+    /// out of the volume's way); `None` on the volume the restore writes.
+    pub refusal: Option<Refusal>,
     /// Regions in the volume.
     pub regions_total: u64,
     /// Regions restored.
@@ -231,7 +236,28 @@ pub struct StatusCounters {
 }
 
 impl StatusCounters {
+    /// Detached with nothing counted: a driver before its first attach, or one that
+    /// refused its volume (`refusal`).
+    pub const fn detached(regions_total: u64, refusal: Option<Refusal>) -> StatusCounters {
+        StatusCounters {
+            state: DriverState::Detached,
+            refusal,
+            regions_total,
+            regions_restored: 0,
+            held_requests: 0,
+            misses: 0,
+            bytes_hydrated: 0,
+            hydrate_dropped_stale: 0,
+            fetch_failures: 0,
+            requests_failed: 0,
+        }
+    }
+
     fn check(&self) -> Result<(), AbiError> {
+        // Pair assertion: a refused filter is detached for good.
+        if self.refusal.is_some() && self.state != DriverState::Detached {
+            return Err(AbiError::RefusedNotDetached { state: self.state });
+        }
         if self.regions_restored > self.regions_total {
             return Err(AbiError::RestoredCount {
                 restored: self.regions_restored,
@@ -252,7 +278,7 @@ impl StatusCounters {
         let mut w = Writer::new(out, STATUS_COUNTERS_BYTES)?;
         wire::write_header(&mut w, MessageKind::StatusCounters, STATUS_COUNTERS_BYTES)?;
         w.u32(self.state as u32)?;
-        w.u32(0)?;
+        w.u32(self.refusal.map_or(0, |r| r as u32))?;
         for counter in [
             self.regions_total,
             self.regions_restored,
@@ -273,10 +299,15 @@ impl StatusCounters {
         let mut r = wire::body(bytes, MessageKind::StatusCounters)?;
         wire::exact_len(bytes, MessageKind::StatusCounters, STATUS_COUNTERS_BYTES)?;
         let state = r.u32()?;
-        r.reserved_u32()?;
+        let refusal = r.u32()?;
         let state = DriverState::from_u32(state).ok_or(AbiError::UnknownState(state))?;
+        let refusal = match refusal {
+            0 => None,
+            code => Some(Refusal::from_u32(code).ok_or(AbiError::UnknownRefusal(code))?),
+        };
         let counters = StatusCounters {
             state,
+            refusal,
             regions_total: r.u64()?,
             regions_restored: r.u64()?,
             held_requests: r.u64()?,

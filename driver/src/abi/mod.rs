@@ -40,6 +40,7 @@ mod fixed;
 mod hydrate;
 pub mod ioctl;
 mod missing;
+mod refusal;
 mod wire;
 
 pub use bitmap::{BitmapPage, BitmapQuery};
@@ -58,12 +59,13 @@ pub use ioctl::{
     METHOD_OUT_DIRECT,
 };
 pub use missing::{MissingBatch, MissingFlags, MissingRange};
+pub use refusal::Refusal;
 
 use crate::geometry::{GeometryError, RangeError, REGION_SIZE_MAX_BYTES, SECTOR_SIZE_BYTES};
 use crate::status::Status;
 
 /// The ABI version this build speaks. Bumped on any change to a layout or a meaning.
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 
 /// Bytes of the common header.
 pub const HEADER_BYTES: usize = 8;
@@ -359,6 +361,15 @@ pub enum AbiError {
     /// A control command that is not a [`ControlCommand`].
     #[error("unknown control command {0}")]
     UnknownCommand(u32),
+    /// A refusal that is not a [`Refusal`].
+    #[error("unknown refusal {0}")]
+    UnknownRefusal(u32),
+    /// Counters that carry a refusal with a state other than detached.
+    #[error("a refused volume reported as {state:?}, not detached")]
+    RefusedNotDetached {
+        /// The state reported.
+        state: DriverState,
+    },
     /// A byte range is misaligned, empty or wraps past 2^64.
     #[error(transparent)]
     Range(#[from] RangeError),

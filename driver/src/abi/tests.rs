@@ -80,7 +80,8 @@ fn oversized_buffers_are_refused_before_reading() {
 
 #[test]
 fn unknown_versions_are_refused() {
-    for version in [0u16, 2, u16::MAX] {
+    // 1: before the status counters carried a refusal.
+    for version in [0u16, 1, 3, u16::MAX] {
         let mut bytes = control();
         bytes[0..2].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
@@ -358,6 +359,7 @@ fn counters() -> StatusCounters {
         hydrate_dropped_stale: 1,
         fetch_failures: 0,
         requests_failed: 0,
+        refusal: None,
     }
 }
 
@@ -369,6 +371,43 @@ fn unknown_driver_states_are_refused() {
         assert_eq!(
             StatusCounters::decode(&bytes),
             Err(AbiError::UnknownState(state))
+        );
+    }
+}
+
+#[test]
+fn a_refusal_crosses_only_with_the_detached_state_and_unknown_ones_are_refused() {
+    for refusal in Refusal::ALL {
+        let refused = StatusCounters {
+            state: DriverState::Detached,
+            refusal: Some(refusal),
+            ..counters()
+        };
+        let bytes = encode(&Message::StatusCounters(refused));
+        assert_eq!(StatusCounters::decode(&bytes), Ok(refused));
+        for state in [DriverState::Running, DriverState::AllRestored] {
+            let wrong = StatusCounters { state, ..refused };
+            assert_eq!(
+                wrong.encode(&mut [0; STATUS_COUNTERS_BYTES]),
+                Err(AbiError::RefusedNotDetached { state })
+            );
+            let mut bytes = bytes.clone();
+            put_u32(&mut bytes, 8, state as u32);
+            assert_eq!(
+                StatusCounters::decode(&bytes),
+                Err(AbiError::RefusedNotDetached { state })
+            );
+        }
+    }
+    for code in [Refusal::ALL.len() as u32 + 1, u32::MAX] {
+        let mut bytes = encode(&Message::StatusCounters(StatusCounters {
+            state: DriverState::Detached,
+            ..counters()
+        }));
+        put_u32(&mut bytes, 12, code);
+        assert_eq!(
+            StatusCounters::decode(&bytes),
+            Err(AbiError::UnknownRefusal(code))
         );
     }
 }
@@ -817,14 +856,22 @@ fn small_output_buffers_get_a_typed_error_and_stay_untouched() {
 #[test]
 fn layouts_put_fields_where_the_comments_say() {
     let bytes = encode(&Message::Attach(attach()));
-    assert_eq!(&bytes[0..8], &[1, 0, 1, 0, 56, 0, 0, 0]);
+    assert_eq!(&bytes[0..8], &[2, 0, 1, 0, 56, 0, 0, 0]);
     assert_eq!(&bytes[8..16], &(1u64 << 30).to_le_bytes());
     assert_eq!(&bytes[16..20], &4096u32.to_le_bytes());
     assert_eq!(&bytes[24..56], &[7; 32]);
     let bytes = encode(&Message::StatusCounters(counters()));
     assert_eq!(bytes.len(), 80);
     assert_eq!(&bytes[8..12], &3u32.to_le_bytes());
+    assert_eq!(&bytes[12..16], &0u32.to_le_bytes());
     assert_eq!(&bytes[24..32], &40u64.to_le_bytes());
+    let refused = StatusCounters {
+        state: DriverState::Detached,
+        refusal: Some(Refusal::PartitionOffset),
+        ..counters()
+    };
+    let bytes = encode(&Message::StatusCounters(refused));
+    assert_eq!(&bytes[8..16], &[1, 0, 0, 0, 7, 0, 0, 0]);
     assert_eq!(&bytes[56..64], &1u64.to_le_bytes());
 }
 
@@ -987,6 +1034,7 @@ proptest! {
             hydrate_dropped_stale: c[5],
             fetch_failures: c[6],
             requests_failed: c[7],
+            refusal: None,
         }))?;
     }
 

@@ -53,6 +53,8 @@ use crate::mutants::{self, Mutant};
 use crate::region::RegionMap;
 use crate::status::Status;
 use owned::{Hydrates, Owned, Requests};
+pub use refused::Refused;
+pub use volume::Volume;
 
 /// Most wanted ranges queued for the service, by default.
 pub const MISSING_QUEUE_MAX: usize = 4096;
@@ -184,6 +186,7 @@ impl<F: Framework> Filter<F> {
             hydrate_dropped_stale: c.stale_regions_dropped,
             fetch_failures: c.fetch_failures,
             requests_failed: c.requests_failed,
+            refusal: None,
         }
     }
 
@@ -433,17 +436,7 @@ impl<F: Framework> Filter<F> {
                 }
             }
             Ioctl::QueryBitmap => self.on_query_bitmap(fw, request),
-            Ioctl::GetStatus => {
-                let counters = self.status_counters();
-                let len = counters.encoded_len();
-                match fw.output_buffer(request, len) {
-                    Ok(out) => match counters.encode(out) {
-                        Ok(n) => fw.complete(request, Status::SUCCESS, n),
-                        Err(e) => fw.complete(request, e.status(), 0),
-                    },
-                    Err(status) => fw.complete(request, status, 0),
-                }
-            }
+            Ioctl::GetStatus => answer_counters(fw, request, &self.status_counters()),
             Ioctl::Control => {
                 let decoded = fw
                     .input_buffer(request, 0)
@@ -754,7 +747,25 @@ impl<F: Framework> Filter<F> {
     }
 }
 
+/// Completes a `GET_STATUS` request with `counters`.
+fn answer_counters<F: Framework>(fw: &mut F, request: F::Request, counters: &StatusCounters) {
+    match fw.output_buffer(request, counters.encoded_len()) {
+        Ok(out) => match counters.encode(out) {
+            Ok(n) => fw.complete(request, Status::SUCCESS, n),
+            Err(e) => fw.complete(request, e.status(), 0),
+        },
+        Err(status) => fw.complete(request, status, 0),
+    }
+}
+
+#[cfg(test)]
+mod fake_fw;
 mod owned;
+mod refused;
+pub mod start;
+mod volume;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod volume_tests;

@@ -4,10 +4,10 @@
 extern crate std;
 
 use alloc::sync::Arc;
-use std::collections::VecDeque;
 use std::vec;
 use std::vec::Vec;
 
+use super::fake_fw::{Did, Fw};
 use super::*;
 use crate::abi::{Control, ControlCommand, Hydrate, Ioctl, MissingBatch};
 use crate::geometry::Geometry;
@@ -15,116 +15,6 @@ use crate::meta::testing::CrashStore;
 use crate::meta::{Identity, Metadata};
 
 const R: u64 = 4096;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Did {
-    Lower(u32, LowerId),
-    Forgot(u32),
-    WroteLower(LowerId, u64, u64, WriteSource<u32>),
-    FlushedLower(LowerId),
-    Completed(u32, Status, usize),
-    Parked(u32),
-    Commit(u64),
-    Marked(u32),
-    Unmarked(u32),
-}
-
-#[derive(Default)]
-struct Fw {
-    params: std::collections::BTreeMap<u32, RequestParameters>,
-    input: std::collections::BTreeMap<u32, Vec<u8>>,
-    output: std::collections::BTreeMap<u32, Vec<u8>>,
-    parked: VecDeque<u32>,
-    did: Vec<Did>,
-    now_ns: u64,
-    /// Requests marked cancelable.
-    cancelable: std::collections::BTreeSet<u32>,
-    /// Requests the I/O manager cancelled (their cancel routine is taken).
-    cancelled: std::collections::BTreeSet<u32>,
-}
-
-impl Framework for Fw {
-    type Request = u32;
-    fn parameters(&self, r: u32) -> RequestParameters {
-        self.params[&r]
-    }
-    fn input_buffer(&self, r: u32, min_len: usize) -> Result<&[u8], Status> {
-        match self.input.get(&r) {
-            Some(b) if b.len() >= min_len => Ok(b),
-            _ => Err(Status::BUFFER_TOO_SMALL),
-        }
-    }
-    fn output_buffer(&mut self, r: u32, min_len: usize) -> Result<&mut [u8], Status> {
-        match self.output.get_mut(&r) {
-            Some(b) if b.len() >= min_len => Ok(b),
-            _ => Err(Status::BUFFER_TOO_SMALL),
-        }
-    }
-    fn send_to_lower(&mut self, r: u32, lower: LowerId) -> Result<(), Status> {
-        self.did.push(Did::Lower(r, lower));
-        Ok(())
-    }
-    fn send_and_forget(&mut self, r: u32) -> Result<(), Status> {
-        self.did.push(Did::Forgot(r));
-        Ok(())
-    }
-    fn write_lower(
-        &mut self,
-        lower: LowerId,
-        offset: u64,
-        len: u64,
-        source: WriteSource<u32>,
-    ) -> Result<(), Status> {
-        self.did.push(Did::WroteLower(lower, offset, len, source));
-        Ok(())
-    }
-    fn flush_lower(&mut self, lower: LowerId) -> Result<(), Status> {
-        self.did.push(Did::FlushedLower(lower));
-        Ok(())
-    }
-    fn complete(&mut self, r: u32, status: Status, information: usize) {
-        assert!(
-            !self.cancelable.contains(&r) || self.cancelled.contains(&r),
-            "request {r} completed while still marked cancelable"
-        );
-        self.did.push(Did::Completed(r, status, information));
-    }
-    fn park(&mut self, r: u32) -> Result<(), Status> {
-        self.did.push(Did::Parked(r));
-        self.parked.push_back(r);
-        Ok(())
-    }
-    fn take_parked(&mut self) -> Option<u32> {
-        self.parked.pop_front()
-    }
-    fn now_ns(&self) -> u64 {
-        self.now_ns
-    }
-    fn start_timer(&mut self, _due_ns: u64) {}
-    fn queue_commit_work(&mut self, commit: u64) {
-        self.did.push(Did::Commit(commit));
-    }
-    fn mark_cancelable(&mut self, r: u32) -> Result<(), Status> {
-        assert!(self.cancelable.insert(r), "request {r} marked twice");
-        if self.cancelled.contains(&r) {
-            self.cancelable.remove(&r);
-            return Err(Status::CANCELLED);
-        }
-        self.did.push(Did::Marked(r));
-        Ok(())
-    }
-    fn unmark_cancelable(&mut self, r: u32) -> Result<(), Status> {
-        assert!(
-            self.cancelable.remove(&r),
-            "request {r} unmarked but not marked"
-        );
-        if self.cancelled.contains(&r) {
-            return Err(Status::CANCELLED);
-        }
-        self.did.push(Did::Unmarked(r));
-        Ok(())
-    }
-}
 
 fn identity(regions: u64) -> Attach {
     Attach {

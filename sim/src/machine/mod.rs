@@ -7,12 +7,14 @@
 //! the clock that picks which machine runs next, and the run-level checks.
 //!
 //! `shape.rs` draws a machine from a seed; `fs.rs` is its file system; `boot.rs` its
-//! PnP, power, crash, reboot and shutdown; `commit.rs` its metadata commits.
+//! PnP, power, crash, reboot and shutdown; `commit.rs` its metadata commits;
+//! `volume.rs` which volume its filter starts on.
 
 mod boot;
 mod commit;
 mod fs;
 mod shape;
+mod volume;
 
 use rehydrate_driver::abi::Attach;
 use rehydrate_driver::filter::{Filter, FilterConfig};
@@ -111,7 +113,8 @@ impl Machine {
     /// arrived, so the filter's clock does not start at zero). False when formatting
     /// failed (a violation says why).
     pub(crate) fn power_on(&mut self) -> bool {
-        if let Err(e) = Metadata::create(&mut self.store, &self.identity) {
+        let binding = self.binding();
+        if let Err(e) = Metadata::create_bound(&mut self.store, &self.identity, &binding) {
             self.k()
                 .v
                 .fail(Rule::Driver, format!("metadata create failed: {e}"));

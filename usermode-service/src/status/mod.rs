@@ -178,6 +178,9 @@ pub enum StatusError {
         /// The error.
         source: std::io::Error,
     },
+    /// The metadata file given with `--metadata` could not be read.
+    #[error(transparent)]
+    Metadata(#[from] crate::attach::inspect::InspectError),
     /// The file is larger than any snapshot.
     #[error("status file {path} is {size_bytes} bytes, more than the {max_bytes}-byte limit")]
     TooLarge {

@@ -20,6 +20,11 @@ pub struct StatusArgs {
     /// and the demo's]
     #[arg(long, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
+    /// Read a restore's metadata file instead (a Windows attach's or a restore's):
+    /// opened read-only, nothing written and no lock taken, so it reads beside the
+    /// filter or the restore that holds it. Shows where its last commit left it.
+    #[arg(long, value_name = "PATH", conflicts_with = "status_file")]
+    pub metadata: Option<PathBuf>,
 }
 
 impl StatusArgs {
@@ -27,6 +32,13 @@ impl StatusArgs {
     /// block per restore, newest first, separated by a blank line (`--json`: one object
     /// per line).
     pub fn run(&self) -> Result<String, StatusError> {
+        if let Some(path) = &self.metadata {
+            let status = crate::attach::inspect::read(path)?;
+            return Ok(match self.json {
+                true => serde_json::to_string(&status).unwrap_or_default(),
+                false => status.render(),
+            });
+        }
         let snapshots = match &self.status_file {
             Some(path) => vec![read_status(path)?],
             None => {
