@@ -45,6 +45,9 @@ pub struct RunConfig {
     pub mutant: Option<Mutant>,
     /// The workload mix.
     pub workload: WorkloadConfig,
+    /// Check the oracle against its per-sector reference as the run goes (slow; see
+    /// `oracle/reference.rs`).
+    pub cross_check: bool,
 }
 
 impl RunConfig {
@@ -56,6 +59,7 @@ impl RunConfig {
             faults,
             mutant: None,
             workload: WorkloadConfig::default(),
+            cross_check: false,
         }
     }
 
@@ -67,6 +71,9 @@ impl RunConfig {
         );
         if let Some(m) = self.mutant {
             cmd.push_str(&format!(" --mutant {}", m.name()));
+        }
+        if self.cross_check {
+            cmd.push_str(" --cross-check");
         }
         cmd
     }
@@ -147,9 +154,7 @@ pub fn run_demo(machine: &DemoMachine, server: LinkServer) -> DemoRun {
             .map(|s| disk.live(start + s))
             .collect();
         let oracle = &m.wdf.k.oracle;
-        let expected = (0..m.volume_sectors)
-            .map(|s| oracle.expect(s).clone())
-            .collect();
+        let expected = (0..m.volume_sectors).map(|s| oracle.expect(s)).collect();
         DemoRun {
             outcome,
             volume_tags,
