@@ -46,6 +46,13 @@ pub enum Mutant {
     /// A FUA write completes without a flush and commit even when a region it touched
     /// is marked but not durably committed.
     SkipFuaCommitWhenUnflushed = 14,
+    /// Write capture: number a write when it is dispatched, not when it completes.
+    SequenceAtDispatch = 15,
+    /// Write capture: make a flush's recovery point when the flush is dispatched, inside
+    /// the epoch it has not closed yet.
+    PointInsideUnflushedEpoch = 16,
+    /// Journal: apply the records of a torn segment tail instead of truncating them.
+    TornTailApplied = 17,
 }
 
 impl Mutant {
@@ -67,6 +74,14 @@ impl Mutant {
         Mutant::SkipFuaCommitWhenUnflushed,
     ];
 
+    /// The write-capture and journal mutants: caught by the capture's model tests and
+    /// the journal's tests; they join [`Mutant::ALL`] once the simulator runs capture.
+    pub const CAPTURE: [Mutant; 3] = [
+        Mutant::SequenceAtDispatch,
+        Mutant::PointInsideUnflushedEpoch,
+        Mutant::TornTailApplied,
+    ];
+
     /// The command-line name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -84,12 +99,18 @@ impl Mutant {
             Mutant::CompleteWhileCancelable => "complete-while-cancelable",
             Mutant::FlushCoversLaterMarks => "flush-covers-later-marks",
             Mutant::SkipFuaCommitWhenUnflushed => "skip-fua-commit-when-unflushed",
+            Mutant::SequenceAtDispatch => "sequence-at-dispatch",
+            Mutant::PointInsideUnflushedEpoch => "point-inside-unflushed-epoch",
+            Mutant::TornTailApplied => "torn-tail-applied",
         }
     }
 
     /// The mutant called `name`.
     pub fn from_name(name: &str) -> Option<Mutant> {
-        Mutant::ALL.into_iter().find(|m| m.name() == name)
+        Mutant::ALL
+            .into_iter()
+            .chain(Mutant::CAPTURE)
+            .find(|m| m.name() == name)
     }
 }
 

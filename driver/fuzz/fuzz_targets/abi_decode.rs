@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rehydrate_driver::abi::{Message, MESSAGE_MAX_BYTES};
+use rehydrate_driver::abi::{Message, RecordBatchWriter, MESSAGE_MAX_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(message) = Message::decode_any(data) else {
@@ -28,6 +28,18 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(out.as_slice(), data, "re-encoding changed the bytes");
     let again = Message::decode_any(&out).expect("re-encoded bytes decode");
     assert_eq!(again, message);
+    // Write capture's batches: every record read back is valid and, pushed one by one
+    // into a writer, rebuilds the very same batch.
+    if let Message::RecordBatch(batch) = message {
+        let mut rebuilt = vec![0u8; len];
+        let mut w = RecordBatchWriter::new(&mut rebuilt).expect("room for the prefix");
+        for record in batch.iter() {
+            record.check().expect("a decoded record is valid");
+            w.push(&record).expect("a decoded record fits its own batch");
+        }
+        let n = w.finish().expect("a rebuilt batch finishes");
+        assert_eq!(&rebuilt[..n], data, "rebuilding the batch changed the bytes");
+    }
     // One byte short of the output buffer is a typed error, never a panic.
     if let Some(short) = out.get_mut(..len - 1) {
         assert!(message.encode(short).is_err());
