@@ -67,10 +67,6 @@ pub struct Common {
     /// Print results as JSON lines.
     #[arg(long)]
     pub json: bool,
-    /// Check the oracle against its plain per-sector reference at every step (slow: for
-    /// replaying a seed, not for sweeps).
-    #[arg(long)]
-    pub cross_check: bool,
 }
 
 /// `run`.
@@ -169,7 +165,6 @@ fn template(c: &Common, seed: u64) -> RunConfig {
         faults: c.faults,
         mutant: c.mutant,
         workload: Default::default(),
-        cross_check: c.cross_check,
     }
 }
 

@@ -153,14 +153,7 @@ impl Machine {
         // The engine's clock moves with its timer: it may time a request out up to one
         // tick before the deadline has passed since the request was issued.
         let timeout_earliest_ns = hold_deadline_ns - FILTER_TICK_NS;
-        let mut oracle = Oracle::new(volume_sectors, region_sectors, backup, timeout_earliest_ns);
-        if config.cross_check {
-            let on = oracle.cross_check();
-            assert!(
-                on,
-                "a drawn volume of {volume_sectors} sectors is cross-checked"
-            );
-        }
+        let oracle = Oracle::new(volume_sectors, region_sectors, backup, timeout_earliest_ns);
         let link_config = LinkConfig {
             // A LAN or a WAN to the backup.
             latency_ns: if rng.coin() {

@@ -29,10 +29,13 @@
 //! depended on failed — or, for `IO_TIMEOUT`, it was held past the hold deadline.
 //! The simulator reports those hits ([`Oracle::excuse`] and friends, see `judge.rs`).
 //!
-//! The per-sector oracle this replaced lives on in `reference.rs`; with
-//! [`Oracle::cross_check`] on, every event also goes to it and both must agree.
+//! The per-sector oracle this replaced lives on in `reference.rs`, for tests: with
+//! `Oracle::cross_check` on, every event also goes to it and both must agree.
 
 mod ops;
+// The per-sector reference: built only by tests (`Oracle::cross_check`); a sweep's
+// oracle never has one, and pays one `None` check per event for it.
+#[cfg_attr(not(test), allow(dead_code))]
 mod reference;
 
 use std::ops::Range;
@@ -65,8 +68,9 @@ struct Now {
 }
 
 /// Volumes at most this many sectors (64 MiB) are cross-checked against the per-sector
-/// reference when asked (its state is about a hundred bytes a sector); every volume a
-/// seed draws is smaller.
+/// reference when a test asks (its state is about a hundred bytes a sector); every
+/// volume a seed draws is smaller.
+#[cfg(test)]
 pub const CROSS_CHECK_SECTORS_MAX: u64 = 1 << 17;
 
 /// The oracle of one run.
@@ -96,7 +100,8 @@ impl Oracle {
     /// times held requests out after `hold_deadline_ns`.
     pub fn new(sectors: u64, region_sectors: u64, backup: Backup, hold_deadline_ns: u64) -> Oracle {
         let from_backup = Allowed::One(Src::Backup);
-        Oracle {
+        #[cfg_attr(not(test), allow(unused_mut))]
+        let mut oracle = Oracle {
             values: Values::new(backup),
             sectors,
             region_sectors,
@@ -115,12 +120,20 @@ impl Oracle {
             settled: Vec::new(),
             sectors_checked: 0,
             reference: None,
+        };
+        #[cfg(test)]
+        if reference::on_for_new_oracles() {
+            let on = oracle.cross_check();
+            assert!(on, "a volume of {sectors} sectors is cross-checked");
         }
+        oracle
     }
 
     /// From now on, feeds every event to the per-sector reference too and asserts both
     /// agree (a panic says where not). Only for volumes of at most
     /// [`CROSS_CHECK_SECTORS_MAX`] sectors, before any request; false when refused.
+    /// Tests only: sweeps run the interval oracle alone.
+    #[cfg(test)]
     pub fn cross_check(&mut self) -> bool {
         if self.sectors > CROSS_CHECK_SECTORS_MAX || self.clock != 1 {
             return false;
@@ -135,6 +148,7 @@ impl Oracle {
     }
 
     /// True while the reference follows this oracle.
+    #[cfg(test)]
     pub fn is_cross_checked(&self) -> bool {
         self.reference.is_some()
     }
