@@ -209,6 +209,9 @@ impl Ops {
 
     /// Power loss: every request in flight is gone.
     pub fn clear(&mut self) {
+        // Freed in slot order, so the slots handed out after a power loss (and with them
+        // the order `live` visits requests in) follow from the run alone.
+        self.live.sort_unstable();
         for slot in self.live.drain(..) {
             let op = &mut self.ops[slot as usize];
             op.live = false;
