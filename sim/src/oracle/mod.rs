@@ -32,6 +32,7 @@
 //! The per-sector oracle this replaced lives on in `reference.rs`, for tests: with
 //! `Oracle::cross_check` on, every event also goes to it and both must agree.
 
+mod marks;
 mod ops;
 // The per-sector reference: built only by tests (`Oracle::cross_check`); a sweep's
 // oracle never has one, and pays one `None` check per event for it.
@@ -49,6 +50,7 @@ use crate::device::Disk;
 use crate::verifier::{Rule, Verifier};
 
 pub use crate::content::Expect;
+pub use marks::DurableMarks;
 pub use ops::{Op, OpKind, Ops};
 use reference::Reference;
 
