@@ -6,28 +6,42 @@
 //! number of requests, not their size. Adjacent runs with equal values are always
 //! merged, so a map holds at most one run per distinct boundary a request left behind.
 //!
-//! The runs sit in a `BTreeMap` keyed by their first sector: finding the run of a sector,
-//! cutting a run in two and replacing the runs of a range are each a few `O(log runs)`
-//! steps.
+//! The runs sit in a vector sorted by first sector: finding the run of a sector is a
+//! binary search, and changing a range replaces the few runs it covers in place. A
+//! change moves the runs after it (a `memmove` of a few kilobytes for the hundreds to
+//! thousands of runs a seed leaves), and allocates nothing once the vector has grown to
+//! the most runs the map held: the simulator's hot path makes no allocation per IRP
+//! (`sim/tests/hot_path_alloc.rs`).
 
-use std::collections::BTreeMap;
 use std::ops::Range;
+
+/// One run: sectors `start..end` hold `value`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run<V> {
+    start: u64,
+    end: u64,
+    value: V,
+}
 
 /// A total map from sectors `0..len` to `V`, as maximal runs.
 #[derive(Clone, Debug)]
 pub struct IntervalMap<V> {
     len: u64,
-    /// First sector of each run → (end of the run, its value). The runs tile `0..len` in
-    /// order; none is empty; no two adjacent runs hold equal values.
-    runs: BTreeMap<u64, (u64, V)>,
+    /// The runs, in order: they tile `0..len`; none is empty; no two adjacent runs hold
+    /// equal values.
+    runs: Vec<Run<V>>,
 }
 
 impl<V: Copy + Eq> IntervalMap<V> {
     /// `len` sectors, all holding `value`.
     pub fn new(len: u64, value: V) -> IntervalMap<V> {
-        let mut runs = BTreeMap::new();
+        let mut runs = Vec::new();
         if len > 0 {
-            runs.insert(0, (len, value));
+            runs.push(Run {
+                start: 0,
+                end: len,
+                value,
+            });
         }
         IntervalMap { len, runs }
     }
@@ -47,43 +61,35 @@ impl<V: Copy + Eq> IntervalMap<V> {
         self.runs.len()
     }
 
-    /// The value of sector `s` (`s < len`).
+    /// Index of the run holding sector `s` (`s < len`).
     #[inline]
-    pub fn get(&self, s: u64) -> V {
+    fn index_of(&self, s: u64) -> usize {
         debug_assert!(
             s < self.len,
             "sector {s} past the map's {} sectors",
             self.len
         );
-        let (_, &(end, value)) = self
-            .runs
-            .range(..=s)
-            .next_back()
-            .expect("the runs tile the map from sector 0");
-        debug_assert!(s < end);
-        value
+        self.runs.partition_point(|r| r.end <= s)
     }
 
-    /// First sector of the run holding `s`.
+    /// The value of sector `s` (`s < len`).
     #[inline]
-    fn run_start(&self, s: u64) -> u64 {
-        self.runs
-            .range(..=s)
-            .next_back()
-            .map_or(0, |(&start, _)| start)
+    pub fn get(&self, s: u64) -> V {
+        self.runs[self.index_of(s)].value
     }
 
     /// The runs meeting `range`, each clipped to it, in order.
     pub fn iter(&self, range: Range<u64>) -> impl Iterator<Item = (Range<u64>, V)> + '_ {
         debug_assert!(range.end <= self.len);
         let first = if range.start < range.end {
-            self.run_start(range.start)
+            self.index_of(range.start)
         } else {
-            range.end
+            self.runs.len()
         };
-        self.runs
-            .range(first..range.end.max(first))
-            .map(move |(&start, &(end, value))| (start.max(range.start)..end.min(range.end), value))
+        self.runs[first..]
+            .iter()
+            .take_while(move |r| r.start < range.end)
+            .map(move |r| (r.start.max(range.start)..r.end.min(range.end), r.value))
     }
 
     /// Makes a run start at `at` (cutting the run around it in two).
@@ -91,33 +97,31 @@ impl<V: Copy + Eq> IntervalMap<V> {
         if at == 0 || at >= self.len {
             return;
         }
-        let start = self.run_start(at);
-        if start == at {
+        let i = self.index_of(at);
+        let run = self.runs[i];
+        if run.start == at {
             return;
         }
-        let run = self.runs.get_mut(&start).expect("the run found above");
-        let (end, value) = *run;
-        debug_assert!(at < end);
-        run.0 = at;
-        self.runs.insert(at, (end, value));
+        self.runs[i].end = at;
+        self.runs.insert(i + 1, Run { start: at, ..run });
     }
 
-    /// Merges the run starting at `at` into the one before it when they hold equal
-    /// values.
-    fn merge_at(&mut self, at: u64) {
-        if at == 0 || at >= self.len {
+    /// Merges equal neighbours among runs `from..to` (indexes, clamped to the map).
+    fn merge_between(&mut self, from: usize, to: usize) {
+        let to = to.min(self.runs.len());
+        if to <= from + 1 {
             return;
         }
-        let Some(&(end, value)) = self.runs.get(&at) else {
-            return;
-        };
-        let prev = self.run_start(at - 1);
-        let before = self.runs.get_mut(&prev).expect("the runs tile the map");
-        debug_assert_eq!(before.0, at);
-        if before.1 == value {
-            before.0 = end;
-            self.runs.remove(&at);
+        let mut w = from;
+        for r in from + 1..to {
+            if self.runs[r].value == self.runs[w].value {
+                self.runs[w].end = self.runs[r].end;
+            } else {
+                w += 1;
+                self.runs[w] = self.runs[r];
+            }
         }
+        self.runs.drain(w + 1..to);
     }
 
     /// Sets every sector of `range` to `value`.
@@ -126,20 +130,53 @@ impl<V: Copy + Eq> IntervalMap<V> {
         if range.is_empty() {
             return;
         }
-        self.cut(range.start);
-        self.cut(range.end);
-        // Bounded: each pass removes one run inside the range.
-        while let Some(inner) = self
-            .runs
-            .range(range.start + 1..range.end)
-            .next()
-            .map(|(&k, _)| k)
-        {
-            self.runs.remove(&inner);
+        let (i, j) = (self.index_of(range.start), self.index_of(range.end - 1));
+        let (left, right) = (self.runs[i], self.runs[j]);
+        // Runs `lo..hi` are replaced by at most three: what stays of the first one, the
+        // new run (grown over equal neighbours), what stays of the last one.
+        let (mut lo, mut hi) = (i, j + 1);
+        let mut middle = Run {
+            start: range.start,
+            end: range.end,
+            value,
+        };
+        let mut pieces = [middle; 3];
+        let mut n = 0;
+        if left.start < range.start {
+            if left.value == value {
+                middle.start = left.start;
+            } else {
+                pieces[n] = Run {
+                    end: range.start,
+                    ..left
+                };
+                n += 1;
+            }
+        } else if lo > 0 && self.runs[lo - 1].value == value {
+            lo -= 1;
+            middle.start = self.runs[lo].start;
         }
-        self.runs.insert(range.start, (range.end, value));
-        self.merge_at(range.end);
-        self.merge_at(range.start);
+        let mut after = None;
+        if right.end > range.end {
+            if right.value == value {
+                middle.end = right.end;
+            } else {
+                after = Some(Run {
+                    start: range.end,
+                    ..right
+                });
+            }
+        } else if hi < self.runs.len() && self.runs[hi].value == value {
+            middle.end = self.runs[hi].end;
+            hi += 1;
+        }
+        pieces[n] = middle;
+        n += 1;
+        if let Some(a) = after {
+            pieces[n] = a;
+            n += 1;
+        }
+        self.runs.splice(lo..hi, pieces[..n].iter().copied());
         self.debug_check_around(range);
     }
 
@@ -151,43 +188,29 @@ impl<V: Copy + Eq> IntervalMap<V> {
         }
         self.cut(range.start);
         self.cut(range.end);
-        let mut changed = false;
-        for (_, (_, value)) in self.runs.range_mut(range.clone()) {
-            let new = f(*value);
-            changed |= new != *value;
-            *value = new;
+        let first = self.index_of(range.start);
+        let mut k = first;
+        while k < self.runs.len() && self.runs[k].start < range.end {
+            self.runs[k].value = f(self.runs[k].value);
+            k += 1;
         }
-        if !changed {
-            // Nothing moved: only the cuts may need undoing.
-            self.merge_at(range.end);
-            self.merge_at(range.start);
-            return;
-        }
-        self.merge_at(range.end);
-        // Merge inside the range, last run first so each key looked up still exists.
-        let mut at = range.end;
-        // Bounded by the runs of the range: each step moves to an earlier run.
-        while let Some((&start, _)) = self.runs.range(range.start + 1..at).next_back() {
-            self.merge_at(start);
-            at = start;
-        }
-        self.merge_at(range.start);
+        self.merge_between(first.saturating_sub(1), k + 1);
         self.debug_check_around(range);
     }
 
     /// Checks the runs near `range` keep the map's invariants (debug builds).
     fn debug_check_around(&self, range: Range<u64>) {
         if cfg!(debug_assertions) {
-            let from = self.run_start(range.start.saturating_sub(1));
-            let mut last: Option<(u64, V)> = None;
-            for (&start, &(end, value)) in self.runs.range(from..) {
-                assert!(start < end, "an empty run at {start}");
-                if let Some((prev_end, prev_value)) = last {
-                    assert_eq!(prev_end, start, "runs do not tile at {start}");
-                    assert!(prev_value != value, "equal adjacent runs at {start}");
+            let from = self.index_of(range.start.saturating_sub(1));
+            let mut last: Option<&Run<V>> = None;
+            for r in &self.runs[from..] {
+                assert!(r.start < r.end, "an empty run at {}", r.start);
+                if let Some(prev) = last {
+                    assert_eq!(prev.end, r.start, "runs do not tile at {}", r.start);
+                    assert!(prev.value != r.value, "equal adjacent runs at {}", r.start);
                 }
-                last = Some((end, value));
-                if start > range.end {
+                last = Some(r);
+                if r.start > range.end {
                     break;
                 }
             }
@@ -198,12 +221,12 @@ impl<V: Copy + Eq> IntervalMap<V> {
     pub fn check_invariants(&self) {
         let mut at = 0;
         let mut last: Option<V> = None;
-        for (&start, &(end, value)) in &self.runs {
-            assert_eq!(start, at, "runs do not tile at {at}");
-            assert!(start < end, "an empty run at {start}");
-            assert!(last != Some(value), "equal adjacent runs at {start}");
-            last = Some(value);
-            at = end;
+        for r in &self.runs {
+            assert_eq!(r.start, at, "runs do not tile at {at}");
+            assert!(r.start < r.end, "an empty run at {}", r.start);
+            assert!(last != Some(r.value), "equal adjacent runs at {}", r.start);
+            last = Some(r.value);
+            at = r.end;
         }
         assert_eq!(at, self.len, "the runs end at {at}, not {}", self.len);
     }
