@@ -6,6 +6,8 @@
 
 use std::hint::black_box;
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rehydrate_driver::Status;
 use rehydrate_sim::data::{app_tag, Backup};
@@ -19,19 +21,7 @@ use rehydrate_sim::{run, Faults, RunConfig};
 fn seed_runs(c: &mut Criterion) {
     let mut group = c.benchmark_group("seed");
     group.sample_size(10);
-    let small_io = WorkloadConfig {
-        read: 500,
-        write: 450,
-        fua_write: 0,
-        flush: 50,
-        trim: 0,
-        get_length: 0,
-        bad: 0,
-        aligned_pct: 0,
-        sequential_pct: 0,
-        max_sectors: 8,
-        ..WorkloadConfig::default()
-    };
+    let small_io = common::small_io();
     let cases = [
         (
             "fs-mix-all-faults",

@@ -630,12 +630,9 @@ impl Oracle {
             let have: u32 = marked.iter().map(|w| w.count_ones()).sum();
             eprintln!("reboot: {had} regions were durably marked, {have} loaded");
         }
-        for (w, (&have, &had)) in marked.iter().zip(self.durable_marks.iter()).enumerate() {
-            if had & !have != 0 {
-                let region = w as u64 * 64 + u64::from((had & !have).trailing_zeros());
-                v.fail(Rule::DurableMark, format!("region {region} was durably marked before power loss and is not after reboot"));
-                return;
-            }
+        if let Some(region) = first_lost(&self.durable_marks, marked) {
+            v.fail(Rule::DurableMark, lost_at_reboot(region));
+            return;
         }
         let (values, rs) = (&self.values, self.region_sectors);
         for (run, now) in self.now.iter(0..self.sectors) {
@@ -706,36 +703,24 @@ impl Oracle {
         volume_start: u64,
         v: &mut Verifier,
     ) {
-        for (w, (&now, &before)) in durable.iter().zip(self.durable_marks.iter()).enumerate() {
-            if before & !now != 0 {
-                let region = w as u64 * 64 + u64::from((before & !now).trailing_zeros());
-                v.fail(
-                    Rule::DurableMark,
-                    format!("durable mark of region {region} reverted"),
-                );
-                return;
-            }
-            let mut newly = now & !before;
-            while newly != 0 {
-                let region = w as u64 * 64 + u64::from(newly.trailing_zeros());
-                newly &= newly - 1;
-                let first = region * self.region_sectors;
-                let end = (first + self.region_sectors).min(self.sectors);
-                let not_durable = self
-                    .durable
-                    .first_not_durable(&self.values, first..end, |s| {
-                        disk.media((volume_start + s) as usize)
-                    });
-                if let Some((s, value)) = not_durable {
-                    v.fail(
-                        Rule::DurableMark,
-                        format!(
-                            "region {region} became durably marked while sector {s} durably holds {} (its data is not durable yet)",
-                            describe(value)
-                        ),
-                    );
+        for change in mark_changes(&self.durable_marks, durable) {
+            let region = match change {
+                MarkChange::Lost(region) => {
+                    v.fail(Rule::DurableMark, lost_at_commit(region));
                     return;
                 }
+                MarkChange::Added(region) => region,
+            };
+            let first = region * self.region_sectors;
+            let end = (first + self.region_sectors).min(self.sectors);
+            let not_durable = self
+                .durable
+                .first_not_durable(&self.values, first..end, |s| {
+                    disk.media((volume_start + s) as usize)
+                });
+            if let Some((s, value)) = not_durable {
+                v.fail(Rule::DurableMark, marked_before_durable(region, s, value));
+                return;
             }
         }
         self.durable_marks.clear();
@@ -836,6 +821,67 @@ fn op_range(sector: u64, count: u64) -> Range<u64> {
     sector..sector + count
 }
 
+/// How the durable restore map moved between two loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MarkChange {
+    /// This region was marked and is not any more.
+    Lost(u64),
+    /// This region is newly marked.
+    Added(u64),
+}
+
+/// The changes from map words `before` to `now`, word by word: within a word, its first
+/// lost mark alone if it lost one, else each region it adds, in order.
+fn mark_changes<'a>(before: &'a [u64], now: &'a [u64]) -> impl Iterator<Item = MarkChange> + 'a {
+    before
+        .iter()
+        .zip(now)
+        .enumerate()
+        .flat_map(|(w, (&before, &now))| {
+            let base = w as u64 * 64;
+            let lost = before & !now;
+            let (first_lost, mut added) = if lost != 0 {
+                let region = base + u64::from(lost.trailing_zeros());
+                (Some(MarkChange::Lost(region)), 0)
+            } else {
+                (None, now & !before)
+            };
+            first_lost.into_iter().chain(std::iter::from_fn(move || {
+                (added != 0).then(|| {
+                    let region = base + u64::from(added.trailing_zeros());
+                    added &= added - 1;
+                    MarkChange::Added(region)
+                })
+            }))
+        })
+}
+
+/// The first mark of `had` that `have` lost, if any.
+fn first_lost(had: &[u64], have: &[u64]) -> Option<u64> {
+    mark_changes(had, have).find_map(|c| match c {
+        MarkChange::Lost(region) => Some(region),
+        MarkChange::Added(_) => None,
+    })
+}
+
+/// Why a mark lost across a reboot breaks a rule.
+fn lost_at_reboot(region: u64) -> String {
+    format!("region {region} was durably marked before power loss and is not after reboot")
+}
+
+/// Why a mark lost at a commit breaks a rule.
+fn lost_at_commit(region: u64) -> String {
+    format!("durable mark of region {region} reverted")
+}
+
+/// Why a mark over data that may not survive power loss breaks a rule.
+fn marked_before_durable(region: u64, s: u64, value: u64) -> String {
+    format!(
+        "region {region} became durably marked while sector {s} durably holds {} (its data is not durable yet)",
+        describe(value)
+    )
+}
+
 /// The first of `got` (sectors from `first`) that is not `src`'s value.
 #[inline]
 fn first_mismatch(values: &Values, src: Src, first: u64, got: &[u64]) -> Option<usize> {
@@ -847,11 +893,16 @@ mod tests {
     use super::*;
     use crate::data::app_tag;
 
-    /// An oracle of a small volume, cross-checked against the reference.
-    fn oracle() -> (Oracle, Verifier) {
-        let mut o = Oracle::new(64, 8, Backup::new(1, 4096, 0), 1_000_000_000);
+    /// An oracle of a small volume whose filter times held requests out after
+    /// `hold_deadline_ns`, cross-checked against the reference.
+    pub(super) fn oracle_timing_out_after(hold_deadline_ns: u64) -> (Oracle, Verifier) {
+        let mut o = Oracle::new(64, 8, Backup::new(1, 4096, 0), hold_deadline_ns);
         assert!(o.cross_check());
         (o, Verifier::default())
+    }
+
+    fn oracle() -> (Oracle, Verifier) {
+        oracle_timing_out_after(1_000_000_000)
     }
 
     #[test]
@@ -990,9 +1041,7 @@ mod judging_tests {
     use super::*;
 
     fn oracle() -> (Oracle, Verifier) {
-        let mut o = Oracle::new(64, 8, Backup::new(1, 4096, 0), 20_000);
-        assert!(o.cross_check());
-        (o, Verifier::default())
+        super::tests::oracle_timing_out_after(20_000)
     }
 
     #[test]

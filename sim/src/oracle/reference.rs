@@ -12,6 +12,9 @@
 
 use std::cell::Cell;
 
+use super::{
+    first_lost, lost_at_commit, lost_at_reboot, mark_changes, marked_before_durable, MarkChange,
+};
 use crate::content::Expect;
 use crate::data::{app_tag, describe, is_garbage, Backup};
 use crate::device::Disk;
@@ -283,12 +286,9 @@ impl Reference {
 
     /// After a reboot with `marked` loaded.
     pub fn check_reboot(&mut self, marked: &[u64], disk: &Disk, volume_start: u64) {
-        for (w, (&have, &had)) in marked.iter().zip(self.durable_marks.iter()).enumerate() {
-            if had & !have != 0 {
-                let region = w as u64 * 64 + u64::from((had & !have).trailing_zeros());
-                self.v.fail(Rule::DurableMark, format!("region {region} was durably marked before power loss and is not after reboot"));
-                return;
-            }
+        if let Some(region) = first_lost(&self.durable_marks, marked) {
+            self.v.fail(Rule::DurableMark, lost_at_reboot(region));
+            return;
         }
         for s in 0..self.exp.len() as u64 {
             let region = s / self.region_sectors;
@@ -324,33 +324,22 @@ impl Reference {
     /// After a metadata commit with `durable` the words the store would load now.
     pub fn check_commit(&mut self, durable: &[u64], disk: &Disk, volume_start: u64) {
         let sectors = self.exp.len() as u64;
-        for (w, (&now, &before)) in durable.iter().zip(self.durable_marks.iter()).enumerate() {
-            if before & !now != 0 {
-                let region = w as u64 * 64 + u64::from((before & !now).trailing_zeros());
-                self.v.fail(
-                    Rule::DurableMark,
-                    format!("durable mark of region {region} reverted"),
-                );
-                return;
-            }
-            let mut newly = now & !before;
-            while newly != 0 {
-                let region = w as u64 * 64 + u64::from(newly.trailing_zeros());
-                newly &= newly - 1;
-                let first = region * self.region_sectors;
-                let end = (first + self.region_sectors).min(sectors);
-                for s in first..end {
-                    let value = disk.media((volume_start + s) as usize);
-                    if !self.allowed_after_crash(s, value) {
-                        self.v.fail(
-                            Rule::DurableMark,
-                            format!(
-                                "region {region} became durably marked while sector {s} durably holds {} (its data is not durable yet)",
-                                describe(value)
-                            ),
-                        );
-                        return;
-                    }
+        for change in mark_changes(&self.durable_marks, durable) {
+            let region = match change {
+                MarkChange::Lost(region) => {
+                    self.v.fail(Rule::DurableMark, lost_at_commit(region));
+                    return;
+                }
+                MarkChange::Added(region) => region,
+            };
+            let first = region * self.region_sectors;
+            let end = (first + self.region_sectors).min(sectors);
+            for s in first..end {
+                let value = disk.media((volume_start + s) as usize);
+                if !self.allowed_after_crash(s, value) {
+                    self.v
+                        .fail(Rule::DurableMark, marked_before_durable(region, s, value));
+                    return;
                 }
             }
         }
