@@ -29,6 +29,10 @@
 //! depended on failed — or, for `IO_TIMEOUT`, it was held past the hold deadline.
 //! The simulator reports those hits ([`Oracle::excuse`] and friends, see `judge.rs`).
 //!
+//! What a commit left durable is read from the metadata store by [`DurableMarks`]
+//! (`marks.rs`), which decodes only the slots the commit rewrote; only regions newly
+//! marked are checked against the data.
+//!
 //! The per-sector oracle this replaced lives on in `reference.rs`, for tests: with
 //! `Oracle::cross_check` on, every event also goes to it and both must agree.
 
