@@ -14,6 +14,7 @@
 //! trace hash, always.
 
 pub mod cli;
+pub mod content;
 pub mod data;
 pub mod demo;
 pub mod device;

@@ -147,9 +147,7 @@ pub fn run_demo(machine: &DemoMachine, server: LinkServer) -> DemoRun {
             .map(|s| disk.live(start + s))
             .collect();
         let oracle = &m.wdf.k.oracle;
-        let expected = (0..m.volume_sectors)
-            .map(|s| oracle.expect(s).clone())
-            .collect();
+        let expected = (0..m.volume_sectors).map(|s| oracle.expect(s)).collect();
         DemoRun {
             outcome,
             volume_tags,
@@ -190,6 +188,12 @@ static MUTANT_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
 enum Guard {
     Read(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
     Write(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+/// Keeps mutated runs out while held: for tests that drive a `World` without [`run`].
+#[cfg(test)]
+pub(crate) fn hold_unmutated() -> std::sync::RwLockReadGuard<'static, ()> {
+    MUTANT_LOCK.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs one seed to its end (or its first failure). A panic in the driver or the

@@ -207,6 +207,7 @@ mod tests {
 
     #[test]
     fn two_machines_run_side_by_side_in_one_world_and_replay_exactly() {
+        let _unmutated = crate::sim::hold_unmutated();
         let configs = [
             RunConfig::new(11, 120, Faults::all()),
             RunConfig::new(12, 120, Faults::all()),

@@ -51,6 +51,8 @@ pub(crate) struct Machine {
     pub(crate) filter: Option<Filter<SimWdf>>,
     pub(crate) service: Service,
     pub(crate) store: MetaDev,
+    /// The store's durable restore map, decoded as commits change it (`check_commit`).
+    pub(crate) durable_marks: crate::oracle::DurableMarks,
     pub(crate) identity: Identity,
     pub(crate) attach: Attach,
     pub(crate) geometry: Geometry,

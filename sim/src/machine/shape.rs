@@ -68,6 +68,7 @@ impl Machine {
             filter: None,
             service: p.service,
             store: p.store,
+            durable_marks: Default::default(),
             identity: p.identity,
             attach: p.attach,
             geometry: p.geometry,
