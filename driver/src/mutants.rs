@@ -46,6 +46,17 @@ pub enum Mutant {
     /// A FUA write completes without a flush and commit even when a region it touched
     /// is marked but not durably committed.
     SkipFuaCommitWhenUnflushed = 14,
+    /// Overlay mode: application writes go to the destination before the cutover.
+    AppWriteToDestination = 15,
+    /// Overlay mode: a region enters the durable overlay map when its overlay write
+    /// completes, before an overlay flush.
+    MarkOverlayBeforeFlush = 16,
+    /// Overlay mode: the merge commits *merged* (the overlay's end) without waiting
+    /// for the destination flush.
+    ClearOverlayBeforeDestinationFlush = 17,
+    /// Overlay mode: reads of regions in the overlay map are served from the
+    /// destination (backup data).
+    ServeBackupForOverlayRegion = 18,
 }
 
 impl Mutant {
@@ -67,6 +78,14 @@ impl Mutant {
         Mutant::SkipFuaCommitWhenUnflushed,
     ];
 
+    /// The overlay mode's mutants (caught by the overlay model and sweep).
+    pub const OVERLAY: [Mutant; 4] = [
+        Mutant::AppWriteToDestination,
+        Mutant::MarkOverlayBeforeFlush,
+        Mutant::ClearOverlayBeforeDestinationFlush,
+        Mutant::ServeBackupForOverlayRegion,
+    ];
+
     /// The command-line name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -84,12 +103,19 @@ impl Mutant {
             Mutant::CompleteWhileCancelable => "complete-while-cancelable",
             Mutant::FlushCoversLaterMarks => "flush-covers-later-marks",
             Mutant::SkipFuaCommitWhenUnflushed => "skip-fua-commit-when-unflushed",
+            Mutant::AppWriteToDestination => "app-write-to-destination",
+            Mutant::MarkOverlayBeforeFlush => "mark-overlay-before-flush",
+            Mutant::ClearOverlayBeforeDestinationFlush => "clear-overlay-before-destination-flush",
+            Mutant::ServeBackupForOverlayRegion => "serve-backup-for-overlay-region",
         }
     }
 
     /// The mutant called `name`.
     pub fn from_name(name: &str) -> Option<Mutant> {
-        Mutant::ALL.into_iter().find(|m| m.name() == name)
+        Mutant::ALL
+            .into_iter()
+            .chain(Mutant::OVERLAY)
+            .find(|m| m.name() == name)
     }
 }
 

@@ -105,6 +105,7 @@ async fn attach(args: &AttachArgs) -> Result<Summary, AttachError> {
             volume_size_bytes: size,
             region_size_bytes: region_size,
             backup_identity: identity.backup_id,
+            mode: rehydrate_driver::abi::RestoreMode::InPlace,
         },
         hydrator,
         pended: args.pended,

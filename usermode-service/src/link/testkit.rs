@@ -24,6 +24,7 @@ pub fn identity() -> Attach {
         volume_size_bytes: VOLUME_BYTES,
         region_size_bytes: REGION_BYTES,
         backup_identity: [7; 32],
+        mode: rehydrate_driver::abi::RestoreMode::InPlace,
     }
 }
 
@@ -110,6 +111,8 @@ impl FakeDriver {
                             self.deliver();
                         }
                         ControlCommand::Pause => self.state = DriverState::Paused,
+                        // The fake drives an in-place restore only.
+                        ControlCommand::MergeOnline | ControlCommand::Cutover => {}
                         ControlCommand::Detach => {
                             self.state = DriverState::Detached;
                             for p in self.parked.drain(..) {
@@ -261,6 +264,8 @@ pub fn start_failing_pends(pend_failures: u32) -> Harness {
             hydrate_dropped_stale: 0,
             fetch_failures: 0,
             requests_failed: 0,
+            mode: rehydrate_driver::abi::RestoreMode::InPlace,
+            overlay_regions: 0,
         },
         seen: seen_tx,
         volume: vec![VOLUME_FILL; VOLUME_BYTES as usize],

@@ -10,6 +10,7 @@ mod fetch;
 pub mod live;
 pub(crate) mod lock;
 pub(crate) mod meta_file;
+pub mod overlay;
 mod padded;
 mod paths;
 pub mod pin;
@@ -120,6 +121,12 @@ pub struct RestoreArgs {
     /// /tmp/rehydrate-$UID/]
     #[arg(long, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
+    /// Overlay restore (needs --export): the export serves a pseudo-volume whose writes
+    /// go to this overlay file, while the target receives nothing but backup data until
+    /// `rehydrate cutover` merges the overlay into it. A new restore creates the file;
+    /// a resumed one needs the file it was started with.
+    #[arg(long, value_name = "PATH", requires = "export")]
+    pub overlay: Option<PathBuf>,
 }
 
 /// A region size from the command line: a size with a unit, a power of two from 4KiB
@@ -231,6 +238,7 @@ async fn restore_with(
             metadata: meta_path,
         });
     }
+    overlay::check_mode(args.overlay.as_deref(), header.as_ref(), &meta_path)?;
     let pinned = match &header {
         Some(h) if h.binding.source.kind == SourceKind::Unrecorded => {
             return Err(ServiceError::MetadataUnpinned(meta_path));
@@ -295,8 +303,15 @@ async fn restore_with(
         target: target.pin()?,
     };
     let map = Arc::new(RegionMap::new(geometry)?);
-    let (mut store, mut meta, fresh) =
-        open_metadata(&meta_path, store, &identity, &binding, &map, &target)?;
+    let (mut store, mut meta, fresh) = open_metadata(
+        &meta_path,
+        store,
+        &identity,
+        &binding,
+        &map,
+        &target,
+        args.overlay.is_some(),
+    )?;
     // The map of changes since the backup: a session opens before any write is taken.
     let mut changes = changes::Changes::attach(&mut meta, &mut store, geometry, &meta_path)?;
     if let Some(changes) = &mut changes {
@@ -313,6 +328,12 @@ async fn restore_with(
     );
     let title = format!("rehydrate restore of {}", pin::describe(&binding.source));
     let source = Arc::new(PaddedSource::new(source, volume_bytes));
+    let overlay = match &args.overlay {
+        Some(path) => Some(overlay::open(
+            path, size, fresh, &target, &mut meta, &mut store, &map, &meta_path,
+        )?),
+        None => None,
+    };
     let target = Arc::new(target);
     let live = listener.map(|listener| {
         let shared = Arc::new(live::Shared {
@@ -324,6 +345,7 @@ async fn restore_with(
             target: Arc::clone(&target),
             map: Arc::clone(&map),
             changes: changes.as_ref().map(changes::Changes::tracker),
+            overlay: overlay.as_ref().map(|o| Arc::clone(&o.map)),
         });
         let name = args
             .export_name
@@ -346,7 +368,7 @@ async fn restore_with(
             Arc::clone(&source),
         )
     });
-    let shell = shell::Shell::new(
+    let mut shell = shell::Shell::new(
         target,
         store,
         meta,
@@ -357,6 +379,12 @@ async fn restore_with(
         changes,
         args.timeline.is_some(),
     )?;
+    if let Some(o) = overlay {
+        shell = shell.with_overlay(
+            o.core,
+            shell::overlay::Side::new(o.file, o.commands, o.listening),
+        );
+    }
     let outcome = shell
         .run(started, status, args.timeline.as_deref(), &title)
         .await?;
@@ -373,6 +401,7 @@ fn open_metadata(
     binding: &Binding,
     map: &RegionMap,
     target: &Target,
+    with_overlay: bool,
 ) -> Result<(FileMetaStore, Metadata, bool), ServiceError> {
     let meta_err = |source| ServiceError::Metadata {
         path: path.to_owned(),
@@ -390,12 +419,17 @@ fn open_metadata(
         };
         return Ok((store, meta, false));
     }
-    let names = [rehydrate_driver::changed::CHANGED_MAP];
+    let changed = [rehydrate_driver::changed::CHANGED_MAP];
+    let both = [
+        rehydrate_driver::changed::CHANGED_MAP,
+        rehydrate_driver::engine::overlay::OVERLAY_MAP,
+    ];
+    let names: &[_] = if with_overlay { &both } else { &changed };
     let pages = Metadata::store_pages_with(map.geometry(), names.len());
     let mut store = FileMetaStore::open_unchecked(path, Some(pages))?;
     paths::check_not_same(target, &store, path)?;
     let meta =
-        Metadata::create_with_maps(&mut store, identity, binding, &names).map_err(meta_err)?;
+        Metadata::create_with_maps(&mut store, identity, binding, names).map_err(meta_err)?;
     Ok((store, meta, true))
 }
 
