@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Peak memory (RSS) of a whole restore, by volume size: it must grow only by the region
-# map (one bit per region: 32 KiB per GiB at 4 KiB regions, plus a small summary), not
-# with the data restored. Each source is SIZE GiB with DATA_MIB of random data at the
+# maps (one bit per region: 32 KiB per GiB at 4 KiB regions, plus a small summary, for
+# the restore map and again for the map of changes since the backup), not with the
+# data restored. Each source is SIZE GiB with DATA_MIB of random data at the
 # start and the rest sparse (restored through block status without a transfer), served
 # by qemu-nbd on loopback. Peak RSS is `/usr/bin/time`'s maximum resident set size.
 #
@@ -49,9 +50,9 @@ for gib in $sizes; do
     rm -f "$work/out.rh" "$work/out.rh.rehydrate-meta"
     kill "$server"; wait "$server" 2>/dev/null || true; server=""
     kib=$(median "${peaks[@]}")
-    map_kib=$((gib * 32))
+    map_kib=$((gib * 64))
     first_kib=${first_kib:-$kib}
     first_map_kib=${first_map_kib:-$map_kib}
-    printf 'bench: size_gib=%d data_mib=%d runs=%d peak_rss_kib=%d region_map_kib=%d growth_kib=%d map_growth_kib=%d\n' \
+    printf 'bench: size_gib=%d data_mib=%d runs=%d peak_rss_kib=%d region_maps_kib=%d growth_kib=%d maps_growth_kib=%d\n' \
         "$gib" "$data_mib" "$runs" "$kib" "$map_kib" "$((kib - first_kib))" "$((map_kib - first_map_kib))"
 done

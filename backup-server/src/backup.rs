@@ -79,6 +79,9 @@ pub struct BackupSummary {
     pub incremental_from: Option<u32>,
     /// Bytes read from the source (all of it for a full backup).
     pub read_bytes: u64,
+    /// The published index's checksum (names the version's contents exactly).
+    #[serde(skip)]
+    pub index_checksum: [u8; 32],
     /// Bytes written to the store for new chunks (after compression).
     pub stored_bytes: u64,
     /// Wall-clock time in seconds.
@@ -284,6 +287,7 @@ async fn run_announcing(
         repaired_chunks: 0,
         incremental_from,
         read_bytes: 0,
+        index_checksum: [0; 32],
         stored_bytes: 0,
         secs: 0.0,
     };
@@ -363,6 +367,9 @@ async fn run_announcing(
             .map_or(0, |d| d.as_secs()),
         chunks,
     };
+    summary.index_checksum = index
+        .checksum()
+        .map_err(|e| BackupError::Internal(e.to_string()))?;
     summary.version = store.publish(&options.volume, &index).await?;
     progress.finish_and_clear();
     summary.secs = started.elapsed().as_secs_f64();

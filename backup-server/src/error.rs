@@ -171,6 +171,10 @@ pub enum BackupError {
     /// A worker task died (a bug, or the runtime shutting down).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The point-in-time journal refused (a point that cannot be served, a damaged or
+    /// misplaced segment, a store without journals).
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 impl BackupError {

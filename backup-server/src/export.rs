@@ -48,6 +48,7 @@ impl VersionExport {
             version,
             size_bytes: index.volume_size_bytes,
             index_checksum: index.checksum()?,
+            point: None,
         };
         Ok(Self {
             volume,

@@ -11,6 +11,18 @@
 //! the index header and every chunk hash). The fields come in this order, separated by
 //! one space; nothing else follows.
 //!
+//! A recovery point of the journal (`NAME@N+SEQ`, `NAME@mark:LABEL`,
+//! `NAME@time:RFC3339`) is version `N` plus the journal up to sequence `SEQ`, and says
+//! so with two more fields:
+//!
+//! ```text
+//! rehydrate volume=NAME version=N size=BYTES index=blake3:HEX point=SEQ journal=blake3:HEX
+//! ```
+//!
+//! `journal` is the point's chain digest (the base's identity and every record's
+//! checksum up to `SEQ`, see `crate::journal`), so the pair names the point's contents
+//! exactly; `NAME@N+SEQ` is the name that always means it.
+//!
 //! Why the description and not a metadata context of our own: a client reads it during
 //! the handshake without negotiating structured replies or block status, `nbdinfo`
 //! shows it as is, and it needs no new protocol surface in any client. A restore pins
@@ -37,6 +49,17 @@ pub struct ExportIdentity {
     pub size_bytes: u64,
     /// The index checksum.
     pub index_checksum: [u8; 32],
+    /// For a recovery point of the journal: its sequence and chain digest.
+    pub point: Option<PointIdentity>,
+}
+
+/// What makes a recovery point exact: its sequence and the journal's chain digest there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PointIdentity {
+    /// The point's sequence (at least 1).
+    pub seq: u64,
+    /// The chain digest up to it.
+    pub digest: [u8; 32],
 }
 
 /// Why a description is not an export identity of ours.
@@ -54,9 +77,13 @@ pub enum IdentityError {
 }
 
 impl ExportIdentity {
-    /// The export name that always means this version: `NAME@N`.
+    /// The export name that always means this version, `NAME@N`, or this point,
+    /// `NAME@N+SEQ`.
     pub fn pinned_name(&self) -> String {
-        format!("{}@{}", self.volume, self.version)
+        match self.point {
+            None => format!("{}@{}", self.volume, self.version),
+            Some(p) => format!("{}@{}+{}", self.volume, self.version, p.seq),
+        }
     }
 
     /// The description text (see the module comment).
@@ -89,6 +116,24 @@ impl ExportIdentity {
             .strip_prefix("blake3:")
             .and_then(hex32)
             .ok_or(IdentityError::Field("index"))?;
+        let point = match fields.next() {
+            None => None,
+            Some(f) => {
+                // Anything but the point's fields after the index is trailing garbage.
+                let seq = f
+                    .strip_prefix("point=")
+                    .ok_or(IdentityError::Field("end"))?;
+                let seq = decimal(seq)
+                    .filter(|&s| s >= 1)
+                    .ok_or(IdentityError::Field("point"))?;
+                let digest = fields
+                    .next()
+                    .and_then(|f| f.strip_prefix("journal=blake3:"))
+                    .and_then(hex32)
+                    .ok_or(IdentityError::Field("journal"))?;
+                Some(PointIdentity { seq, digest })
+            }
+        };
         if fields.next().is_some() {
             return Err(IdentityError::Field("end"));
         }
@@ -97,6 +142,7 @@ impl ExportIdentity {
             version,
             size_bytes,
             index_checksum,
+            point,
         })
     }
 }
@@ -108,10 +154,17 @@ impl fmt::Display for ExportIdentity {
             "{PREFIX}volume={} version={} size={} index=blake3:",
             self.volume, self.version, self.size_bytes
         )?;
-        self.index_checksum
-            .iter()
-            .try_for_each(|b| write!(f, "{b:02x}"))
+        hex(f, &self.index_checksum)?;
+        if let Some(p) = &self.point {
+            write!(f, " point={} journal=blake3:", p.seq)?;
+            hex(f, &p.digest)?;
+        }
+        Ok(())
     }
+}
+
+fn hex(f: &mut fmt::Formatter<'_>, bytes: &[u8; 32]) -> fmt::Result {
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
 
 /// A canonical decimal: digits only, no sign, no leading zero (one encoding per value).
@@ -152,6 +205,45 @@ mod tests {
             version: 3,
             size_bytes: 67_108_865,
             index_checksum: [0xab; 32],
+            point: None,
+        }
+    }
+
+    #[test]
+    fn points_render_and_parse_back_and_pin_their_sequence() {
+        let id = ExportIdentity {
+            point: Some(PointIdentity {
+                seq: 42,
+                digest: [0x0f; 32],
+            }),
+            ..sample()
+        };
+        let text = id.render();
+        assert!(
+            text.ends_with(&format!(" point=42 journal=blake3:{}", "0f".repeat(32))),
+            "{text}"
+        );
+        assert_eq!(ExportIdentity::parse(&text), Ok(id.clone()));
+        assert_eq!(id.pinned_name(), "sys@3+42");
+        let base = sample().render();
+        for (bad, field) in [
+            (
+                format!("{base} point=0 journal=blake3:{}", "0f".repeat(32)),
+                "point",
+            ),
+            (
+                format!("{base} point=042 journal=blake3:{}", "0f".repeat(32)),
+                "point",
+            ),
+            (format!("{base} point=42"), "journal"),
+            (format!("{base} point=42 journal=blake3:0f"), "journal"),
+            (format!("{text} x=1"), "end"),
+        ] {
+            assert_eq!(
+                ExportIdentity::parse(&bad),
+                Err(IdentityError::Field(field)),
+                "{bad}"
+            );
         }
     }
 
@@ -210,8 +302,10 @@ mod tests {
             version in 1u32..=MAX_VERSION,
             size in any::<u64>(),
             sum in any::<[u8; 32]>(),
+            point in proptest::option::of((1u64.., any::<[u8; 32]>())),
         ) {
-            let id = ExportIdentity { version, size_bytes: size, index_checksum: sum, ..sample() };
+            let point = point.map(|(seq, digest)| PointIdentity { seq, digest });
+            let id = ExportIdentity { version, size_bytes: size, index_checksum: sum, point, ..sample() };
             prop_assert_eq!(ExportIdentity::parse(&id.render()), Ok(id));
         }
     }

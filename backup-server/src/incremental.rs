@@ -242,6 +242,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a.chunks, b.chunks);
+        assert_eq!(
+            inc.index_checksum,
+            a.checksum().unwrap(),
+            "the summary names the version"
+        );
         assert_eq!(a.volume_size_bytes, b.volume_size_bytes);
     }
 

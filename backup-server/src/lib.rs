@@ -10,6 +10,8 @@
 //!   [`access`]: which TLS client may read which volume.
 //! - [`keep`], [`forget`], [`gc`], [`marks`]: retention, and deleting unreferenced
 //!   chunks safely while backups run.
+//! - [`journal`]: the point-in-time journal of protected volumes, and its recovery
+//!   points served as exports.
 //! - [`cli`]: the subcommands' arguments and entry points for the binaries.
 
 pub mod access;
@@ -26,6 +28,7 @@ pub mod gc;
 pub mod identity;
 pub mod incremental;
 pub mod index;
+pub mod journal;
 pub mod keep;
 pub mod location;
 pub mod marks;
@@ -47,10 +50,10 @@ pub use error::BackupError;
 pub use export::VersionExport;
 pub use forget::{run_forget, ForgetArgs, ForgetSummary};
 pub use gc::{run_gc, GcArgs, GcSummary};
-pub use identity::{ExportIdentity, IdentityError};
+pub use identity::{ExportIdentity, IdentityError, PointIdentity};
 pub use incremental::{backup_changes, BaseError, Changes, IncrementalError};
 pub use index::{ChunkRef, Index, IndexError};
 pub use location::StoreLocation;
-pub use name::{ExportName, VolumeName};
+pub use name::{ExportName, PointSpec, VolumeName};
 pub use size::{parse_size, ChunkSize};
 pub use store::{ChunkStore, PutOutcome};

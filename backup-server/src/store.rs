@@ -489,7 +489,8 @@ impl ChunkStore {
         }
     }
 
-    /// The store's root directory, for a local store.
+    /// The store's root directory, for a local store (`None` for an object store): the
+    /// journal lives there, in files appended in place.
     pub fn local_root(&self) -> Option<&std::path::Path> {
         self.local_root.as_deref()
     }

@@ -14,6 +14,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod abi;
+pub mod capture;
 pub mod changed;
 pub mod commit;
 pub mod dsm;

@@ -46,17 +46,24 @@ pub enum Mutant {
     /// A FUA write completes without a flush and commit even when a region it touched
     /// is marked but not durably committed.
     SkipFuaCommitWhenUnflushed = 14,
+    /// Write capture: number a write when it is dispatched, not when it completes.
+    SequenceAtDispatch = 15,
+    /// Write capture: make a flush's recovery point when the flush is dispatched, inside
+    /// the epoch it has not closed yet.
+    PointInsideUnflushedEpoch = 16,
+    /// Journal: apply the records of a torn segment tail instead of truncating them.
+    TornTailApplied = 17,
     /// Overlay mode: application writes go to the destination before the cutover.
-    AppWriteToDestination = 15,
+    AppWriteToDestination = 18,
     /// Overlay mode: a region enters the durable overlay map when its overlay write
     /// completes, before an overlay flush.
-    MarkOverlayBeforeFlush = 16,
+    MarkOverlayBeforeFlush = 19,
     /// Overlay mode: the merge commits *merged* (the overlay's end) without waiting
     /// for the destination flush.
-    ClearOverlayBeforeDestinationFlush = 17,
+    ClearOverlayBeforeDestinationFlush = 20,
     /// Overlay mode: reads of regions in the overlay map are served from the
     /// destination (backup data).
-    ServeBackupForOverlayRegion = 18,
+    ServeBackupForOverlayRegion = 21,
 }
 
 impl Mutant {
@@ -76,6 +83,14 @@ impl Mutant {
         Mutant::CompleteWhileCancelable,
         Mutant::FlushCoversLaterMarks,
         Mutant::SkipFuaCommitWhenUnflushed,
+    ];
+
+    /// The write-capture and journal mutants: caught by the capture's model tests and
+    /// the journal's tests; they join [`Mutant::ALL`] once the simulator runs capture.
+    pub const CAPTURE: [Mutant; 3] = [
+        Mutant::SequenceAtDispatch,
+        Mutant::PointInsideUnflushedEpoch,
+        Mutant::TornTailApplied,
     ];
 
     /// The overlay mode's mutants (caught by the overlay model and sweep).
@@ -103,6 +118,9 @@ impl Mutant {
             Mutant::CompleteWhileCancelable => "complete-while-cancelable",
             Mutant::FlushCoversLaterMarks => "flush-covers-later-marks",
             Mutant::SkipFuaCommitWhenUnflushed => "skip-fua-commit-when-unflushed",
+            Mutant::SequenceAtDispatch => "sequence-at-dispatch",
+            Mutant::PointInsideUnflushedEpoch => "point-inside-unflushed-epoch",
+            Mutant::TornTailApplied => "torn-tail-applied",
             Mutant::AppWriteToDestination => "app-write-to-destination",
             Mutant::MarkOverlayBeforeFlush => "mark-overlay-before-flush",
             Mutant::ClearOverlayBeforeDestinationFlush => "clear-overlay-before-destination-flush",
@@ -114,6 +132,7 @@ impl Mutant {
     pub fn from_name(name: &str) -> Option<Mutant> {
         Mutant::ALL
             .into_iter()
+            .chain(Mutant::CAPTURE)
             .chain(Mutant::OVERLAY)
             .find(|m| m.name() == name)
     }

@@ -93,7 +93,7 @@ pub async fn run(command: BackupCommand, metadata: &Path) -> Result<BackupSummar
     };
     // Published: from now on the map counts from this version.
     if let Some(opened) = &mut opened {
-        if let Err(e) = reset(&store, &options, &summary, opened, stamp).await {
+        if let Err(e) = reset(&summary, opened, stamp) {
             eprintln!(
                 "rehydrate: warning: the map of changes in {} could not be reset ({e}); the next backup reads what changed since the version before",
                 metadata.display()
@@ -205,27 +205,13 @@ fn plan(opened: &Opened, stamp: Stamp) -> Result<Changes, String> {
 }
 
 /// Empties the map and makes it count from the version just published.
-async fn reset(
-    store: &ChunkStore,
-    options: &BackupOptions,
-    summary: &BackupSummary,
-    opened: &mut Opened,
-    stamp: Stamp,
-) -> Result<(), String> {
+fn reset(summary: &BackupSummary, opened: &mut Opened, stamp: Stamp) -> Result<(), String> {
     let Some((index, map, _)) = &opened.changed else {
         return Ok(());
     };
-    let digest = store
-        .read_index(&options.volume, summary.version)
-        .await
-        .and_then(|i| {
-            i.checksum()
-                .map_err(|e| rehydrate_backup::BackupError::Internal(e.to_string()))
-        })
-        .map_err(|e| e.to_string())?;
     let base = Base {
         version: u64::from(summary.version),
-        digest,
+        digest: summary.index_checksum,
     };
     map.clear();
     let meta = &mut opened.meta;

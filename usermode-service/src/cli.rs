@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
 use rehydrate_backup::{BackupCommand, ForgetArgs, GcArgs, ServeArgs};
 
+use crate::protect::points::PointsArgs;
+use crate::protect::{MarkArgs, ProtectArgs};
 use crate::restore::RestoreArgs;
 use crate::status::StatusArgs;
 
@@ -100,6 +102,13 @@ rehydrate restore --source nbd://127.0.0.1:10809/sys --target /dev/sdb"
     /// Restore a volume in place under the Rehydrate filter (Windows).
     #[cfg(windows)]
     Attach(crate::attach::AttachArgs),
+    // Their about and long help (with an example) are on the argument structs.
+    #[allow(missing_docs)]
+    Protect(ProtectArgs),
+    #[allow(missing_docs)]
+    Mark(MarkArgs),
+    #[allow(missing_docs)]
+    Points(PointsArgs),
     /// Show how a running (or the last) restore stands.
     #[command(
         about = "Show how a running (or the last) restore stands",
@@ -204,6 +213,22 @@ mod tests {
         };
         assert!(!verify);
         assert_eq!(changed_map, None);
+        let cli = Cli::try_parse_from([
+            "rehydrate",
+            "backup",
+            "t.img",
+            "--store",
+            "s",
+            "--volume",
+            "v",
+            "--changed-map",
+            "t.img.rehydrate-meta",
+        ])
+        .unwrap();
+        let Command::Backup(BackupCli { changed_map, .. }) = cli.command else {
+            panic!("not backup");
+        };
+        assert_eq!(changed_map, Some(PathBuf::from("t.img.rehydrate-meta")));
         assert_eq!(a.source, std::path::PathBuf::from("disk.img"));
         assert_eq!(
             (a.store.as_str(), a.volume.as_str()),
@@ -313,6 +338,9 @@ mod tests {
             "receive",
             "forget",
             "gc",
+            "protect",
+            "mark",
+            "points",
         ] {
             let sub = cli.find_subcommand_mut(name).unwrap();
             let help = sub.render_long_help().to_string();

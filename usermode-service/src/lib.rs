@@ -17,6 +17,7 @@ pub mod hydrator;
 pub mod link;
 #[cfg(windows)]
 pub mod link_windows;
+pub mod protect;
 pub mod restore;
 pub mod source;
 pub mod status;

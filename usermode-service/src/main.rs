@@ -51,6 +51,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cutover(args) => print_last_line(&args.run()?),
         Command::Status(args) => print_last_line(&args.run()?),
+        Command::Protect(args) => print_last_line(&rehydrate_service::protect::run(&args)?.line()),
+        Command::Mark(args) => print_last_line(&rehydrate_service::protect::mark(&args)?),
+        Command::Points(args) => {
+            let (lines, last) = rehydrate_service::protect::points::run(&args)?;
+            let mut all = lines;
+            all.push(last);
+            print_last_line(&all.join("\n"));
+        }
         #[cfg(windows)]
         Command::Attach(args) => print_last_line(&rehydrate_service::attach::run(&args)?.line()),
         Command::Receive(args) => runtime()?.block_on(args.run())?,

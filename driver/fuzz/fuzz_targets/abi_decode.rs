@@ -9,7 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rehydrate_driver::abi::{Attach, Ioctl, Message, RestoreMode, MESSAGE_MAX_BYTES};
+use rehydrate_driver::abi::{
+    Attach, Ioctl, Message, RecordBatchWriter, RestoreMode, MESSAGE_MAX_BYTES,
+};
 
 fuzz_target!(|data: &[u8]| {
     // Each control code's own decoder (the kind it carries) sees the bytes too.
@@ -39,6 +41,18 @@ fuzz_target!(|data: &[u8]| {
             let volume = Attach { mode, ..attach };
             assert_eq!(attach.check_matches(&volume).is_ok(), attach.mode == mode);
         }
+    }
+    // Write capture's batches: every record read back is valid and, pushed one by one
+    // into a writer, rebuilds the very same batch.
+    if let Message::RecordBatch(batch) = message {
+        let mut rebuilt = vec![0u8; len];
+        let mut w = RecordBatchWriter::new(&mut rebuilt).expect("room for the prefix");
+        for record in batch.iter() {
+            record.check().expect("a decoded record is valid");
+            w.push(&record).expect("a decoded record fits its own batch");
+        }
+        let n = w.finish().expect("a rebuilt batch finishes");
+        assert_eq!(&rebuilt[..n], data, "rebuilding the batch changed the bytes");
     }
     // One byte short of the output buffer is a typed error, never a panic.
     if let Some(short) = out.get_mut(..len - 1) {

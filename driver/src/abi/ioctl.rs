@@ -21,7 +21,15 @@
 //! QUERY_BITMAP         OUT_DIRECT  read     BitmapQuery       BitmapPage    (MDL, written by the driver)
 //! GET_STATUS           BUFFERED    read     -                 StatusCounters
 //! CONTROL              BUFFERED    write    Control           -
+//! GET_RECORDS          OUT_DIRECT  write    -                 RecordBatch   (pended: inverted call)
+//! ACK_RECORDS          BUFFERED    write    RecordAck         -
+//! MARK                 BUFFERED    write    Mark              -
 //! ```
+//!
+//! The three write-capture exchanges (T3, [`super::capture`]) have their codes here but
+//! join [`Ioctl`] only when the filter dispatches them: the filter's control callback
+//! matches every [`Ioctl`], and until it captures writes it completes their codes with
+//! `STATUS_INVALID_DEVICE_REQUEST` like any unknown code.
 //!
 //! For `HYDRATE` the whole encoded message (header, fields and payload) is the buffer
 //! DeviceIoControl calls the output buffer: with `METHOD_IN_DIRECT` the I/O manager
@@ -106,6 +114,12 @@ pub const FUNCTION_QUERY_BITMAP: u32 = 0x805;
 pub const FUNCTION_GET_STATUS: u32 = 0x806;
 /// Function code of [`IOCTL_REHYDRATE_CONTROL`].
 pub const FUNCTION_CONTROL: u32 = 0x807;
+/// Function code of [`IOCTL_REHYDRATE_GET_RECORDS`].
+pub const FUNCTION_GET_RECORDS: u32 = 0x808;
+/// Function code of [`IOCTL_REHYDRATE_ACK_RECORDS`].
+pub const FUNCTION_ACK_RECORDS: u32 = 0x809;
+/// Function code of [`IOCTL_REHYDRATE_MARK`].
+pub const FUNCTION_MARK: u32 = 0x80A;
 
 /// Service → driver: [`Attach`](super::Attach). Buffered: 56 bytes.
 pub const IOCTL_REHYDRATE_ATTACH: u32 = ctl_code(
@@ -169,6 +183,37 @@ pub const IOCTL_REHYDRATE_GET_STATUS: u32 = ctl_code(
 pub const IOCTL_REHYDRATE_CONTROL: u32 = ctl_code(
     FILE_DEVICE_REHYDRATE,
     FUNCTION_CONTROL,
+    METHOD_BUFFERED,
+    FILE_WRITE_ACCESS,
+);
+
+/// Write capture's inverted call: the service sends it with an empty input and an output
+/// buffer of [`RECORD_BATCH_MAX_BYTES`](super::RECORD_BATCH_MAX_BYTES); the driver parks
+/// it and completes it with a [`RecordBatch`](super::RecordBatch) once records wait.
+/// `METHOD_OUT_DIRECT`: the batch carries every captured write's data, so the driver
+/// writes it straight into the service's locked pages instead of a system buffer the
+/// I/O manager then copies; a parked request keeps its 4 MiB locked, which a busy volume
+/// completes at once and an idle one can afford. Write access: taking a batch moves the
+/// driver's cursor of records sent.
+pub const IOCTL_REHYDRATE_GET_RECORDS: u32 = ctl_code(
+    FILE_DEVICE_REHYDRATE,
+    FUNCTION_GET_RECORDS,
+    METHOD_OUT_DIRECT,
+    FILE_WRITE_ACCESS,
+);
+
+/// Service → driver: [`RecordAck`](super::RecordAck). Buffered: 16 bytes.
+pub const IOCTL_REHYDRATE_ACK_RECORDS: u32 = ctl_code(
+    FILE_DEVICE_REHYDRATE,
+    FUNCTION_ACK_RECORDS,
+    METHOD_BUFFERED,
+    FILE_WRITE_ACCESS,
+);
+
+/// Service → driver: [`Mark`](super::Mark). Buffered: 80 bytes.
+pub const IOCTL_REHYDRATE_MARK: u32 = ctl_code(
+    FILE_DEVICE_REHYDRATE,
+    FUNCTION_MARK,
     METHOD_BUFFERED,
     FILE_WRITE_ACCESS,
 );
@@ -279,7 +324,25 @@ const fn decodes_to(code: u32, function: u32, method: u32, access: u32) -> bool 
 
 const _: () = assert!(FILE_DEVICE_REHYDRATE >= 0x8000 && FILE_DEVICE_REHYDRATE <= 0xFFFF);
 const _: () = assert!(all_distinct(&Ioctl::ALL));
-const _: () = assert!(FUNCTION_VENDOR_MIN <= FUNCTION_ATTACH && FUNCTION_CONTROL <= FUNCTION_MAX);
+const _: () = assert!(FUNCTION_VENDOR_MIN <= FUNCTION_ATTACH && FUNCTION_MARK <= FUNCTION_MAX);
+const _: () = assert!(decodes_to(
+    IOCTL_REHYDRATE_GET_RECORDS,
+    FUNCTION_GET_RECORDS,
+    METHOD_OUT_DIRECT,
+    FILE_WRITE_ACCESS
+));
+const _: () = assert!(decodes_to(
+    IOCTL_REHYDRATE_ACK_RECORDS,
+    FUNCTION_ACK_RECORDS,
+    METHOD_BUFFERED,
+    FILE_WRITE_ACCESS
+));
+const _: () = assert!(decodes_to(
+    IOCTL_REHYDRATE_MARK,
+    FUNCTION_MARK,
+    METHOD_BUFFERED,
+    FILE_WRITE_ACCESS
+));
 const _: () = assert!(decodes_to(
     IOCTL_REHYDRATE_ATTACH,
     FUNCTION_ATTACH,
@@ -362,6 +425,16 @@ mod tests {
             assert!(ioctl.input_kind().is_some() || ioctl.output_kind().is_some());
         }
         assert_eq!(Ioctl::from_code(0), None);
+        // The capture codes are distinct from every dispatched one (they join `Ioctl`
+        // when the filter handles them).
+        for code in [
+            IOCTL_REHYDRATE_GET_RECORDS,
+            IOCTL_REHYDRATE_ACK_RECORDS,
+            IOCTL_REHYDRATE_MARK,
+        ] {
+            assert_eq!(Ioctl::from_code(code), None, "{code:#x}");
+            assert_ne!(code & (1 << 13), 0, "custom bit: {code:#x}");
+        }
         assert_eq!(Ioctl::from_code(IOCTL_REHYDRATE_ATTACH ^ 1), None);
     }
 

@@ -35,6 +35,7 @@
 //! applies, so a peer never receives bytes its decoder would refuse.
 
 mod bitmap;
+mod capture;
 mod fixed;
 mod hydrate;
 pub mod ioctl;
@@ -43,12 +44,17 @@ mod mode;
 mod wire;
 
 pub use bitmap::{BitmapPage, BitmapQuery};
+pub use capture::{
+    record_bytes, CaptureRecord, Label, Mark, RecordAck, RecordBatch, RecordBatchWriter,
+    RecordFlags, RecordKind, MARK_LABEL_MAX_BYTES,
+};
 pub use fixed::{Attach, Control, ControlCommand, DriverState, FetchFailed, StatusCounters};
 pub use hydrate::{Hydrate, HydrateFlags};
 pub use ioctl::{
     ctl_code, Ioctl, FILE_ANY_ACCESS, FILE_DEVICE_REHYDRATE, FILE_READ_ACCESS, FILE_WRITE_ACCESS,
-    IOCTL_REHYDRATE_ATTACH, IOCTL_REHYDRATE_CONTROL, IOCTL_REHYDRATE_FETCH_FAILED,
-    IOCTL_REHYDRATE_GET_MISSING, IOCTL_REHYDRATE_GET_STATUS, IOCTL_REHYDRATE_HYDRATE,
+    IOCTL_REHYDRATE_ACK_RECORDS, IOCTL_REHYDRATE_ATTACH, IOCTL_REHYDRATE_CONTROL,
+    IOCTL_REHYDRATE_FETCH_FAILED, IOCTL_REHYDRATE_GET_MISSING, IOCTL_REHYDRATE_GET_RECORDS,
+    IOCTL_REHYDRATE_GET_STATUS, IOCTL_REHYDRATE_HYDRATE, IOCTL_REHYDRATE_MARK,
     IOCTL_REHYDRATE_QUERY_BITMAP, METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_NEITHER,
     METHOD_OUT_DIRECT,
 };
@@ -103,6 +109,22 @@ pub const STATUS_COUNTERS_BYTES: usize = 88;
 /// Bytes of a [`Control`].
 pub const CONTROL_BYTES: usize = 16;
 
+/// Largest number of records in one [`RecordBatch`].
+pub const RECORD_BATCH_MAX: usize = 4096;
+/// Largest [`RecordBatch`]: the output buffer the service gives `GET_RECORDS`. Four
+/// 1 MiB writes per completion keep a journal busy without pinning much memory.
+pub const RECORD_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024 + 4096;
+/// Bytes of a [`RecordBatch`] before its records.
+pub const RECORD_BATCH_PREFIX_BYTES: usize = 16;
+/// Bytes of a record before its payload.
+pub const RECORD_HEADER_BYTES: usize = 40;
+/// Largest payload of one record: a longer write is captured as several records.
+pub const RECORD_PAYLOAD_MAX_BYTES: usize = 1024 * 1024;
+/// Bytes of a [`RecordAck`].
+pub const RECORD_ACK_BYTES: usize = 16;
+/// Bytes of a [`Mark`].
+pub const MARK_BYTES: usize = 80;
+
 /// Longest buffer any message may be: a full hydrate. Anything longer is refused before
 /// a single field is read.
 pub const MESSAGE_MAX_BYTES: usize = HYDRATE_PREFIX_BYTES + HYDRATE_MAX_BYTES as usize;
@@ -125,6 +147,11 @@ const _: () = assert!(HYDRATE_PREFIX_BYTES % 8 == 0 && BITMAP_PAGE_PREFIX_BYTES 
 const _: () = assert!(ATTACH_BYTES % 8 == 0 && FETCH_FAILED_BYTES % 8 == 0);
 const _: () = assert!(BITMAP_QUERY_BYTES % 8 == 0 && STATUS_COUNTERS_BYTES % 8 == 0);
 const _: () = assert!(CONTROL_BYTES % 8 == 0);
+const _: () = assert!(RECORD_BATCH_PREFIX_BYTES % 8 == 0 && RECORD_HEADER_BYTES % 8 == 0);
+const _: () = assert!(RECORD_ACK_BYTES % 8 == 0 && MARK_BYTES % 8 == 0);
+const _: () = assert!(RECORD_BATCH_MAX_BYTES <= MESSAGE_MAX_BYTES);
+const _: () = assert!(RECORD_BATCH_MAX >= 1 && RECORD_BATCH_MAX <= u32::MAX as usize);
+const _: () = assert!(RECORD_PAYLOAD_MAX_BYTES as u64 % SECTOR_SIZE_BYTES == 0);
 
 /// What a message is. Crosses the ABI as a `u16`; zero is never a kind, so an all-zero
 /// buffer is refused.
@@ -147,6 +174,12 @@ pub enum MessageKind {
     StatusCounters = 7,
     /// [`Control`]: service → driver.
     Control = 8,
+    /// [`RecordBatch`]: driver → service.
+    RecordBatch = 9,
+    /// [`RecordAck`]: service → driver.
+    RecordAck = 10,
+    /// [`Mark`]: service → driver.
+    Mark = 11,
 }
 
 impl MessageKind {
@@ -161,6 +194,9 @@ impl MessageKind {
             6 => Some(MessageKind::BitmapPage),
             7 => Some(MessageKind::StatusCounters),
             8 => Some(MessageKind::Control),
+            9 => Some(MessageKind::RecordBatch),
+            10 => Some(MessageKind::RecordAck),
+            11 => Some(MessageKind::Mark),
             _ => None,
         }
     }
@@ -176,6 +212,9 @@ impl MessageKind {
             MessageKind::BitmapPage => BITMAP_PAGE_MAX_BYTES,
             MessageKind::StatusCounters => STATUS_COUNTERS_BYTES,
             MessageKind::Control => CONTROL_BYTES,
+            MessageKind::RecordBatch => RECORD_BATCH_MAX_BYTES,
+            MessageKind::RecordAck => RECORD_ACK_BYTES,
+            MessageKind::Mark => MARK_BYTES,
         }
     }
 }
@@ -435,6 +474,36 @@ pub enum AbiError {
         /// Mode of the restore in progress.
         volume: RestoreMode,
     },
+    /// A record kind that is not a [`RecordKind`].
+    #[error("unknown record kind {0}")]
+    UnknownRecordKind(u16),
+    /// A record field that does not fit its kind (see [`CaptureRecord`]'s layout).
+    #[error("record {seq}: field {field} does not fit the record's kind")]
+    RecordField {
+        /// The record's sequence number.
+        seq: u64,
+        /// The field.
+        field: &'static str,
+    },
+    /// Records of a batch that do not follow each other by one.
+    #[error("record {seq} does not follow record {previous}")]
+    RecordOrder {
+        /// Sequence of the record before.
+        previous: u64,
+        /// Sequence found.
+        seq: u64,
+    },
+    /// A mark label that is empty, too long, or holds a character outside
+    /// `[A-Za-z0-9._-]` (or starts with `.`).
+    #[error(
+        "mark label of {len} bytes is not 1 to {max} bytes of [A-Za-z0-9._-] not starting with '.'"
+    )]
+    BadLabel {
+        /// Bytes given.
+        len: usize,
+        /// [`MARK_LABEL_MAX_BYTES`].
+        max: usize,
+    },
 }
 
 impl AbiError {
@@ -474,6 +543,12 @@ pub enum Message<'a> {
     StatusCounters(StatusCounters),
     /// [`Control`].
     Control(Control),
+    /// [`RecordBatch`].
+    RecordBatch(RecordBatch<'a>),
+    /// [`RecordAck`].
+    RecordAck(RecordAck),
+    /// [`Mark`].
+    Mark(Mark),
 }
 
 impl<'a> Message<'a> {
@@ -490,6 +565,9 @@ impl<'a> Message<'a> {
             MessageKind::BitmapPage => Message::BitmapPage(BitmapPage::decode(bytes)?),
             MessageKind::StatusCounters => Message::StatusCounters(StatusCounters::decode(bytes)?),
             MessageKind::Control => Message::Control(Control::decode(bytes)?),
+            MessageKind::RecordBatch => Message::RecordBatch(RecordBatch::decode(bytes)?),
+            MessageKind::RecordAck => Message::RecordAck(RecordAck::decode(bytes)?),
+            MessageKind::Mark => Message::Mark(Mark::decode(bytes)?),
         })
     }
 
@@ -524,6 +602,9 @@ impl<'a> Message<'a> {
             Message::BitmapPage(_) => MessageKind::BitmapPage,
             Message::StatusCounters(_) => MessageKind::StatusCounters,
             Message::Control(_) => MessageKind::Control,
+            Message::RecordBatch(_) => MessageKind::RecordBatch,
+            Message::RecordAck(_) => MessageKind::RecordAck,
+            Message::Mark(_) => MessageKind::Mark,
         }
     }
 
@@ -538,6 +619,9 @@ impl<'a> Message<'a> {
             Message::BitmapPage(m) => m.encoded_len(),
             Message::StatusCounters(m) => m.encoded_len(),
             Message::Control(m) => m.encoded_len(),
+            Message::RecordBatch(m) => m.encoded_len(),
+            Message::RecordAck(m) => m.encoded_len(),
+            Message::Mark(m) => m.encoded_len(),
         }
     }
 
@@ -552,9 +636,14 @@ impl<'a> Message<'a> {
             Message::BitmapPage(m) => m.encode(out),
             Message::StatusCounters(m) => m.encode(out),
             Message::Control(m) => m.encode(out),
+            Message::RecordBatch(m) => m.encode(out),
+            Message::RecordAck(m) => m.encode(out),
+            Message::Mark(m) => m.encode(out),
         }
     }
 }
 
+#[cfg(test)]
+mod capture_tests;
 #[cfg(test)]
 mod tests;

@@ -66,6 +66,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Bytes read so far: the offset of the next field in the message.
+    pub(super) fn position(&self) -> usize {
+        self.at
+    }
+
     /// Everything not read yet.
     pub(super) fn rest(&self) -> &'a [u8] {
         self.bytes.get(self.at..).unwrap_or_default()

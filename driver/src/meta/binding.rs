@@ -24,6 +24,10 @@ pub enum SourceKind {
     /// Another NBD server (qemu-nbd, nbdkit): `digest` is a checksum of sampled blocks,
     /// `name` the server address and export (`nbd://HOST:PORT/EXPORT`).
     ForeignNbd = 2,
+    /// A recovery point of the journal served by `rehydrate serve`: `version` is its base
+    /// version, `digest` the journal's chain digest at the point (which covers the base's
+    /// index checksum), `name` the pinned export (`NAME@N+SEQ`).
+    JournalPoint = 3,
 }
 
 impl SourceKind {
@@ -32,6 +36,7 @@ impl SourceKind {
             0 => SourceKind::Unrecorded,
             1 => SourceKind::BackupVersion,
             2 => SourceKind::ForeignNbd,
+            3 => SourceKind::JournalPoint,
             _ => return None,
         })
     }

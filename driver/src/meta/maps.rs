@@ -12,9 +12,9 @@
 //! Its slots carry the commit generation that wrote them like every slot; the header
 //! records the generation of the commit that last emptied the map. A slot older than
 //! that holds nothing of the map (it is from before the reset) however valid it is. So
-//! a reset costs no erasure: it writes every page of the map once, empty, and moves the
-//! reset generation. Between resets the map only grows, as the restore map does, and
-//! loading ORs both valid slots of a page.
+//! a reset costs no erasure: it moves the reset generation, and pages are written again
+//! only as they are marked (or repaired, below). Between resets the map only grows, as
+//! the restore map does, and loading ORs both valid slots of a page.
 //!
 //! # The two phases
 //!
@@ -42,8 +42,10 @@
 //!
 //! A page of a named map with no valid slot is not an error of the whole metadata (the
 //! restore goes on): [`super::Metadata::load_map`] says the map is damaged, and its owner
-//! decides (the changed map is then not trusted). A reset writes every page, which
-//! repairs it.
+//! decides. The owner must not trust the map again before a reset even if a later
+//! commit writes that page (it then holds only what was marked since): the changed map
+//! drops its base, so it is not trusted until a backup resets it. The commit after a
+//! reset writes every damaged page, which repairs it.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;

@@ -67,6 +67,7 @@ pub mod layout;
 pub mod maps;
 #[cfg(test)]
 mod maps_tests;
+pub mod premark;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
@@ -332,8 +333,11 @@ struct Named {
     /// The next commit empties it: its reset generation moves, in a header made
     /// durable before any page is written.
     reset_pending: bool,
-    /// Every page is written at the next commit (after a reset).
-    rewrite_all: bool,
+    /// Pages [`Metadata::load_map`] found with no valid slot (one bit per page).
+    damaged: Box<[u64]>,
+    /// The damaged pages are written at the next commit (after a reset, when they
+    /// rightly hold nothing).
+    repair: bool,
 }
 
 /// What [`Metadata::load_map`] found.
@@ -545,7 +549,8 @@ impl Metadata {
                 loaded: false,
                 attached: None,
                 reset_pending: false,
-                rewrite_all: false,
+                damaged: try_zeroed_words(words)?,
+                repair: false,
             });
         }
         Ok(Metadata {
@@ -886,19 +891,14 @@ impl Metadata {
         }
     }
 
-    /// Moves named map `m`'s dirty pages (all of them for a reset) into its `writing`
-    /// set.
+    /// Moves named map `m`'s dirty pages (and, after a reset, its damaged ones) into
+    /// its `writing` set.
     fn take_named_dirty(&mut self, m: usize) {
-        let bitmap_pages = self.bitmap_pages;
         let named = &mut self.named[m];
-        let words = named.writing.len();
         for (i, w) in named.writing.iter_mut().enumerate() {
-            *w = match (&named.attached, named.rewrite_all) {
-                // Every page: bits of the page set, as region bits of a map of pages.
-                (_, true) => word_mask(bitmap_pages, i, words),
-                (Some(map), false) => map.take_dirty(i),
-                (None, false) => 0,
-            };
+            let dirty = named.attached.as_ref().map_or(0, |map| map.take_dirty(i));
+            let repair = if named.repair { named.damaged[i] } else { 0 };
+            *w = dirty | repair;
         }
     }
 
@@ -963,7 +963,10 @@ impl Metadata {
         if write_header {
             self.write_header(store, generation)?;
         }
-        store.flush()?;
+        // A reset with nothing marked since and nothing to repair wrote nothing more.
+        if write_header || pages_written > 0 {
+            store.flush()?;
+        }
         Ok((pages_written, write_header))
     }
 
@@ -997,8 +1000,9 @@ impl Metadata {
             if named.reset_pending {
                 entry.reset_generation = generation;
                 named.reset_pending = false;
-                // Its pages are all written next (which also repairs damaged ones).
-                named.rewrite_all = true;
+                // Every older slot now holds nothing: its damaged pages are written
+                // next, empty (or with what was marked since), which repairs them.
+                named.repair = true;
             }
         }
         self.header_current_b = !self.header_current_b;
@@ -1053,11 +1057,13 @@ impl Metadata {
             *dirty = 0;
         }
         for named in &mut self.named {
-            for (current, writing) in named.current_b.iter_mut().zip(named.writing.iter_mut()) {
+            let slots = named.current_b.iter_mut().zip(named.damaged.iter_mut());
+            for ((current, damaged), writing) in slots.zip(named.writing.iter_mut()) {
                 *current ^= *writing;
+                *damaged &= !*writing;
                 *writing = 0;
             }
-            named.rewrite_all = false;
+            named.repair = false;
         }
         self.dirty_count = 0;
     }
@@ -1127,6 +1133,7 @@ impl Metadata {
                 [None, Some(_)] => true,
                 [None, None] => {
                     load.intact = false;
+                    assign_bit(&mut self.named[m].damaged, page, true);
                     false
                 }
             };

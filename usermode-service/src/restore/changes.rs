@@ -68,19 +68,20 @@ impl Changes {
         };
         let map = Arc::new(NamedMap::new(geometry).map_err(meta_err)?);
         let load = meta.load_map(store, index, &map).map_err(meta_err)?;
+        meta.attach(index, Arc::clone(&map)).map_err(meta_err)?;
+        let stored = meta.maps().entries()[index].record;
+        let mut record = Record::decode(&stored).unwrap_or_else(|e| {
+            tracing::warn!(%e, "restore: the map of changes has a bad record; the next backup reads everything");
+            Record::new(None)
+        });
         if !load.intact {
+            // Marks were lost, and pages written from now on would hide it: without a
+            // base the map is not trusted until a backup (a full read) resets it.
             tracing::warn!(
                 "restore: part of the map of changes was damaged; the next backup reads everything"
             );
+            record.base = None;
         }
-        meta.attach(index, Arc::clone(&map)).map_err(meta_err)?;
-        let stored = meta.maps().entries()[index].record;
-        let record = Record::decode(&stored).unwrap_or_else(|e| {
-            tracing::warn!(%e, "restore: the map of changes has a bad record; the next backup reads everything");
-            // Open until a clean stop rewrites it; without a base, that stop does not
-            // make it trusted either.
-            Record::new(None)
-        });
         Ok(Some(Changes {
             index,
             tracker: Tracker::new(map),
@@ -147,5 +148,114 @@ impl Changes {
         meta.commit(store, durable_word)?;
         self.record = record;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::meta_file::FileMetaStore;
+    use rehydrate_driver::meta::{Binding, Identity, MAP_RECORD_BYTES, META_PAGE_SIZE_BYTES};
+    use rehydrate_driver::RegionMap;
+    use rehydrate_nbd::PositionalIo;
+
+    const BASE: Base = Base {
+        version: 3,
+        digest: [7; 32],
+    };
+
+    fn identity() -> Identity {
+        Identity {
+            volume_size_bytes: 64 << 20,
+            region_size_bytes: 4096,
+            backup_id: [1; 32],
+        }
+    }
+
+    /// A fresh restore's metadata with its changed map, the session begun, some marks
+    /// committed and the session ended cleanly; the file's path.
+    fn tracked(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("m");
+        let g = identity().geometry().unwrap();
+        let mut store =
+            FileMetaStore::open(&path, Metadata::store_pages_with(&g, 1), true).unwrap();
+        let mut meta = Metadata::create_with_maps(
+            &mut store,
+            &identity(),
+            &Binding::UNRECORDED,
+            &[CHANGED_MAP],
+        )
+        .unwrap();
+        let mut changes = Changes::attach(&mut meta, &mut store, g, &path)
+            .unwrap()
+            .unwrap();
+        changes.start_from(Some(BASE));
+        changes.begin(&mut meta, &mut store, |_| 0, &path).unwrap();
+        changes.tracker().on_write(8192, 100);
+        changes
+            .end(&mut meta, &mut store, Stamp::of(5, 6), |_| 0)
+            .unwrap();
+        path
+    }
+
+    fn reopen(path: &Path) -> (Metadata, FileMetaStore, Option<Changes>) {
+        let g = identity().geometry().unwrap();
+        let mut store = FileMetaStore::open(path, 0, false).unwrap();
+        let map = RegionMap::new(g).unwrap();
+        let mut meta = Metadata::open(&mut store, &identity(), &map).unwrap();
+        let changes = Changes::attach(&mut meta, &mut store, g, path).unwrap();
+        (meta, store, changes)
+    }
+
+    fn record(meta: &Metadata) -> [u8; MAP_RECORD_BYTES] {
+        meta.maps().entries()[0].record
+    }
+
+    #[test]
+    fn a_clean_session_is_trusted_and_a_begun_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tracked(dir.path());
+        let (mut meta, mut store, changes) = reopen(&path);
+        let mut changes = changes.unwrap();
+        assert_eq!(
+            changed::trust(Some(&record(&meta)), true, Stamp::of(5, 6)),
+            Ok(BASE)
+        );
+        assert!(
+            changes.tracker().map().is_marked(2),
+            "the mark was committed"
+        );
+        // A new session that never ends (a crash): not trusted.
+        changes.begin(&mut meta, &mut store, |_| 0, &path).unwrap();
+        let (meta, _, _) = reopen(&path);
+        assert_eq!(
+            changed::trust(Some(&record(&meta)), true, Stamp::of(5, 6)),
+            Err(changed::Distrust::NotStoppedCleanly)
+        );
+    }
+
+    #[test]
+    fn a_damaged_map_drops_its_base_so_it_is_not_trusted_before_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tracked(dir.path());
+        // Both slots of the changed map's only page: after the restore map's two.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        for slot in [4u64, 5] {
+            file.write_all_at(&[0xEE; 64], slot * META_PAGE_SIZE_BYTES as u64 + 100)
+                .unwrap();
+        }
+        let (mut meta, mut store, changes) = reopen(&path);
+        let mut changes = changes.unwrap();
+        // A session over it, ended cleanly, writes the page again: still no base.
+        changes.begin(&mut meta, &mut store, |_| 0, &path).unwrap();
+        changes.tracker().on_write(0, 1);
+        changes
+            .end(&mut meta, &mut store, Stamp::of(5, 6), |_| 0)
+            .unwrap();
+        let (meta, _, _) = reopen(&path);
+        assert_eq!(
+            changed::trust(Some(&record(&meta)), true, Stamp::of(5, 6)),
+            Err(changed::Distrust::NoBase)
+        );
     }
 }

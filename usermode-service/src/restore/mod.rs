@@ -258,7 +258,7 @@ async fn restore_with(
         pin::check(&found, pinned)?;
     }
     let dial_export = match found.kind {
-        SourceKind::BackupVersion => found.name().to_owned(),
+        SourceKind::BackupVersion | SourceKind::JournalPoint => found.name().to_owned(),
         _ => dial.export.clone(),
     };
     source.pin(dial_export, pin::redial_check(found, &url));
@@ -312,6 +312,17 @@ async fn restore_with(
         &target,
         args.overlay.is_some(),
     )?;
+    if fresh {
+        // A protected target recovered in place: what it already holds is not fetched.
+        crate::protect::inplace::start(
+            &args.target,
+            &binding.target,
+            &binding.source,
+            &map,
+            &mut meta,
+            &mut store,
+        )?;
+    }
     // The map of changes since the backup: a session opens before any write is taken.
     let mut changes = changes::Changes::attach(&mut meta, &mut store, geometry, &meta_path)?;
     if let Some(changes) = &mut changes {

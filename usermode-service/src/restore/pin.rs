@@ -8,6 +8,10 @@
 //!   to `NAME` (which moves to the newest version), and must tell the same identity.
 //!   The server's address is not part of the pin: the same version served from another
 //!   address is the same data.
+//! - A recovery point of the journal (`NAME@mark:LABEL`, `NAME@time:…`, `NAME@N+SEQ`)
+//!   adds `point=SEQ journal=blake3:…` to that description. The pin is `NAME@N+SEQ`,
+//!   its size and the journal's chain digest at the point, so a mark or time is pinned
+//!   to the exact point it named when the restore began.
 //! - Another NBD server (qemu-nbd, nbdkit) cannot say what it serves. The pin is the
 //!   URL (address and export), the size, and a BLAKE3 checksum of [`SAMPLE_COUNT`]
 //!   blocks spread over the export, checked again on every reconnect. That catches
@@ -46,12 +50,21 @@ pub fn backup_id_of(pin: &SourcePin) -> [u8; 32] {
 /// pinned `NAME@N` for a backup version (the URL must name that volume), the URL's own
 /// export otherwise.
 pub fn export_to_dial(url: &NbdUrl, pinned: Option<&SourcePin>) -> Result<String, ServiceError> {
-    let Some(pin) = pinned.filter(|p| p.kind == SourceKind::BackupVersion) else {
+    let Some(pin) =
+        pinned.filter(|p| matches!(p.kind, SourceKind::BackupVersion | SourceKind::JournalPoint))
+    else {
         return Ok(url.export.clone());
     };
     let volume = pin.name().split('@').next().unwrap_or_default();
     if url.export == volume || url.export == pin.name() {
         return Ok(pin.name().to_owned());
+    }
+    // A mark or a time of the pinned volume may name the pinned point: it is dialled as
+    // given and must then tell the very identity pinned.
+    if pin.kind == SourceKind::JournalPoint
+        && url.export.split_once('@').map(|(v, _)| v) == Some(volume)
+    {
+        return Ok(url.export.clone());
     }
     Err(ServiceError::SourceNotPinned {
         pinned: pin.name().to_owned(),
@@ -83,12 +96,17 @@ pub async fn identify(source: &NbdSource, url: &NbdUrl) -> Result<SourcePin, Ser
 }
 
 fn backup_pin(id: &ExportIdentity) -> Result<SourcePin, ServiceError> {
+    let (kind, digest) = match id.point {
+        None => (SourceKind::BackupVersion, id.index_checksum),
+        // The chain digest covers the base's index checksum and every record up to it.
+        Some(p) => (SourceKind::JournalPoint, p.digest),
+    };
     SourcePin::new(
-        SourceKind::BackupVersion,
+        kind,
         &id.pinned_name(),
         id.size_bytes,
         u64::from(id.version),
-        id.index_checksum,
+        digest,
     )
     .map_err(|e| ServiceError::SourceIdentity(e.to_string()))
 }
@@ -172,6 +190,12 @@ pub fn describe(pin: &SourcePin) -> String {
             pin.size_bytes,
             hex(&pin.digest)
         ),
+        SourceKind::JournalPoint => format!(
+            "{} ({} bytes, journal blake3:{}…)",
+            pin.name(),
+            pin.size_bytes,
+            hex(&pin.digest)
+        ),
         SourceKind::ForeignNbd => format!(
             "{} ({} bytes, sampled blocks blake3:{}…)",
             pin.name(),
@@ -191,7 +215,7 @@ pub fn redial_check(pin: SourcePin, url: &NbdUrl) -> RedialCheck {
             let url = url.clone();
             Box::pin(async move {
                 let found = match pin.kind {
-                    SourceKind::BackupVersion => {
+                    SourceKind::BackupVersion | SourceKind::JournalPoint => {
                         let description = &client.info().description;
                         let id = ExportIdentity::parse(description).map_err(|e| {
                             format!("the server no longer says which version it serves ({e})")
@@ -253,6 +277,33 @@ mod tests {
         }
         let foreign = SourcePin::new(SourceKind::ForeignNbd, "nbd://h:1/x", 1, 0, [0; 32]).unwrap();
         assert_eq!(export_to_dial(&url, Some(&foreign)).unwrap(), "sys");
+    }
+
+    #[test]
+    fn a_point_is_dialled_by_its_pinned_name_or_as_given_for_its_volume() {
+        let pin = SourcePin::new(SourceKind::JournalPoint, "sys@1+42", 1, 1, [0; 32]).unwrap();
+        for (given, dialled) in [
+            ("nbd://h:1/sys", "sys@1+42"),
+            ("nbd://h:1/sys@1+42", "sys@1+42"),
+            ("nbd://h:1/sys@mark:pre", "sys@mark:pre"),
+            (
+                "nbd://h:1/sys@time:2024-05-01T10:41:07Z",
+                "sys@time:2024-05-01T10:41:07Z",
+            ),
+        ] {
+            let url = NbdUrl::parse(given).unwrap();
+            assert_eq!(
+                export_to_dial(&url, Some(&pin)).unwrap(),
+                dialled,
+                "{given}"
+            );
+        }
+        let other = NbdUrl::parse("nbd://h:1/data@mark:pre").unwrap();
+        assert!(matches!(
+            export_to_dial(&other, Some(&pin)),
+            Err(ServiceError::SourceNotPinned { .. })
+        ));
+        assert!(describe(&pin).starts_with("sys@1+42 (1 bytes, journal blake3:"));
     }
 
     #[test]

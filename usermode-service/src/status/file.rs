@@ -60,7 +60,7 @@ pub fn default_status_files() -> Result<Vec<PathBuf>, StatusError> {
         .collect())
 }
 
-fn default_dir() -> Result<PathBuf, StatusError> {
+pub(crate) fn default_dir() -> Result<PathBuf, StatusError> {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         // The spec says a relative value must be ignored.
         Some(dir) if Path::new(&dir).is_absolute() => Ok(PathBuf::from(dir).join("rehydrate")),

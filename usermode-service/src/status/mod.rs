@@ -16,6 +16,7 @@ mod view;
 
 use std::path::PathBuf;
 
+pub(crate) use file::default_dir;
 pub use file::{
     default_status_files, read_status, status_path, target_status_path, StatusFile,
     STATUS_FILE_MAX_BYTES,
