@@ -64,6 +64,13 @@ pub fn open_file(
     if super::paths::check_distinct(path, metadata).is_err() {
         return Err(same(metadata).into());
     }
+    // Before opening (and locking) it: the target is locked by this run already.
+    let is_target = std::fs::File::open(path)
+        .and_then(|f| super::target_id::same_file(&f, target.file()))
+        .unwrap_or(false);
+    if is_target || super::paths::check_distinct(path, target.path()).is_err() {
+        return Err(same(target.path()).into());
+    }
     let file = match (Target::open_existing(path)?, fresh) {
         (Some(file), true) if file_len(&file) > 0 => {
             return Err(OverlayError::Exists(path.to_owned()).into())
@@ -72,10 +79,6 @@ pub fn open_file(
         (None, true) => Target::create(path, size_bytes)?,
         (None, false) => return Err(OverlayError::Missing(path.to_owned()).into()),
     };
-    let same_as_target = super::target_id::same_file(file.file(), target.file()).unwrap_or(false);
-    if same_as_target {
-        return Err(same(target.path()).into());
-    }
     let len = file_len(&file);
     if fresh && len == 0 {
         // An empty file given for a new restore becomes the overlay.

@@ -207,7 +207,10 @@ impl<S: Source> Shell<S> {
             engine.durable_state().name()
         };
         Some(crate::status::OverlayStatus {
-            path: side.file.path().display().to_string(),
+            path: std::path::absolute(side.file.path())
+                .unwrap_or_else(|_| side.file.path().to_owned())
+                .display()
+                .to_string(),
             regions: engine.overlay_map().restored_count(),
             state: state.into(),
         })
