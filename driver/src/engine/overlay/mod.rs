@@ -57,12 +57,14 @@ pub mod merge;
 pub mod record;
 mod requests;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 mod harness;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(any(test, feature = "testing"))]
+pub mod workload;
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
