@@ -56,12 +56,6 @@ pub enum OverlayError {
         "cutover stopped: {0}; the volume is still served from the overlay, run the cutover again"
     )]
     Failed(String),
-    /// A cutover of a restore that is not running needs its files.
-    #[error("the restore of {0} is not running: give --target and --overlay (the files it was started with) to cut over without it")]
-    NeedFiles(PathBuf),
-    /// A cutover of a restore whose metadata is not an overlay restore's.
-    #[error("metadata {0} belongs to an in-place restore: there is nothing to cut over")]
-    NotOverlay(PathBuf),
     /// The running restore's control socket could not be used.
     #[error("cannot reach the running restore at {path}: {source}")]
     Control {
