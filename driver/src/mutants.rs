@@ -53,6 +53,17 @@ pub enum Mutant {
     PointInsideUnflushedEpoch = 16,
     /// Journal: apply the records of a torn segment tail instead of truncating them.
     TornTailApplied = 17,
+    /// Overlay mode: application writes go to the destination before the cutover.
+    AppWriteToDestination = 18,
+    /// Overlay mode: a region enters the durable overlay map when its overlay write
+    /// completes, before an overlay flush.
+    MarkOverlayBeforeFlush = 19,
+    /// Overlay mode: the merge commits *merged* (the overlay's end) without waiting
+    /// for the destination flush.
+    ClearOverlayBeforeDestinationFlush = 20,
+    /// Overlay mode: reads of regions in the overlay map are served from the
+    /// destination (backup data).
+    ServeBackupForOverlayRegion = 21,
 }
 
 impl Mutant {
@@ -82,6 +93,14 @@ impl Mutant {
         Mutant::TornTailApplied,
     ];
 
+    /// The overlay mode's mutants (caught by the overlay model and sweep).
+    pub const OVERLAY: [Mutant; 4] = [
+        Mutant::AppWriteToDestination,
+        Mutant::MarkOverlayBeforeFlush,
+        Mutant::ClearOverlayBeforeDestinationFlush,
+        Mutant::ServeBackupForOverlayRegion,
+    ];
+
     /// The command-line name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -102,6 +121,10 @@ impl Mutant {
             Mutant::SequenceAtDispatch => "sequence-at-dispatch",
             Mutant::PointInsideUnflushedEpoch => "point-inside-unflushed-epoch",
             Mutant::TornTailApplied => "torn-tail-applied",
+            Mutant::AppWriteToDestination => "app-write-to-destination",
+            Mutant::MarkOverlayBeforeFlush => "mark-overlay-before-flush",
+            Mutant::ClearOverlayBeforeDestinationFlush => "clear-overlay-before-destination-flush",
+            Mutant::ServeBackupForOverlayRegion => "serve-backup-for-overlay-region",
         }
     }
 
@@ -110,6 +133,7 @@ impl Mutant {
         Mutant::ALL
             .into_iter()
             .chain(Mutant::CAPTURE)
+            .chain(Mutant::OVERLAY)
             .find(|m| m.name() == name)
     }
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--check-determinism] [--json]
 //! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--json]
+//! rehydrate-sim overlay-sweep --seeds A..B [--ops N] [--mutant NAME]
 //! rehydrate-sim demo [--size 256MiB] [--seed N] [--keep] [--status-file PATH] [--json]
 //! ```
 //! `demo` ends with `demo: ok size=... secs=...` or `demo: FAILED <reason>`.
@@ -49,6 +50,9 @@ pub enum Command {
     /// NBD, boot the simulated stack on an empty disk and restore it with the real
     /// service while a workload runs; ends with `demo: ok ...`.
     Demo(crate::demo::DemoArgs),
+    /// Run the overlay mode (T2) on a range of seeds with every fault and count
+    /// violations; ends with `overlay-sweep: seeds=K ops=N violations=V`.
+    OverlaySweep(crate::overlay::OverlaySweepArgs),
 }
 
 /// Settings shared by `run` and `sweep`.
@@ -156,7 +160,7 @@ fn parse_mutant(s: &str) -> Result<Mutant, String> {
     }
 }
 
-fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
+pub(crate) fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
     let (a, b) = s
         .split_once("..")
         .ok_or_else(|| format!("seeds {s:?} are not A..B"))?;
@@ -226,6 +230,7 @@ fn print_outcome(config: &RunConfig, o: &Outcome, json: bool) {
 /// Runs the parsed command; `Err` is the one line to print.
 pub fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::OverlaySweep(args) => crate::overlay::run(&args),
         Command::Demo(args) if args.write_image.is_some() => crate::demo::write_image_only(&args)
             .map_err(|e| {
                 println!("demo: FAILED {e}");

@@ -26,6 +26,7 @@ pub mod link;
 mod machine;
 pub mod meta;
 pub mod oracle;
+pub mod overlay;
 pub mod rng;
 pub mod sched;
 pub mod service;

@@ -196,6 +196,20 @@ pub(crate) fn hold_unmutated() -> std::sync::RwLockReadGuard<'static, ()> {
     MUTANT_LOCK.read().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs `f` with `mutant` selected, holding the process's mutant switch as [`run`]
+/// does (the overlay sweep's runs share it with the stack's).
+pub(crate) fn with_mutant<T>(mutant: Option<Mutant>, f: impl FnOnce() -> T) -> T {
+    let _guard = if mutant.is_some() {
+        Guard::Write(MUTANT_LOCK.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        Guard::Read(MUTANT_LOCK.read().unwrap_or_else(|e| e.into_inner()))
+    };
+    rehydrate_driver::mutants::set(mutant);
+    let out = f();
+    rehydrate_driver::mutants::set(None);
+    out
+}
+
 /// Runs one seed to its end (or its first failure). A panic in the driver or the
 /// service is reported as a failure of the run, not of the simulator.
 pub fn run(config: &RunConfig) -> Outcome {

@@ -93,6 +93,12 @@ rehydrate restore --source nbd://127.0.0.1:10809/sys --target /dev/sdb"
     Serve(ServeArgs),
     /// Restore a whole volume from an NBD export into a file or block device (Linux).
     Restore(RestoreArgs),
+    /// Merge an overlay restore's writes into its completed target.
+    #[command(
+        about = "Merge an overlay restore's writes into its completed target",
+        long_about = crate::restore::overlay::cutover::CUTOVER_HELP
+    )]
+    Cutover(crate::restore::overlay::cutover::CutoverArgs),
     /// Restore a volume in place under the Rehydrate filter (Windows).
     #[cfg(windows)]
     Attach(crate::attach::AttachArgs),
@@ -341,6 +347,7 @@ mod tests {
             "backup",
             "serve",
             "restore",
+            "cutover",
             "status",
             "replicate",
             "receive",

@@ -12,7 +12,9 @@
 use alloc::sync::Arc;
 use core::ptr;
 
-use rehydrate_driver::abi::{ctl_code, Attach, Refusal, FILE_READ_ACCESS, METHOD_BUFFERED};
+use rehydrate_driver::abi::{
+    ctl_code, Attach, Refusal, RestoreMode, FILE_READ_ACCESS, METHOD_BUFFERED,
+};
 use rehydrate_driver::filter::start::{self, Probe};
 use rehydrate_driver::filter::{Filter, FilterConfig, Refused, Volume};
 use rehydrate_driver::meta::{Identity, MetaError, Metadata, StoreError};
@@ -94,6 +96,9 @@ pub fn start(lower: WDFIOTARGET) -> Result<(Volume<Kmdf>, Option<FileStore>), NT
                 volume_size_bytes,
                 region_size_bytes: params.region_size_bytes,
                 backup_identity: params.backup_id,
+                // The shell has one lower target: the overlay mode's second one (the
+                // overlay file) is not wired here yet, so it restores in place only.
+                mode: RestoreMode::InPlace,
             };
             Ok(Filter::new(map, meta, attach, FilterConfig::default()))
         });

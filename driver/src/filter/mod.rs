@@ -41,7 +41,7 @@ use alloc::vec::Vec;
 
 use crate::abi::{
     Attach, BitmapPage, BitmapQuery, Control, ControlCommand, DriverState, FetchFailed, Hydrate,
-    HydrateFlags, Ioctl, MissingBatch, MissingFlags, MissingRange, StatusCounters,
+    HydrateFlags, Ioctl, MapSelector, MissingBatch, MissingFlags, MissingRange, StatusCounters,
     BITMAP_PAGE_WORDS_MAX, MISSING_BATCH_MAX,
 };
 use crate::commit::commit_and_answer;
@@ -187,6 +187,8 @@ impl<F: Framework> Filter<F> {
             fetch_failures: c.fetch_failures,
             requests_failed: c.requests_failed,
             refusal: None,
+            mode: self.identity.mode,
+            overlay_regions: 0,
         }
     }
 
@@ -442,6 +444,11 @@ impl<F: Framework> Filter<F> {
                     .input_buffer(request, 0)
                     .map(|b| Control::decode(b).map_err(|e| e.status()));
                 match decoded {
+                    Ok(Ok(c)) if c.command.is_cutover() => {
+                        // The cutover belongs to the overlay mode, which needs a second
+                        // lower target this shell does not have.
+                        self.refuse(fw, request, Status::NOT_SUPPORTED);
+                    }
                     Ok(Ok(c)) => {
                         fw.complete(request, Status::SUCCESS, 0);
                         self.on_command(fw, c.command);
@@ -497,6 +504,9 @@ impl<F: Framework> Filter<F> {
                     fw.complete(parked, Status::DEVICE_NOT_READY, 0);
                 }
             }
+            ControlCommand::MergeOnline | ControlCommand::Cutover => {
+                debug_assert!(false, "cutover commands are answered before");
+            }
         }
     }
 
@@ -533,7 +543,9 @@ impl<F: Framework> Filter<F> {
             .input_buffer(request, 0)
             .map(|b| BitmapQuery::decode(b).map_err(|e| e.status()));
         let query = match query {
-            Ok(Ok(q)) => q,
+            Ok(Ok(q)) if q.map == MapSelector::Restored => q,
+            // An in-place restore has no overlay map.
+            Ok(Ok(_)) => return self.refuse(fw, request, Status::INVALID_PARAMETER),
             Ok(Err(status)) | Err(status) => return self.refuse(fw, request, status),
         };
         let map = self.engine.map().clone();
@@ -737,6 +749,14 @@ impl<F: Framework> Filter<F> {
                 if let Some(request) = self.hydrates.remove(batch) {
                     fw.complete(request, status, 0);
                 }
+            }
+            Action::Piece { .. }
+            | Action::Copy { .. }
+            | Action::FlushOverlay { .. }
+            | Action::DestinationRestored
+            | Action::Merged
+            | Action::MergeFailed { .. } => {
+                debug_assert!(false, "the in-place engine emitted {action:?}");
             }
             Action::AllRestored => {
                 debug_assert!(self.engine.is_passthrough());

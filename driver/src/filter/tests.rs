@@ -21,6 +21,7 @@ fn identity(regions: u64) -> Attach {
         volume_size_bytes: regions * R,
         region_size_bytes: R as u32,
         backup_identity: [3; 32],
+        mode: crate::abi::RestoreMode::InPlace,
     }
 }
 

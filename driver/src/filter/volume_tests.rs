@@ -178,6 +178,7 @@ fn encoded_attach() -> Vec<u8> {
         volume_size_bytes: VOLUME_BYTES,
         region_size_bytes: 4096,
         backup_identity: [3; 32],
+        mode: crate::abi::RestoreMode::InPlace,
     };
     let mut buf = vec![0; a.encoded_len()];
     a.encode(&mut buf).unwrap();

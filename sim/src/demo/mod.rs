@@ -298,6 +298,7 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
         volume_size_bytes: size,
         region_size_bytes: REGION_SIZE_BYTES,
         backup_identity: backup_id,
+        mode: rehydrate_driver::abi::RestoreMode::InPlace,
     };
     let (link, mut requests) = channel();
     let (forward, forwarded) = std::sync::mpsc::channel();

@@ -182,6 +182,7 @@ impl Machine {
             volume_size_bytes: volume_bytes,
             region_size_bytes,
             backup_identity: backup_id,
+            mode: rehydrate_driver::abi::RestoreMode::InPlace,
         };
         let hydrator_deadline_ns = [500_000_000, 3_000_000_000][rng.below(2) as usize];
         let filter_config = FilterConfig {
@@ -326,6 +327,7 @@ impl Machine {
             volume_size_bytes: m.volume_bytes,
             region_size_bytes,
             backup_identity: m.backup_id,
+            mode: rehydrate_driver::abi::RestoreMode::InPlace,
         };
         let filter_config = FilterConfig {
             engine: EngineConfig {

@@ -149,6 +149,7 @@ pub async fn run<H: Host>(
             volume_size_bytes: identity.volume_size_bytes,
             region_size_bytes: region_size,
             backup_identity: identity.backup_id,
+            mode: rehydrate_driver::abi::RestoreMode::InPlace,
         },
         hydrator,
         pended: args.pended,

@@ -24,6 +24,7 @@ pub fn identity() -> Attach {
         volume_size_bytes: VOLUME_BYTES,
         region_size_bytes: REGION_BYTES,
         backup_identity: [7; 32],
+        mode: rehydrate_driver::abi::RestoreMode::InPlace,
     }
 }
 
@@ -118,6 +119,8 @@ impl FakeDriver {
                             self.deliver();
                         }
                         ControlCommand::Pause => self.state = DriverState::Paused,
+                        // The fake drives an in-place restore only.
+                        ControlCommand::MergeOnline | ControlCommand::Cutover => {}
                         ControlCommand::Detach => {
                             self.state = DriverState::Detached;
                             for p in self.parked.drain(..) {

@@ -11,6 +11,7 @@ mod fetch;
 pub mod live;
 pub(crate) mod lock;
 pub(crate) mod meta_file;
+pub mod overlay;
 mod padded;
 mod paths;
 pub mod pin;
@@ -121,6 +122,12 @@ pub struct RestoreArgs {
     /// /tmp/rehydrate-$UID/]
     #[arg(long, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
+    /// Overlay restore (needs --export): the export serves a pseudo-volume whose writes
+    /// go to this overlay file, while the target receives nothing but backup data until
+    /// `rehydrate cutover` merges the overlay into it. A new restore creates the file;
+    /// a resumed one needs the file it was started with.
+    #[arg(long, value_name = "PATH", requires = "export")]
+    pub overlay: Option<PathBuf>,
 }
 
 /// A region size from the command line: a size with a unit, a power of two from 4KiB
@@ -222,6 +229,11 @@ async fn restore_with(
             metadata: meta_path,
         });
     }
+    overlay::check_mode(
+        args.overlay.as_deref(),
+        existing_meta.as_ref().map(|(_, header)| header),
+        &meta_path,
+    )?;
 
     // Connect to what the metadata pins (or what the URL names), pin it, and bind the
     // metadata to it and to the target.
@@ -233,7 +245,18 @@ async fn restore_with(
         block_status: !args.no_block_status,
         ..HydratorConfig::default()
     };
-    let names = [rehydrate_driver::changed::CHANGED_MAP];
+    // The map of changes since the backup beside the restore map, and in overlay mode
+    // the overlay's map.
+    let changed = [rehydrate_driver::changed::CHANGED_MAP];
+    let both = [
+        rehydrate_driver::changed::CHANGED_MAP,
+        rehydrate_driver::engine::overlay::OVERLAY_MAP,
+    ];
+    let names: &[_] = if args.overlay.is_some() {
+        &both
+    } else {
+        &changed
+    };
     let request = bound::BindRequest {
         url: &url,
         metadata: &meta_path,
@@ -241,7 +264,7 @@ async fn restore_with(
         hydrator: &config,
         source_in_flight: args.in_flight.saturating_mul(2),
         deadline,
-        named_maps: &names,
+        named_maps: names,
     };
     let mut shell_target = RestoreTarget {
         path: &args.target,
@@ -304,6 +327,12 @@ async fn restore_with(
     );
     let title = format!("rehydrate restore of {}", pin::describe(&binding.source));
     let source = Arc::new(PaddedSource::new(source, volume_bytes));
+    let overlay = match &args.overlay {
+        Some(path) => Some(overlay::open(
+            path, size, fresh, &target, &mut meta, &mut store, &map, &meta_path,
+        )?),
+        None => None,
+    };
     let target = Arc::new(target);
     let live = listener.map(|listener| {
         let shared = Arc::new(live::Shared {
@@ -315,6 +344,7 @@ async fn restore_with(
             target: Arc::clone(&target),
             map: Arc::clone(&map),
             changes: changes.as_ref().map(changes::Changes::tracker),
+            overlay: overlay.as_ref().map(|o| Arc::clone(&o.map)),
         });
         let name = args
             .export_name
@@ -337,7 +367,7 @@ async fn restore_with(
             Arc::clone(&source),
         )
     });
-    let shell = shell::Shell::new(
+    let mut shell = shell::Shell::new(
         target,
         store,
         meta,
@@ -348,6 +378,12 @@ async fn restore_with(
         changes,
         args.timeline.is_some(),
     )?;
+    if let Some(o) = overlay {
+        shell = shell.with_overlay(
+            o.core,
+            shell::overlay::Side::new(o.file, o.commands, o.listening),
+        );
+    }
     let outcome = shell
         .run(started, status, args.timeline.as_deref(), &title)
         .await?;

@@ -145,7 +145,17 @@ pub fn render_human(s: &StatusSnapshot, alive: bool, now_ms: u64) -> String {
         (Phase::Restoring, Some(secs)) if alive => duration(secs),
         _ => "-".into(),
     };
-    let rows = [
+    let overlay = s.overlay.as_ref().map(|o| {
+        let cut = if o.state == "merged" {
+            "the volume is the target; the overlay may be removed"
+        } else if s.regions_total > 0 && s.regions_restored == s.regions_total {
+            "cutover possible"
+        } else {
+            "cutover after the restore"
+        };
+        format!("{} ({}, O = {} regions; {cut})", o.path, o.state, o.regions)
+    });
+    let mut rows = vec![
         ("state", state),
         ("source", s.source.clone()),
         ("target", s.target.clone()),
@@ -197,6 +207,9 @@ pub fn render_human(s: &StatusSnapshot, alive: bool, now_ms: u64) -> String {
             ),
         ),
     ];
+    if let Some(overlay) = overlay {
+        rows.insert(3, ("overlay", overlay));
+    }
     let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
     for (name, value) in rows {
@@ -291,6 +304,26 @@ mod tests {
         assert!(lines
             .iter()
             .all(|l| l.as_bytes()[column - 1] == b' ' && l.as_bytes()[column] != b' '));
+    }
+
+    #[test]
+    fn an_overlay_restore_shows_o_beside_d() {
+        let mut s = snapshot();
+        s.overlay = Some(crate::status::OverlayStatus {
+            path: "/srv/o.img".into(),
+            regions: 17,
+            state: "pseudo-volume".into(),
+        });
+        let text = render_human(&s, true, 1_100_500);
+        assert!(
+            text.contains("overlay:       /srv/o.img (pseudo-volume, O = 17 regions; cutover after the restore)"),
+            "{text}"
+        );
+        assert!(text.contains("regions:       393216 of 1048576"), "{text}");
+        s.regions_restored = s.regions_total;
+        let text = render_human(&s, true, 1_100_500);
+        assert!(text.contains("cutover possible"), "{text}");
+        assert!(!render_human(&snapshot(), true, 1_100_500).contains("overlay"));
     }
 
     #[test]

@@ -435,6 +435,12 @@ impl Harness {
                     }
                 }
             }
+            Action::Piece { .. }
+            | Action::Copy { .. }
+            | Action::FlushOverlay { .. }
+            | Action::DestinationRestored
+            | Action::Merged
+            | Action::MergeFailed { .. } => panic!("model: the in-place engine emitted {action:?}"),
             Action::AllRestored => {
                 assert!(!self.all_restored_seen, "model: AllRestored said twice");
                 assert!(self.engine.map().is_all_restored());

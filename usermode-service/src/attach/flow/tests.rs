@@ -89,6 +89,7 @@ impl Host for FakeHost {
             volume_size_bytes: self.volume.length_bytes,
             region_size_bytes: p.region_size_bytes,
             backup_identity: p.backup_id,
+            mode: rehydrate_driver::abi::RestoreMode::InPlace,
         };
         let driver = start_with(identity, self.refusal, 0);
         let link = driver.link.clone();
