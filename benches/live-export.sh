@@ -7,10 +7,11 @@
 #     while the sweep runs at full speed, against the same reads with the sweep paused
 #     (--rate-limit 4KiB);
 #  3. after completion, fio sequential and random read/write throughput of the live
-#     export (a pass-through by then) against qemu-nbd serving the same file.
-# Usage: benches/live-export.sh [SMALL_GIB=1] [LARGE_GIB=8] [DATA_MIB=1024] [SECS=10]
+#     export (a pass-through by then) against qemu-nbd serving the same file, the two
+#     measured in turn ROUNDS times; each line gives the medians and the median ratio.
+# Usage: benches/live-export.sh [SMALL_GIB=1] [LARGE_GIB=8] [DATA_MIB=1024] [SECS=10] [ROUNDS=5]
 set -euo pipefail
-SMALL=${1:-1}; LARGE=${2:-8}; DATA=${3:-1024}; SECS=${4:-10}
+SMALL=${1:-1}; LARGE=${2:-8}; DATA=${3:-1024}; SECS=${4:-10}; ROUNDS=${5:-5}
 cd "$(dirname "$0")/.."
 cargo build --release -q --bin rehydrate
 R=$PWD/target/release/rehydrate
@@ -52,21 +53,30 @@ miss_latency() { # LABEL RATE
 miss_latency "sweep at full speed" ""
 miss_latency "sweep paused" "--rate-limit 4KiB"
 
-throughput() { # LABEL URL
-    for rw in read write randread randwrite; do
-        local bs=1m; case $rw in rand*) bs=4k;; esac
-        fio --name=t --ioengine=nbd --uri="$2" --rw=$rw --bs=$bs --iodepth=16 --size=$((DATA))m \
-            --time_based --runtime=$SECS --output-format=json --output=fio.json >/dev/null 2>&1
-        python3 -c "import json,sys;j=json.load(sys.stdin)['jobs'][0];d=j['read'] if 'read' in '$rw' else j['write'];print('$1 $rw bs=$bs: %.1f MiB/s'%(d['bw_bytes']/2**20))" < fio.json
-    done
+fio_rate() { # URL RW BS: MiB/s of one fio run
+    fio --name=t --ioengine=nbd --uri="$1" --rw=$2 --bs=$3 --iodepth=16 --size=$((DATA))m \
+        --time_based --runtime=$SECS --output-format=json --output=fio.json >/dev/null 2>&1
+    python3 -c "import json,sys;j=json.load(sys.stdin)['jobs'][0];d=j['read'] if 'read' in '$2' else j['write'];print('%.1f'%(d['bw_bytes']/2**20))" < fio.json
 }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 exp=$(port); rm -f t-s.img t-s.img.rehydrate-meta
 $R restore --source nbd://127.0.0.1:$SRC/small --target t-s.img --export 127.0.0.1:$exp --status-file st.json >/dev/null 2>&1 & pid=$!
 until $R status --status-file st.json --json 2>/dev/null | grep -q '"bytes_restored":'"$((SMALL << 30))"; do sleep 0.2; done
 sleep 1.5   # the last commit and the switch to pass-through
-throughput "live export" nbd://127.0.0.1:$exp/small
-kill -TERM $pid; wait $pid || true
+# qemu-nbd serves the same file meanwhile (its locks and ours do not conflict); the two
+# are measured in turn, ROUNDS times, so a machine whose speed drifts slows both alike.
 q=$(port); qemu-nbd --persistent -f raw -b 127.0.0.1 -p $q -x small --shared=8 --cache=writeback t-s.img & QEMU=$!
 wait_port $q
-throughput "qemu-nbd" nbd://127.0.0.1:$q/small
+for rw in read write randread randwrite; do
+    bs=1m; case $rw in rand*) bs=4k;; esac
+    ours=(); theirs=(); ratios=()
+    for _ in $(seq $ROUNDS); do
+        ours+=("$(fio_rate nbd://127.0.0.1:$exp/small $rw $bs)")
+        theirs+=("$(fio_rate nbd://127.0.0.1:$q/small $rw $bs)")
+        ratios+=("$(echo "${ours[-1]} / ${theirs[-1]}" | bc -l)")
+    done
+    printf 'after completion %s bs=%s: live export %.1f MiB/s, qemu-nbd %.1f MiB/s, ratio %.2f (median of %d rounds)\n' \
+        $rw $bs "$(median "${ours[@]}")" "$(median "${theirs[@]}")" "$(median "${ratios[@]}")" $ROUNDS
+done
+kill -TERM $pid; wait $pid || true
 kill $QEMU $SERVE

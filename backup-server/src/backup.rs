@@ -5,7 +5,12 @@
 //! read) → hash and zero check (rayon) → existence check (store `head`) → compress
 //! (rayon) → put-if-not-exists (store). Only when every chunk is stored and, locally,
 //! synced, is the index published — so an interrupted backup leaves stored chunks
-//! (reused by the next backup) but no visible version.
+//! (reused by the next backup) but no visible version. Each hash is announced before
+//! its existence check, so a concurrent `gc` spares it (see [`crate::marks`]).
+//!
+//! A full backup reads every chunk; an incremental one ([`crate::incremental`]) reads
+//! only the chunks it is told changed and takes the others from a base version's index.
+//! Both run the same pipeline ([`run`]).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -22,6 +27,7 @@ use rehydrate_nbd::PositionalIo;
 use crate::chunk::{self, ChunkHash};
 use crate::error::BackupError;
 use crate::index::{ChunkRef, Index, MAX_VOLUME_BYTES};
+use crate::marks::Announcer;
 use crate::name::VolumeName;
 use crate::size::ChunkSize;
 use crate::store::{ChunkCheck, ChunkStore, PutOutcome};
@@ -69,6 +75,13 @@ pub struct BackupSummary {
     pub zero_chunks: u64,
     /// Chunks the store had in a damaged form, replaced with the source's data.
     pub repaired_chunks: u64,
+    /// An incremental backup: the version whose chunks it took for what did not change.
+    pub incremental_from: Option<u32>,
+    /// Bytes read from the source (all of it for a full backup).
+    pub read_bytes: u64,
+    /// The published index's checksum (names the version's contents exactly).
+    #[serde(skip)]
+    pub index_checksum: [u8; 32],
     /// Bytes written to the store for new chunks (after compression).
     pub stored_bytes: u64,
     /// Wall-clock time in seconds.
@@ -91,6 +104,9 @@ impl std::fmt::Display for BackupSummary {
         if self.repaired_chunks > 0 {
             write!(f, " repaired_chunks={}", self.repaired_chunks)?;
         }
+        if let Some(base) = self.incremental_from {
+            write!(f, " incremental_from={base} read_bytes={}", self.read_bytes)?;
+        }
         Ok(())
     }
 }
@@ -110,12 +126,28 @@ pub async fn backup(
     options: &BackupOptions,
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
+    let (file, size_bytes) = open_source(source)?;
+    let chunk_count = options.chunk_size.chunk_count(size_bytes);
+    let chunks = vec![ChunkRef::Zero; chunk_len(chunk_count)?];
+    let plan = Plan {
+        chunks,
+        read: Box::new(0..chunk_count),
+        read_count: chunk_count,
+        unread_zero: 0,
+        unread_data: 0,
+        incremental_from: None,
+    };
+    run(store, source, file, size_bytes, options, plan, started).await
+}
+
+/// Opens the source and measures it (seeking to the end also sizes block devices,
+/// whose metadata length is 0).
+pub(crate) fn open_source(source: &Path) -> Result<(File, u64), BackupError> {
     let source_err = |e: std::io::Error| BackupError::Source {
         path: source.to_owned(),
         source: e,
     };
     let file = File::open(source).map_err(source_err)?;
-    // Seeking to the end also sizes block devices, whose metadata length is 0.
     let size_bytes =
         std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(source_err)?;
     if size_bytes > MAX_VOLUME_BYTES {
@@ -123,9 +155,105 @@ pub async fn backup(
             "larger than the 1 PiB a version may hold",
         )));
     }
+    Ok((file, size_bytes))
+}
+
+/// A chunk count as a length in memory.
+pub(crate) fn chunk_len(chunk_count: u64) -> Result<usize, BackupError> {
+    usize::try_from(chunk_count).map_err(|_| BackupError::Internal("chunk count overflows".into()))
+}
+
+/// What a backup reads, and what the chunks it does not read are.
+pub(crate) struct Plan {
+    /// The new version's chunk list; entries of chunks not read are already final.
+    pub chunks: Vec<ChunkRef>,
+    /// The chunks to read from the source, ascending.
+    pub read: Box<dyn Iterator<Item = u64> + Send>,
+    /// How many `read` yields.
+    pub read_count: u64,
+    /// Chunks not read whose entry is a zero marker, and those naming a stored chunk.
+    pub unread_zero: u64,
+    pub unread_data: u64,
+    /// The version the unread chunks come from (incremental), for the summary.
+    pub incremental_from: Option<u32>,
+}
+
+/// The pipeline both kinds of backup run: reads, hashes and stores the planned chunks,
+/// syncs them, publishes the index. Every chunk the new version will name is announced
+/// first (see [`crate::marks`]), those an incremental backup takes from its base
+/// included, so a concurrent `gc` spares them.
+pub(crate) async fn run(
+    store: &ChunkStore,
+    source: &Path,
+    file: File,
+    size_bytes: u64,
+    options: &BackupOptions,
+    plan: Plan,
+    started: Instant,
+) -> Result<BackupSummary, BackupError> {
+    let marks = Arc::new(Announcer::new(store));
+    let result = match announce_unread(store, &marks, &plan).await {
+        Ok(()) => {
+            run_announcing(
+                store, source, file, size_bytes, options, plan, started, &marks,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    // Withdraw the announcements whatever happened: after publishing they are no longer
+    // needed, after a failure nothing will publish. One left behind only delays a gc.
+    if let Err(e) = marks.finish().await {
+        tracing::warn!(%e, "backup: could not withdraw its pending chunk list; gc expires it");
+    }
+    result
+}
+
+/// Announces the stored chunks a plan takes without reading them (an incremental
+/// backup's unchanged chunks, named by its base version). One that a running gc
+/// condemned must still exist once that gc ends, else the base lost it under us.
+async fn announce_unread(
+    store: &ChunkStore,
+    marks: &Announcer,
+    plan: &Plan,
+) -> Result<(), BackupError> {
+    if plan.unread_data == 0 {
+        return Ok(());
+    }
+    let mut seen = HashSet::new();
+    for chunk in &plan.chunks {
+        let ChunkRef::Data(hash) = chunk else {
+            continue;
+        };
+        if !seen.insert(*hash) || !marks.announce(*hash).await? {
+            continue;
+        }
+        marks.wait_for_gc(hash).await?;
+        if !store.has_chunk(hash).await? {
+            return Err(BackupError::Internal(format!(
+                "chunk {hash} of the base version was deleted by a gc while this backup \
+                 started; back up again (in full)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_announcing(
+    store: &ChunkStore,
+    source: &Path,
+    file: File,
+    size_bytes: u64,
+    options: &BackupOptions,
+    plan: Plan,
+    started: Instant,
+    marks: &Arc<Announcer>,
+) -> Result<BackupSummary, BackupError> {
     let file = Arc::new(file);
     let chunk_size = options.chunk_size;
     let chunk_count = chunk_size.chunk_count(size_bytes);
+    debug_assert_eq!(plan.chunks.len() as u64, chunk_count);
     let parent_version = store.latest_version(&options.volume).await?.unwrap_or(0);
 
     let progress = progress_bar(options.progress, size_bytes);
@@ -138,11 +266,15 @@ pub async fn backup(
     let path: Arc<PathBuf> = Arc::new(source.to_owned());
     let pool = Arc::new(BufferPool::default());
 
-    let mut chunks = vec![
-        ChunkRef::Zero;
-        usize::try_from(chunk_count)
-            .map_err(|_| BackupError::Internal("chunk count overflows".into()))?
-    ];
+    let Plan {
+        mut chunks,
+        read,
+        read_count,
+        unread_zero,
+        unread_data,
+        incremental_from,
+    } = plan;
+    debug_assert_eq!(read_count + unread_zero + unread_data, chunk_count);
     let mut summary = BackupSummary {
         volume: options.volume.to_string(),
         version: 0,
@@ -150,14 +282,19 @@ pub async fn backup(
         bytes: size_bytes,
         chunk_size_bytes: chunk_size.bytes(),
         new_chunks: 0,
-        reused_chunks: 0,
-        zero_chunks: 0,
+        reused_chunks: unread_data,
+        zero_chunks: unread_zero,
         repaired_chunks: 0,
+        incremental_from,
+        read_bytes: 0,
+        index_checksum: [0; 32],
         stored_bytes: 0,
         secs: 0.0,
     };
+    // Chunks not read keep the base's entry: zero markers, or chunks stored before.
+    progress.inc((unread_zero + unread_data) * chunk_size.bytes());
     let mut written = Vec::new();
-    let mut results = futures::stream::iter(0..chunk_count)
+    let mut results = futures::stream::iter(read)
         .map(|i| {
             let (file, path, seen, store) = (
                 Arc::clone(&file),
@@ -165,24 +302,35 @@ pub async fn backup(
                 Arc::clone(&seen),
                 store.clone(),
             );
-            let (throttle, pool, verify) = (throttle.clone(), Arc::clone(&pool), options.verify);
+            let (throttle, pool, verify, marks) = (
+                throttle.clone(),
+                Arc::clone(&pool),
+                options.verify,
+                Arc::clone(marks),
+            );
             async move {
                 let offset = i * chunk_size.bytes();
                 let len = (size_bytes - offset).min(chunk_size.bytes()) as usize;
                 if let Some(t) = &throttle {
                     t.wait_for(offset).await;
                 }
-                let fate =
-                    back_up_chunk(&store, file, &path, offset, len, &seen, &pool, verify).await?;
+                let fate = back_up_chunk(
+                    &store, file, &path, offset, len, &seen, &pool, verify, &marks,
+                )
+                .await?;
                 Ok::<_, BackupError>((i, len, fate))
             }
         })
         .buffer_unordered(IN_FLIGHT_CHUNKS);
     while let Some(result) = results.next().await {
         let (i, len, fate) = result?;
+        summary.read_bytes += len as u64;
         let slot = &mut chunks[i as usize];
         match fate {
-            Fate::Zero => summary.zero_chunks += 1,
+            Fate::Zero => {
+                summary.zero_chunks += 1;
+                *slot = ChunkRef::Zero;
+            }
             Fate::Reused(hash) => {
                 summary.reused_chunks += 1;
                 *slot = ChunkRef::Data(hash);
@@ -219,6 +367,9 @@ pub async fn backup(
             .map_or(0, |d| d.as_secs()),
         chunks,
     };
+    summary.index_checksum = index
+        .checksum()
+        .map_err(|e| BackupError::Internal(e.to_string()))?;
     summary.version = store.publish(&options.volume, &index).await?;
     progress.finish_and_clear();
     summary.secs = started.elapsed().as_secs_f64();
@@ -236,6 +387,7 @@ async fn back_up_chunk(
     seen: &Mutex<HashSet<ChunkHash>>,
     pool: &BufferPool,
     verify: bool,
+    marks: &Announcer,
 ) -> Result<Fate, BackupError> {
     let mut buf = pool.take(len);
     let data =
@@ -262,6 +414,11 @@ async fn back_up_chunk(
     if !first_time {
         pool.give(data);
         return Ok(Fate::Reused(hash));
+    }
+    // Announced before the existence check, so a gc running now cannot delete a chunk
+    // this backup then reuses (see `crate::marks`).
+    if marks.announce(hash).await? {
+        marks.wait_for_gc(&hash).await?;
     }
     let damage = match store.check_chunk(&hash, len, verify).await? {
         ChunkCheck::Missing => None,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use tokio::net::TcpListener;
 
+use crate::access::{AllowRule, AllowRules};
 use crate::backup::{backup, BackupOptions, BackupSummary};
 use crate::cache::DEFAULT_CACHE_BYTES;
 use crate::catalog::StoreCatalog;
@@ -63,6 +64,25 @@ pub struct ServeArgs {
     /// Size of the decompressed-chunk cache shared by all connections.
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size_arg)]
     pub cache_size: u64,
+    /// Serve over TLS with this certificate (chain, PEM); TLS is then required of every
+    /// client (NBD_OPT_STARTTLS before anything else).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM); its common name (CN) is
+    /// the client's identity for --allow.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Let clients whose certificate CN is CLIENT-CN (`*`: any) read the volumes matching
+    /// NAME-GLOB (`*`, `?`). Repeatable; without any, every trusted client reads all.
+    #[arg(
+        long = "allow",
+        value_name = "NAME-GLOB=CLIENT-CN",
+        requires = "tls_client_ca"
+    )]
+    pub allow: Vec<AllowRule>,
 }
 
 fn parse_volume(s: &str) -> Result<VolumeName, String> {
@@ -109,6 +129,7 @@ pub async fn run_backup(args: BackupArgs) -> Result<BackupSummary, BackupError> 
 pub async fn run_backup_command(command: BackupCommand) -> Result<BackupSummary, BackupError> {
     let args = command.args;
     let store = ChunkStore::open(&args.store, true)?;
+    store.check_conditional_put().await?;
     let options = BackupOptions {
         volume: args.volume,
         chunk_size: args.chunk_size,
@@ -128,16 +149,42 @@ pub async fn run_serve(args: ServeArgs) -> Result<(), BackupError> {
             addr: args.listen.clone(),
             source,
         })?;
-    let addr = listener
-        .local_addr()
-        .map_or(args.listen.clone(), |a| a.to_string());
-    tracing::info!(%addr, store = store.name(), "serving");
+    let local = listener.local_addr().ok();
+    let addr = local.map_or(args.listen.clone(), |a| a.to_string());
+    let tls = server_tls(&args)?;
+    if tls.is_none() && !local.is_some_and(|a| a.ip().is_loopback()) {
+        tracing::warn!(
+            %addr,
+            "serving without TLS on a non-loopback address: anyone who can reach it can \
+             read every backup, in clear text (use --tls-cert and --tls-key)"
+        );
+    }
+    tracing::info!(%addr, store = store.name(), tls = tls.is_some(), "serving");
+    let config = rehydrate_nbd::ServerConfig {
+        tls,
+        ..rehydrate_nbd::ServerConfig::default()
+    };
     serve_catalog(
         listener,
         StoreCatalog::new(store, args.cache_size),
+        config,
         shutdown_signal(),
     )
     .await
+}
+
+/// The TLS settings `serve`'s flags ask for, if any.
+fn server_tls(args: &ServeArgs) -> Result<Option<rehydrate_nbd::ServerTls>, BackupError> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let tls = rehydrate_nbd::ServerTls::from_pem_files(cert, key, args.tls_client_ca.as_deref())
+        .map_err(BackupError::Tls)?;
+    Ok(Some(if args.tls_client_ca.is_some() {
+        tls.with_policy(Arc::new(AllowRules(args.allow.clone())))
+    } else {
+        tls
+    }))
 }
 
 /// Serve `store` on an already-bound `listener` until `shutdown` completes (tests and
@@ -150,6 +197,7 @@ pub async fn serve_on(
     serve_catalog(
         listener,
         StoreCatalog::new(store, DEFAULT_CACHE_BYTES),
+        rehydrate_nbd::ServerConfig::default(),
         shutdown,
     )
     .await
@@ -158,22 +206,17 @@ pub async fn serve_on(
 async fn serve_catalog(
     listener: TcpListener,
     catalog: StoreCatalog,
+    config: rehydrate_nbd::ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BackupError> {
     // Fail at start, with a clear line, if the store cannot even be listed.
     catalog.list_exports().await?;
-    rehydrate_nbd::serve_until(
-        listener,
-        Arc::new(catalog),
-        rehydrate_nbd::ServerConfig::default(),
-        shutdown,
-    )
-    .await;
+    rehydrate_nbd::serve_until(listener, Arc::new(catalog), config, shutdown).await;
     Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = crate::os::terminated() => {}

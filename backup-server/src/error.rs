@@ -101,6 +101,54 @@ pub enum BackupError {
     /// The volume already has the largest version number the layout allows.
     #[error("volume {0} has no version number left")]
     VersionsExhausted(String),
+    /// The store does not honour create-if-not-exists (conditional put), so concurrent
+    /// backups could overwrite each other's versions; nothing is written to it.
+    #[error(
+        "store {store} does not support create-if-not-exists (conditional put: If-None-Match), \
+         which publishing versions needs: {reason}"
+    )]
+    NoConditionalPut {
+        /// The store as given.
+        store: String,
+        /// What the probe saw.
+        reason: String,
+    },
+    /// The TLS settings of `serve` could not be used.
+    #[error("{0}")]
+    Tls(rehydrate_nbd::Error),
+    /// A backup's pending hashes or a gc's condemned list could not be decoded.
+    #[error("{path} is unusable: {source}")]
+    Marks {
+        /// The object's path inside the store.
+        path: String,
+        /// What is wrong with it.
+        source: crate::marks::MarksError,
+    },
+    /// A gc held a chunk this backup needs for longer than a backup waits.
+    #[error(
+        "a gc has held chunks this backup needs for {waited_secs} s; if no gc is running, \
+         delete {path} from the store and run the backup again"
+    )]
+    GcStuck {
+        /// How long the backup waited.
+        waited_secs: u64,
+        /// The condemned list's path.
+        path: String,
+    },
+    /// Another gc is running on the store (or one died and left its condemned list).
+    #[error(
+        "another gc is running on this store since {since}; if none is, delete {path} \
+         from the store and run gc again"
+    )]
+    GcRunning {
+        /// When that gc began (its condemned list's time).
+        since: String,
+        /// The condemned list's path.
+        path: String,
+    },
+    /// `forget` was given no keep rule, which would remove every version.
+    #[error("forget needs at least one --keep-* rule above 0 (it would remove every version)")]
+    EmptyKeepPolicy,
     /// The server could not listen on the requested address.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -109,6 +157,17 @@ pub enum BackupError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A version number is taken by a different index than the one being published.
+    #[error("version {version} of {volume} already exists with a different index")]
+    VersionConflict {
+        /// The volume name.
+        volume: String,
+        /// The version.
+        version: u32,
+    },
+    /// Replication failed (see [`crate::replicate::ReplicateError`]).
+    #[error(transparent)]
+    Replication(#[from] crate::replicate::ReplicateError),
     /// A worker task died (a bug, or the runtime shutting down).
     #[error("internal error: {0}")]
     Internal(String),

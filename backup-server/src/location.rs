@@ -3,7 +3,7 @@
 //! - a directory path (`/srv/backups`, `./store`): the local file system
 //!   (`object_store::local::LocalFileSystem`), created on backup if missing;
 //! - `file:///srv/backups`: the same;
-//! - `s3://bucket/prefix` (cargo feature `s3`): any S3-compatible store, configured from
+//! - `s3://bucket/prefix`: any S3-compatible store (always built in), configured from
 //!   the usual `AWS_*` environment variables (see README.md).
 
 use std::path::PathBuf;
@@ -66,14 +66,16 @@ impl StoreLocation {
     }
 }
 
-#[cfg(feature = "s3")]
 fn open_url(text: &str) -> Result<Arc<dyn ObjectStore>, BackupError> {
     use object_store::aws::AmazonS3Builder;
     use object_store::prefix::PrefixStore;
 
     let parsed = url::Url::parse(text).map_err(|e| invalid(text, &e.to_string()))?;
     if parsed.scheme() != "s3" {
-        return Err(invalid(text, "only s3:// URLs are supported"));
+        return Err(invalid(
+            text,
+            "unsupported URL scheme (use a directory path, file:// or s3://)",
+        ));
     }
     let bucket = parsed
         .host_str()
@@ -92,16 +94,6 @@ fn open_url(text: &str) -> Result<Arc<dyn ObjectStore>, BackupError> {
     let prefix =
         object_store::path::Path::parse(prefix).map_err(|e| invalid(text, &e.to_string()))?;
     Ok(Arc::new(PrefixStore::new(store, prefix)))
-}
-
-#[cfg(not(feature = "s3"))]
-fn open_url(text: &str) -> Result<Arc<dyn ObjectStore>, BackupError> {
-    let reason = if text.starts_with("s3://") {
-        "S3 support is not built in (build with --features s3)"
-    } else {
-        "unsupported URL scheme (use a directory path, file:// or s3://)"
-    };
-    Err(invalid(text, reason))
 }
 
 fn invalid(store: &str, reason: &str) -> BackupError {
@@ -137,14 +129,26 @@ mod tests {
         assert!(StoreLocation::parse("file://rel").is_err());
     }
 
-    #[cfg(not(feature = "s3"))]
     #[test]
-    fn s3_without_the_feature_says_how_to_get_it() {
-        let err = StoreLocation::parse("s3://bkt/pre")
+    fn other_schemes_say_what_is_supported() {
+        let err = StoreLocation::parse("gs://bkt/pre")
             .unwrap()
             .open(false)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--features s3"), "{err}");
+        assert!(err.contains("s3://"), "{err}");
+    }
+
+    #[test]
+    fn s3_urls_open_without_a_network_round_trip() {
+        // Building the client checks the URL and settings only; nothing is sent.
+        let loc = StoreLocation::parse("s3://bkt/some/prefix").unwrap();
+        assert!(loc.open(false).is_ok());
+        let err = StoreLocation::parse("s3:///nobucket")
+            .unwrap()
+            .open(false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no bucket"), "{err}");
     }
 }

@@ -95,10 +95,48 @@ impl ChunkStore {
         &self.shown
     }
 
-    /// The root directory of a local store (`None` for an object store): the journal
-    /// lives there, in files appended in place.
-    pub fn local_root(&self) -> Option<&std::path::Path> {
-        self.local_root.as_deref()
+    /// The object store underneath (retention and gc work on it directly).
+    pub(crate) fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Check that the store honours create-if-not-exists, which publishing relies on to
+    /// give concurrent backups distinct versions: write a probe object twice with
+    /// `PutMode::Create`; the second write must be refused. A store that accepts both
+    /// (an S3-compatible server ignoring `If-None-Match`) is refused here, at startup,
+    /// rather than risking two backups publishing the same version number. Local
+    /// directories always support it (hard links), so they are not probed.
+    pub async fn check_conditional_put(&self) -> Result<(), BackupError> {
+        if self.local_root.is_some() {
+            return Ok(());
+        }
+        let path = Path::from_iter(["probe", "conditional-put"]);
+        let put = || {
+            self.objects.put_opts(
+                &path,
+                PutPayload::from_static(b"create-if-not-exists probe"),
+                PutMode::Create.into(),
+            )
+        };
+        // The first write may find the probe from an earlier run: both are fine.
+        match put().await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(self.no_conditional_put(e.to_string())),
+        }
+        match put().await {
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) => Err(self.no_conditional_put(
+                "a second create-if-not-exists write of one object succeeded".into(),
+            )),
+            Err(e) => Err(self.no_conditional_put(e.to_string())),
+        }
+    }
+
+    fn no_conditional_put(&self, reason: String) -> BackupError {
+        BackupError::NoConditionalPut {
+            store: self.shown.clone(),
+            reason,
+        }
     }
 
     /// Whether chunk `hash` is stored (existence only; reads verify content).
@@ -422,6 +460,159 @@ impl ChunkStore {
         })
         .await
         .map_err(|e| BackupError::Internal(e.to_string()))?
+    }
+}
+
+/// What [`ChunkStore::publish_version`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishVersionOutcome {
+    /// This call published the version.
+    Published,
+    /// The version was already there with exactly these bytes.
+    AlreadyPresent,
+}
+
+/// The object holding a store's identity (16 random bytes).
+const STORE_ID_PATH: &str = "store-id";
+
+impl ChunkStore {
+    /// The object at `path`, whole, or `None` if there is none.
+    async fn fetch_object(&self, path: &Path) -> Result<Option<Bytes>, BackupError> {
+        match self.objects.get(path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| BackupError::store(path, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BackupError::store(path, e)),
+        }
+    }
+
+    /// The store's root directory, for a local store (`None` for an object store): the
+    /// journal lives there, in files appended in place.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
+    /// This store's identity: 16 bytes made once, at first use, and kept in the object
+    /// `store-id` (create-if-not-exists, so concurrent first uses agree).
+    pub async fn identity(&self) -> Result<[u8; 16], BackupError> {
+        let path = Path::from(STORE_ID_PATH);
+        let read = |bytes: &[u8]| -> Result<[u8; 16], BackupError> {
+            bytes.try_into().map_err(|_| BackupError::InvalidStore {
+                store: self.shown.clone(),
+                reason: format!("{STORE_ID_PATH} is not 16 bytes"),
+            })
+        };
+        if let Some(bytes) = self.fetch_object(&path).await? {
+            return read(&bytes);
+        }
+        let mut seed = blake3::Hasher::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        seed.update(&now.as_nanos().to_le_bytes());
+        seed.update(&std::process::id().to_le_bytes());
+        seed.update(self.shown.as_bytes());
+        seed.update(&(&seed as *const _ as usize).to_le_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&seed.finalize().as_bytes()[..16]);
+        let payload = PutPayload::from(Bytes::copy_from_slice(&id));
+        match self
+            .objects
+            .put_opts(&path, payload, PutMode::Create.into())
+            .await
+        {
+            Ok(_) => {
+                self.sync_file(&path).await?;
+                self.sync_dirs([path]).await?;
+                Ok(id)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Another process made it first: use theirs.
+                read(&self.fetch_object(&path).await?.unwrap_or_default())
+            }
+            Err(e) => Err(BackupError::store(&path, e)),
+        }
+    }
+
+    /// Version `version` of `volume`'s index file exactly as stored (not decoded).
+    pub async fn read_index_bytes(
+        &self,
+        volume: &VolumeName,
+        version: u32,
+    ) -> Result<Bytes, BackupError> {
+        self.fetch_object(&version_path(volume, version))
+            .await?
+            .ok_or_else(|| BackupError::VersionNotFound {
+                volume: volume.to_string(),
+                version,
+            })
+    }
+
+    /// Chunk `hash` in its stored form, after checking that it decodes to `expected_len`
+    /// bytes with that hash (for sending it on without recompressing).
+    pub async fn get_chunk_stored(
+        &self,
+        hash: &ChunkHash,
+        expected_len: usize,
+    ) -> Result<chunk::Encoded, BackupError> {
+        let stored =
+            self.fetch_object(&hash.path())
+                .await?
+                .ok_or_else(|| BackupError::MissingChunk {
+                    hash: hash.to_string(),
+                })?;
+        let hash = *hash;
+        let checked = stored.clone();
+        crate::cpu::run(move || chunk::decode_bytes(&hash, checked, expected_len))
+            .await?
+            .map_err(|e| BackupError::CorruptChunk {
+                hash: hash.to_string(),
+                reason: e.to_string(),
+            })?;
+        let encoding = *stored.first().unwrap_or(&chunk::ENCODING_RAW);
+        Ok(chunk::Encoded {
+            encoding,
+            body: stored.slice(1..),
+        })
+    }
+
+    /// Publish `index` (an encoded index, checked by the caller) as exactly version
+    /// `version` of `volume`, create-if-not-exists, then make it durable. The same bytes
+    /// already there count as published; different bytes are a conflict.
+    pub async fn publish_version(
+        &self,
+        volume: &VolumeName,
+        version: u32,
+        index: Bytes,
+    ) -> Result<PublishVersionOutcome, BackupError> {
+        let path = version_path(volume, version);
+        let outcome = match self
+            .objects
+            .put_opts(
+                &path,
+                PutPayload::from(index.clone()),
+                PutMode::Create.into(),
+            )
+            .await
+        {
+            Ok(_) => PublishVersionOutcome::Published,
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                if self.read_index_bytes(volume, version).await? != index {
+                    return Err(BackupError::VersionConflict {
+                        volume: volume.to_string(),
+                        version,
+                    });
+                }
+                PublishVersionOutcome::AlreadyPresent
+            }
+            Err(e) => return Err(BackupError::store(&path, e)),
+        };
+        self.sync_file(&path).await?;
+        self.sync_dirs([path]).await?;
+        Ok(outcome)
     }
 }
 

@@ -10,15 +10,6 @@ use std::time::{Duration, Instant};
 
 use rehydrate_backup::{ChunkHash, ChunkStore, VolumeName};
 
-/// A free loopback port for a server process (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A corrupted chunk fails exactly the reads that touch it, as EIO, and is logged with
 /// its hash and the volume offsets it serves; every other read succeeds.
 #[test]

@@ -88,6 +88,16 @@ fn backup_then_serve_to_qemu_nbdinfo_and_our_client() {
         assert!(listed.contains(name), "{name} missing from:\n{listed}");
     }
 
+    // Read-only exports advertise multi-conn: nbdcopy and `rehydrate restore` then
+    // read over several connections at once.
+    let info = run_ok(Command::new("nbdinfo").args(["--json", &server.url("disk")]));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        info["exports"][0]["can_multi_conn"].as_bool(),
+        Some(true),
+        "{info}"
+    );
+
     // Our client: four connections at once over both versions, and block status.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

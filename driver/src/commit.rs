@@ -16,9 +16,7 @@ pub fn perform_commit<S: MetaStore + ?Sized>(
     meta: &mut Metadata,
     store: &mut S,
 ) -> Result<CommitStats, MetaError> {
-    for regions in engine.take_flushed_marks() {
-        meta.note_marked(regions);
-    }
+    engine.take_flushed_marks(|regions| meta.note_marked(regions));
     engine.prepare_durable_view();
     meta.commit(store, |word| engine.durable_word(word))
 }

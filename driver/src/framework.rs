@@ -126,4 +126,17 @@ pub trait Framework {
     /// `WdfWorkItemEnqueue`: call [`crate::filter::Filter::on_commit_work`] at
     /// PASSIVE_LEVEL, where the metadata store may block.
     fn queue_commit_work(&mut self, commit: u64);
+
+    /// `WdfRequestMarkCancelableEx` with the filter's `EvtRequestCancel`, which calls
+    /// [`crate::filter::Filter::on_cancel`]. The filter marks every request it keeps
+    /// after its queue callback returns (a held request), so the file system can cancel
+    /// it. `Err(CANCELLED)` when the request was cancelled already: no callback comes,
+    /// and the filter completes it itself.
+    fn mark_cancelable(&mut self, request: Self::Request) -> Result<(), Status>;
+
+    /// `WdfRequestUnmarkCancelable`, before the filter completes or sends a request it
+    /// marked. `Err(CANCELLED)` when cancellation won the race: the cancel callback runs
+    /// (later, since calls into the filter are serialized), and the request may be
+    /// completed only from there.
+    fn unmark_cancelable(&mut self, request: Self::Request) -> Result<(), Status>;
 }

@@ -15,6 +15,7 @@ extern crate std;
 
 pub mod abi;
 pub mod capture;
+pub mod changed;
 pub mod commit;
 pub mod dsm;
 pub mod engine;

@@ -1,9 +1,12 @@
 //! Deliberate, named bugs, compiled in only with the `mutants` feature and chosen at run
 //! time, so the simulator can prove its oracle catches each kind of mistake the engine
 //! could make. Without the feature [`active`] is a constant `false` and every hook
-//! compiles away.
+//! compiles away. The crate's own tests (the engine model) select mutants too; there the
+//! choice is per thread, since the test harness runs tests side by side.
 
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::AtomicU8;
+#[cfg(not(test))]
+use core::sync::atomic::Ordering;
 
 /// A deliberate bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,24 +24,54 @@ pub enum Mutant {
     LoseMarkOnTornCommit = 5,
     /// Forward reads without waiting for their regions.
     ForwardReadBeforeRestored = 6,
+    /// On a fetch failure, fail every held request that needs any unrestored region of
+    /// the reported range, not only the waiters of regions that failed (issue 10, item 6).
+    FailWaitersOfWholeRange = 7,
+    /// Keep regions asked of the service after every request waiting on them left
+    /// (issue 10, item 8).
+    KeepUnwantedRequests = 8,
+    /// Ask the service for every missing region of a held request at once, however
+    /// many (issue 10, item 8: one entry per region of a large read).
+    AskEveryMissingRegion = 9,
+    /// Leave a region whose covering write failed missing with nobody asked to fetch
+    /// it again (issue 10, item 12a: the service already dropped data for it).
+    NoReaskAfterFailedClaim = 10,
+    /// Time held requests from the engine's start instead of the first clock it was
+    /// given (issue 10, item 12b: a reboot late in the run times them out at once).
+    HoldDeadlineFromEngineStart = 11,
+    /// The filter completes a held request without unmarking it cancelable first.
+    CompleteWhileCancelable = 12,
+    /// A completed flush makes marks durable that were recorded after it was issued.
+    FlushCoversLaterMarks = 13,
+    /// A FUA write completes without a flush and commit even when a region it touched
+    /// is marked but not durably committed.
+    SkipFuaCommitWhenUnflushed = 14,
     /// Write capture: number a write when it is dispatched, not when it completes.
-    SequenceAtDispatch = 7,
+    SequenceAtDispatch = 15,
     /// Write capture: make a flush's recovery point when the flush is dispatched, inside
     /// the epoch it has not closed yet.
-    PointInsideUnflushedEpoch = 8,
+    PointInsideUnflushedEpoch = 16,
     /// Journal: apply the records of a torn segment tail instead of truncating them.
-    TornTailApplied = 9,
+    TornTailApplied = 17,
 }
 
 impl Mutant {
-    /// Every mutant of the engine, for the simulator's sweeps.
-    pub const ALL: [Mutant; 6] = [
+    /// Every mutant, for sweeps.
+    pub const ALL: [Mutant; 14] = [
         Mutant::CommitMetadataBeforeDataFlush,
         Mutant::MarkBeforeLowerWriteCompletes,
         Mutant::SkipFetchForPartialWrite,
         Mutant::AcceptStaleHydrate,
         Mutant::LoseMarkOnTornCommit,
         Mutant::ForwardReadBeforeRestored,
+        Mutant::FailWaitersOfWholeRange,
+        Mutant::KeepUnwantedRequests,
+        Mutant::AskEveryMissingRegion,
+        Mutant::NoReaskAfterFailedClaim,
+        Mutant::HoldDeadlineFromEngineStart,
+        Mutant::CompleteWhileCancelable,
+        Mutant::FlushCoversLaterMarks,
+        Mutant::SkipFuaCommitWhenUnflushed,
     ];
 
     /// The write-capture and journal mutants: caught by the capture's model tests and
@@ -58,6 +91,14 @@ impl Mutant {
             Mutant::AcceptStaleHydrate => "accept-stale-hydrate",
             Mutant::LoseMarkOnTornCommit => "lose-mark-on-torn-commit",
             Mutant::ForwardReadBeforeRestored => "forward-read-before-restored",
+            Mutant::FailWaitersOfWholeRange => "fail-waiters-of-whole-range",
+            Mutant::KeepUnwantedRequests => "keep-unwanted-requests",
+            Mutant::AskEveryMissingRegion => "ask-every-missing-region",
+            Mutant::NoReaskAfterFailedClaim => "no-reask-after-failed-claim",
+            Mutant::HoldDeadlineFromEngineStart => "hold-deadline-from-engine-start",
+            Mutant::CompleteWhileCancelable => "complete-while-cancelable",
+            Mutant::FlushCoversLaterMarks => "flush-covers-later-marks",
+            Mutant::SkipFuaCommitWhenUnflushed => "skip-fua-commit-when-unflushed",
             Mutant::SequenceAtDispatch => "sequence-at-dispatch",
             Mutant::PointInsideUnflushedEpoch => "point-inside-unflushed-epoch",
             Mutant::TornTailApplied => "torn-tail-applied",
@@ -73,27 +114,60 @@ impl Mutant {
     }
 }
 
+#[cfg_attr(test, allow(dead_code))]
 static ACTIVE: AtomicU8 = AtomicU8::new(0);
 
-/// Selects the mutant for the whole process (`None`: the real engine). Without the
-/// `mutants` feature selecting one is refused.
-pub fn set(mutant: Option<Mutant>) -> bool {
-    if !cfg!(feature = "mutants") && mutant.is_some() {
-        return false;
+#[cfg(test)]
+std::thread_local! {
+    static ACTIVE_HERE: core::cell::Cell<u8> = const { core::cell::Cell::new(0) };
+}
+
+/// The selected mutant's number (0: none).
+#[inline(always)]
+fn selected() -> u8 {
+    #[cfg(test)]
+    {
+        ACTIVE_HERE.with(|a| a.get())
     }
-    ACTIVE.store(mutant.map_or(0, |m| m as u8), Ordering::Relaxed);
-    true
+    #[cfg(not(test))]
+    {
+        if cfg!(feature = "mutants") {
+            ACTIVE.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+}
+
+/// Selects the mutant for the whole process (`None`: the real engine); in this crate's
+/// tests, for the calling thread. Without the `mutants` feature (outside this crate's
+/// tests) selecting one is refused.
+pub fn set(mutant: Option<Mutant>) -> bool {
+    let value = mutant.map_or(0, |m| m as u8);
+    #[cfg(test)]
+    {
+        ACTIVE_HERE.with(|a| a.set(value));
+        true
+    }
+    #[cfg(not(test))]
+    {
+        if !cfg!(feature = "mutants") && mutant.is_some() {
+            return false;
+        }
+        ACTIVE.store(value, Ordering::Relaxed);
+        true
+    }
 }
 
 /// True when `mutant` is selected (always false without the feature).
 #[inline(always)]
 pub fn active(mutant: Mutant) -> bool {
-    cfg!(feature = "mutants") && ACTIVE.load(Ordering::Relaxed) == mutant as u8
+    selected() == mutant as u8
 }
 
 /// True when any mutant is selected: the engine's own debug assertions stand back so
 /// the simulator's oracle, not a panic, is what catches the bug.
 #[inline(always)]
 pub fn any() -> bool {
-    cfg!(feature = "mutants") && ACTIVE.load(Ordering::Relaxed) != 0
+    selected() != 0
 }

@@ -40,6 +40,9 @@ impl Status {
     pub const INVALID_DEVICE_REQUEST: Status = Status(0xC000_0010);
     /// A buffer was too small for the answer.
     pub const BUFFER_TOO_SMALL: Status = Status(0xC000_0023);
+    /// The request is valid but not supported now (an offloaded data transfer while the
+    /// volume is restoring: the caller falls back to normal reads and writes).
+    pub const NOT_SUPPORTED: Status = Status(0xC000_00BB);
 
     /// True for error severity (top two bits `11`).
     #[inline]
@@ -51,6 +54,21 @@ impl Status {
     #[inline]
     pub const fn is_success(self) -> bool {
         self.0 >> 31 == 0
+    }
+
+    /// One bit per error status an injected fault can cause (0 for every other status),
+    /// for oracles that record which failures a request may meet.
+    pub const fn fault_bit(self) -> u16 {
+        match self {
+            Status::CANCELLED => 1,
+            Status::IO_TIMEOUT => 2,
+            Status::CRC_ERROR => 4,
+            Status::DEVICE_DATA_ERROR => 8,
+            Status::IO_DEVICE_ERROR => 16,
+            Status::DEVICE_NOT_READY => 32,
+            Status::INSUFFICIENT_RESOURCES => 64,
+            _ => 0,
+        }
     }
 }
 
@@ -112,6 +130,8 @@ mod tests {
             Status::INTEGER_OVERFLOW,
             Status::IO_TIMEOUT,
             Status::CRC_ERROR,
+            Status::NOT_SUPPORTED,
+            Status::CANCELLED,
         ] {
             assert!(s.is_error(), "{s:?}");
             assert!(!s.is_success(), "{s:?}");

@@ -1,6 +1,13 @@
 //! The client's half of the transmission rules, sans-IO: collect the simple reply or the
 //! structured chunks for one request into a result, checking every chunk against the
 //! request it answers (a violation is a [`ProtocolError`], and the client hangs up).
+//!
+//! A read's data goes into one buffer, the caller's when it gave one
+//! ([`Assembly::with_buffer`]). The client may also place data itself, read straight
+//! from the socket: [`Assembly::data_chunk`] checks the chunk and says where it goes,
+//! [`Assembly::buffer_mut`] is the place.
+
+use bytes::BytesMut;
 
 use crate::error::{Error, ProtocolError};
 use crate::export::Extent;
@@ -33,8 +40,8 @@ pub enum Expect {
 /// The successful result of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Read data, exactly the requested length.
-    Data(Vec<u8>),
+    /// Read data, exactly the requested length (the caller's buffer, if it gave one).
+    Data(BytesMut),
     /// Extents from the request offset, summing to at most the request length.
     Extents(Vec<Extent>),
     /// Success without payload.
@@ -45,7 +52,10 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Assembly {
     expect: Expect,
-    data: Vec<u8>,
+    /// Empty until the first content, unless the caller gave a buffer.
+    data: BytesMut,
+    /// `data` is the caller's: it may hold old bytes, so holes are zeroed explicitly.
+    given: bool,
     ranges: Vec<(u64, u64)>,
     extents: Option<Vec<Extent>>,
     error: Option<(u32, String)>,
@@ -57,12 +67,93 @@ impl Assembly {
     pub fn new(expect: Expect) -> Self {
         Self {
             expect,
-            data: Vec::new(),
+            data: BytesMut::new(),
+            given: false,
             ranges: Vec::new(),
             extents: None,
             error: None,
             chunks: 0,
         }
+    }
+
+    /// Start assembling the reply to a read of `buffer.len()` bytes into `buffer`, whose
+    /// contents do not matter (every byte is overwritten, holes with zeros).
+    pub fn with_buffer(offset: u64, buffer: BytesMut) -> Result<Self, ProtocolError> {
+        let length = u32::try_from(buffer.len())
+            .map_err(|_| ProtocolError::Unexpected("read buffer longer than 4 GiB"))?;
+        let mut assembly = Self::new(Expect::Read { offset, length });
+        assembly.data = buffer;
+        assembly.given = true;
+        Ok(assembly)
+    }
+
+    /// The buffer a read's data goes into, allocated (zeroed) on first use. Empty for
+    /// other requests.
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        if let Expect::Read { length, .. } = self.expect {
+            if self.data.is_empty() && length > 0 {
+                self.data = BytesMut::zeroed(length as usize);
+            }
+        }
+        &mut self.data
+    }
+
+    /// Takes the read's buffer out (allocated as [`Assembly::buffer_mut`] does) while the
+    /// caller fills part of it without holding the assembly; give it back with
+    /// [`Assembly::put_buffer`].
+    pub fn take_buffer(&mut self) -> BytesMut {
+        self.buffer_mut();
+        std::mem::take(&mut self.data)
+    }
+
+    /// Gives back the buffer [`Assembly::take_buffer`] took.
+    pub fn put_buffer(&mut self, buffer: BytesMut) {
+        debug_assert!(self.data.is_empty(), "a buffer is already in place");
+        self.data = buffer;
+    }
+
+    /// An `OFFSET_DATA` chunk of `len` bytes at `offset` whose bytes the caller places
+    /// itself: checked as [`Assembly::chunk`] checks it; returns where in
+    /// [`Assembly::buffer_mut`] the bytes go.
+    pub fn data_chunk(&mut self, offset: u64, len: u32) -> Result<usize, ProtocolError> {
+        self.count_chunk()?;
+        let Expect::Read {
+            offset: start,
+            length,
+        } = self.expect
+        else {
+            return Err(ProtocolError::Unexpected(
+                "chunk type does not fit the request",
+            ));
+        };
+        if len == 0 {
+            return Err(ProtocolError::Malformed("OFFSET_DATA shorter than 9 bytes"));
+        }
+        let at = self.place(offset, len.into(), start, length)?;
+        debug_assert!(at + len as usize <= length as usize);
+        Ok(at)
+    }
+
+    /// Whether a successful simple reply to this request carries data the caller may
+    /// place itself (into all of [`Assembly::buffer_mut`]), then [`Assembly::placed`].
+    pub fn reads_data(&self) -> bool {
+        matches!(self.expect, Expect::Read { length, .. } if length > 0)
+    }
+
+    /// The caller placed a whole simple reply's data: the read is complete.
+    pub fn placed(self) -> Result<Outcome, Error> {
+        match self.expect {
+            Expect::Read { .. } => Ok(Outcome::Data(self.data)),
+            _ => Err(ProtocolError::Unexpected("data for a request without data").into()),
+        }
+    }
+
+    fn count_chunk(&mut self) -> Result<(), ProtocolError> {
+        self.chunks += 1;
+        if self.chunks > MAX_CHUNKS_PER_REPLY {
+            return Err(ProtocolError::Unexpected("too many chunks in one reply"));
+        }
+        Ok(())
     }
 
     /// Bytes of data a successful simple reply carries (what `decode_reply` must be told).
@@ -82,7 +173,12 @@ impl Assembly {
             });
         }
         Ok(match self.expect {
-            Expect::Read { .. } => Outcome::Data(data.to_vec()),
+            Expect::Read { .. } => {
+                let mut out = self.data;
+                out.clear();
+                out.extend_from_slice(data);
+                Outcome::Data(out)
+            }
             // Block status has no simple form; treat it as a server error, not data.
             Expect::BlockStatus { .. } => {
                 return Err(ProtocolError::Unexpected("simple reply to block status").into())
@@ -93,10 +189,7 @@ impl Assembly {
 
     /// Apply one chunk. When it carried the DONE flag, call [`Assembly::finish`].
     pub fn chunk(&mut self, chunk: &Chunk<'_>) -> Result<(), ProtocolError> {
-        self.chunks += 1;
-        if self.chunks > MAX_CHUNKS_PER_REPLY {
-            return Err(ProtocolError::Unexpected("too many chunks in one reply"));
-        }
+        self.count_chunk()?;
         if let Some((error, message)) = chunk.body.error() {
             // Keep the first error; later ones add nothing the caller can use.
             if self.error.is_none() {
@@ -114,12 +207,9 @@ impl Assembly {
                 },
             ) => {
                 let at = self.place(*offset, data.len() as u64, start, length)?;
-                if self.data.is_empty() {
-                    // Allocated on first content, bounded by the request length.
-                    self.data = vec![0u8; length as usize];
-                }
+                // Allocated on first content, bounded by the request length.
                 let dest = self
-                    .data
+                    .buffer_mut()
                     .get_mut(at..at + data.len())
                     .ok_or(ProtocolError::Malformed("data chunk outside the request"))?;
                 dest.copy_from_slice(data);
@@ -135,11 +225,17 @@ impl Assembly {
                     length,
                 },
             ) => {
-                self.place(*offset, (*hole).into(), start, length)?;
-                if self.data.is_empty() {
-                    self.data = vec![0u8; length as usize];
+                let at = self.place(*offset, (*hole).into(), start, length)?;
+                if self.given {
+                    // The caller's buffer may hold old bytes.
+                    if let Some(dest) = self.data.get_mut(at..at + *hole as usize) {
+                        dest.fill(0);
+                    }
+                } else {
+                    // A fresh buffer is zeroed, and chunks may not overlap (checked in
+                    // `finish`): the zeroes are already there.
+                    self.buffer_mut();
                 }
-                // Chunks may not overlap (checked in `finish`), so the zeroes are already there.
                 Ok(())
             }
             (
@@ -225,9 +321,7 @@ impl Assembly {
                         ProtocolError::Malformed("read reply does not cover the request").into(),
                     );
                 }
-                if self.data.is_empty() {
-                    self.data = vec![0u8; length as usize];
-                }
+                self.buffer_mut();
                 Ok(Outcome::Data(self.data))
             }
             Expect::BlockStatus { .. } => match self.extents {
@@ -270,7 +364,41 @@ mod tests {
         .unwrap();
         assert_eq!(
             a.finish().unwrap(),
-            Outcome::Data(vec![1, 2, 3, 4, 0, 0, 0, 0, 0, 0])
+            Outcome::Data(BytesMut::from(&[1, 2, 3, 4, 0, 0, 0, 0, 0, 0][..]))
+        );
+    }
+
+    #[test]
+    fn a_given_buffer_is_filled_and_its_holes_zeroed() {
+        let mut a = Assembly::with_buffer(100, BytesMut::from(&[9u8; 10][..])).unwrap();
+        a.chunk(&chunk(ChunkBody::OffsetHole {
+            offset: 104,
+            length: 6,
+        }))
+        .unwrap();
+        // Data placed by the caller, as the client does from the socket.
+        let at = a.data_chunk(100, 4).unwrap();
+        let mut taken = a.take_buffer();
+        taken[at..at + 4].copy_from_slice(&[1, 2, 3, 4]);
+        a.put_buffer(taken);
+        assert_eq!(
+            a.finish().unwrap(),
+            Outcome::Data(BytesMut::from(&[1, 2, 3, 4, 0, 0, 0, 0, 0, 0][..]))
+        );
+        // Placed data is checked like data in a chunk.
+        let mut a = Assembly::with_buffer(0, BytesMut::zeroed(4)).unwrap();
+        assert!(a.data_chunk(2, 4).is_err());
+        assert!(a.data_chunk(0, 0).is_err());
+        let mut a = Assembly::new(Expect::Nothing);
+        assert!(a.data_chunk(0, 1).is_err());
+        assert!(!a.reads_data());
+        // A whole simple reply placed by the caller.
+        let mut a = Assembly::with_buffer(0, BytesMut::zeroed(3)).unwrap();
+        assert!(a.reads_data());
+        a.buffer_mut().copy_from_slice(&[7, 8, 9]);
+        assert_eq!(
+            a.placed().unwrap(),
+            Outcome::Data(BytesMut::from(&[7, 8, 9][..]))
         );
     }
 

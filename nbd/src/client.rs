@@ -5,6 +5,10 @@
 //! wire); a reader task owns the read half, decodes replies and completes each request's
 //! oneshot by cookie. A semaphore bounds requests in flight; its permit travels with the
 //! pending request and is released when the reply arrives, not when the caller gives up.
+//!
+//! Read data is not copied through the reader's buffer: once the header of a reply that
+//! carries data has been decoded, the reader reads the data from the socket straight
+//! into the request's buffer ([`Client::read_into`] takes the caller's).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +27,8 @@ use crate::error::{Error, ProtocolError};
 use crate::export::Extent;
 use crate::handshake::client::{ClientHandshake, ClientStep};
 use crate::handshake::Negotiated;
+use crate::tls::ClientTls;
+use crate::transmission::{decode_data_header, DataHeader};
 use crate::transmission::{decode_reply, Command, Reply, Request};
 use crate::url::NbdUrl;
 
@@ -35,6 +41,9 @@ pub struct ClientOptions {
     pub structured_replies: bool,
     /// Give up dialling and negotiating after this long.
     pub connect_timeout: Duration,
+    /// Negotiate TLS (`NBD_OPT_STARTTLS`) with these settings and refuse plain text;
+    /// [`ClientTls::for_url`] gives what an `nbd://` or `nbds://` URL needs.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +52,7 @@ impl Default for ClientOptions {
             max_in_flight: 32,
             structured_replies: true,
             connect_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -114,9 +124,14 @@ impl Client {
         Self::connect_with(addr, export_name, ClientOptions::default()).await
     }
 
-    /// Dial the server and export named by an `nbd://` URL.
+    /// Dial the server and export named by an `nbd://` URL, or an `nbds://` URL with
+    /// the TLS settings from the environment ([`ClientTls::from_env`]).
     pub async fn connect_url(url: &NbdUrl) -> Result<Self, Error> {
-        Self::connect_with(url.address(), &url.export, ClientOptions::default()).await
+        let options = ClientOptions {
+            tls: ClientTls::for_url(url)?,
+            ..ClientOptions::default()
+        };
+        Self::connect_with(url.address(), &url.export, options).await
     }
 
     /// Dial `addr` over TCP and negotiate `export_name`.
@@ -136,9 +151,10 @@ impl Client {
         let dial = async {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let address = stream.peer_addr()?.to_string();
-            let mut client = Self::handshake(stream, export_name, options).await?;
-            client.address = Some(address);
+            let peer = stream.peer_addr()?;
+            let mut client =
+                Self::negotiate_on(stream, export_name, options, Some(peer.ip())).await?;
+            client.address = Some(peer.to_string());
             Ok(client)
         };
         tokio::time::timeout(timeout, dial)
@@ -159,7 +175,7 @@ impl Client {
     pub async fn list_exports(addr: impl ToSocketAddrs) -> Result<Vec<(String, String)>, Error> {
         let mut stream = TcpStream::connect(addr).await?;
         let mut buf = BytesMut::new();
-        match negotiate(&mut stream, ClientHandshake::list(), &mut buf).await? {
+        match negotiate(&mut stream, &mut ClientHandshake::list(), &mut buf).await? {
             ClientStep::Listed(names) => {
                 let _ = stream.shutdown().await;
                 Ok(names)
@@ -168,11 +184,26 @@ impl Client {
         }
     }
 
-    /// Negotiate over an already-open stream (TCP, Unix socket, or a TLS stream).
+    /// Negotiate over an already-open stream (TCP, Unix socket, or a TLS stream). With
+    /// `options.tls`, the server name to check must have been set on it.
     pub async fn handshake<S>(
+        stream: S,
+        export_name: &str,
+        options: ClientOptions,
+    ) -> Result<Self, Error>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::negotiate_on(stream, export_name, options, None).await
+    }
+
+    /// Negotiate, upgrading to TLS first when `options.tls` asks; `dialled` is the
+    /// address the certificate is checked against when no server name was set.
+    async fn negotiate_on<S>(
         mut stream: S,
         export_name: &str,
         options: ClientOptions,
+        dialled: Option<std::net::IpAddr>,
     ) -> Result<Self, Error>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -181,10 +212,30 @@ impl Client {
         if !options.structured_replies {
             machine = machine.simple_replies_only();
         }
-        let mut buf = BytesMut::with_capacity(4096);
-        let ClientStep::Done(info) = negotiate(&mut stream, machine, &mut buf).await? else {
-            return Err(ProtocolError::Unexpected("handshake ended without an export").into());
+        let Some(tls) = options.tls.clone() else {
+            let mut buf = BytesMut::with_capacity(4096);
+            let info = negotiated(negotiate(&mut stream, &mut machine, &mut buf).await?)?;
+            return Ok(Self::start(stream, buf, info, options));
         };
+        machine = machine.with_starttls();
+        let mut buf = BytesMut::with_capacity(4096);
+        let ClientStep::StartTls = negotiate(&mut stream, &mut machine, &mut buf).await? else {
+            return Err(ProtocolError::Unexpected("handshake ended before TLS").into());
+        };
+        if !buf.is_empty() {
+            return Err(ProtocolError::Unexpected("plain text after the STARTTLS reply").into());
+        }
+        let mut secure = tls.connect(stream, dialled).await?;
+        machine.tls_started()?;
+        let info = negotiated(negotiate(&mut secure, &mut machine, &mut buf).await?)?;
+        Ok(Self::start(secure, buf, info, options))
+    }
+
+    /// Start the reader and writer tasks on a negotiated stream.
+    fn start<S>(stream: S, buf: BytesMut, info: Negotiated, options: ClientOptions) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         tracing::debug!(?info, "nbd client negotiated");
         let max_in_flight = options.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let core = Arc::new(Core {
@@ -195,7 +246,7 @@ impl Client {
         let (tx, rx) = mpsc::channel(max_in_flight);
         tokio::spawn(writer_task(write_half, rx, Arc::clone(&core)));
         tokio::spawn(reader_task(read_half, buf, Arc::clone(&core)));
-        Ok(Self {
+        Self {
             core,
             tx,
             slots: Arc::new(Semaphore::new(max_in_flight)),
@@ -206,7 +257,7 @@ impl Client {
                 ..options
             },
             address: None,
-        })
+        }
     }
 
     /// What was negotiated: export name, size, flags, structured replies, block status.
@@ -242,21 +293,39 @@ impl Client {
     /// Read `length` bytes at `offset`. Reads above the payload bound are split.
     pub async fn read(&self, offset: u64, length: usize) -> Result<Vec<u8>, Error> {
         self.check_range(offset, length as u64)?;
-        let step = self.info.max_payload_bytes.clamp(512, MAX_PAYLOAD_BYTES);
-        if length <= step as usize {
-            let length =
-                u32::try_from(length).map_err(|_| self.out_of_range(offset, length as u64))?;
-            return self.read_one(offset, length).await;
+        Ok(self
+            .read_into(offset, BytesMut::zeroed(length))
+            .await?
+            .into())
+    }
+
+    /// Read `buffer.len()` bytes at `offset` into `buffer`, whose contents do not matter;
+    /// it comes back filled. The data goes from the socket straight into it. Reads
+    /// above the payload bound are split into pieces of the one buffer, joined again
+    /// without a copy.
+    pub async fn read_into(&self, offset: u64, mut buffer: BytesMut) -> Result<BytesMut, Error> {
+        let length = buffer.len();
+        self.check_range(offset, length as u64)?;
+        let step = self.info.max_payload_bytes.clamp(512, MAX_PAYLOAD_BYTES) as usize;
+        if length <= step {
+            return self.read_one(offset, buffer).await;
         }
-        let mut out = Vec::with_capacity(length);
-        while out.len() < length {
-            let n = (length - out.len()).min(step as usize) as u32;
-            out.extend(self.read_one(offset + out.len() as u64, n).await?);
+        let mut out = BytesMut::new();
+        while !buffer.is_empty() {
+            let rest = buffer.split_off(buffer.len().min(step));
+            let piece = self.read_one(offset + out.len() as u64, buffer).await?;
+            // Neighbours in one allocation: `unsplit` joins them in O(1).
+            out.unsplit(piece);
+            buffer = rest;
         }
+        debug_assert_eq!(out.len(), length);
         Ok(out)
     }
 
-    async fn read_one(&self, offset: u64, length: u32) -> Result<Vec<u8>, Error> {
+    async fn read_one(&self, offset: u64, buffer: BytesMut) -> Result<BytesMut, Error> {
+        let length = u32::try_from(buffer.len())
+            .map_err(|_| self.out_of_range(offset, buffer.len() as u64))?;
+        let assembly = Assembly::with_buffer(offset, buffer)?;
         let outcome = self
             .submit(
                 Command::Read,
@@ -264,7 +333,7 @@ impl Client {
                 offset,
                 length,
                 Bytes::new(),
-                Expect::Read { offset, length },
+                assembly,
             )
             .await?;
         match outcome {
@@ -291,7 +360,7 @@ impl Client {
                 offset + done as u64,
                 n as u32,
                 piece,
-                Expect::Nothing,
+                Assembly::new(Expect::Nothing),
             )
             .await?;
             done += n;
@@ -312,7 +381,7 @@ impl Client {
             0,
             0,
             Bytes::new(),
-            Expect::Nothing,
+            Assembly::new(Expect::Nothing),
         )
         .await
         .map(drop)
@@ -330,7 +399,7 @@ impl Client {
             offset,
             length,
             Bytes::new(),
-            Expect::Nothing,
+            Assembly::new(Expect::Nothing),
         )
         .await
         .map(drop)
@@ -352,7 +421,7 @@ impl Client {
             offset,
             length,
             Bytes::new(),
-            Expect::Nothing,
+            Assembly::new(Expect::Nothing),
         )
         .await
         .map(drop)
@@ -385,10 +454,10 @@ impl Client {
                     at,
                     ask,
                     Bytes::new(),
-                    Expect::BlockStatus {
+                    Assembly::new(Expect::BlockStatus {
                         length: ask,
                         context_id,
-                    },
+                    }),
                 )
                 .await?;
             let Outcome::Extents(got) = outcome else {
@@ -461,7 +530,7 @@ impl Client {
         offset: u64,
         length: u32,
         payload: Bytes,
-        expect: Expect,
+        assembly: Assembly,
     ) -> Result<Outcome, Error> {
         if !self.is_connected() {
             return Err(Error::Disconnected);
@@ -481,7 +550,7 @@ impl Client {
             pending.insert(
                 cookie,
                 Pending {
-                    assembly: Assembly::new(expect),
+                    assembly,
                     reply: reply_tx,
                     _permit: permit,
                 },
@@ -514,10 +583,18 @@ impl Client {
     }
 }
 
-/// Run a client handshake machine over a stream until it finishes.
+/// The negotiated export, from the step that ended a handshake.
+fn negotiated(step: ClientStep) -> Result<Negotiated, Error> {
+    match step {
+        ClientStep::Done(info) => Ok(info),
+        _ => Err(ProtocolError::Unexpected("handshake ended without an export").into()),
+    }
+}
+
+/// Run a client handshake machine over a stream until it finishes or asks for TLS.
 async fn negotiate<S>(
     stream: &mut S,
-    mut machine: ClientHandshake,
+    machine: &mut ClientHandshake,
     buf: &mut BytesMut,
 ) -> Result<ClientStep, Error>
 where
@@ -532,6 +609,8 @@ where
                     Error::UnknownExport { .. }
                         | Error::OptionRefused { .. }
                         | Error::NameTooLong { .. }
+                        | Error::Forbidden { .. }
+                        | Error::TlsRequired
                 ) {
                     // The spec asks for a soft disconnect when we give up negotiating.
                     let mut abort = Vec::new();
@@ -613,30 +692,168 @@ async fn read_loop<R: AsyncRead + Unpin>(
     core: &Core,
 ) -> Result<(), Error> {
     loop {
-        let progress = {
-            let mut pending = core.pending.lock().map_err(|_| Error::Disconnected)?;
-            let decoded = decode_reply(buf, |cookie| {
-                pending
-                    .get(&cookie)
-                    .map(|p| p.assembly.simple_data_len())
-                    .unwrap_or(0)
-            })?;
-            match decoded {
-                Decoded::Incomplete { needed } => Some(needed),
-                Decoded::Complete { message, consumed } => {
-                    dispatch(&mut pending, message)?;
-                    buf.advance(consumed);
-                    None
-                }
+        // Reads whose data can go straight into their buffer first; anything else whole.
+        let needed = match claim_data(buf, core)? {
+            Claimed::Data(claim) => {
+                place_data(read_half, buf, core, claim).await?;
+                continue;
             }
+            Claimed::NeedBytes(needed) => Some(needed),
+            Claimed::Other => decode_one(buf, core)?,
         };
-        if let Some(needed) = progress {
+        if let Some(needed) = needed {
             buf.reserve(needed.saturating_sub(buf.len()));
             if read_half.read_buf(buf).await? == 0 {
                 return Ok(());
             }
         }
     }
+}
+
+/// A reply's data being read straight into its request's buffer.
+struct DataClaim {
+    cookie: u64,
+    /// The request's buffer, out of its assembly while it is filled.
+    buffer: BytesMut,
+    /// Where in `buffer` the data goes, and how many bytes.
+    at: usize,
+    len: usize,
+    /// The reply ends with this data: a simple reply, or a chunk with DONE.
+    done: bool,
+    simple: bool,
+}
+
+enum Claimed {
+    Data(DataClaim),
+    /// The next header is not whole yet.
+    NeedBytes(usize),
+    /// Not data for a known read: decode the message whole.
+    Other,
+}
+
+/// Decodes the next reply's header and, when it carries data for a pending read, takes
+/// that read's buffer (the header consumed). Every check [`Assembly::chunk`] makes of
+/// data is made here before a byte is placed.
+fn claim_data(buf: &mut BytesMut, core: &Core) -> Result<Claimed, Error> {
+    let (header, consumed) = match decode_data_header(buf)? {
+        Decoded::Incomplete { needed } => return Ok(Claimed::NeedBytes(needed)),
+        Decoded::Complete {
+            message: Some(header),
+            consumed,
+        } => (header, consumed),
+        Decoded::Complete { message: None, .. } => return Ok(Claimed::Other),
+    };
+    let mut pending = core.pending.lock().map_err(|_| Error::Disconnected)?;
+    let claim = match header {
+        DataHeader::Simple { cookie } => {
+            let Some(p) = pending.get_mut(&cookie).filter(|p| p.assembly.reads_data()) else {
+                // A reply without data, or for an unknown cookie: the whole decoder says.
+                return Ok(Claimed::Other);
+            };
+            let buffer = p.assembly.take_buffer();
+            DataClaim {
+                cookie,
+                len: buffer.len(),
+                buffer,
+                at: 0,
+                done: true,
+                simple: true,
+            }
+        }
+        DataHeader::OffsetData {
+            cookie,
+            done,
+            offset,
+            data_len,
+        } => {
+            let Some(p) = pending.get_mut(&cookie) else {
+                return Ok(Claimed::Other);
+            };
+            let at = p.assembly.data_chunk(offset, data_len)?;
+            DataClaim {
+                cookie,
+                buffer: p.assembly.take_buffer(),
+                at,
+                len: data_len as usize,
+                done,
+                simple: false,
+            }
+        }
+    };
+    debug_assert!(claim.at + claim.len <= claim.buffer.len());
+    buf.advance(consumed);
+    Ok(Claimed::Data(claim))
+}
+
+/// Fills a claim's bytes (those already buffered, then the rest from the socket), gives
+/// the buffer back and completes the request if its reply is over.
+async fn place_data<R: AsyncRead + Unpin>(
+    read_half: &mut R,
+    buf: &mut BytesMut,
+    core: &Core,
+    mut claim: DataClaim,
+) -> Result<(), Error> {
+    let dest = claim
+        .buffer
+        .get_mut(claim.at..claim.at + claim.len)
+        .ok_or(ProtocolError::Malformed("data chunk outside the request"))?;
+    let have = buf.len().min(dest.len());
+    dest[..have].copy_from_slice(&buf[..have]);
+    buf.advance(have);
+    read_half.read_exact(&mut dest[have..]).await?;
+    let mut pending = core.pending.lock().map_err(|_| Error::Disconnected)?;
+    // Gone: the connection was closed meanwhile and the request already failed.
+    let Some(p) = pending.get_mut(&claim.cookie) else {
+        return Ok(());
+    };
+    p.assembly.put_buffer(claim.buffer);
+    if !claim.done {
+        return Ok(());
+    }
+    let Some(p) = pending.remove(&claim.cookie) else {
+        return Ok(());
+    };
+    let result = if claim.simple {
+        p.assembly.placed()
+    } else {
+        p.assembly.finish()
+    };
+    answer(p.reply, result)
+}
+
+/// Decodes and dispatches one whole message from `buf`; `Some(needed)` when it is not
+/// all there yet.
+fn decode_one(buf: &mut BytesMut, core: &Core) -> Result<Option<usize>, Error> {
+    let mut pending = core.pending.lock().map_err(|_| Error::Disconnected)?;
+    let decoded = decode_reply(buf, |cookie| {
+        pending
+            .get(&cookie)
+            .map(|p| p.assembly.simple_data_len())
+            .unwrap_or(0)
+    })?;
+    match decoded {
+        Decoded::Incomplete { needed } => Ok(Some(needed)),
+        Decoded::Complete { message, consumed } => {
+            dispatch(&mut pending, message)?;
+            buf.advance(consumed);
+            Ok(None)
+        }
+    }
+}
+
+/// Answers a finished request. A malformed reply poisons the whole stream, not just
+/// this request: the error is also returned, and the connection closes.
+fn answer(
+    reply: oneshot::Sender<Result<Outcome, Error>>,
+    result: Result<Outcome, Error>,
+) -> Result<(), Error> {
+    if let Err(Error::Protocol(e)) = &result {
+        let e = e.clone();
+        let _ = reply.send(result);
+        return Err(e.into());
+    }
+    let _ = reply.send(result);
+    Ok(())
 }
 
 fn dispatch(pending: &mut HashMap<u64, Pending>, reply: Reply<'_>) -> Result<(), Error> {
@@ -658,14 +875,7 @@ fn dispatch(pending: &mut HashMap<u64, Pending>, reply: Reply<'_>) -> Result<(),
             p.assembly.chunk(&chunk)?;
             if chunk.done {
                 if let Some(p) = pending.remove(&chunk.cookie) {
-                    let result = p.assembly.finish();
-                    // A malformed reply poisons the whole stream, not just this request.
-                    if let Err(Error::Protocol(e)) = &result {
-                        let e = e.clone();
-                        let _ = p.reply.send(result);
-                        return Err(e.into());
-                    }
-                    let _ = p.reply.send(result);
+                    return answer(p.reply, p.assembly.finish());
                 }
             }
         }

@@ -127,6 +127,30 @@ pub enum Error {
     /// An export's storage failed while the server was negotiating.
     #[error("export error: {0}")]
     Export(#[from] crate::export::ExportError),
+    /// TLS settings could not be used (a PEM file missing or unreadable, no key, no
+    /// certificate, a bad server name).
+    #[error("TLS settings: {0}")]
+    TlsConfig(String),
+    /// The TLS handshake failed: an untrusted or missing certificate, a name mismatch.
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(String),
+    /// The server answered `NBD_OPT_STARTTLS` with an error: it will not do TLS.
+    #[error("server refused TLS (NBD_OPT_STARTTLS): {0}")]
+    TlsRefused(String),
+    /// The server requires TLS (`NBD_REP_ERR_TLS_REQD`) and this client was not asked
+    /// to use it.
+    #[error(
+        "server requires TLS: connect with an nbds:// URL and certificates (NBD_REP_ERR_TLS_REQD)"
+    )]
+    TlsRequired,
+    /// The server refused the export by its access policy (`NBD_REP_ERR_POLICY`).
+    #[error("server refused export {export:?}: {message}")]
+    Forbidden {
+        /// The export asked for.
+        export: String,
+        /// The server's explanation.
+        message: String,
+    },
 }
 
 impl Error {

@@ -11,9 +11,10 @@
 //! Supported: fixed newstyle; `NBD_OPT_EXPORT_NAME`, `GO`, `INFO`, `LIST`, `ABORT`,
 //! `STRUCTURED_REPLY`, `LIST_META_CONTEXT`, `SET_META_CONTEXT` with `base:allocation`
 //! (unknown options get `NBD_REP_ERR_UNSUP`); simple and structured replies; `READ`,
-//! `WRITE`, `FLUSH`, `TRIM`, `WRITE_ZEROES`, `DISC`, `BLOCK_STATUS`. Not supported:
-//! TLS (`NBD_OPT_STARTTLS` is answered `NBD_REP_ERR_UNSUP`), oldstyle negotiation,
-//! extended headers.
+//! `WRITE`, `FLUSH`, `TRIM`, `WRITE_ZEROES`, `DISC`, `BLOCK_STATUS`; TLS with
+//! `NBD_OPT_STARTTLS` ([`tls`]: rustls; the server requires it once configured, the
+//! client asks first for `nbds://`). Not supported: oldstyle negotiation, extended
+//! headers.
 
 pub mod assemble;
 pub mod client;
@@ -27,6 +28,7 @@ pub mod option;
 pub mod positional;
 pub mod rules;
 pub mod server;
+pub mod tls;
 pub mod transmission;
 pub mod url;
 
@@ -39,4 +41,5 @@ pub use file_export::FileExport;
 pub use handshake::Negotiated;
 pub use positional::PositionalIo;
 pub use server::{serve, serve_connection, serve_until, ServerConfig};
+pub use tls::{AccessPolicy, ClientTls, PeerIdentity, ServerTls};
 pub use url::NbdUrl;

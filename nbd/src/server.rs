@@ -1,9 +1,15 @@
 //! The tokio server: accepts connections, runs the handshake machine against a
 //! [`Catalog`], then serves pipelined requests against the chosen [`Export`].
 //!
-//! Per connection, this task reads requests and spawns one handler per request (bounded
-//! by a semaphore, so a client cannot queue unbounded work); handlers send finished reply
+//! Per connection, this task reads requests and runs one handler per request (bounded
+//! by a semaphore, so a client cannot queue unbounded work): at once when the export
+//! answers without waiting, else as a task of its own. Handlers send finished reply
 //! frames to a writer task, so replies go out in completion order, each frame whole.
+//!
+//! With [`ServerConfig::tls`] set, TLS is required (FORCEDTLS): the handshake machine
+//! refuses everything before `NBD_OPT_STARTTLS`, this shell then runs the TLS handshake
+//! and carries on negotiating, and transmission, inside TLS. The client's certificate
+//! name decides which exports it may open and see listed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,9 +24,10 @@ use crate::consts::*;
 use crate::decode::Decoded;
 use crate::error::{Error, ProtocolError};
 use crate::export::{Catalog, Export};
-use crate::handshake::server::{needs, ExportInfo, Lookup, Need, ServerHandshake, ServerOutcome};
+use crate::handshake::server::{ExportInfo, Lookup, Need, ServerHandshake, ServerOutcome};
 use crate::handshake::Negotiated;
 use crate::rules::{block_descriptors, check_request};
+use crate::tls::{PeerIdentity, ServerTls};
 use crate::transmission::{
     encode_offset_data_prefix, encode_simple_reply, Chunk, ChunkBody, Command, Request,
 };
@@ -34,6 +41,8 @@ pub struct ServerConfig {
     pub max_in_flight_per_connection: usize,
     /// A client that has not finished the handshake by then is dropped.
     pub handshake_timeout: Duration,
+    /// Require TLS with these settings (`None`: plain TCP, `STARTTLS` unsupported).
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +51,7 @@ impl Default for ServerConfig {
             max_connections: 256,
             max_in_flight_per_connection: 32,
             handshake_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -86,6 +96,10 @@ pub async fn serve_until(
             tracing::debug!(%peer, "nbd server: connection");
             match serve_connection(stream, catalog, &config).await {
                 Ok(()) => tracing::debug!(%peer, "nbd server: connection closed"),
+                // A refused certificate is the operator's business, not just a dropped line.
+                Err(e @ Error::TlsHandshake(_)) => {
+                    tracing::warn!(%peer, %e, "nbd server: client refused")
+                }
                 Err(e) => tracing::info!(%peer, %e, "nbd server: connection ended with error"),
             }
             drop(permit);
@@ -109,29 +123,73 @@ where
 {
     let mut stream = stream;
     let mut buf = BytesMut::with_capacity(4096);
-    let negotiated = tokio::time::timeout(
-        config.handshake_timeout,
-        handshake(&mut stream, &*catalog, &mut buf),
-    )
-    .await
-    .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
-    let Some((session, export)) = negotiated else {
-        return Ok(());
+    let mut machine = match &config.tls {
+        Some(_) => ServerHandshake::requiring_tls(),
+        None => ServerHandshake::new(),
+    };
+    let timeout = tokio::time::sleep(config.handshake_timeout);
+    tokio::pin!(timeout);
+    let timed_out = || Error::Io(std::io::ErrorKind::TimedOut.into());
+    let plain = tokio::select! {
+        _ = &mut timeout => return Err(timed_out()),
+        ended = handshake(&mut stream, &mut machine, &*catalog, None, &mut buf) => ended?,
+    };
+    let (session, export) = match plain {
+        Ended::Closed => return Ok(()),
+        Ended::Transmission(session, export) => (session, export),
+        Ended::StartTls => {
+            let tls = config
+                .tls
+                .as_ref()
+                .ok_or(ProtocolError::Unexpected("STARTTLS without TLS settings"))?;
+            // Bytes sent after STARTTLS but before the TLS handshake would be plain text
+            // injected into the secure session: refuse them.
+            if !buf.is_empty() {
+                return Err(ProtocolError::Unexpected("plain text after NBD_OPT_STARTTLS").into());
+            }
+            let (mut secure, peer) = tokio::select! {
+                _ = &mut timeout => return Err(timed_out()),
+                accepted = tls.accept(stream) => accepted?,
+            };
+            tracing::debug!(client = ?peer.common_name, "nbd server: TLS established");
+            let access = Some((tls, &peer));
+            let ended = tokio::select! {
+                _ = &mut timeout => return Err(timed_out()),
+                ended = handshake(&mut secure, &mut machine, &*catalog, access, &mut buf) => ended?,
+            };
+            let Ended::Transmission(session, export) = ended else {
+                return Ok(());
+            };
+            tracing::debug!(export = %session.export_name, client = ?peer.common_name, "nbd server: transmission over TLS");
+            return transmission(secure, buf, session, export, config).await;
+        }
     };
     tracing::debug!(export = %session.export_name, structured = session.structured_replies, "nbd server: transmission");
     transmission(stream, buf, session, export, config).await
 }
 
-/// Run the handshake machine. `None`: the client left or aborted.
+/// How a run of the handshake machine ended.
+enum Ended {
+    /// The client left or aborted.
+    Closed,
+    /// `STARTTLS` was acknowledged: run the TLS handshake, then the machine again.
+    StartTls,
+    /// Transmission begins on this export.
+    Transmission(Negotiated, Arc<dyn Export>),
+}
+
+/// Run the handshake machine until it closes, starts TLS or enters transmission.
+/// `access`: the TLS settings and the client's identity, once TLS runs.
 async fn handshake<S>(
     stream: &mut S,
+    machine: &mut ServerHandshake,
     catalog: &dyn Catalog,
+    access: Option<(&ServerTls, &PeerIdentity)>,
     buf: &mut BytesMut,
-) -> Result<Option<(Negotiated, Arc<dyn Export>)>, Error>
+) -> Result<Ended, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut machine = ServerHandshake::new();
     loop {
         let out = machine.take_output();
         if !out.is_empty() {
@@ -143,7 +201,7 @@ where
                 // `needed` is bounded by the option size cap the decoder enforces.
                 buf.reserve(needed.saturating_sub(buf.len()));
                 if stream.read_buf(buf).await? == 0 {
-                    return Ok(None);
+                    return Ok(Ended::Closed);
                 }
                 continue;
             }
@@ -152,15 +210,32 @@ where
         buf.advance(consumed);
         let Some(option) = option else { continue };
         let mut chosen: Option<Arc<dyn Export>> = None;
-        let lookup = match needs(&option) {
+        let lookup = match machine.needs(&option) {
             Need::Nothing => Lookup::Nothing,
             Need::List => match catalog.list().await {
-                Ok(names) => Lookup::List(names),
+                Ok(mut names) => {
+                    if let Some((tls, peer)) = access {
+                        names.retain(|(name, _)| tls.allows(peer, name));
+                    }
+                    Lookup::List(names)
+                }
                 Err(e) => {
                     tracing::warn!(%e, "nbd server: listing exports failed");
                     Lookup::Nothing
                 }
             },
+            Need::Export(name) if access.is_some_and(|(tls, peer)| !tls.allows(peer, name)) => {
+                let client = access.and_then(|(_, peer)| peer.common_name.as_deref());
+                tracing::warn!(
+                    name,
+                    ?client,
+                    "nbd server: export refused by the access policy"
+                );
+                Lookup::Refused(format!(
+                    "client {:?} may not open export {name:?}",
+                    client.unwrap_or("(no certificate)")
+                ))
+            }
             Need::Export(name) => match catalog.open(name).await {
                 Ok(found) => {
                     chosen = found;
@@ -178,14 +253,19 @@ where
             ServerOutcome::Close => {
                 stream.write_all(&machine.take_output()).await?;
                 stream.flush().await?;
-                return Ok(None);
+                return Ok(Ended::Closed);
+            }
+            ServerOutcome::StartTls => {
+                stream.write_all(&machine.take_output()).await?;
+                stream.flush().await?;
+                return Ok(Ended::StartTls);
             }
             ServerOutcome::Transmission(session) => {
                 stream.write_all(&machine.take_output()).await?;
                 stream.flush().await?;
                 let export =
                     chosen.ok_or(ProtocolError::Unexpected("transmission without an export"))?;
-                return Ok(Some((session, export)));
+                return Ok(Ended::Transmission(session, export));
             }
         }
     }
@@ -296,11 +376,18 @@ async fn read_requests<R: AsyncRead + Unpin>(
             .await
             .map_err(|_| Error::Disconnected)?;
         let (session, export, tx) = (Arc::clone(session), Arc::clone(export), tx.clone());
-        tokio::spawn(async move {
+        let mut work = Box::pin(async move {
             let frame = handle(&request, payload, &session, export.as_ref()).await;
             let _ = tx.send(frame).await;
             drop(permit);
         });
+        // An export that can answer at once (cached data) is answered here: a task per
+        // such request would cost more than the request. Anything that waits becomes a
+        // task of its own, polled again there with a real waker.
+        let mut now = std::task::Context::from_waker(std::task::Waker::noop());
+        if work.as_mut().poll(&mut now).is_pending() {
+            tokio::spawn(work);
+        }
     }
 }
 

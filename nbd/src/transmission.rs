@@ -463,6 +463,102 @@ pub fn decode_reply(
     }
 }
 
+/// The fixed part of a reply that may carry read data, decoded without the data, so a
+/// client can read the data from the socket straight into the request's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataHeader {
+    /// A successful simple reply: as many bytes follow as the read with `cookie` asked
+    /// for (none if it was not a read).
+    Simple {
+        /// The request's cookie.
+        cookie: u64,
+    },
+    /// An `OFFSET_DATA` chunk: `data_len` bytes of data for `offset` follow.
+    OffsetData {
+        /// The request's cookie.
+        cookie: u64,
+        /// The chunk ends its reply (`NBD_REPLY_FLAG_DONE`).
+        done: bool,
+        /// Absolute export offset of the data.
+        offset: u64,
+        /// Bytes of data that follow (at least one).
+        data_len: u32,
+    },
+}
+
+/// Bytes [`decode_data_header`] consumes for an `OFFSET_DATA` chunk: header and offset.
+pub const OFFSET_DATA_HEADER_BYTES: usize = CHUNK_HEADER_BYTES + 8;
+
+/// Decode the header of the next server message if it may carry read data (client
+/// side). `Complete { message: None, .. }`: it is another kind of message (an error, a
+/// hole, block status): decode it whole with [`decode_reply`]. For `Some`, `consumed`
+/// covers the header (and an `OFFSET_DATA` chunk's offset), not the data. The checks
+/// are [`decode_reply`]'s for the same bytes: magic, payload bounds, chunk lengths.
+pub fn decode_data_header(buf: &[u8]) -> Result<Decoded<Option<DataHeader>>, ProtocolError> {
+    let mut r = Reader::new(buf);
+    let Some(magic) = r.u32() else {
+        return Ok(Decoded::Incomplete {
+            needed: SIMPLE_REPLY_HEADER_BYTES,
+        });
+    };
+    match magic {
+        SIMPLE_REPLY_MAGIC => {
+            let (Some(error), Some(cookie)) = (r.u32(), r.u64()) else {
+                return Ok(Decoded::Incomplete {
+                    needed: SIMPLE_REPLY_HEADER_BYTES,
+                });
+            };
+            let message = (error == 0).then_some(DataHeader::Simple { cookie });
+            Ok(Decoded::Complete {
+                message,
+                consumed: SIMPLE_REPLY_HEADER_BYTES,
+            })
+        }
+        STRUCTURED_REPLY_MAGIC => {
+            let (Some(flags), Some(kind), Some(cookie), Some(length)) =
+                (r.u16(), r.u16(), r.u64(), r.u32())
+            else {
+                return Ok(Decoded::Incomplete {
+                    needed: CHUNK_HEADER_BYTES,
+                });
+            };
+            if kind != REPLY_TYPE_OFFSET_DATA {
+                return Ok(Decoded::Complete {
+                    message: None,
+                    consumed: CHUNK_HEADER_BYTES,
+                });
+            }
+            if length > MAX_CHUNK_PAYLOAD_BYTES {
+                return Err(ProtocolError::PayloadTooLarge {
+                    length: length.into(),
+                    max: MAX_CHUNK_PAYLOAD_BYTES.into(),
+                });
+            }
+            if length < 9 {
+                return Err(ProtocolError::Malformed("OFFSET_DATA shorter than 9 bytes"));
+            }
+            let Some(offset) = r.u64() else {
+                return Ok(Decoded::Incomplete {
+                    needed: OFFSET_DATA_HEADER_BYTES,
+                });
+            };
+            Ok(Decoded::Complete {
+                message: Some(DataHeader::OffsetData {
+                    cookie,
+                    done: flags & REPLY_FLAG_DONE != 0,
+                    offset,
+                    data_len: length - 8,
+                }),
+                consumed: OFFSET_DATA_HEADER_BYTES,
+            })
+        }
+        found => Err(ProtocolError::BadMagic {
+            expected: SIMPLE_REPLY_MAGIC.into(),
+            found: found.into(),
+        }),
+    }
+}
+
 fn parse_chunk_body(kind: u16, payload: &[u8]) -> Result<ChunkBody<'_>, ProtocolError> {
     let mut r = Reader::new(payload);
     let body = match kind {
@@ -693,6 +789,40 @@ mod tests {
         }
 
         #[test]
+        fn data_headers_agree_with_whole_replies(parts in chunk_parts()) {
+            // The header decoder reads exactly what the whole-reply decoder reads.
+            let chunk = build(&parts);
+            let mut buf = Vec::new();
+            chunk.encode(&mut buf);
+            let header = decode_data_header(&buf).unwrap();
+            match &chunk.body {
+                ChunkBody::OffsetData { offset, data } => {
+                    let expected = DataHeader::OffsetData {
+                        cookie: chunk.cookie,
+                        done: chunk.done,
+                        offset: *offset,
+                        data_len: u32::try_from(data.len()).unwrap(),
+                    };
+                    prop_assert_eq!(header, Decoded::Complete { message: Some(expected), consumed: OFFSET_DATA_HEADER_BYTES });
+                    prop_assert_eq!(&buf[OFFSET_DATA_HEADER_BYTES..], *data);
+                }
+                _ => prop_assert_eq!(header, Decoded::Complete { message: None, consumed: CHUNK_HEADER_BYTES }),
+            }
+            for cut in 0..CHUNK_HEADER_BYTES {
+                let incomplete = matches!(decode_data_header(&buf[..cut]).unwrap(), Decoded::Incomplete { needed } if needed > cut);
+                prop_assert!(incomplete);
+            }
+        }
+
+        #[test]
+        fn simple_data_headers_name_the_cookie(cookie in any::<u64>(), error in any::<u32>()) {
+            let mut buf = Vec::new();
+            encode_simple_reply(&mut buf, cookie, error);
+            let expected = (error == 0).then_some(DataHeader::Simple { cookie });
+            prop_assert_eq!(decode_data_header(&buf).unwrap(), Decoded::Complete { message: expected, consumed: SIMPLE_REPLY_HEADER_BYTES });
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), n in any::<u32>()) {
             let _ = Request::decode(&bytes, MAX_PAYLOAD_BYTES);
             let _ = decode_reply(&bytes, |_| n);
@@ -702,7 +832,9 @@ mod tests {
                 encode_chunk_header(&mut buf, 1, kind, 7, u32::try_from(bytes.len()).unwrap());
                 buf.extend_from_slice(&bytes);
                 let _ = decode_reply(&buf, |_| 0);
+                let _ = decode_data_header(&buf);
             }
+            let _ = decode_data_header(&bytes);
         }
     }
 
@@ -713,6 +845,16 @@ mod tests {
         assert!(matches!(
             decode_reply(&buf, |_| 0),
             Err(ProtocolError::PayloadTooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_data_header(&buf),
+            Err(ProtocolError::PayloadTooLarge { .. })
+        ));
+        let mut short = Vec::new();
+        encode_chunk_header(&mut short, 1, REPLY_TYPE_OFFSET_DATA, 1, 8);
+        assert!(matches!(
+            decode_data_header(&short),
+            Err(ProtocolError::Malformed(_))
         ));
         let mut buf = Vec::new();
         Request {

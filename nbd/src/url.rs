@@ -1,4 +1,5 @@
-//! `nbd://host[:port]/export` URLs (the form qemu and libnbd accept for plain TCP).
+//! `nbd://host[:port]/export` and `nbds://host[:port]/export` URLs (the forms qemu and
+//! libnbd accept for TCP, plain and with TLS).
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,11 +18,14 @@ pub struct NbdUrl {
     pub port: u16,
     /// Export name (percent-decoded; empty is the default export).
     pub export: String,
+    /// `nbds://`: negotiate TLS (`NBD_OPT_STARTTLS`) and refuse to go on without it.
+    pub tls: bool,
 }
 
 impl NbdUrl {
-    /// Parse `nbd://host[:port][/export]`; `nbd+tcp://` is accepted too. TLS (`nbds://`)
-    /// and Unix sockets (`nbd+unix://`) are refused, as this crate does not dial them.
+    /// Parse `nbd://host[:port][/export]` (also `nbd+tcp://`) and the TLS forms
+    /// `nbds://` and `nbds+tcp://`. Unix sockets (`nbd+unix://`) are refused, as this
+    /// crate does not dial them.
     pub fn parse(text: &str) -> Result<Self, Error> {
         let bad = |reason| Error::InvalidUrl {
             url: text.to_owned(),
@@ -30,10 +34,15 @@ impl NbdUrl {
         if text.len() > 8192 {
             return Err(bad("longer than 8192 bytes"));
         }
-        let rest = text
-            .strip_prefix("nbd://")
-            .or_else(|| text.strip_prefix("nbd+tcp://"))
-            .ok_or_else(|| bad("scheme must be nbd:// or nbd+tcp://"))?;
+        let (rest, tls) = [
+            ("nbd://", false),
+            ("nbd+tcp://", false),
+            ("nbds://", true),
+            ("nbds+tcp://", true),
+        ]
+        .iter()
+        .find_map(|&(scheme, tls)| text.strip_prefix(scheme).map(|rest| (rest, tls)))
+        .ok_or_else(|| bad("scheme must be nbd://, nbds://, nbd+tcp:// or nbds+tcp://"))?;
         let (authority, path) = match rest.find(['/', '?', '#']) {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -71,6 +80,7 @@ impl NbdUrl {
             host: host.to_owned(),
             port,
             export,
+            tls,
         })
     }
 
@@ -93,7 +103,8 @@ impl FromStr for NbdUrl {
 
 impl fmt::Display for NbdUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "nbd://{}/", self.address())?;
+        let scheme = if self.tls { "nbds" } else { "nbd" };
+        write!(f, "{scheme}://{}/", self.address())?;
         for b in self.export.bytes() {
             if b.is_ascii_alphanumeric() || b"-._~@:/".contains(&b) {
                 write!(f, "{}", char::from(b))?;
@@ -144,12 +155,23 @@ mod tests {
         assert!(NbdUrl::parse("nbd://x:99999/y").is_err());
         assert!(NbdUrl::parse("nbd:///y").is_err());
         assert!(NbdUrl::parse("nbd://x/%zz").is_err());
+        assert!(!NbdUrl::parse("nbd://x/y").unwrap().tls);
+    }
+
+    #[test]
+    fn nbds_asks_for_tls() {
+        let u = NbdUrl::parse("nbds://backup.example:10900/sys@2").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("backup.example", 10900));
+        assert_eq!(u.to_string(), "nbds://backup.example:10900/sys@2");
+        assert!(NbdUrl::parse("nbds+tcp://h/e").unwrap().tls);
+        assert!(NbdUrl::parse("nbds+unix:///e?socket=/s").is_err());
     }
 
     proptest! {
         #[test]
-        fn display_round_trips(host in "[a-z][a-z0-9.-]{0,20}", port in any::<u16>(), export in "\\PC{0,20}") {
-            let u = NbdUrl { host, port, export };
+        fn display_round_trips(host in "[a-z][a-z0-9.-]{0,20}", port in any::<u16>(), export in "\\PC{0,20}", tls in any::<bool>()) {
+            let u = NbdUrl { host, port, export, tls };
             prop_assert_eq!(NbdUrl::parse(&u.to_string()).unwrap(), u);
         }
 

@@ -377,3 +377,139 @@ async fn reconnecting_client_redials_after_the_connection_drops() {
     client.disconnect().await.unwrap();
     acceptor.abort();
 }
+
+/// A server that answers every read with its data cut into pieces sent last-first, a
+/// hole among them, each piece in its own write: the client must place each piece in
+/// the caller's buffer at its offset, zero the hole, and finish only at DONE.
+async fn scattering_server(data: Arc<Vec<u8>>) -> std::net::SocketAddr {
+    use rehydrate_nbd::handshake::server::{
+        needs, ExportInfo, Lookup, Need, ServerHandshake, ServerOutcome,
+    };
+    use rehydrate_nbd::transmission::{Chunk, ChunkBody};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut machine = ServerHandshake::new();
+        let mut buf = bytes::BytesMut::new();
+        'handshake: loop {
+            stream.write_all(&machine.take_output()).await.unwrap();
+            let (option, consumed) = match machine.decode(&buf).unwrap() {
+                Decoded::Incomplete { .. } => {
+                    assert!(stream.read_buf(&mut buf).await.unwrap() > 0);
+                    continue;
+                }
+                Decoded::Complete { message, consumed } => (message, consumed),
+            };
+            let _ = buf.split_to(consumed);
+            let Some(option) = option else { continue };
+            let info = ExportInfo {
+                size_bytes: data.len() as u64,
+                read_only: true,
+                can_multi_conn: true,
+                description: String::new(),
+                min_block_bytes: 1,
+            };
+            let lookup = match needs(&option) {
+                Need::Export(_) => Lookup::Export(Some(info)),
+                _ => Lookup::Nothing,
+            };
+            if let ServerOutcome::Transmission(_) = machine.respond(option, lookup) {
+                stream.write_all(&machine.take_output()).await.unwrap();
+                break 'handshake;
+            }
+        }
+        loop {
+            while buf.len() < REQUEST_HEADER_BYTES {
+                if stream.read_buf(&mut buf).await.unwrap() == 0 {
+                    return;
+                }
+            }
+            let header = buf.split_to(REQUEST_HEADER_BYTES);
+            let Decoded::Complete { message: r, .. } = Request::decode_header(&header).unwrap()
+            else {
+                return;
+            };
+            if r.command == Command::Disconnect {
+                return;
+            }
+            let (start, len) = (r.offset as usize, r.length as usize);
+            let quarter = (len / 4).max(1);
+            let mut pieces: Vec<(usize, usize)> = (0..len)
+                .step_by(quarter)
+                .map(|at| (at, quarter.min(len - at)))
+                .collect();
+            pieces.reverse();
+            let last = pieces.len() - 1;
+            for (i, (at, n)) in pieces.into_iter().enumerate() {
+                let offset = (start + at) as u64;
+                let body = if i == 1 && data[start + at..start + at + n].iter().all(|&b| b == 0) {
+                    ChunkBody::OffsetHole {
+                        offset,
+                        length: n as u32,
+                    }
+                } else {
+                    ChunkBody::OffsetData {
+                        offset,
+                        data: &data[start + at..start + at + n],
+                    }
+                };
+                let mut out = Vec::new();
+                Chunk {
+                    done: i == last,
+                    cookie: r.cookie,
+                    body,
+                }
+                .encode(&mut out);
+                stream.write_all(&out).await.unwrap();
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_into_fills_the_callers_buffer_from_scattered_chunks_and_holes() {
+    let mut data = image(1 << 20, 11);
+    // A zero quarter of the first read, sent as a hole.
+    data[2 * 16384..3 * 16384].fill(0);
+    let data = Arc::new(data);
+    let addr = scattering_server(Arc::clone(&data)).await;
+    let client = Client::connect(addr, "").await.unwrap();
+    for (offset, len) in [(0usize, 65_536usize), (5000, 40_000), (123_457, 3)] {
+        // Old bytes in the buffer must all be overwritten.
+        let dirty = bytes::BytesMut::from(&vec![0xA5u8; len][..]);
+        let got = client.read_into(offset as u64, dirty).await.unwrap();
+        assert_same(&got, &data[offset..offset + len], "scattered read");
+    }
+    client.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_into_our_server_simple_and_structured_above_the_payload_bound() {
+    // Larger than one request may carry, so the read is split and joined again.
+    let size = MAX_PAYLOAD_BYTES as usize + 3 * 65_536;
+    let data = image(size, 5);
+    let ro: Arc<dyn Export> = Arc::new(MemExport::new(data.clone(), true));
+    let (addr, _server) = start_server(Arc::new(MapCatalog::new().with("ro", ro))).await;
+    for structured in [true, false] {
+        let options = ClientOptions {
+            structured_replies: structured,
+            ..ClientOptions::default()
+        };
+        let client = Client::connect_with(addr, "ro", options).await.unwrap();
+        let got = client
+            .read_into(1000, bytes::BytesMut::from(&vec![0x5Au8; size - 1000][..]))
+            .await
+            .unwrap();
+        assert_same(&got, &data[1000..], "split read_into");
+        // Every third 64 KiB block is zero: our server answers it with a hole.
+        let zero_block = 2 * 65_536;
+        let got = client
+            .read_into(zero_block, bytes::BytesMut::from(&[0xFFu8; 65_536][..]))
+            .await
+            .unwrap();
+        assert!(got.iter().all(|&b| b == 0), "a hole zeroes old bytes");
+        client.disconnect().await.unwrap();
+    }
+}

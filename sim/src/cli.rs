@@ -57,7 +57,11 @@ pub struct Common {
     pub faults: Faults,
     /// Run the driver with a deliberate bug: commit-metadata-before-data-flush,
     /// mark-before-lower-write-completes, skip-fetch-for-partial-write,
-    /// accept-stale-hydrate, lose-mark-on-torn-commit, forward-read-before-restored.
+    /// accept-stale-hydrate, lose-mark-on-torn-commit, forward-read-before-restored,
+    /// fail-waiters-of-whole-range, keep-unwanted-requests, ask-every-missing-region,
+    /// no-reask-after-failed-claim, hold-deadline-from-engine-start,
+    /// complete-while-cancelable, flush-covers-later-marks,
+    /// skip-fua-commit-when-unflushed.
     #[arg(long, value_parser = parse_mutant)]
     pub mutant: Option<Mutant>,
     /// Print results as JSON lines.

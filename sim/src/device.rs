@@ -3,8 +3,11 @@
 //!
 //! Two images, as in redb's crash tests: `live` is what reads see, `media` what survives
 //! power loss. A write lands in `live` and, with the cache on, in an ordered list of
-//! cache entries; a flush writes every entry to the medium; the drive also destages its
-//! oldest entry on its own now and then. A FUA write goes to the medium at once and
+//! cache entries; the drive also destages its oldest entry on its own now and then. A
+//! flush promises only the writes that completed before it was issued: a *strict*
+//! flush writes exactly those entries ([`Disk::flush_before`] with the mark taken when
+//! the flush arrived), a *kind* one everything cached ([`Disk::flush`]); the device
+//! picks per flush, so marking data no flush covered is caught. A FUA write goes to the medium at once and
 //! takes its sectors out of older cache entries (the drive never writes stale cached
 //! data over newer data). At power loss each entry still cached is lost, kept, or, with
 //! tearing on, cut at device-sector boundaries (any subset of its device sectors
@@ -25,6 +28,8 @@ const _: () = assert!(!crate::data::is_garbage(0) && SUPERSEDED >> 62 == 3);
 
 #[derive(Debug)]
 struct Entry {
+    /// Order of the write among all cached writes.
+    seq: u64,
     start: usize,
     tags: Vec<u64>,
 }
@@ -49,6 +54,8 @@ pub struct Disk {
     media: Vec<u64>,
     cache_on: bool,
     cache: VecDeque<Entry>,
+    /// Sequence number of the next cached write.
+    next_seq: u64,
     pool: Vec<Vec<u64>>,
 }
 
@@ -67,6 +74,7 @@ impl Disk {
             media: image,
             cache_on,
             cache: VecDeque::new(),
+            next_seq: 0,
             pool: Vec::new(),
         }
     }
@@ -142,12 +150,27 @@ impl Disk {
         let mut tags = self.pool.pop().unwrap_or_default();
         tags.clear();
         tags.extend_from_slice(&self.live[range]);
-        self.cache.push_back(Entry { start, tags });
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.cache.push_back(Entry { seq, start, tags });
     }
 
-    /// Writes every cached entry to the medium (SYNCHRONIZE CACHE).
+    /// Writes every cached entry to the medium (SYNCHRONIZE CACHE, kindly).
     pub fn flush(&mut self) {
         while self.destage() {}
+    }
+
+    /// The mark a flush arriving now takes: it must cover the writes completed so far.
+    pub fn cache_mark(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Writes to the medium exactly the cached writes older than `mark` (strictly).
+    pub fn flush_before(&mut self, mark: u64) {
+        // Bounded: each pass destages one entry.
+        while self.cache.front().is_some_and(|e| e.seq < mark) {
+            self.destage();
+        }
     }
 
     /// Writes the oldest cached entry to the medium; false when the cache is empty.
@@ -276,5 +299,26 @@ mod tests {
         assert!(d.fits(8, 8) && !d.fits(8, 9) && !d.fits(0, 0));
         let d4 = Disk::new(16, 4096, false);
         assert!(d4.fits(8, 8) && !d4.fits(1, 8) && !d4.fits(8, 4));
+    }
+}
+
+#[cfg(test)]
+mod flush_tests {
+    use super::*;
+
+    #[test]
+    fn item7_a_strict_flush_covers_only_writes_completed_before_it_arrived() {
+        let mut d = Disk::new(16, 512, true);
+        d.write(0, 1, false, |_| 1);
+        let mark = d.cache_mark();
+        d.write(1, 1, false, |_| 2);
+        d.flush_before(mark);
+        assert_eq!(d.media(0), 1);
+        assert!(
+            crate::data::is_garbage(d.media(1)),
+            "written after the flush arrived"
+        );
+        d.flush();
+        assert_eq!(d.media(1), 2, "a kind flush writes everything");
     }
 }

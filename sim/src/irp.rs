@@ -204,6 +204,9 @@ pub enum CancelRoutine {
     Port,
     /// WDF's: the request waits in the filter's manual queue (a parked GET_MISSING).
     WdfQueue,
+    /// WDF's for a request the driver owns and marked cancelable
+    /// (`WdfRequestMarkCancelableEx`): the driver's `EvtRequestCancel` runs later.
+    WdfDriver,
     /// A test's.
     Test,
 }
@@ -335,6 +338,8 @@ pub struct Irp {
     pub origin: Origin,
     /// WDF's request state, for requests on the filter or control device.
     pub wdf: WdfState,
+    /// The driver marked the request cancelable and has not unmarked it.
+    pub wdf_cancelable: bool,
     /// The filter held it at once instead of forwarding it (sim only: the file system's
     /// model of which requests it may overlap).
     pub held: bool,
@@ -342,6 +347,8 @@ pub struct Irp {
     pub split_left: u32,
     /// First failure among the pieces.
     pub split_status: Status,
+    /// (Device) the cache mark when a flush arrived: what it must cover.
+    pub flush_mark: u64,
 }
 
 impl Irp {
@@ -363,9 +370,11 @@ impl Irp {
             output: Vec::new(),
             origin: Origin::System,
             wdf: WdfState::None,
+            wdf_cancelable: false,
             held: false,
             split_left: 0,
             split_status: Status::SUCCESS,
+            flush_mark: 0,
         }
     }
 
@@ -421,8 +430,10 @@ impl Slab {
         irp.output.clear();
         irp.origin = Origin::System;
         irp.wdf = WdfState::None;
+        irp.wdf_cancelable = false;
         irp.held = false;
         irp.split_left = 0;
+        irp.flush_mark = 0;
         irp.split_status = Status::SUCCESS;
         self.live += 1;
         IrpId {

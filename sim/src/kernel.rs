@@ -68,6 +68,12 @@ pub enum Upcall {
         /// The IRP.
         irp: IrpId,
     },
+    /// A request the filter marked cancelable was cancelled: WDF calls its
+    /// `EvtRequestCancel` (deferred, as KMDF's queue dispatches cancellations).
+    WdfCancel {
+        /// The IRP.
+        irp: IrpId,
+    },
 }
 
 /// One dispatch call in progress.
@@ -121,6 +127,9 @@ pub struct Kernel {
     pub stats: Stats,
     /// Faults have stopped (the run is settling): no more media errors.
     pub calm: bool,
+    /// When a fault that can delay a held request last happened (a media error, a
+    /// killed service, a failed metadata commit), for the liveness bound.
+    pub last_delay_fault_ns: Option<u64>,
     frames: Vec<Frame>,
     /// Per IRP slot: locations whose dispatch returned `STATUS_PENDING` unmarked, to be
     /// checked when completion pops them.
@@ -143,6 +152,7 @@ impl Kernel {
             wdf_queue: VecDeque::new(),
             stats: Stats::default(),
             calm: false,
+            last_delay_fault_ns: None,
             frames: Vec::new(),
             deferred: Vec::new(),
         }
@@ -152,6 +162,11 @@ impl Kernel {
     #[inline]
     pub fn now_ns(&self) -> u64 {
         self.sched.now_ns()
+    }
+
+    /// A fault that can delay held requests happened now.
+    pub fn note_delay_fault(&mut self) {
+        self.last_delay_fault_ns = Some(self.now_ns());
     }
 
     // ----- ownership -----------------------------------------------------------------
@@ -319,6 +334,13 @@ impl Kernel {
         }
         self.stats.dispatches += 1;
         let irp = self.irps.get_mut(id)?;
+        if let Some(routine) = irp.cancel_routine {
+            self.v.fail(
+                Rule::SentWithCancelRoutine,
+                format!("{by:?} called {target:?} with IRP {id:?} whose cancel routine {routine:?} is still set"),
+            );
+            return None;
+        }
         if irp.current <= 1 {
             let current = irp.current;
             self.v.fail(
@@ -575,6 +597,7 @@ impl Kernel {
         match routine {
             CancelRoutine::Port => crate::stack::port::cancel(self, id),
             CancelRoutine::WdfQueue => crate::wdf::cancel_parked(self, id),
+            CancelRoutine::WdfDriver => self.upcalls.push_back(Upcall::WdfCancel { irp: id }),
             CancelRoutine::Test => {}
         }
         true

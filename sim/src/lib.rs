@@ -19,8 +19,10 @@ pub mod demo;
 pub mod device;
 pub mod faults;
 pub mod irp;
+pub mod judge;
 pub mod kernel;
 pub mod link;
+mod machine;
 pub mod meta;
 pub mod oracle;
 pub mod rng;
@@ -32,6 +34,7 @@ pub mod trace;
 pub mod verifier;
 pub mod wdf;
 pub mod workload;
+mod world;
 
 #[cfg(test)]
 mod testing;

@@ -76,6 +76,9 @@ pub struct Link {
     pub corrupted: u64,
     /// Replies dropped.
     pub dropped: u64,
+    /// When a fault last hit a fetch (dropped, corrupted, delayed, refused), for the
+    /// liveness bound.
+    pub last_fault_ns: Option<u64>,
 }
 
 impl Link {
@@ -95,6 +98,7 @@ impl Link {
             fetches: 0,
             corrupted: 0,
             dropped: 0,
+            last_fault_ns: None,
         }
     }
 
@@ -128,12 +132,14 @@ impl Link {
         self.fetches += 1;
         let faults = !self.calm;
         if !self.up {
+            self.last_fault_ns = Some(sched.now_ns());
             // Connection refused, quickly.
             let delay = rng.latency(self.config.latency_ns / 4 + 1, 4);
             self.put(instance, fetch, Reply::Failed, delay, sched);
             return;
         }
         if faults && self.faults.has(Fault::LinkDrop) && rng.chance(self.config.drop_ppm) {
+            self.last_fault_ns = Some(sched.now_ns());
             self.dropped += 1;
             return;
         }
@@ -145,11 +151,13 @@ impl Link {
             let at = rng.pick(tags.len());
             tags[at] ^= 1 << rng.below(62);
             self.corrupted += 1;
+            self.last_fault_ns = Some(sched.now_ns());
         }
         let transfer_ns = count * 512 * 1000 / self.config.bytes_per_us.max(1);
         let mut delay = rng.latency(self.config.latency_ns, 8) * 2 + transfer_ns;
         if faults && self.faults.has(Fault::LinkReorder) && rng.chance(self.config.reorder_ppm) {
             delay *= rng.range(2, 30);
+            self.last_fault_ns = Some(sched.now_ns());
         }
         self.put(
             instance,
@@ -183,12 +191,13 @@ impl Link {
         sched.after(delay, Ev::LinkReply { slot });
     }
 
-    /// The reply in `slot` arrives: a reply sent on a connection that broke since is
-    /// a failure.
-    pub fn take(&mut self, slot: u32) -> Option<InFlight> {
+    /// The reply in `slot` arrives at `now_ns`: a reply sent on a connection that broke
+    /// since is a failure.
+    pub fn take(&mut self, slot: u32, now_ns: u64) -> Option<InFlight> {
         let mut entry = self.slots.get_mut(slot as usize)?.take()?;
         self.free.push(slot);
         if entry.conn != self.conn {
+            self.last_fault_ns = Some(now_ns);
             if let Reply::Data { tags, .. } = std::mem::replace(&mut entry.reply, Reply::Failed) {
                 self.pool.push(tags);
             }
@@ -248,7 +257,7 @@ mod tests {
             let Some(Ev::LinkReply { slot }) = sched.pop() else {
                 panic!("no reply")
             };
-            let r = l.take(slot).unwrap();
+            let r = l.take(slot, 0).unwrap();
             let Reply::Data {
                 tags,
                 checksum: sum,
@@ -270,13 +279,13 @@ mod tests {
         let Some(Ev::LinkReply { slot }) = sched.pop() else {
             panic!("no reply")
         };
-        assert!(matches!(l.take(slot).unwrap().reply, Reply::Failed));
+        assert!(matches!(l.take(slot, 0).unwrap().reply, Reply::Failed));
         l.send(1, 8, 0, 16, &mut rng, &mut sched);
         let Some(Ev::LinkReply { slot }) = sched.pop() else {
             panic!("no reply")
         };
         assert!(
-            matches!(l.take(slot).unwrap().reply, Reply::Failed),
+            matches!(l.take(slot, 0).unwrap().reply, Reply::Failed),
             "refused while down"
         );
     }

@@ -13,7 +13,10 @@
 //! protocol must survive that too.
 
 use rehydrate_driver::meta::testing::CrashStore;
-use rehydrate_driver::meta::{MetaStore, StoreError, META_PAGE_SIZE_BYTES, META_SECTOR_SIZE_BYTES};
+use rehydrate_driver::meta::{
+    decode_header, decode_page_slot, MetaStore, StoreError, HEADER_STORE_PAGES,
+    META_PAGE_SIZE_BYTES, META_SECTOR_SIZE_BYTES,
+};
 
 /// What a power loss did to the unflushed page writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +57,11 @@ impl MetaDev {
     /// Power fails after `ops` more operations.
     pub fn die_after(&mut self, ops: u64) {
         self.dies_in = Some(ops);
+    }
+
+    /// Power did not fail after all (the commit did fewer operations than armed for).
+    pub fn disarm(&mut self) {
+        self.dies_in = None;
     }
 
     /// True once power failed under a commit; the run loop must cut power now.
@@ -106,6 +114,46 @@ impl MetaDev {
             self.store.put_durable(*index, page);
         }
         report
+    }
+
+    /// The generation of durable slot `index`, if it decodes.
+    fn slot_generation(&self, index: u64, tag: u32) -> Option<u64> {
+        let bytes = self.store.durable_page(index);
+        if index < HEADER_STORE_PAGES {
+            return decode_header(bytes).ok().map(|h| h.generation);
+        }
+        let page = (index - HEADER_STORE_PAGES) / 2;
+        decode_page_slot(bytes, page, tag)
+            .ok()
+            .map(|s| s.generation)
+    }
+
+    /// True when some page has two valid durable slots (the state in which a commit's
+    /// choice of slot matters most).
+    pub fn has_page_with_both_slots(&self, tag: u32) -> bool {
+        (0..self.store.page_count() / 2).any(|pair| {
+            let a = self.slot_generation(2 * pair, tag).is_some();
+            a && self.slot_generation(2 * pair + 1, tag).is_some()
+        })
+    }
+
+    /// A latent media error: flips byte `at` of the older durable slot of the pair that
+    /// slot `index` belongs to, when both slots of the pair are valid (the newer one
+    /// holds everything committed, so nothing may be lost). True when it did.
+    pub fn corrupt_stale_slot(&mut self, index: u64, tag: u32, at: usize) -> bool {
+        let first = index & !1;
+        let (Some(a), Some(b)) = (
+            self.slot_generation(first, tag),
+            self.slot_generation(first + 1, tag),
+        ) else {
+            return false;
+        };
+        let stale = if a < b { first } else { first + 1 };
+        let mut page = self.store.durable_page(stale).to_vec();
+        let len = page.len();
+        page[at % len] ^= 0x5A;
+        self.store.put_durable(stale, &page);
+        true
     }
 
     fn step(&mut self) -> Result<(), StoreError> {

@@ -18,12 +18,19 @@
 //! [`Oracle::on_forward`] checks. A write the device applied that later fails widens
 //! `exp` to {old, new}; a write acknowledged without reaching the device sets `exp`
 //! anyway, so the read that follows exposes it.
+//!
+//! A request that fails is judged on its own (rule 5: nothing is lost that could be
+//! served): each error status is explained only by an injected fault that hit *that*
+//! request while it was alive — it was cancelled, a media error hit its own I/O, a
+//! fetch failure hit a region it needed whose data was not already on its way, a
+//! hydrate write of such a region failed, a flush or metadata commit its durability
+//! depended on failed — or, for `IO_TIMEOUT`, it was held past the hold deadline.
+//! The simulator reports those hits ([`Oracle::excuse`] and friends, see `judge.rs`).
 
 use rehydrate_driver::Status;
 
 use crate::data::{app_tag, describe, is_garbage, Backup};
 use crate::device::Disk;
-use crate::faults::{Fault, Faults};
 use crate::verifier::{Rule, Verifier};
 
 /// What a sector may hold.
@@ -113,8 +120,45 @@ pub struct Op {
     pub lower_done: bool,
     /// Oracle clock when issued (flushes).
     pub issued_at: u64,
+    /// Simulated time when issued.
+    pub issued_ns: u64,
+    /// Error statuses an injected fault that hit this request explains (bits of
+    /// `Status::fault_bit`).
+    pub excused: u16,
     /// Per sector: `exp` before this write's data reached it, `None` if not yet.
     prev: Vec<Option<Expect>>,
+}
+
+impl Op {
+    /// Regions whose data the request needs (a read: all it touches; a write: the
+    /// partly covered head and tail; nothing else), as up to two ranges.
+    pub fn needed_regions(
+        &self,
+        region_sectors: u64,
+        volume_sectors: u64,
+    ) -> [Option<std::ops::Range<u64>>; 2] {
+        let end = self.sector + self.count;
+        let touched = self.sector / region_sectors..end.div_ceil(region_sectors);
+        match self.kind {
+            OpKind::Read => [Some(touched), None],
+            OpKind::Write { .. } => {
+                let first = self.sector.div_ceil(region_sectors);
+                let last = if end == volume_sectors {
+                    volume_sectors.div_ceil(region_sectors)
+                } else {
+                    end / region_sectors
+                };
+                if first >= last {
+                    return [Some(touched), None];
+                }
+                [
+                    (touched.start < first).then_some(touched.start..first),
+                    (last < touched.end).then_some(last..touched.end),
+                ]
+            }
+            _ => [None, None],
+        }
+    }
 }
 
 /// True when `REHYDRATE_SIM_TRACE` is set: the oracle prints every request's life.
@@ -134,7 +178,8 @@ pub struct Oracle {
     backup: Backup,
     sectors: u64,
     region_sectors: u64,
-    faults: Faults,
+    /// A held request failed with `IO_TIMEOUT` no earlier than this is explained.
+    hold_deadline_ns: u64,
     exp: Vec<Expect>,
     stable: Vec<Expect>,
     hist: Vec<Vec<(u64, u64)>>,
@@ -154,14 +199,15 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    /// An oracle for a volume of `sectors` sectors restored from `backup`.
-    pub fn new(sectors: u64, region_sectors: u64, backup: Backup, faults: Faults) -> Oracle {
+    /// An oracle for a volume of `sectors` sectors restored from `backup`, whose filter
+    /// times held requests out after `hold_deadline_ns`.
+    pub fn new(sectors: u64, region_sectors: u64, backup: Backup, hold_deadline_ns: u64) -> Oracle {
         let exp: Vec<Expect> = (0..sectors).map(|s| Expect::Exact(backup.tag(s))).collect();
         Oracle {
             backup,
             sectors,
             region_sectors,
-            faults,
+            hold_deadline_ns,
             stable: exp.clone(),
             exp,
             hist: vec![Vec::new(); sectors as usize],
@@ -200,25 +246,85 @@ impl Oracle {
 
     /// Slots of every op in flight, in slot order.
     pub fn live_ops(&self) -> Vec<u32> {
-        (0..self.ops.len() as u32)
-            .filter(|&i| self.ops[i as usize].live)
-            .collect()
+        self.live().map(|(slot, _)| slot).collect()
+    }
+
+    /// Every op in flight with its slot, in slot order.
+    pub fn live(&self) -> impl Iterator<Item = (u32, &Op)> + '_ {
+        self.ops
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.live)
+            .map(|(i, o)| (i as u32, o))
     }
 
     /// May the file system issue a request on these sectors now? Never while an
-    /// overlapping one is in flight, unless that one is held and not yet sent down.
+    /// overlapping one is in flight, unless the filter held that one (whether or not
+    /// it was sent down since: a file system cannot know what the filter did with it,
+    /// and the filter orders such requests).
     pub fn may_issue(&self, sector: u64, count: u64) -> bool {
         self.ops.iter().all(|o| {
             !o.live
                 || matches!(o.kind, OpKind::Flush | OpKind::GetLength | OpKind::Bad)
-                || (o.held && !o.forwarded)
+                || o.held
                 || o.sector + o.count <= sector
                 || sector + count <= o.sector
         })
     }
 
-    /// Registers a request about to be issued; returns its slot.
-    pub fn start(&mut self, kind: OpKind, sector: u64, count: u64, write_id: u64) -> u32 {
+    /// Sectors per region.
+    pub fn region_sectors(&self) -> u64 {
+        self.region_sectors
+    }
+
+    /// Volume size in sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// A fault hit request `slot`: it may fail with `status`.
+    pub fn excuse(&mut self, slot: u32, status: Status) {
+        let op = &mut self.ops[slot as usize];
+        if op.live {
+            op.excused |= status.fault_bit();
+        }
+    }
+
+    /// A fault hit the data of `regions` (region indexes): every live request that
+    /// needs one of them may fail with `status`.
+    pub fn excuse_needing(&mut self, regions: std::ops::Range<u64>, status: Status) {
+        let (rs, sectors) = (self.region_sectors, self.sectors);
+        for op in self.ops.iter_mut().filter(|o| o.live) {
+            let hit = op
+                .needed_regions(rs, sectors)
+                .into_iter()
+                .flatten()
+                .any(|need| need.start.max(regions.start) < need.end.min(regions.end));
+            if hit {
+                op.excused |= status.fault_bit();
+            }
+        }
+    }
+
+    /// A flush or a metadata commit failed: every live flush and FUA write (whose
+    /// completion waits for one) may fail with `status`.
+    pub fn excuse_durability(&mut self, status: Status) {
+        for op in self.ops.iter_mut().filter(|o| o.live) {
+            if matches!(op.kind, OpKind::Flush | OpKind::Write { fua: true }) {
+                op.excused |= status.fault_bit();
+            }
+        }
+    }
+
+    /// Registers a request about to be issued at `now_ns`; returns its slot.
+    pub fn start(
+        &mut self,
+        kind: OpKind,
+        sector: u64,
+        count: u64,
+        write_id: u64,
+        now_ns: u64,
+    ) -> u32 {
         self.seq += 1;
         let slot = match self.free_ops.pop() {
             Some(s) => s,
@@ -234,6 +340,8 @@ impl Oracle {
                     forwarded: false,
                     lower_done: false,
                     issued_at: 0,
+                    issued_ns: 0,
+                    excused: 0,
                     prev: Vec::new(),
                 });
                 (self.ops.len() - 1) as u32
@@ -253,6 +361,8 @@ impl Oracle {
         op.forwarded = false;
         op.lower_done = false;
         op.issued_at = issued_at;
+        op.issued_ns = now_ns;
+        op.excused = 0;
         op.prev.clear();
         if matches!(kind, OpKind::Write { .. }) {
             op.prev.resize(count as usize, None);
@@ -373,31 +483,15 @@ impl Oracle {
         }
     }
 
-    /// Is `status` an error this run can explain for a valid request?
-    fn explained(&self, status: Status) -> bool {
-        let f = self.faults;
-        let link = f.has(Fault::LinkDrop)
-            || f.has(Fault::LinkDisconnect)
-            || f.has(Fault::Outage)
-            || f.has(Fault::ServiceKill);
-        match status {
-            Status::IO_TIMEOUT => link,
-            Status::CRC_ERROR => f.has(Fault::LinkCorrupt),
-            Status::DEVICE_DATA_ERROR | Status::IO_DEVICE_ERROR => f.has(Fault::Media),
-            Status::CANCELLED => f.has(Fault::Cancel),
-            Status::DEVICE_NOT_READY => f.has(Fault::ServiceKill),
-            _ => false,
-        }
-    }
-
-    /// Request `slot` completed; `data` is what a read returned. Checks it and frees the
-    /// slot.
+    /// Request `slot` completed at `now_ns`; `data` is what a read returned. Checks it
+    /// and frees the slot.
     pub fn finish(
         &mut self,
         slot: u32,
         status: Status,
         information: usize,
         data: &[u64],
+        now_ns: u64,
         v: &mut Verifier,
     ) {
         let op = &self.ops[slot as usize];
@@ -424,11 +518,21 @@ impl Oracle {
                     format!("{kind:?} #{seq} of {len_bytes} bytes completed with information {information}"),
                 );
             }
-        } else if !self.explained(status) {
-            v.fail(
-                Rule::Status,
-                format!("{kind:?} #{seq} of sectors {sector}+{count} failed with {status:?}, which no injected fault explains"),
-            );
+        } else {
+            let op = &self.ops[slot as usize];
+            let bit = status.fault_bit();
+            let timed_out = status == Status::IO_TIMEOUT
+                && now_ns.saturating_sub(op.issued_ns) >= self.hold_deadline_ns;
+            if (bit == 0 || op.excused & bit == 0) && !timed_out {
+                v.fail(
+                    Rule::Status,
+                    format!(
+                        "{kind:?} #{seq} of sectors {sector}+{count} failed with {status:?} after {} ms, which no fault that hit it explains (excused {:#x})",
+                        now_ns.saturating_sub(op.issued_ns) / 1_000_000,
+                        op.excused
+                    ),
+                );
+            }
         }
         match kind {
             OpKind::Read if status.is_success() => {
@@ -734,7 +838,7 @@ mod tests {
 
     fn oracle() -> (Oracle, Verifier) {
         (
-            Oracle::new(64, 8, Backup::new(1, 4096, 0), Faults::NONE),
+            Oracle::new(64, 8, Backup::new(1, 4096, 0), 1_000_000_000),
             Verifier::default(),
         )
     }
@@ -743,29 +847,30 @@ mod tests {
     fn reads_must_see_the_backup_then_the_newest_write() {
         let (mut o, mut v) = oracle();
         let b = Backup::new(1, 4096, 0);
-        let r = o.start(OpKind::Read, 0, 2, 0);
-        o.finish(r, Status::SUCCESS, 1024, &[b.tag(0), b.tag(1)], &mut v);
+        let r = o.start(OpKind::Read, 0, 2, 0, 0);
+        o.finish(r, Status::SUCCESS, 1024, &[b.tag(0), b.tag(1)], 0, &mut v);
         assert!(!v.failed());
-        let w = o.start(OpKind::Write { fua: false }, 1, 1, 9);
+        let w = o.start(OpKind::Write { fua: false }, 1, 1, 9, 0);
         o.on_device_write(w, 1, 1, &mut v);
-        o.finish(w, Status::SUCCESS, 512, &[], &mut v);
-        let r = o.start(OpKind::Read, 1, 1, 0);
-        o.finish(r, Status::SUCCESS, 512, &[b.tag(1)], &mut v);
+        o.finish(w, Status::SUCCESS, 512, &[], 0, &mut v);
+        let r = o.start(OpKind::Read, 1, 1, 0, 0);
+        o.finish(r, Status::SUCCESS, 512, &[b.tag(1)], 0, &mut v);
         assert_eq!(v.first().unwrap().rule, Rule::StaleRestore);
     }
 
     #[test]
     fn garbage_is_never_a_valid_read_even_after_a_trim() {
         let (mut o, mut v) = oracle();
-        let t = o.start(OpKind::Trim, 0, 8, 0);
+        let t = o.start(OpKind::Trim, 0, 8, 0, 0);
         o.on_device_trim(0, 8);
-        o.finish(t, Status::SUCCESS, 0, &[], &mut v);
-        let r = o.start(OpKind::Read, 0, 1, 0);
+        o.finish(t, Status::SUCCESS, 0, &[], 0, &mut v);
+        let r = o.start(OpKind::Read, 0, 1, 0, 0);
         o.finish(
             r,
             Status::SUCCESS,
             512,
             &[crate::data::garbage_tag(0)],
+            0,
             &mut v,
         );
         assert_eq!(v.first().unwrap().rule, Rule::ReadValue);
@@ -775,21 +880,22 @@ mod tests {
     fn an_acknowledged_write_that_never_reached_the_device_is_caught() {
         let (mut o, mut v) = oracle();
         let b = Backup::new(1, 4096, 0);
-        let w = o.start(OpKind::Write { fua: false }, 3, 1, 5);
-        o.finish(w, Status::SUCCESS, 512, &[], &mut v);
-        let r = o.start(OpKind::Read, 3, 1, 0);
-        o.finish(r, Status::SUCCESS, 512, &[b.tag(3)], &mut v);
+        let w = o.start(OpKind::Write { fua: false }, 3, 1, 5, 0);
+        o.finish(w, Status::SUCCESS, 512, &[], 0, &mut v);
+        let r = o.start(OpKind::Read, 3, 1, 0, 0);
+        o.finish(r, Status::SUCCESS, 512, &[b.tag(3)], 0, &mut v);
         assert!(v.failed());
     }
 
     #[test]
     fn a_failed_write_allows_old_or_new() {
-        let mut o = Oracle::new(64, 8, Backup::new(1, 4096, 0), Faults::all());
+        let mut o = Oracle::new(64, 8, Backup::new(1, 4096, 0), 1_000_000_000);
         let mut v = Verifier::default();
         let b = Backup::new(1, 4096, 0);
-        let w = o.start(OpKind::Write { fua: false }, 0, 2, 5);
+        let w = o.start(OpKind::Write { fua: false }, 0, 2, 5, 0);
+        o.excuse(w, Status::IO_DEVICE_ERROR);
         o.on_device_write(w, 0, 1, &mut v);
-        o.finish(w, Status::IO_DEVICE_ERROR, 0, &[], &mut v);
+        o.finish(w, Status::IO_DEVICE_ERROR, 0, &[], 0, &mut v);
         assert!(o.expect(0).allows(b.tag(0)) && o.expect(0).allows(app_tag(5, 0)));
         assert_eq!(o.expect(1), &Expect::Exact(b.tag(1)));
         assert!(!v.failed());
@@ -798,17 +904,17 @@ mod tests {
     #[test]
     fn unexplained_errors_and_wrong_lengths_are_failures() {
         let (mut o, mut v) = oracle();
-        let r = o.start(OpKind::Read, 0, 1, 0);
-        o.finish(r, Status::IO_TIMEOUT, 0, &[], &mut v);
+        let r = o.start(OpKind::Read, 0, 1, 0, 0);
+        o.finish(r, Status::IO_TIMEOUT, 0, &[], 0, &mut v);
         assert_eq!(v.first().unwrap().rule, Rule::Status);
         let (mut o, mut v) = oracle();
         let b = Backup::new(1, 4096, 0);
-        let r = o.start(OpKind::Read, 0, 1, 0);
-        o.finish(r, Status::SUCCESS, 100, &[b.tag(0)], &mut v);
+        let r = o.start(OpKind::Read, 0, 1, 0, 0);
+        o.finish(r, Status::SUCCESS, 100, &[b.tag(0)], 0, &mut v);
         assert_eq!(v.first().unwrap().rule, Rule::Status);
         let (mut o, mut v) = oracle();
-        let bad = o.start(OpKind::Bad, 0, 1, 0);
-        o.finish(bad, Status::SUCCESS, 0, &[], &mut v);
+        let bad = o.start(OpKind::Bad, 0, 1, 0, 0);
+        o.finish(bad, Status::SUCCESS, 0, &[], 0, &mut v);
         assert_eq!(v.first().unwrap().rule, Rule::Status);
     }
 
@@ -816,14 +922,14 @@ mod tests {
     fn after_a_crash_flushed_values_are_required_and_unflushed_ones_optional() {
         let (mut o, mut v) = oracle();
         let b = Backup::new(1, 4096, 0);
-        let w1 = o.start(OpKind::Write { fua: false }, 0, 1, 1);
+        let w1 = o.start(OpKind::Write { fua: false }, 0, 1, 1, 0);
         o.on_device_write(w1, 0, 1, &mut v);
-        o.finish(w1, Status::SUCCESS, 512, &[], &mut v);
-        let f = o.start(OpKind::Flush, 0, 0, 0);
-        let w2 = o.start(OpKind::Write { fua: false }, 0, 1, 2);
+        o.finish(w1, Status::SUCCESS, 512, &[], 0, &mut v);
+        let f = o.start(OpKind::Flush, 0, 0, 0, 0);
+        let w2 = o.start(OpKind::Write { fua: false }, 0, 1, 2, 0);
         o.on_device_write(w2, 0, 1, &mut v);
-        o.finish(w2, Status::SUCCESS, 512, &[], &mut v);
-        o.finish(f, Status::SUCCESS, 0, &[], &mut v);
+        o.finish(w2, Status::SUCCESS, 512, &[], 0, &mut v);
+        o.finish(f, Status::SUCCESS, 0, &[], 0, &mut v);
         o.crash();
         assert!(o.expect(0).allows(app_tag(1, 0)));
         assert!(o.expect(0).allows(app_tag(2, 0)));
@@ -860,11 +966,71 @@ mod tests {
     #[test]
     fn overtaking_a_held_request_is_caught() {
         let (mut o, mut v) = oracle();
-        let w = o.start(OpKind::Write { fua: false }, 0, 4, 1);
+        let w = o.start(OpKind::Write { fua: false }, 0, 4, 1, 0);
         o.op_mut(w).held = true;
         assert!(o.may_issue(2, 1), "a held request may be overlapped");
-        let r = o.start(OpKind::Read, 2, 1, 0);
+        let r = o.start(OpKind::Read, 2, 1, 0, 0);
         o.on_forward(r, &mut v);
         assert_eq!(v.first().unwrap().rule, Rule::Ordering);
+    }
+}
+
+#[cfg(test)]
+mod judging_tests {
+    use super::*;
+
+    fn oracle() -> (Oracle, Verifier) {
+        (
+            Oracle::new(64, 8, Backup::new(1, 4096, 0), 20_000),
+            Verifier::default(),
+        )
+    }
+
+    #[test]
+    fn item7_a_failure_is_explained_only_by_a_fault_that_hit_that_request() {
+        // A fetch failure for region 1 excuses a read of region 1, not one of region 2.
+        let (mut o, mut v) = oracle();
+        let hit = o.start(OpKind::Read, 8, 8, 0, 0);
+        let other = o.start(OpKind::Read, 16, 8, 0, 0);
+        o.excuse_needing(1..2, Status::IO_TIMEOUT);
+        o.finish(hit, Status::IO_TIMEOUT, 0, &[], 100, &mut v);
+        assert!(!v.failed());
+        o.finish(other, Status::IO_TIMEOUT, 0, &[], 100, &mut v);
+        assert_eq!(v.first().unwrap().rule, Rule::Status);
+    }
+
+    #[test]
+    fn item7_a_write_is_hit_only_through_its_partly_covered_regions() {
+        let (mut o, mut v) = oracle();
+        // Sectors 4..20: region 0 and 2 partly, region 1 wholly.
+        let w = o.start(OpKind::Write { fua: false }, 4, 16, 1, 0);
+        o.excuse_needing(1..2, Status::IO_TIMEOUT);
+        o.finish(w, Status::IO_TIMEOUT, 0, &[], 100, &mut v);
+        assert_eq!(v.first().unwrap().rule, Rule::Status);
+        let (mut o, mut v) = oracle();
+        let w = o.start(OpKind::Write { fua: false }, 4, 16, 1, 0);
+        o.excuse_needing(2..3, Status::CRC_ERROR);
+        o.finish(w, Status::CRC_ERROR, 0, &[], 100, &mut v);
+        assert!(!v.failed());
+    }
+
+    #[test]
+    fn item7_a_timeout_is_explained_by_age_and_a_status_by_its_own_fault_only() {
+        let (mut o, mut v) = oracle();
+        let old = o.start(OpKind::Read, 0, 1, 0, 0);
+        o.finish(old, Status::IO_TIMEOUT, 0, &[], 20_000, &mut v);
+        assert!(!v.failed(), "held past the deadline");
+        let young = o.start(OpKind::Read, 0, 1, 0, 0);
+        o.excuse(young, Status::CANCELLED);
+        o.finish(young, Status::IO_TIMEOUT, 0, &[], 19_999, &mut v);
+        assert_eq!(v.first().unwrap().rule, Rule::Status);
+        let (mut o, mut v) = oracle();
+        let f = o.start(OpKind::Flush, 0, 0, 0, 0);
+        let r = o.start(OpKind::Read, 0, 1, 0, 0);
+        o.excuse_durability(Status::IO_DEVICE_ERROR);
+        o.finish(f, Status::IO_DEVICE_ERROR, 0, &[], 1, &mut v);
+        assert!(!v.failed());
+        o.finish(r, Status::IO_DEVICE_ERROR, 0, &[], 1, &mut v);
+        assert!(v.failed(), "a read does not wait for a commit");
     }
 }

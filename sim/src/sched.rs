@@ -48,6 +48,8 @@ pub enum Ev {
     ServiceKill,
     /// Power is lost.
     PowerLoss,
+    /// Power comes (back) on: the machine boots.
+    PowerOn,
 }
 
 impl Ev {
@@ -66,6 +68,7 @@ impl Ev {
             Ev::ServiceStart => 11,
             Ev::ServiceKill => 12,
             Ev::PowerLoss => 13,
+            Ev::PowerOn => 14,
         }
     }
 }

@@ -9,9 +9,13 @@
 //! (corrupt data becomes `FetchError::Corrupt`, never a hydrate); gives up on a fetch
 //! whose reply does not come within a timeout (`FetchError::Transient`, checked on each
 //! tick); and ticks the hydrator. Killing it drops everything it knew; its IRPs are cancelled as the I/O
-//! manager does when a process dies, and late completions find nobody.
+//! manager does when a process dies, and late completions find nobody. A service that
+//! keeps the backup in chunks may report a failure for the whole chunk a fetch was in
+//! ([`Service::failure_span_bytes`]): wider than what the driver asked, as the driver
+//! must expect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 use rehydrate_driver::abi::{
     self, Attach, BitmapPage, BitmapQuery, Control, ControlCommand, FetchFailed, Hydrate,
@@ -97,6 +101,15 @@ pub struct Service {
     fetch_timeout_ns: u64,
     out: Vec<Output>,
     scratch: Vec<u8>,
+    /// Regions of each hydrate in flight, by the hydrator's batch id.
+    hydrates: BTreeMap<u64, Range<u64>>,
+    /// Regions this instance delivered (the filter acknowledged the hydrate) that were
+    /// not restored when it did: the filter dropped their data. The hydrator believes
+    /// them done, so if one is missing again somebody must ask for it.
+    dropped: BTreeSet<u64>,
+    /// When non-zero, three in four fetch failures are reported for the whole aligned
+    /// span of this many bytes around the fetch.
+    pub failure_span_bytes: u64,
     /// Counters.
     pub stats: ServiceStats,
 }
@@ -124,6 +137,9 @@ impl Service {
             fetch_timeout_ns,
             out: Vec::new(),
             scratch: Vec::new(),
+            hydrates: BTreeMap::new(),
+            dropped: BTreeSet::new(),
+            failure_span_bytes: 0,
             stats: ServiceStats::default(),
         }
     }
@@ -136,6 +152,34 @@ impl Service {
     /// True when the hydrator has nothing in flight or queued and its sweep is done.
     pub fn is_idle(&self) -> bool {
         self.hydrator.as_ref().is_none_or(|h| h.is_idle())
+    }
+
+    /// True while an instance is attached and started (it pends `GET_MISSING`).
+    pub fn is_running(&self) -> bool {
+        self.alive && self.running
+    }
+
+    /// True when the hydrator is getting, or has queued, every region of `regions`.
+    pub fn tracks(&self, regions: Range<u64>) -> bool {
+        self.hydrator.as_ref().is_some_and(|h| h.tracks(regions))
+    }
+
+    /// True while a hydrate covering `region` is outstanding (if one of its writes
+    /// fails, the hydrator hears of it and fetches the region again).
+    pub fn hydrating(&self, region: u64) -> bool {
+        self.hydrates.values().any(|r| r.contains(&region))
+    }
+
+    /// Regions whose delivered data the filter dropped (see the field).
+    pub fn delivered_but_dropped(&self) -> impl Iterator<Item = u64> + '_ {
+        self.dropped.iter().copied()
+    }
+
+    /// Forgets dropped regions that are restored by now.
+    pub fn prune_dropped(&mut self, restored: impl Fn(u64) -> bool) {
+        if !self.dropped.is_empty() {
+            self.dropped.retain(|&r| !restored(r));
+        }
     }
 
     /// Starts a new instance: a fresh hydrator, then `ATTACH`.
@@ -159,6 +203,8 @@ impl Service {
             }
         }
         self.fetches.clear();
+        self.hydrates.clear();
+        self.dropped.clear();
         self.get_missing = 0;
         let attach = self.attach;
         self.send(cx, Exchange::Attach, abi::IOCTL_REHYDRATE_ATTACH, 0, |b| {
@@ -343,6 +389,20 @@ impl Service {
                 self.post_get_missing(cx);
             }
             Exchange::Hydrate { batch } => {
+                if let Some(regions) = self.hydrates.remove(&batch) {
+                    if status.is_success() {
+                        if let Some(f) = cx.filter.as_ref() {
+                            let map = f.engine().map();
+                            self.dropped
+                                .extend(regions.filter(|&r| !map.is_restored(r)));
+                        }
+                    } else {
+                        // The hydrator hears of the failure and sweeps them again.
+                        for r in regions {
+                            self.dropped.remove(&r);
+                        }
+                    }
+                }
                 self.feed(
                     cx,
                     Input::HydrateDone {
@@ -507,6 +567,8 @@ impl Service {
                 payload,
             } => {
                 self.stats.hydrates += 1;
+                self.hydrates
+                    .insert(batch, self.geometry.regions_touched(offset, len));
                 let mut msg = std::mem::take(&mut self.scratch);
                 msg.clear();
                 if zero {
@@ -552,6 +614,22 @@ impl Service {
                 len,
                 reason,
             } => {
+                let span = self.failure_span_bytes;
+                let (offset, len) = if span > 0 && cx.wdf.k.rng.below(4) != 0 {
+                    let start = offset / span * span;
+                    let end = (offset + len)
+                        .div_ceil(span)
+                        .saturating_mul(span)
+                        .min(self.geometry.volume_size_bytes());
+                    (start, end - start)
+                } else {
+                    (offset, len)
+                };
+                crate::judge::fetch_failed(cx.wdf, cx.filter, offset, len, reason);
+                // Given up on: not believed done any more (a later sweep tries again).
+                for r in self.geometry.regions_touched(offset, len) {
+                    self.dropped.remove(&r);
+                }
                 let f = FetchFailed {
                     offset,
                     len,

@@ -23,6 +23,6 @@ pub fn kernel() -> Kernel {
         media_ppm: 0,
         started: [false; 11],
     };
-    let oracle = Oracle::new(64, 8, Backup::new(1, 4096, 0), Faults::NONE);
+    let oracle = Oracle::new(64, 8, Backup::new(1, 4096, 0), 20_000_000_000);
     Kernel::new(Rng::new(1), Faults::NONE, oracle, lower)
 }

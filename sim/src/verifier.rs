@@ -5,7 +5,9 @@
 //! * an IRP is completed exactly once by its owner, and never after it was freed;
 //! * a dispatch routine returns `STATUS_PENDING` if and only if it marked the IRP
 //!   pending (`IoMarkIrpPending`) at its own location;
-//! * no IRP is completed while a cancel routine is set;
+//! * no IRP is completed, or passed to `IoCallDriver`, while a cancel routine is set
+//!   (for a WDF request: while it is marked cancelable and was not cancelled);
+//! * a request a driver keeps after its queue callback is cancelable (KMDF);
 //! * no driver touches an IRP after passing it on (`IoCallDriver`) or completing it,
 //!   unless its completion routine took it back (`STATUS_MORE_PROCESSING_REQUIRED`);
 //! * no stack-location underflow (`IoCallDriver` with no location left) or overflow
@@ -24,8 +26,14 @@ pub enum Rule {
     PendingNotMarked,
     /// Marked pending but returned another status.
     MarkedNotPending,
-    /// Completed with a cancel routine still set.
+    /// Completed with a cancel routine still set (for a WDF request: still marked
+    /// cancelable, and not cancelled).
     CompletedWithCancelRoutine,
+    /// Passed to `IoCallDriver` (or forwarded to a queue) with a cancel routine still set.
+    SentWithCancelRoutine,
+    /// A request the driver kept after its queue callback returned is not cancelable,
+    /// or it broke another KMDF request rule (marked twice, unmarked unmarked).
+    WdfRequest,
     /// Touched by a driver that does not own it (after passing it on or completing it).
     NotOwner,
     /// A handle used after the IRP was freed.
@@ -67,6 +75,8 @@ impl Rule {
             Rule::PendingNotMarked => "verifier:pending-not-marked",
             Rule::MarkedNotPending => "verifier:marked-not-pending",
             Rule::CompletedWithCancelRoutine => "verifier:completed-with-cancel-routine",
+            Rule::SentWithCancelRoutine => "verifier:sent-with-cancel-routine",
+            Rule::WdfRequest => "verifier:wdf-request",
             Rule::NotOwner => "verifier:not-owner",
             Rule::UseAfterFree => "verifier:use-after-free",
             Rule::StackUnderflow => "verifier:stack-underflow",
@@ -92,6 +102,8 @@ impl Rule {
                 | Rule::PendingNotMarked
                 | Rule::MarkedNotPending
                 | Rule::CompletedWithCancelRoutine
+                | Rule::SentWithCancelRoutine
+                | Rule::WdfRequest
                 | Rule::NotOwner
                 | Rule::UseAfterFree
                 | Rule::StackUnderflow

@@ -13,6 +13,8 @@
 //! | `flush_lower`       | `IoAllocateIrp` + `IRP_MJ_FLUSH_BUFFERS` + routine + `IoCallDriver`   |
 //! | `complete`          | `IoCompleteRequest`                                                    |
 //! | `park`/`take_parked`| a manual queue; parked requests carry a cancel routine                 |
+//! | `mark_cancelable`   | WDF's cancel routine on the IRP; a cancel queues `EvtRequestCancel`   |
+//! | `unmark_cancelable` | the routine taken back, or `CANCELLED` when a cancel already took it |
 //! | `start_timer`       | a scheduled event (restarting replaces the pending one)               |
 //! | `queue_commit_work` | a scheduled event after a work-item delay                             |
 //!
@@ -21,12 +23,17 @@
 //! current callback has returned: the filter is never re-entered from inside a call it
 //! made, just as a KMDF completion routine may run later on another thread.
 //!
-//! Misuse is a verifier failure: touching a request the filter no longer owns (sent,
-//! parked, completed), sending one twice, writing from a hydrate payload whose request
-//! is gone. Methods taking `&self` record such failures in a cell, collected after the
-//! callback.
+//! Misuse is a verifier failure, as KMDF's verifier refuses it: touching a request the
+//! filter no longer owns (sent, parked, completed: so completing twice and forwarding
+//! after completion), writing from a hydrate payload whose request is gone, marking a
+//! request cancelable twice or unmarking one that is not, completing, sending or
+//! parking a request still marked cancelable (unless it was cancelled), and keeping a
+//! request past its queue callback without marking it cancelable (the file system could
+//! never cancel it). Methods taking `&self` record such failures in a cell, collected
+//! after the callback.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use rehydrate_driver::abi::HYDRATE_PREFIX_BYTES;
 use rehydrate_driver::engine::LowerId;
@@ -44,6 +51,26 @@ use crate::verifier::Rule;
 /// Most requests the manual queue holds.
 pub const PARKED_MAX: usize = 64;
 
+/// What a lower I/O of the filter is, until the filter hears of its completion (what
+/// the engine sees as at the device: a claim, a hydrate write, a flush).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LowerUse {
+    /// A file-system request sent down (its oracle slot).
+    App {
+        /// The op's slot.
+        op: u32,
+    },
+    /// A hydrate write of volume sectors `[first_sector, first_sector + sectors)`.
+    Hydrate {
+        /// First volume sector.
+        first_sector: u64,
+        /// Sectors.
+        sectors: u64,
+    },
+    /// The filter's own flush.
+    Flush,
+}
+
 /// The simulated WDF runtime of the filter and its control device, over the kernel.
 #[derive(Debug)]
 pub struct SimWdf {
@@ -51,6 +78,8 @@ pub struct SimWdf {
     pub k: Kernel,
     /// Generation of the filter's timer: a restart makes the old event stale.
     pub timer_gen: u64,
+    /// The filter's lower I/O not yet reported back to it, by its id.
+    pub lowers: BTreeMap<LowerId, LowerUse>,
     late: RefCell<Vec<String>>,
 }
 
@@ -60,6 +89,7 @@ impl SimWdf {
         SimWdf {
             k,
             timer_gen: 0,
+            lowers: BTreeMap::new(),
             late: RefCell::new(Vec::new()),
         }
     }
@@ -113,6 +143,27 @@ impl SimWdf {
         self.k
             .set_completion(Layer::Filter, id, Routine::Wdf { lower, own: true });
         id
+    }
+
+    /// Refuses to let a request still marked cancelable (and not cancelled) go.
+    fn not_cancelable(&mut self, request: IrpId, what: &str) -> bool {
+        let marked = self
+            .k
+            .irps
+            .get(request)
+            .is_some_and(|i| i.wdf_cancelable && i.cancel_routine.is_some());
+        if marked {
+            let rule = if what == "WdfRequestComplete" {
+                Rule::CompletedWithCancelRoutine
+            } else {
+                Rule::SentWithCancelRoutine
+            };
+            self.k.v.fail(
+                rule,
+                format!("filter called {what} on request {request:?} still marked cancelable (WdfRequestUnmarkCancelable first)"),
+            );
+        }
+        !marked
     }
 
     fn note_forward(&mut self, request: IrpId) {
@@ -211,11 +262,17 @@ impl Framework for SimWdf {
             self.collect();
             return Err(Status::INVALID_DEVICE_REQUEST);
         }
+        if !self.not_cancelable(request, "WdfRequestSend") {
+            return Err(Status::INVALID_DEVICE_REQUEST);
+        }
         self.k.copy_to_next(Layer::Filter, request);
         self.k
             .set_completion(Layer::Filter, request, Routine::Wdf { lower, own: false });
         if let Some(irp) = self.k.irps.get_mut(request) {
             irp.wdf = WdfState::Sent;
+            if let Origin::App { op, .. } = irp.origin {
+                self.lowers.insert(lower, LowerUse::App { op });
+            }
         }
         self.note_forward(request);
         self.k.call(Layer::Filter, request, Layer::Volume);
@@ -228,6 +285,9 @@ impl Framework for SimWdf {
             .is_none()
         {
             self.collect();
+            return Err(Status::INVALID_DEVICE_REQUEST);
+        }
+        if !self.not_cancelable(request, "WdfRequestSend(SEND_AND_FORGET)") {
             return Err(Status::INVALID_DEVICE_REQUEST);
         }
         if let Some(irp) = self.k.irps.get_mut(request) {
@@ -267,12 +327,20 @@ impl Framework for SimWdf {
             }
         };
         let id = self.own_irp(IRP_MJ_WRITE, offset, len, mdl, lower);
+        self.lowers.insert(
+            lower,
+            LowerUse::Hydrate {
+                first_sector: offset / 512,
+                sectors: len / 512,
+            },
+        );
         self.k.call(Layer::Filter, id, Layer::Volume);
         Ok(())
     }
 
     fn flush_lower(&mut self, lower: LowerId) -> Result<(), Status> {
         let id = self.own_irp(IRP_MJ_FLUSH_BUFFERS, 0, 0, Mdl::None, lower);
+        self.lowers.insert(lower, LowerUse::Flush);
         self.k.call(Layer::Filter, id, Layer::Volume);
         Ok(())
     }
@@ -282,8 +350,12 @@ impl Framework for SimWdf {
             self.collect();
             return;
         };
+        if !self.not_cancelable(request, "WdfRequestComplete") {
+            return;
+        }
         if let Some(irp) = self.k.irps.get_mut(request) {
             irp.wdf = WdfState::None;
+            irp.wdf_cancelable = false;
         }
         self.k.complete(layer, request, status, information);
     }
@@ -291,6 +363,9 @@ impl Framework for SimWdf {
     fn park(&mut self, request: IrpId) -> Result<(), Status> {
         if self.owned(request, "WdfRequestForwardToIoQueue").is_none() {
             self.collect();
+            return Err(Status::INVALID_DEVICE_REQUEST);
+        }
+        if !self.not_cancelable(request, "WdfRequestForwardToIoQueue") {
             return Err(Status::INVALID_DEVICE_REQUEST);
         }
         if self.k.wdf_queue.len() >= PARKED_MAX {
@@ -339,6 +414,54 @@ impl Framework for SimWdf {
     fn queue_commit_work(&mut self, commit: u64) {
         let delay = self.k.rng.latency(50_000, 10);
         self.k.sched.after(delay, Ev::CommitWork { commit });
+    }
+
+    fn mark_cancelable(&mut self, request: IrpId) -> Result<(), Status> {
+        let Some(layer) = self.owned(request, "WdfRequestMarkCancelableEx") else {
+            self.collect();
+            return Err(Status::INVALID_DEVICE_REQUEST);
+        };
+        let Some(irp) = self.k.irps.get_mut(request) else {
+            return Err(Status::INVALID_DEVICE_REQUEST);
+        };
+        if irp.wdf_cancelable {
+            self.k.v.fail(
+                Rule::WdfRequest,
+                format!("filter marked request {request:?} cancelable twice"),
+            );
+            return Err(Status::INVALID_DEVICE_REQUEST);
+        }
+        if irp.cancel {
+            // Ex: already cancelled, no callback; the caller completes it.
+            return Err(Status::CANCELLED);
+        }
+        irp.wdf_cancelable = true;
+        self.k
+            .set_cancel_routine(layer, request, Some(CancelRoutine::WdfDriver));
+        Ok(())
+    }
+
+    fn unmark_cancelable(&mut self, request: IrpId) -> Result<(), Status> {
+        let Some(layer) = self.owned(request, "WdfRequestUnmarkCancelable") else {
+            self.collect();
+            return Err(Status::INVALID_DEVICE_REQUEST);
+        };
+        let marked = self.k.irps.get(request).is_some_and(|i| i.wdf_cancelable);
+        if !marked {
+            self.k.v.fail(
+                Rule::WdfRequest,
+                format!("filter unmarked request {request:?}, which is not cancelable"),
+            );
+            return Err(Status::INVALID_DEVICE_REQUEST);
+        }
+        if let Some(irp) = self.k.irps.get_mut(request) {
+            irp.wdf_cancelable = false;
+        }
+        match self.k.set_cancel_routine(layer, request, None) {
+            Some(_) => Ok(()),
+            // A cancel took the routine: `EvtRequestCancel` is on its way.
+            None => Err(Status::CANCELLED),
+        }
     }
 }
 
@@ -407,6 +530,13 @@ pub fn dispatch(
                 }
             }
             if let Some(origin) = held {
+                let cancelable = wdf.k.irps.get(id).is_some_and(|i| i.wdf_cancelable);
+                if !cancelable {
+                    wdf.k.v.fail(
+                        Rule::WdfRequest,
+                        format!("the filter kept request {id:?} after its queue callback without marking it cancelable"),
+                    );
+                }
                 if let Some(irp) = wdf.k.irps.get_mut(id) {
                     irp.held = true;
                 }
@@ -425,4 +555,120 @@ pub fn dispatch(
         Status::DEVICE_NOT_READY
     };
     wdf.k.end_call(frame, status);
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the simulated WDF refuses, as KMDF's verifier does, where the portable
+    //! filter could get it wrong.
+
+    use super::*;
+    use crate::irp::{Routine, IRP_MJ_READ};
+    use crate::testing::kernel;
+
+    /// A read the file system sent, presented to the filter (as `dispatch` does).
+    fn presented(wdf: &mut SimWdf) -> (IrpId, usize) {
+        let k = &mut wdf.k;
+        let id = k.alloc_irp(Layer::Fs, Layer::Filter.stack_size());
+        if let Some(next) = k.next_loc(Layer::Fs, id) {
+            next.major = IRP_MJ_READ;
+            next.length = 512;
+        }
+        k.set_completion(Layer::Fs, id, Routine::Test { keep: true });
+        let frame = k.begin_call(Layer::Fs, id, Layer::Filter).unwrap();
+        k.mark_pending(Layer::Filter, id);
+        if let Some(irp) = k.irps.get_mut(id) {
+            irp.wdf = WdfState::Owned;
+        }
+        (id, frame)
+    }
+
+    fn wdf() -> SimWdf {
+        SimWdf::new(kernel())
+    }
+
+    #[test]
+    fn completing_twice_is_refused() {
+        let mut w = wdf();
+        let (id, frame) = presented(&mut w);
+        w.complete(id, Status::SUCCESS, 0);
+        w.k.end_call(frame, Status::PENDING);
+        assert!(!w.k.v.failed());
+        w.complete(id, Status::SUCCESS, 0);
+        assert!(w.k.v.failed());
+    }
+
+    #[test]
+    fn forwarding_after_completion_is_refused() {
+        let mut w = wdf();
+        let (id, frame) = presented(&mut w);
+        w.complete(id, Status::SUCCESS, 0);
+        w.k.end_call(frame, Status::PENDING);
+        assert!(w.send_to_lower(id, 1).is_err());
+        assert!(w.k.v.failed());
+    }
+
+    #[test]
+    fn completing_a_request_still_marked_cancelable_is_refused() {
+        let mut w = wdf();
+        let (id, frame) = presented(&mut w);
+        w.mark_cancelable(id).unwrap();
+        w.complete(id, Status::SUCCESS, 0);
+        w.k.end_call(frame, Status::PENDING);
+        assert_eq!(
+            w.k.v.first().unwrap().rule,
+            Rule::CompletedWithCancelRoutine
+        );
+    }
+
+    #[test]
+    fn sending_a_request_still_marked_cancelable_is_refused() {
+        let mut w = wdf();
+        let (id, frame) = presented(&mut w);
+        w.mark_cancelable(id).unwrap();
+        assert!(w.send_to_lower(id, 1).is_err());
+        w.k.end_call(frame, Status::PENDING);
+        assert_eq!(w.k.v.first().unwrap().rule, Rule::SentWithCancelRoutine);
+    }
+
+    #[test]
+    fn marking_twice_or_unmarking_an_unmarked_request_is_refused() {
+        let mut w = wdf();
+        let (id, _) = presented(&mut w);
+        assert!(w.unmark_cancelable(id).is_err());
+        assert_eq!(w.k.v.first().unwrap().rule, Rule::WdfRequest);
+        let mut w = wdf();
+        let (id, _) = presented(&mut w);
+        w.mark_cancelable(id).unwrap();
+        assert!(w.mark_cancelable(id).is_err());
+        assert_eq!(w.k.v.first().unwrap().rule, Rule::WdfRequest);
+    }
+
+    #[test]
+    fn a_cancel_of_a_cancelable_request_reaches_the_filter_and_unmarking_then_fails() {
+        let mut w = wdf();
+        let (id, frame) = presented(&mut w);
+        w.mark_cancelable(id).unwrap();
+        w.k.end_call(frame, Status::PENDING);
+        assert!(w.k.cancel(id));
+        assert_eq!(
+            w.k.upcalls.pop_front(),
+            Some(crate::kernel::Upcall::WdfCancel { irp: id })
+        );
+        assert_eq!(w.unmark_cancelable(id), Err(Status::CANCELLED));
+        // Completing it now (from the cancel callback) is what KMDF expects.
+        w.complete(id, Status::CANCELLED, 0);
+        assert!(!w.k.v.failed(), "{:?}", w.k.v.first());
+    }
+
+    #[test]
+    fn a_request_cancelled_before_it_is_marked_is_refused_the_mark() {
+        let mut w = wdf();
+        let (id, frame) = presented(&mut w);
+        w.k.end_call(frame, Status::PENDING);
+        assert!(!w.k.cancel(id), "no routine to run yet");
+        assert_eq!(w.mark_cancelable(id), Err(Status::CANCELLED));
+        w.complete(id, Status::CANCELLED, 0);
+        assert!(!w.k.v.failed());
+    }
 }

@@ -34,6 +34,9 @@ pub struct WorkloadConfig {
     pub think_ns: u64,
     /// Largest request, in 512-byte sectors (2048 = 1 MiB).
     pub max_sectors: u64,
+    /// Percent of unaligned requests that are large (129 sectors up to the largest), as
+    /// a file copy or a read-ahead issues them.
+    pub large_pct: u32,
 }
 
 impl Default for WorkloadConfig {
@@ -52,6 +55,7 @@ impl Default for WorkloadConfig {
             aligned_pct: 40,
             think_ns: 30_000,
             max_sectors: 2048,
+            large_pct: 5,
         }
     }
 }
@@ -151,11 +155,14 @@ impl Workload {
     }
 
     fn size(&self, rng: &mut Rng) -> u64 {
-        // Mostly small, some medium, a few up to 1 MiB.
-        match rng.below(40) {
-            0..=23 => rng.range(1, 8),
-            24..=37 => rng.range(9, 128),
-            _ => rng.range(129, 2048),
+        // Mostly small, some medium, a few (`large_pct`) up to 1 MiB.
+        if rng.below(100) < u64::from(self.config.large_pct) {
+            return rng.range(129, 2048);
+        }
+        if rng.below(19) < 12 {
+            rng.range(1, 8)
+        } else {
+            rng.range(9, 128)
         }
     }
 

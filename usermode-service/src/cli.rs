@@ -4,7 +4,10 @@
 //! (`backup` and `serve` are the backup server crate's); [`Command`] adds the help text
 //! and `main.rs` dispatches.
 
-use rehydrate_backup::{BackupCommand, ServeArgs};
+use std::path::PathBuf;
+
+use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
+use rehydrate_backup::{BackupCommand, ForgetArgs, GcArgs, ServeArgs};
 
 use crate::protect::points::PointsArgs;
 use crate::protect::{MarkArgs, ProtectArgs};
@@ -38,11 +41,26 @@ impl Cli {
         match (&self.command, self.verbose) {
             (_, 3..) => "debug",
             (_, 2) => "info",
-            (Command::Serve(_), _) => "warn,rehydrate_backup=info",
+            (Command::Serve(_) | Command::Receive(_), _) => "warn,rehydrate_backup=info",
             (_, 1) => "warn",
             (_, 0) => "error",
         }
     }
+}
+
+/// `backup` as `rehydrate` takes it: the backup server's arguments, and the map of
+/// changes a restore keeps (which the backup server alone cannot read).
+#[derive(Debug, clap::Args)]
+pub struct BackupCli {
+    /// What to back up, and where.
+    #[command(flatten)]
+    pub command: BackupCommand,
+    /// Read only what changed since the last backup, from the map of changes kept in
+    /// this restore metadata file (SOURCE is that restore's target; the restore or live
+    /// export must be stopped). A missing or untrusted map: the whole volume is read,
+    /// said in one line.
+    #[arg(long, value_name = "METADATA")]
+    pub changed_map: Option<PathBuf>,
 }
 
 /// The subcommands, in the order a restore uses them.
@@ -57,9 +75,11 @@ named by their BLAKE3 hash; only chunks the store lacks are written, all-zero ch
 kept as a marker only, and the version becomes visible only once every chunk is stored, so \
 an interrupted backup publishes nothing.\n\nExample:\n  rehydrate backup disk.img --store \
 /var/backups --volume sys\n\nThe last line is `backup: volume=NAME version=N bytes=B \
-new_chunks=C reused_chunks=R zero_chunks=Z ...`."
+new_chunks=C reused_chunks=R zero_chunks=Z ...`.\n\nWith --changed-map TARGET.rehydrate-meta, only \
+the chunks written since the last backup are read (the live export of `rehydrate restore` keeps \
+that map); the line then ends `incremental_from=V read_bytes=B`."
     )]
-    Backup(BackupCommand),
+    Backup(BackupCli),
     /// Serve every volume version in a store, read-only, over NBD.
     #[command(
         about = "Serve every volume version in a store, read-only, over NBD",
@@ -93,6 +113,32 @@ process that wrote it still runs. Exits 1 with one line when there is no status 
 Examples:\n  rehydrate status\n  rehydrate status --json --status-file /tmp/r/status.json"
     )]
     Status(StatusArgs),
+    /// Send the versions a receiving store lacks; `replicate status` shows pending sessions.
+    #[command(long_about = rehydrate_backup::replicate::cli::REPLICATE_HELP)]
+    Replicate(ReplicateArgs),
+    /// Receive replicated versions into a store (the other end of `replicate`).
+    #[command(long_about = rehydrate_backup::replicate::cli::RECEIVE_HELP)]
+    Receive(ReceiveArgs),
+    /// Remove versions of a volume that no keep rule keeps.
+    #[command(
+        about = "Remove versions of a volume that no keep rule keeps",
+        long_about = "Remove version indexes of a volume that no keep rule keeps: --keep-last N \
+keeps the N newest, --keep-hourly/-daily/-weekly/-monthly/-yearly N the newest of each of the \
+last N hours, days, ISO weeks, months, years with a version (UTC). At least one rule is needed. \
+Chunks stay until `rehydrate gc`. Prints one line per version (keep, removed, or would remove \
+with --dry-run) with its sizes.\n\nExample:\n  rehydrate forget --store /var/backups --volume sys \
+--keep-last 3 --keep-daily 7 --dry-run"
+    )]
+    Forget(ForgetArgs),
+    /// Delete chunks no version references, safely while backups run.
+    #[command(
+        about = "Delete chunks no version references, safely while backups run",
+        long_about = "Delete the chunks no version references. Safe while backups run: chunks a \
+running backup announced are kept, and a backup that needs a chunk this gc condemned waits \
+for it. Prints one line per chunk with its size, then the totals.\n\nExample:\n  rehydrate gc \
+--store s3://backups/fleet --dry-run"
+    )]
+    Gc(GcArgs),
 }
 
 #[cfg(test)]
@@ -152,10 +198,31 @@ mod tests {
             "sys",
         ])
         .unwrap();
-        let Command::Backup(BackupCommand { args: a, verify }) = cli.command else {
+        let Command::Backup(BackupCli {
+            command: BackupCommand { args: a, verify },
+            changed_map,
+        }) = cli.command
+        else {
             panic!("not backup: {:?}", cli.command);
         };
         assert!(!verify);
+        assert_eq!(changed_map, None);
+        let cli = Cli::try_parse_from([
+            "rehydrate",
+            "backup",
+            "t.img",
+            "--store",
+            "s",
+            "--volume",
+            "v",
+            "--changed-map",
+            "t.img.rehydrate-meta",
+        ])
+        .unwrap();
+        let Command::Backup(BackupCli { changed_map, .. }) = cli.command else {
+            panic!("not backup");
+        };
+        assert_eq!(changed_map, Some(PathBuf::from("t.img.rehydrate-meta")));
         assert_eq!(a.source, std::path::PathBuf::from("disk.img"));
         assert_eq!(
             (a.store.as_str(), a.volume.as_str()),
@@ -256,7 +323,17 @@ mod tests {
     fn every_subcommand_has_help_with_an_example() {
         let mut cli = Cli::command();
         for name in [
-            "backup", "serve", "restore", "status", "protect", "mark", "points",
+            "backup",
+            "serve",
+            "restore",
+            "status",
+            "replicate",
+            "receive",
+            "forget",
+            "gc",
+            "protect",
+            "mark",
+            "points",
         ] {
             let sub = cli.find_subcommand_mut(name).unwrap();
             let help = sub.render_long_help().to_string();

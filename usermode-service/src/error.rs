@@ -167,6 +167,23 @@ pub enum ServiceError {
         /// Why.
         source: std::io::Error,
     },
+    /// The live export's TLS certificate, key or client CA could not be used.
+    #[error("live export TLS: {0}")]
+    ExportTls(String),
+    /// The backup (with a map of changes) failed.
+    #[error(transparent)]
+    Backup(#[from] rehydrate_backup::BackupError),
+    /// A backup with a map of changes was asked of a target whose restore has not
+    /// finished: part of it is not the volume yet, and a backup of it would be wrong.
+    #[error("the restore recorded in {metadata} has restored {restored_bytes} of {total_bytes} bytes: let it finish (run it again) before backing up its target")]
+    RestoreIncomplete {
+        /// The metadata file.
+        metadata: PathBuf,
+        /// Bytes restored.
+        restored_bytes: u64,
+        /// Bytes of the volume.
+        total_bytes: u64,
+    },
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod attach;
+pub mod changed_backup;
 pub mod cli;
 pub mod error;
 pub mod hydrator;

@@ -31,8 +31,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Backup(args) => {
-            let json = args.args.json;
-            let summary = runtime()?.block_on(rehydrate_backup::run_backup_command(args))?;
+            let json = args.command.args.json;
+            let summary = match &args.changed_map {
+                Some(map) => runtime()?
+                    .block_on(rehydrate_service::changed_backup::run(args.command, map))?,
+                None => runtime()?.block_on(rehydrate_backup::run_backup_command(args.command))?,
+            };
             // The version is published: whatever happens to stdout, the backup succeeded.
             print_last_line(&summary.render(json));
         }
@@ -56,6 +60,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         #[cfg(windows)]
         Command::Attach(args) => print_last_line(&rehydrate_service::attach::run(&args)?.line()),
+        Command::Receive(args) => runtime()?.block_on(args.run())?,
+        Command::Replicate(args) => match runtime()?.block_on(args.run())? {
+            0 => {}
+            code => std::process::exit(code.into()),
+        },
+        // One line per version or chunk, then the summary.
+        Command::Forget(args) => {
+            runtime()?.block_on(rehydrate_backup::run_forget(&args, &mut |l| {
+                print_last_line(l)
+            }))?;
+        }
+        Command::Gc(args) => {
+            runtime()?.block_on(rehydrate_backup::run_gc(&args, &mut |l| print_last_line(l)))?;
+        }
     }
     Ok(())
 }

@@ -5,11 +5,13 @@
 //! asked, then reads of only the data parts, every length checked.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use rehydrate_driver::Geometry;
-use rehydrate_nbd::{Client, ClientOptions, NbdUrl};
+use rehydrate_nbd::{Client, ClientOptions, NbdUrl, TransmissionFlags};
 use tokio::sync::RwLock;
 
 use crate::hydrator::{plan_segments, Allocation, FetchError, Segment};
@@ -114,6 +116,27 @@ pub trait Source: Send + Sync + 'static {
         offset: u64,
         len: usize,
     ) -> impl Future<Output = Result<Vec<u8>, SourceError>> + Send;
+    /// Reads exactly `buf.len()` bytes at `offset` into `buf` (its contents do not
+    /// matter), which comes back filled. Sources that can put the data straight into
+    /// the buffer do (NBD); the default reads and copies.
+    fn read_into(
+        &self,
+        offset: u64,
+        mut buf: BytesMut,
+    ) -> impl Future<Output = Result<BytesMut, SourceError>> + Send {
+        async move {
+            let data = self.read(offset, buf.len()).await?;
+            if data.len() != buf.len() {
+                return Err(SourceError::ShortRead {
+                    offset,
+                    expected: buf.len() as u64,
+                    got: data.len() as u64,
+                });
+            }
+            buf.copy_from_slice(&data);
+            Ok(buf)
+        }
+    }
     /// The allocation map of `[offset, offset + len)`, as consecutive runs.
     fn block_status(
         &self,
@@ -197,19 +220,39 @@ async fn checked_read<S: Source>(
 pub type RedialCheck =
     Arc<dyn Fn(Client) -> rehydrate_nbd::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// Most connections one source opens to a server that allows several (multi-conn).
+pub const CONNECTIONS_MAX: usize = 16;
+
+/// How long an extra connection may take to open: a server that admits fewer clients
+/// than it advertises (qemu-nbd without `--shared`) leaves it waiting, and the restore
+/// goes on with the connections it has.
+const EXTRA_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One connection of an [`NbdSource`]; `None` until opened.
+type Slot = RwLock<Option<Client>>;
+
 /// An NBD export as a source. Redials when the connection breaks (the hydrator's retry
 /// policy paces the attempts), to the pinned export and through the pinned check when
 /// [`NbdSource::pin`] set them.
+///
+/// Several connections when the server advertises multi-conn ([`NbdSource::widen`]):
+/// reads go round-robin over the open ones, each connection redials on its own. The
+/// export is read-only, so every connection sees the same data.
 pub struct NbdSource {
     url: NbdUrl,
     options: ClientOptions,
-    client: RwLock<Client>,
+    /// Slot 0 is the first connection; [`NbdSource::widen`] opens the next ones in order.
+    slots: Arc<[Slot]>,
+    /// Slots opened so far (a prefix of `slots`).
+    open: Arc<AtomicUsize>,
+    next: AtomicUsize,
     size_bytes: u64,
     block_status: bool,
+    multi_conn: bool,
     request_timeout: Duration,
     check: Option<RedialCheck>,
     /// Set when a reconnect found another source: every later request fails with it.
-    changed: std::sync::Mutex<Option<String>>,
+    changed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl NbdSource {
@@ -222,6 +265,9 @@ impl NbdSource {
         let options = ClientOptions {
             max_in_flight: max_in_flight.max(1),
             connect_timeout: deadline.max(Duration::from_millis(100)),
+            // nbds:// always negotiates TLS (certificates from REHYDRATE_TLS_CA, _CERT,
+            // _KEY) and never falls back to plain text, on every redial too.
+            tls: rehydrate_nbd::ClientTls::for_url(url).map_err(SourceError::Server)?,
             ..ClientOptions::default()
         };
         let started = Instant::now();
@@ -231,16 +277,23 @@ impl NbdSource {
             attempts += 1;
             match Client::connect_with(url.address(), &url.export, options.clone()).await {
                 Ok(client) => {
-                    return Ok(NbdSource {
+                    let slots: Vec<Slot> =
+                        (0..CONNECTIONS_MAX).map(|_| RwLock::new(None)).collect();
+                    let source = NbdSource {
                         url: url.clone(),
                         size_bytes: client.size_bytes(),
                         block_status: client.supports_block_status(),
-                        client: RwLock::new(client),
+                        multi_conn: client.flags().contains(TransmissionFlags::CAN_MULTI_CONN),
+                        slots: slots.into(),
+                        open: Arc::new(AtomicUsize::new(1)),
+                        next: AtomicUsize::new(0),
                         options,
                         request_timeout: deadline.max(Duration::from_secs(1)),
                         check: None,
-                        changed: std::sync::Mutex::new(None),
-                    })
+                        changed: Arc::new(std::sync::Mutex::new(None)),
+                    };
+                    *source.slots[0].write().await = Some(client);
+                    return Ok(source);
                 }
                 Err(e) => {
                     let elapsed = started.elapsed();
@@ -285,13 +338,78 @@ impl NbdSource {
         self.check = Some(check);
     }
 
-    /// The current connection (its handshake details say what the export is).
-    pub async fn connection(&self) -> Client {
-        self.client().await
+    /// Whether the server said several connections see the same data (multi-conn).
+    pub fn multi_conn(&self) -> bool {
+        self.multi_conn
     }
 
-    async fn client(&self) -> Client {
-        self.client.read().await.clone()
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Opens more connections, up to `connections` in all (at most [`CONNECTIONS_MAX`]),
+    /// in the background, when the server advertises multi-conn; each must pass the
+    /// pinned check. Reads use each as soon as it is open. One that cannot be opened
+    /// ends the widening quietly: the restore goes on with what it has.
+    pub fn widen(&self, connections: usize) {
+        let wanted = connections.min(CONNECTIONS_MAX);
+        if !self.multi_conn || wanted <= self.connections() {
+            return;
+        }
+        let (url, check, slots, open) = (
+            self.url.clone(),
+            self.check.clone(),
+            Arc::clone(&self.slots),
+            Arc::clone(&self.open),
+        );
+        let options = ClientOptions {
+            connect_timeout: self.options.connect_timeout.min(EXTRA_CONNECT_TIMEOUT),
+            ..self.options.clone()
+        };
+        let size_bytes = self.size_bytes;
+        tokio::spawn(async move {
+            for i in open.load(Ordering::Acquire)..wanted {
+                let client =
+                    match Client::connect_with(url.address(), &url.export, options.clone()).await {
+                        Ok(c) if c.size_bytes() == size_bytes => c,
+                        Ok(_) => return,
+                        Err(e) => {
+                            tracing::info!(%e, connections = i, "source: no more connections");
+                            return;
+                        }
+                    };
+                if let Some(check) = &check {
+                    if let Err(reason) = check(client.clone()).await {
+                        tracing::warn!(%reason, "source: an extra connection reached another source");
+                        return;
+                    }
+                }
+                *slots[i].write().await = Some(client);
+                open.store(i + 1, Ordering::Release);
+            }
+            tracing::debug!(connections = wanted, "source: connections open");
+        });
+    }
+
+    /// The first connection (its handshake details say what the export is).
+    pub async fn connection(&self) -> Client {
+        let first = self.slots[0].read().await.clone();
+        // `connect` opens slot 0 before it returns, and a redial only replaces it.
+        first.expect("the first connection is open")
+    }
+
+    /// The slot the next request goes to: round-robin over the open ones.
+    fn pick(&self) -> usize {
+        let open = self.open.load(Ordering::Acquire).clamp(1, CONNECTIONS_MAX);
+        self.next.fetch_add(1, Ordering::Relaxed) % open
+    }
+
+    /// The connection in `slot`: open, since [`NbdSource::pick`] picks among open ones.
+    async fn client(&self, slot: usize) -> Result<Client, SourceError> {
+        let client = self.slots[slot].read().await.clone();
+        debug_assert!(client.is_some(), "slot {slot} is not open");
+        client.ok_or(SourceError::Connection(rehydrate_nbd::Error::Disconnected))
     }
 
     /// The reason the source was found changed, if it was.
@@ -304,11 +422,12 @@ impl NbdSource {
     }
 
     /// Replaces a broken connection once; errors are left for the next attempt.
-    async fn redial(&self, broken: &Client) {
-        let mut current = self.client.write().await;
+    async fn redial(&self, slot: usize, broken: &Client) {
+        let mut current = self.slots[slot].write().await;
         // Someone else already replaced it (or it recovered): nothing to do.
-        if current.is_connected() || !std::ptr::eq(current.info(), broken.info()) {
-            return;
+        match current.as_ref() {
+            Some(c) if c.is_connected() || !std::ptr::eq(c.info(), broken.info()) => return,
+            _ => {}
         }
         match Client::connect_with(self.url.address(), &self.url.export, self.options.clone()).await
         {
@@ -319,12 +438,12 @@ impl NbdSource {
             )),
             Ok(c) => match &self.check {
                 Some(check) => match check(c.clone()).await {
-                    Ok(()) => *current = c,
+                    Ok(()) => *current = Some(c),
                     Err(reason) => self.refuse(reason),
                 },
-                None => *current = c,
+                None => *current = Some(c),
             },
-            Err(e) => tracing::warn!(%e, "source: redial failed"),
+            Err(e) => tracing::warn!(%e, slot, "source: redial failed"),
         }
     }
 
@@ -335,7 +454,7 @@ impl NbdSource {
         }
     }
 
-    async fn classify(&self, client: &Client, e: rehydrate_nbd::Error) -> SourceError {
+    async fn classify(&self, slot: usize, client: &Client, e: rehydrate_nbd::Error) -> SourceError {
         match e {
             rehydrate_nbd::Error::OutOfRange {
                 offset,
@@ -347,7 +466,7 @@ impl NbdSource {
                 size_bytes,
             },
             e if e.is_connection_error() => {
-                self.redial(client).await;
+                self.redial(slot, client).await;
                 self.changed().unwrap_or(SourceError::Connection(e))
             }
             e => SourceError::Server(e),
@@ -378,13 +497,18 @@ impl Source for NbdSource {
     }
 
     async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, SourceError> {
+        Ok(self.read_into(offset, BytesMut::zeroed(len)).await?.into())
+    }
+
+    async fn read_into(&self, offset: u64, buf: BytesMut) -> Result<BytesMut, SourceError> {
         if let Some(e) = self.changed() {
             return Err(e);
         }
-        let client = self.client().await;
-        match self.timed(client.read(offset, len)).await {
+        let slot = self.pick();
+        let client = self.client(slot).await?;
+        match self.timed(client.read_into(offset, buf)).await {
             Ok(data) => Ok(data),
-            Err(e) => Err(self.classify(&client, e).await),
+            Err(e) => Err(self.classify(slot, &client, e).await),
         }
     }
 
@@ -392,7 +516,8 @@ impl Source for NbdSource {
         if let Some(e) = self.changed() {
             return Err(e);
         }
-        let client = self.client().await;
+        let slot = self.pick();
+        let client = self.client(slot).await?;
         match self.timed(client.block_status(offset, len)).await {
             Ok(extents) => Ok(extents
                 .iter()
@@ -401,7 +526,7 @@ impl Source for NbdSource {
                     zero: e.zero,
                 })
                 .collect()),
-            Err(e) => Err(self.classify(&client, e).await),
+            Err(e) => Err(self.classify(slot, &client, e).await),
         }
     }
 }
@@ -513,5 +638,115 @@ mod tests {
             got: 1,
         };
         assert_eq!(short.fetch_error(), FetchError::Corrupt);
+    }
+
+    /// An export that counts the reads each connection serves.
+    struct Tally {
+        inner: Arc<dyn rehydrate_nbd::Export>,
+        reads: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl rehydrate_nbd::Export for Tally {
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn read_only(&self) -> bool {
+            self.inner.read_only()
+        }
+        fn read(
+            &self,
+            offset: u64,
+            length: u32,
+        ) -> rehydrate_nbd::BoxFuture<'_, Result<bytes::Bytes, rehydrate_nbd::ExportError>>
+        {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.inner.read(offset, length)
+        }
+    }
+
+    /// One export; every connection gets its own tally.
+    struct TallyCatalog {
+        export: Arc<dyn rehydrate_nbd::Export>,
+        tallies: std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>,
+    }
+
+    impl rehydrate_nbd::Catalog for TallyCatalog {
+        fn open(
+            &self,
+            _name: &str,
+        ) -> rehydrate_nbd::BoxFuture<
+            '_,
+            Result<Option<Arc<dyn rehydrate_nbd::Export>>, rehydrate_nbd::ExportError>,
+        > {
+            let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            self.tallies.lock().unwrap().push(Arc::clone(&reads));
+            let export: Arc<dyn rehydrate_nbd::Export> = Arc::new(Tally {
+                inner: Arc::clone(&self.export),
+                reads,
+            });
+            Box::pin(async move { Ok(Some(export)) })
+        }
+        fn list(
+            &self,
+        ) -> rehydrate_nbd::BoxFuture<'_, Result<Vec<(String, String)>, rehydrate_nbd::ExportError>>
+        {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    /// Connections that served reads, after reading all of `data` through `source`.
+    async fn connections_used(read_only: bool, connections: usize) -> (usize, usize) {
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 / 3) as u8).collect();
+        let catalog = Arc::new(TallyCatalog {
+            export: Arc::new(rehydrate_nbd::MemExport::new(data.clone(), read_only)),
+            tallies: std::sync::Mutex::new(Vec::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(rehydrate_nbd::serve(
+            listener,
+            Arc::clone(&catalog) as Arc<dyn rehydrate_nbd::Catalog>,
+            rehydrate_nbd::ServerConfig::default(),
+        ));
+        let url = NbdUrl::parse(&format!("nbd://{addr}/x")).unwrap();
+        let source = NbdSource::connect(&url, 8, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(source.multi_conn(), read_only);
+        source.widen(connections);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read_only && source.connections() < connections && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let open = source.connections();
+        for at in (0..data.len()).step_by(65536) {
+            let got = source
+                .read_into(at as u64, BytesMut::zeroed(65536))
+                .await
+                .unwrap();
+            assert_eq!(&got[..], &data[at..at + 65536], "read at {at}");
+        }
+        let used = catalog
+            .tallies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.load(Ordering::Relaxed) > 0)
+            .count();
+        server.abort();
+        (open, used)
+    }
+
+    #[test]
+    fn reads_spread_over_the_connections_a_multi_conn_server_allows() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Read-only: multi-conn is advertised; four connections, each serving reads.
+        assert_eq!(rt.block_on(connections_used(true, 4)), (4, 4));
+        // Writable without multi-conn: one connection, whatever is asked.
+        assert_eq!(rt.block_on(connections_used(false, 4)), (1, 1));
     }
 }

@@ -242,7 +242,9 @@ fn qemu_img_convert_and_nbdinfo_map_mid_restore_see_the_backup() {
 fn fio_with_crc32c_verify_over_the_live_export_mid_restore() {
     let live = Live::start("8MiB");
     require("fio", "fio");
+    // fio leaves its verify state file in its working directory: keep it in the test's.
     let out = Command::new("fio")
+        .current_dir(live.dir.path())
         .args([
             "--name=verify",
             "--ioengine=nbd",

@@ -1,11 +1,13 @@
-//! `rehydrate-backup backup|serve`: the backup server's subcommands on their own, with
-//! the same arguments `rehydrate backup` and `rehydrate serve` take.
+//! `rehydrate-backup backup|serve|forget|gc`: the backup server's subcommands on their
+//! own, with the same arguments `rehydrate backup`, `serve`, `forget` and `gc` take.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rehydrate_backup::cli::{run_backup_command, run_serve, BackupCommand, ServeArgs};
+use rehydrate_backup::replicate::{ReceiveArgs, ReplicateArgs};
+use rehydrate_backup::{run_forget, run_gc, ForgetArgs, GcArgs};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +26,14 @@ enum Command {
     Backup(BackupCommand),
     /// Serve every volume version in a store over NBD (read-only).
     Serve(ServeArgs),
+    /// Send the versions a receiving store lacks (`replicate status`: pending sessions).
+    Replicate(ReplicateArgs),
+    /// Receive replicated versions into a store.
+    Receive(ReceiveArgs),
+    /// Remove versions of a volume that no keep rule keeps.
+    Forget(ForgetArgs),
+    /// Delete chunks no version references (safe while backups run).
+    Gc(GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +64,14 @@ fn main() -> ExitCode {
                 })
             }
             Command::Serve(args) => run_serve(args).await,
+            Command::Receive(args) => args.run().await,
+            Command::Replicate(args) => args.run().await.map(|code| {
+                if code != 0 {
+                    std::process::exit(code.into());
+                }
+            }),
+            Command::Forget(args) => run_forget(&args, &mut print_line).await.map(drop),
+            Command::Gc(args) => run_gc(&args, &mut print_line).await.map(drop),
         }
     });
     match result {
@@ -63,4 +81,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line of `forget`'s or `gc`'s report; a reader that went away is no failure (the
+/// work is done either way).
+fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }

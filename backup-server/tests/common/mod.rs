@@ -4,10 +4,12 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 use rehydrate_backup::ChunkStore;
 
@@ -200,4 +202,32 @@ pub fn version_files(store: &Path, volume: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// A loopback port nobody listens on right now (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Kill a running `backup` (spawned with piped stdout) as soon as `stored_enough()`,
+/// and check that it failed and printed no summary: it published nothing.
+pub fn kill_mid_way(mut child: Child, stored_enough: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stored_enough() {
+        assert!(Instant::now() < deadline, "backup stored no chunks in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("spawned with piped stdout")
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(stdout.is_empty(), "the killed backup printed: {stdout}");
 }

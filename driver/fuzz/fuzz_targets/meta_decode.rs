@@ -1,16 +1,20 @@
-//! Fuzzes the metadata decoders and `Metadata::open` over hostile stores (rule 7).
+//! Fuzzes the metadata decoders, `Metadata::open` and `Metadata::load_map` over hostile
+//! stores (rule 7).
 //!
 //! Nothing may panic. Beyond that, an `open` that succeeds must load exactly the OR of
-//! the slots that are valid for their page (no mark from nowhere), and a commit of what
-//! it loaded followed by a reopen must keep every mark (a durable mark never reverts).
+//! the slots that are valid for their page (no mark from nowhere), a named map's load
+//! exactly the OR of its valid slots not older than its reset, and a commit of what was
+//! loaded followed by a reopen must keep every mark (a durable mark never reverts).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::sync::Arc;
+
 use rehydrate_driver::meta::{
-    decode_header, decode_page_slot, encode_header, encode_page_slot, identity_tag, Binding,
-    Header, Identity, MetaStore, Metadata, Page, SourceKind, SourcePin, StoreError, TargetKind,
-    TargetPin, HEADER_STORE_PAGES, META_PAGE_SIZE_BYTES, REGIONS_PER_PAGE, TARGET_ID_BYTES,
-    WORDS_PER_PAGE,
+    decode_header, decode_page_slot, encode_header, encode_page_slot, identity_tag, map_tag,
+    Binding, Header, Identity, MapEntry, MapName, MapTable, MetaStore, Metadata, NamedMap, Page,
+    SourceKind, SourcePin, StoreError, TargetKind, TargetPin, HEADER_STORE_PAGES,
+    MAP_RECORD_BYTES, META_PAGE_SIZE_BYTES, REGIONS_PER_PAGE, TARGET_ID_BYTES, WORDS_PER_PAGE,
 };
 use rehydrate_driver::{Geometry, RegionMap};
 
@@ -87,19 +91,30 @@ impl Input<'_> {
     }
 }
 
-/// The OR of the valid slots of every bitmap page: what a successful open must load.
-fn expected_words(store: &MemStore, geometry: &Geometry, tag: u32) -> Vec<u64> {
+/// The OR of the valid slots of every bitmap page of map `m` (0: the restore map,
+/// 1..: named map `m - 1`) not older than `reset_generation`: what a successful open
+/// (or load) must load.
+fn expected_words(
+    store: &MemStore,
+    geometry: &Geometry,
+    tag: u32,
+    m: u64,
+    reset_generation: u64,
+) -> Vec<u64> {
     let word_count = usize::try_from(geometry.region_count().div_ceil(64)).unwrap();
     let mut words = vec![0u64; word_count];
     let pages = geometry.region_count().div_ceil(REGIONS_PER_PAGE);
     for page in 0..pages {
         for slot in 0..2 {
             let bytes = store
-                .page(HEADER_STORE_PAGES + 2 * page + slot)
+                .page(HEADER_STORE_PAGES + 2 * pages * m + 2 * page + slot)
                 .expect("open checked the store size");
             let Ok(decoded) = decode_page_slot(bytes, page, tag) else {
                 continue;
             };
+            if decoded.generation < reset_generation {
+                continue;
+            }
             let first = usize::try_from(page).unwrap() * WORDS_PER_PAGE;
             // A slot with a bit past the last region is not valid: it adds nothing.
             let in_range = decoded
@@ -158,7 +173,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let geometry = identity.geometry().expect("small volumes are valid");
     let tag = identity_tag(&identity);
-    let mut pages = Metadata::store_pages(&geometry);
+    let maps = map_table(&mut input);
+    let mut pages = Metadata::store_pages_with(&geometry, maps.len());
     if control & 0x80 != 0 {
         pages -= u64::from(input.byte()) % pages;
     }
@@ -179,10 +195,21 @@ fuzz_target!(|data: &[u8]| {
             }
             // The binding the header records: kinds and name from the input, so
             // unknown kinds and bad names reach the decoder sealed by a valid checksum.
+            let generation = input.u64() % 1000;
+            // The table with reset generations from the input (at most the header's).
+            let mut reset = MapTable::EMPTY;
+            for e in maps.entries() {
+                let reset_generation = input.u64() % (generation + 1);
+                let _ = reset.push(MapEntry {
+                    reset_generation,
+                    ..*e
+                });
+            }
             let header = Header {
                 identity: id,
                 binding: binding(&mut input),
-                generation: input.u64() % 1000,
+                generation,
+                maps: reset,
             };
             encode_header(&header, &mut page);
             if let Some(out) = store.page_mut(slot) {
@@ -196,13 +223,22 @@ fuzz_target!(|data: &[u8]| {
             if choice < 64 {
                 continue; // leave the raw bytes
             }
-            let bitmap_page = (index - HEADER_STORE_PAGES) / 2;
+            let per_map = 2 * geometry.region_count().div_ceil(REGIONS_PER_PAGE);
+            let m = (index - HEADER_STORE_PAGES) / per_map;
+            let bitmap_page = (index - HEADER_STORE_PAGES) % per_map / 2;
             let claimed = if choice < 80 {
                 bitmap_page + 1
             } else {
                 bitmap_page
             };
-            let claimed_tag = if choice < 96 { tag ^ 1 } else { tag };
+            let own_tag = match m.checked_sub(1) {
+                None => tag,
+                Some(n) => maps
+                    .entries()
+                    .get(n as usize)
+                    .map_or(tag, |e| map_tag(&identity, &e.name)),
+            };
+            let claimed_tag = if choice < 96 { own_tag ^ 1 } else { own_tag };
             let generation = input.u64() % 1000;
             // Sparse bits from the input; now and then bits past the last region.
             let seed = input.u64();
@@ -235,9 +271,34 @@ fuzz_target!(|data: &[u8]| {
     let loaded = map_words(&map);
     assert_eq!(
         loaded,
-        expected_words(&store, &geometry, tag),
+        expected_words(&store, &geometry, tag, 0, 0),
         "open invented or dropped a mark"
     );
+
+    // Each named map: exactly its valid slots since its reset; then attached, so the
+    // commit below writes it too.
+    let table = *meta.maps();
+    let mut named = Vec::new();
+    for (m, entry) in table.entries().iter().enumerate() {
+        let into = Arc::new(NamedMap::new(geometry).expect("small map"));
+        let load = meta
+            .load_map(&mut store, m, &into)
+            .expect("a fault-free store loads");
+        let got: Vec<u64> = (0..into.word_count()).map(|w| into.word(w)).collect();
+        let expected = expected_words(
+            &store,
+            &geometry,
+            map_tag(&identity, &entry.name),
+            m as u64 + 1,
+            entry.reset_generation,
+        );
+        assert_eq!(got, expected, "load invented or dropped a mark of map {m}");
+        let _ = load.intact;
+        meta.attach(m, Arc::clone(&into)).expect("loaded maps attach");
+        // One more mark, so the commit writes a page of every map.
+        into.mark(0..1);
+        named.push(into);
+    }
 
     // Commit what was loaded (all of it durable), reopen: nothing may revert.
     let generation = meta.generation();
@@ -247,9 +308,38 @@ fuzz_target!(|data: &[u8]| {
         .expect("a fault-free store commits");
     assert!(stats.generation > generation);
     let again = RegionMap::new(geometry).expect("small map");
-    Metadata::open(&mut store, &identity, &again).expect("a committed store reopens");
+    let mut reopened = Metadata::open(&mut store, &identity, &again).expect("a committed store reopens");
     assert_eq!(map_words(&again), loaded, "a committed mark reverted");
+    for (m, before) in named.iter().enumerate() {
+        let into = NamedMap::new(geometry).expect("small map");
+        reopened.load_map(&mut store, m, &into).expect("reloads");
+        for w in 0..into.word_count() {
+            assert_eq!(before.word(w) & !into.word(w), 0, "a committed mark of map {m} reverted");
+        }
+    }
 });
+
+/// Named maps chosen by the input: none, one or two, names from the input (a valid
+/// fallback when the input's is not), records from the input.
+fn map_table(input: &mut Input<'_>) -> MapTable {
+    let mut table = MapTable::EMPTY;
+    for i in 0..input.byte() % 3 {
+        let mut bytes = [0u8; 8];
+        for b in bytes.iter_mut().take(1 + usize::from(input.byte() % 8)) {
+            *b = b'a' + input.byte() % 26;
+        }
+        let name = MapName::from_bytes(bytes)
+            .or(MapName::new(["one", "two"][usize::from(i)]))
+            .expect("a valid name");
+        let _ = table.push(MapEntry {
+            name,
+            reset_generation: 0,
+            record: [input.byte(); MAP_RECORD_BYTES],
+        });
+    }
+    table
+}
+
 
 /// A binding chosen by the input: a pinned source of either kind with a name of up to
 /// 300 bytes (too long ones fall back to unrecorded), a target of any kind.

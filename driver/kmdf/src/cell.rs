@@ -62,6 +62,8 @@ pub enum Pending {
     Control = 2,
     /// A request the filter sent down came back (lower id and status in the context).
     LowerComplete = 3,
+    /// A held request was cancelled (its `EvtRequestCancel` ran).
+    Cancel = 4,
 }
 
 /// A callback to run as the owner.
@@ -73,6 +75,8 @@ pub enum Event {
     Control(WDFREQUEST),
     /// See [`Pending::LowerComplete`].
     LowerComplete(WDFREQUEST),
+    /// See [`Pending::Cancel`].
+    Cancel(WDFREQUEST),
     /// The filter's timer fired.
     Timer,
     /// The volume is being removed: fail what the filter holds (`Filter::on_remove`) and
@@ -180,6 +184,7 @@ impl Shared {
                 Event::Io(r) => push(gate, r, Pending::Io),
                 Event::Control(r) => push(gate, r, Pending::Control),
                 Event::LowerComplete(r) => push(gate, r, Pending::LowerComplete),
+                Event::Cancel(r) => push(gate, r, Pending::Cancel),
             }
             self.release();
             return;
@@ -341,6 +346,7 @@ fn pop(gate: &mut Gate) -> Option<Event> {
             Pending::Io => return Some(Event::Io(request)),
             Pending::Control => return Some(Event::Control(request)),
             Pending::LowerComplete => return Some(Event::LowerComplete(request)),
+            Pending::Cancel => return Some(Event::Cancel(request)),
             Pending::None => debug_assert!(false, "request in the backlog without a kind"),
         }
     }

@@ -131,6 +131,12 @@ pub fn dispatch(inner: &mut Inner, event: Event) {
                 f.on_timer(fw);
             }
         }
+        // Also after removal: a request whose completion was left to this callback
+        // (cancellation won the race) is completed here.
+        Event::Cancel(request) => match filter.as_mut() {
+            Some(f) => f.on_cancel(fw, request),
+            None => fw.complete(request, Status::CANCELLED, 0),
+        },
         Event::Remove => {
             if !*removed {
                 *removed = true;

@@ -634,6 +634,37 @@ impl Framework for Kmdf {
         // DISPATCH_LEVEL and is ignored if it is already queued.
         unsafe { call_unsafe_wdf_function_binding!(WdfWorkItemEnqueue, self.commit_item) };
     }
+
+    fn mark_cancelable(&mut self, request: WDFREQUEST) -> Result<(), Status> {
+        // SAFETY: a queue-presented request the filter owns and keeps (only held reads,
+        // writes and trims are marked; wrapped flushes never are, they belong to no
+        // queue). Its context names this instance's cell for the cancel callback.
+        let nt_status = unsafe {
+            (*RequestContext::of(request)).shared = self.shared;
+            call_unsafe_wdf_function_binding!(
+                WdfRequestMarkCancelableEx,
+                request,
+                Some(evt_request_cancel)
+            )
+        };
+        if nt_success(nt_status) {
+            Ok(())
+        } else {
+            Err(status(nt_status))
+        }
+    }
+
+    fn unmark_cancelable(&mut self, request: WDFREQUEST) -> Result<(), Status> {
+        // SAFETY: a request the filter marked cancelable and still owns; on
+        // STATUS_CANCELLED the cancel callback owns its completion.
+        let nt_status =
+            unsafe { call_unsafe_wdf_function_binding!(WdfRequestUnmarkCancelable, request) };
+        if nt_success(nt_status) {
+            Ok(())
+        } else {
+            Err(status(nt_status))
+        }
+    }
 }
 
 /// `EVT_WDF_REQUEST_COMPLETION_ROUTINE` of every request sent down with a completion.
@@ -655,5 +686,18 @@ pub extern "C" fn evt_lower_complete(
         let shared = (*ctx).shared;
         debug_assert!(!shared.is_null());
         (*shared).enter(Event::LowerComplete(request));
+    }
+}
+
+/// `EVT_WDF_REQUEST_CANCEL` of a held request (IRQL <= DISPATCH_LEVEL): the cell runs
+/// `Filter::on_cancel` as the owner, which completes the request.
+pub extern "C" fn evt_request_cancel(request: WDFREQUEST) {
+    // SAFETY: WDF hands back a request we marked cancelable; it stays ours until the
+    // filter completes it, and its context names the cell it was marked for, which
+    // lives until the device is destroyed (after every request is completed).
+    unsafe {
+        let shared = (*RequestContext::of(request)).shared;
+        debug_assert!(!shared.is_null());
+        (*shared).enter(Event::Cancel(request));
     }
 }

@@ -89,6 +89,13 @@ pub enum Event {
         /// True when it is durable.
         ok: bool,
     },
+    /// The file system cancelled request `id` and the framework's cancel callback ran
+    /// (the shell marks every held request cancelable). A held request completes with
+    /// `CANCELLED`; a request already forwarded or completed is left alone.
+    Cancel {
+        /// Request handle.
+        id: RequestId,
+    },
     /// The service (re)attached: requests it may have lost are asked again.
     ServiceAttached,
     /// The volume is going away (surprise removal, stop): every held request completes

@@ -1,23 +1,9 @@
-//! The engine's bookkeeping types: per-region state, held requests, lower I/O in flight.
+//! The engine's bookkeeping types: held requests, lower I/O in flight, hydrate batches.
 
-use alloc::collections::BTreeMap;
 use core::ops::Range;
 
-use super::io::{BatchId, RequestId};
+use super::io::{BatchId, LowerId, RequestId};
 use crate::status::Status;
-
-/// State of a region that is not restored yet but has something going on. Regions with
-/// nothing going on have no entry (the map's bit says whether they are restored).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RegionState {
-    /// The service was asked for it; no data yet. Never set on a restored region.
-    Requested,
-    /// A hydrate write of it is at the lower device. Never set on a restored region.
-    Hydrating,
-    /// This many writes or trims that cover it wholly are at the lower device; hydrate
-    /// data for it is dropped (rule 4). May outlive the mark by the first completion.
-    Claimed(u32),
-}
 
 /// What a request from above asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,27 +21,53 @@ impl Kind {
 }
 
 /// A request the engine is holding.
+///
+/// It walks its regions in order: every region before `cursor` was ready when the
+/// cursor passed it; the region at `cursor` is the one it waits on (it is then listed
+/// in the waiter index under `key`). Regions `cursor..asked_to` were asked of the
+/// service on its behalf (a window of at most `ask_window_regions`), so a request over
+/// many missing regions holds state for a window of them, not for all.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Held {
+    /// Arrival order: a request is ordered after every held or sequenced request with a
+    /// smaller key on its sectors.
+    pub(crate) key: u64,
     pub(crate) id: RequestId,
     pub(crate) kind: Kind,
     pub(crate) offset: u64,
     pub(crate) len: u64,
     pub(crate) since_ns: u64,
+    /// Earlier held or sequenced requests on its sectors.
+    pub(crate) blockers: u32,
+    pub(crate) cursor: u64,
+    pub(crate) asked_to: u64,
+    /// The region it is listed as a waiter of.
+    pub(crate) attached: Option<u64>,
+    /// It is in the engine's list of requests to advance.
+    pub(crate) queued: bool,
+}
+
+/// A request from above that the engine forwarded.
+#[derive(Clone, Debug)]
+pub(crate) struct Sent {
+    pub(crate) id: RequestId,
+    pub(crate) kind: Kind,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    /// Regions this write or trim overwrites wholly (empty for reads): hydrate data for
+    /// them is dropped while it is at the device (rule 4).
+    pub(crate) claimed: Range<u64>,
+    /// Its key when it was held once: later requests on its sectors wait for it.
+    pub(crate) sequenced: Option<u64>,
+    /// Mark runs room was kept for.
+    pub(crate) marks: usize,
 }
 
 /// I/O the engine sent down and awaits.
 #[derive(Clone, Debug)]
 pub(crate) enum InFlight {
     /// A request from above, forwarded.
-    Request {
-        id: RequestId,
-        kind: Kind,
-        /// Regions this write or trim claimed (empty for reads).
-        claimed: Range<u64>,
-        /// It was held once, so later requests on its sectors wait for it.
-        sequenced: bool,
-    },
+    Request(Sent),
     /// Part of a hydrate message.
     Hydrate { batch: BatchId, regions: Range<u64> },
     /// A flush: the file system's (`id`) or the engine's own.
@@ -65,76 +77,20 @@ pub(crate) enum InFlight {
 /// Progress of one hydrate message.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Batch {
+    pub(crate) id: BatchId,
     pub(crate) outstanding: u32,
     pub(crate) status: Status,
+}
+
+/// An entry of the table of lower I/O in flight, kept sorted by `lower`.
+#[derive(Clone, Debug)]
+pub(crate) struct Lower {
+    pub(crate) lower: LowerId,
+    pub(crate) io: InFlight,
 }
 
 /// True when `[a, a+alen)` and `[b, b+blen)` share a byte.
 #[inline]
 pub(crate) fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
     a < b + blen && b < a + alen
-}
-
-/// Disjoint byte ranges, merged when they touch: "does anything earlier share a sector
-/// with this request?" in O(log n) instead of a scan of every earlier request.
-#[derive(Debug, Default)]
-pub(crate) struct Intervals {
-    /// start -> end; disjoint and not touching.
-    map: BTreeMap<u64, u64>,
-}
-
-impl Intervals {
-    pub(crate) fn clear(&mut self) {
-        self.map.clear();
-    }
-
-    /// True when `[start, end)` shares a byte with a range in the set. The ranges are
-    /// disjoint, so only the last one starting before `end` can.
-    pub(crate) fn overlaps(&self, start: u64, end: u64) -> bool {
-        self.map
-            .range(..end)
-            .next_back()
-            .is_some_and(|(_, &e)| e > start)
-    }
-
-    /// Adds `[start, end)`, merging what it touches.
-    pub(crate) fn insert(&mut self, mut start: u64, mut end: u64) {
-        // Bounded: each pass removes one range.
-        while let Some((&s, &e)) = self.map.range(..=end).next_back() {
-            if e < start {
-                break;
-            }
-            start = start.min(s);
-            end = end.max(e);
-            self.map.remove(&s);
-        }
-        self.map.insert(start, end);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    extern crate std;
-    use proptest::prelude::*;
-    use std::vec::Vec;
-
-    proptest! {
-        #[test]
-        fn intervals_agree_with_a_scan(
-            ranges in proptest::collection::vec((0u64..1000, 1u64..50), 0..40),
-            probes in proptest::collection::vec((0u64..1100, 1u64..50), 1..40),
-        ) {
-            let mut set = Intervals::default();
-            let mut all: Vec<(u64, u64)> = Vec::new();
-            for (s, l) in ranges {
-                set.insert(s, s + l);
-                all.push((s, l));
-            }
-            for (s, l) in probes {
-                let scan = all.iter().any(|&(o, n)| overlaps(o, n, s, l));
-                prop_assert_eq!(set.overlaps(s, s + l), scan);
-            }
-        }
-    }
 }

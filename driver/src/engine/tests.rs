@@ -8,21 +8,22 @@ use std::vec::Vec;
 
 use super::*;
 use crate::geometry::Geometry;
+use crate::status::{FailReason, Status};
 
 const R: u64 = 4096;
 
-fn engine(regions: u64) -> Engine {
+pub(super) fn engine(regions: u64) -> Engine {
     let map = Arc::new(RegionMap::new(Geometry::new(regions * R, 4096).unwrap()).unwrap());
     Engine::new(map, EngineConfig::default())
 }
 
-fn step(e: &mut Engine, event: Event) -> Vec<Action> {
+pub(super) fn step(e: &mut Engine, event: Event) -> Vec<Action> {
     let mut out = Vec::new();
     e.handle(event, &mut out);
     out
 }
 
-fn lower_of(actions: &[Action], want: RequestId) -> LowerId {
+pub(super) fn lower_of(actions: &[Action], want: RequestId) -> LowerId {
     actions
         .iter()
         .find_map(|a| match a {
@@ -69,11 +70,11 @@ fn flush_down_of(actions: &[Action]) -> LowerId {
 
 /// Performs commit `commit` the way a shell does and reports success.
 fn commit_ok(e: &mut Engine, commit: u64) -> Vec<Action> {
-    e.take_flushed_marks();
+    e.take_flushed_marks(|_| {});
     step(e, Event::MetadataCommitted { commit, ok: true })
 }
 
-fn read(id: RequestId, offset: u64, len: u64) -> Event {
+pub(super) fn read(id: RequestId, offset: u64, len: u64) -> Event {
     Event::Read { id, offset, len }
 }
 
@@ -95,7 +96,7 @@ fn hydrate(batch: BatchId, offset: u64, len: u64) -> Event {
     }
 }
 
-fn ok(lower: LowerId) -> Event {
+pub(super) fn ok(lower: LowerId) -> Event {
     Event::LowerCompleted {
         lower,
         status: Status::SUCCESS,
@@ -330,7 +331,8 @@ fn a_flush_completes_only_after_the_metadata_commit_is_durable() {
     let lower = lower_of(&out, 5);
     let out = step(&mut e, ok(lower));
     assert_eq!(out, vec![Action::CommitMetadata { commit: 1 }]);
-    let marks = e.take_flushed_marks();
+    let mut marks = Vec::new();
+    e.take_flushed_marks(|r| marks.push(r));
     assert_eq!(marks, vec![0..1]);
     e.prepare_durable_view();
     assert_eq!(e.durable_word(0), 1);

@@ -10,21 +10,32 @@
 //!   Before that, reads/writes/flushes go through the engine; the trim IOCTL with one
 //!   range becomes an engine discard; a multi-range trim while restoring completes with
 //!   success without going down (a trim is a hint; dropping one is always correct and
-//!   avoids splitting one request into many); other IOCTLs go down unchanged.
+//!   avoids splitting one request into many). Other data-set-management actions
+//!   (offloaded data transfer: an offload read of a missing region would hand out a
+//!   token for the empty disk) fail with `NOT_SUPPORTED` until the volume is a
+//!   pass-through, so callers fall back to normal reads and writes. Other IOCTLs go
+//!   down unchanged.
+//! * A request the engine holds is marked cancelable; before the filter completes or
+//!   sends it, it is unmarked. If the file system cancelled it meanwhile, unmarking
+//!   fails and the cancel callback ([`Filter::on_cancel`]) completes it: KMDF's rule,
+//!   since a request completed while still cancelable can be completed twice.
 //! * Control device ([`Filter::on_control`]): the service's ABI requests. `GET_MISSING`
 //!   is the inverted call: the service keeps several pended; the filter parks them in a
 //!   manual queue and completes one with a batch of wanted ranges when it has some.
 //!   A `HYDRATE` request is kept until every write made from its payload completed.
 //!
 //! # Bounds
-//! Wanted ranges waiting for a parked request: at most `missing_queue_max`, adjacent
-//! ones merged. Held reads with many scattered missing regions, or a service that is
+//! Requests the filter owns: one slot each, in a slab that grows only through
+//! `try_reserve` (no room: the request completes with `INSUFFICIENT_RESOURCES`); the
+//! engine bounds how many it holds. Hydrate requests being written: likewise (the engine
+//! bounds the batches). Wanted ranges waiting for a parked request: at most
+//! `missing_queue_max`, adjacent ones merged (and merged too when memory is short). Held reads with many scattered missing regions, or a service that is
 //! slow to pend requests, can want more: then the newest range is widened to also cover
 //! the new one. Nothing wanted is lost and memory stays bounded; the price, only under
 //! that pressure, is that the service may fetch regions between the two that are
 //! already restored, whose data the engine then drops (rule 4).
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -38,8 +49,10 @@ use crate::dsm::{self, Dsm, IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES};
 use crate::engine::{Action, BatchId, Engine, EngineConfig, Event, LowerId, RequestId};
 use crate::framework::{Framework, RequestParameters, WriteSource};
 use crate::meta::{MetaStore, Metadata};
+use crate::mutants::{self, Mutant};
 use crate::region::RegionMap;
 use crate::status::Status;
+use owned::{Hydrates, Owned, Requests};
 
 /// Most wanted ranges queued for the service, by default.
 pub const MISSING_QUEUE_MAX: usize = 4096;
@@ -65,14 +78,6 @@ impl Default for FilterConfig {
     }
 }
 
-/// A request from above the filter owns, by the engine's id for it.
-#[derive(Clone, Copy, Debug)]
-struct Owned<R> {
-    request: R,
-    /// Bytes transferred on success (reads and writes), else zero.
-    information: usize,
-}
-
 /// Counters the engine does not keep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FilterCounters {
@@ -93,9 +98,8 @@ pub struct Filter<F: Framework> {
     /// The fast path: set once every region is durably restored, never cleared.
     passthrough: bool,
     state: DriverState,
-    requests: BTreeMap<RequestId, Owned<F::Request>>,
-    next_request: RequestId,
-    hydrates: BTreeMap<BatchId, F::Request>,
+    requests: Requests<F::Request>,
+    hydrates: Hydrates<F::Request>,
     next_batch: BatchId,
     missing: VecDeque<MissingRange>,
     events: VecDeque<Event>,
@@ -124,9 +128,8 @@ impl<F: Framework> Filter<F> {
             config,
             passthrough: false,
             state: DriverState::Detached,
-            requests: BTreeMap::new(),
-            next_request: 1,
-            hydrates: BTreeMap::new(),
+            requests: Requests::new(),
+            hydrates: Hydrates::new(),
             next_batch: 1,
             missing: VecDeque::new(),
             events: VecDeque::new(),
@@ -150,6 +153,17 @@ impl<F: Framework> Filter<F> {
     /// Counters the filter keeps itself.
     pub fn counters(&self) -> FilterCounters {
         self.counters
+    }
+
+    /// Whether the service is attached and running.
+    pub fn state(&self) -> DriverState {
+        self.state
+    }
+
+    /// Byte ranges wanted from the service and not handed to it yet (for checkers that
+    /// every region the engine asked for reaches the service).
+    pub fn missing_ranges(&self) -> impl Iterator<Item = core::ops::Range<u64>> + '_ {
+        self.missing.iter().map(|m| m.offset..m.offset + m.len)
     }
 
     /// What `GET_STATUS` answers.
@@ -189,11 +203,15 @@ impl<F: Framework> Filter<F> {
         let params = fw.parameters(request);
         let event = match params {
             RequestParameters::Read { offset, len } => {
-                let id = self.own(request, len);
+                let Some(id) = self.own(fw, request, len) else {
+                    return;
+                };
                 Event::Read { id, offset, len }
             }
             RequestParameters::Write { offset, len, fua } => {
-                let id = self.own(request, len);
+                let Some(id) = self.own(fw, request, len) else {
+                    return;
+                };
                 Event::Write {
                     id,
                     offset,
@@ -202,7 +220,9 @@ impl<F: Framework> Filter<F> {
                 }
             }
             RequestParameters::Flush => {
-                let id = self.own(request, 0);
+                let Some(id) = self.own(fw, request, 0) else {
+                    return;
+                };
                 Event::Flush { id }
             }
             RequestParameters::DeviceControl { ioctl, .. }
@@ -230,13 +250,12 @@ impl<F: Framework> Filter<F> {
             .map(|bytes| dsm::decode(bytes).map(|d| (d, d.range(0), d.range_count())));
         match decoded {
             Ok(Ok((Dsm::Trim(_), Some((offset, len)), 1))) => {
-                let id = self.own(request, 0);
+                let id = self.own(fw, request, 0)?;
                 Some(Event::Discard { id, offset, len })
             }
             Ok(Ok((Dsm::Other(_), ..))) => {
-                if let Err(status) = fw.send_and_forget(request) {
-                    fw.complete(request, status, 0);
-                }
+                // Not a trim: an offloaded transfer would see the empty disk.
+                fw.complete(request, Status::NOT_SUPPORTED, 0);
                 None
             }
             Ok(Ok(_)) => {
@@ -255,16 +274,14 @@ impl<F: Framework> Filter<F> {
         }
     }
 
-    fn own(&mut self, request: F::Request, len: u64) -> RequestId {
-        let id = self.next_request;
-        self.next_request += 1;
-        self.requests.insert(
-            id,
-            Owned {
-                request,
-                information: usize::try_from(len).unwrap_or(0),
-            },
-        );
+    /// Remembers `request` for the engine; `None` (and the request is refused with
+    /// `INSUFFICIENT_RESOURCES`) when there is no room.
+    fn own(&mut self, fw: &mut F, request: F::Request, len: u64) -> Option<RequestId> {
+        let owned = Owned::new(request, usize::try_from(len).unwrap_or(0));
+        let id = self.requests.insert(owned);
+        if id.is_none() {
+            fw.complete(request, Status::INSUFFICIENT_RESOURCES, 0);
+        }
         id
     }
 
@@ -291,6 +308,55 @@ impl<F: Framework> Filter<F> {
         self.missing.clear();
         while let Some(parked) = fw.take_parked() {
             fw.complete(parked, Status::DEVICE_NOT_READY, 0);
+        }
+    }
+
+    /// `EvtRequestCancel` of a request the filter marked cancelable: the file system
+    /// cancelled it. A held request completes with `CANCELLED`; one whose completion the
+    /// filter had to leave to this callback completes now.
+    pub fn on_cancel(&mut self, fw: &mut F, request: F::Request) {
+        // Bounded by the requests the filter owns; cancellation is rare.
+        let Some(id) = self.requests.find(request) else {
+            debug_assert!(
+                false,
+                "cancel callback for a request the filter does not own"
+            );
+            return;
+        };
+        let Some(owned) = self.requests.get_mut(id) else {
+            return;
+        };
+        owned.cancelable = false;
+        if owned.cancelling {
+            owned.cancelling = false;
+            if owned.done {
+                self.requests.remove(id);
+                fw.complete(request, Status::CANCELLED, 0);
+            }
+            return;
+        }
+        self.run(fw, Event::Cancel { id });
+    }
+
+    /// True when request `id` may be completed or sent now: it is not cancelable (or
+    /// was unmarked). False when cancellation won: the cancel callback finishes it.
+    fn release_cancelable(&mut self, fw: &mut F, id: RequestId, completing: bool) -> bool {
+        let Some(owned) = self.requests.get_mut(id) else {
+            return true;
+        };
+        if owned.cancelling {
+            return false;
+        }
+        if !owned.cancelable || completing && mutants::active(Mutant::CompleteWhileCancelable) {
+            return true;
+        }
+        owned.cancelable = false;
+        match fw.unmark_cancelable(owned.request) {
+            Ok(()) => true,
+            Err(_) => {
+                owned.cancelling = true;
+                false
+            }
         }
     }
 
@@ -451,7 +517,10 @@ impl<F: Framework> Filter<F> {
             Ok(Ok((offset, len, zero))) => {
                 let batch = self.next_batch;
                 self.next_batch += 1;
-                self.hydrates.insert(batch, request);
+                if !self.hydrates.insert(batch, request) {
+                    fw.complete(request, Status::INSUFFICIENT_RESOURCES, 0);
+                    return;
+                }
                 self.run(
                     fw,
                     Event::Hydrate {
@@ -507,8 +576,8 @@ impl<F: Framework> Filter<F> {
                 return;
             };
             let n = self.missing.len().min(MISSING_BATCH_MAX);
-            let batch: Vec<MissingRange> = self.missing.iter().take(n).copied().collect();
-            let encoded = MissingBatch::new(&batch).map(|b| {
+            let batch = &self.missing.make_contiguous()[..n];
+            let encoded = MissingBatch::new(batch).map(|b| {
                 let len = b.encoded_len();
                 (b, len)
             });
@@ -562,7 +631,15 @@ impl<F: Framework> Filter<F> {
     fn perform(&mut self, fw: &mut F, action: Action) {
         match action {
             Action::Forward { id, lower } => {
-                let Some(owned) = self.requests.get(&id) else {
+                if !self.release_cancelable(fw, id, false) {
+                    // Cancelled while held: it does not go down.
+                    self.events.push_back(Event::LowerCompleted {
+                        lower,
+                        status: Status::CANCELLED,
+                    });
+                    return;
+                }
+                let Some(owned) = self.requests.get(id) else {
                     debug_assert!(false, "forward of unknown request {id}");
                     return;
                 };
@@ -571,8 +648,16 @@ impl<F: Framework> Filter<F> {
                         .push_back(Event::LowerCompleted { lower, status });
                 }
             }
-            Action::Hold { .. } => {
-                // The request stays owned by the filter until the engine says otherwise.
+            Action::Hold { id } => {
+                // The request stays owned by the filter until the engine says otherwise,
+                // and the file system may cancel it meanwhile.
+                if let Some(owned) = self.requests.get_mut(id) {
+                    match fw.mark_cancelable(owned.request) {
+                        Ok(()) => owned.cancelable = true,
+                        // Cancelled before it could be marked: the engine lets it go.
+                        Err(_) => self.events.push_back(Event::Cancel { id }),
+                    }
+                }
             }
             Action::Fetch { regions, on_demand } => {
                 let bytes = self.engine.geometry().regions_byte_range(regions);
@@ -586,7 +671,8 @@ impl<F: Framework> Filter<F> {
                     len: bytes.end - bytes.start,
                     flags,
                 };
-                let full = self.missing.len() >= self.config.missing_queue_max;
+                let full = self.missing.len() >= self.config.missing_queue_max
+                    || self.missing.try_reserve(1).is_err();
                 match self.missing.back_mut() {
                     Some(last) if full || last.offset + last.len == range.offset => {
                         let start = last.offset.min(range.offset);
@@ -609,8 +695,8 @@ impl<F: Framework> Filter<F> {
                 let source = if zero {
                     WriteSource::Zeros
                 } else {
-                    match self.hydrates.get(&batch) {
-                        Some(&request) => WriteSource::Payload {
+                    match self.hydrates.get(batch) {
+                        Some(request) => WriteSource::Payload {
                             request,
                             payload_offset,
                         },
@@ -637,7 +723,13 @@ impl<F: Framework> Filter<F> {
             }
             Action::CommitMetadata { commit } => fw.queue_commit_work(commit),
             Action::Complete { id, status } => {
-                if let Some(owned) = self.requests.remove(&id) {
+                if !self.release_cancelable(fw, id, true) {
+                    if let Some(owned) = self.requests.get_mut(id) {
+                        owned.done = true;
+                    }
+                    return;
+                }
+                if let Some(owned) = self.requests.remove(id) {
                     let information = if status.is_success() {
                         owned.information
                     } else {
@@ -649,7 +741,7 @@ impl<F: Framework> Filter<F> {
                 }
             }
             Action::HydrateDone { batch, status } => {
-                if let Some(request) = self.hydrates.remove(&batch) {
+                if let Some(request) = self.hydrates.remove(batch) {
                     fw.complete(request, status, 0);
                 }
             }
@@ -661,6 +753,8 @@ impl<F: Framework> Filter<F> {
         }
     }
 }
+
+mod owned;
 
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,8 @@ enum Did {
     Completed(u32, Status, usize),
     Parked(u32),
     Commit(u64),
+    Marked(u32),
+    Unmarked(u32),
 }
 
 #[derive(Default)]
@@ -35,6 +37,10 @@ struct Fw {
     parked: VecDeque<u32>,
     did: Vec<Did>,
     now_ns: u64,
+    /// Requests marked cancelable.
+    cancelable: std::collections::BTreeSet<u32>,
+    /// Requests the I/O manager cancelled (their cancel routine is taken).
+    cancelled: std::collections::BTreeSet<u32>,
 }
 
 impl Framework for Fw {
@@ -77,6 +83,10 @@ impl Framework for Fw {
         Ok(())
     }
     fn complete(&mut self, r: u32, status: Status, information: usize) {
+        assert!(
+            !self.cancelable.contains(&r) || self.cancelled.contains(&r),
+            "request {r} completed while still marked cancelable"
+        );
         self.did.push(Did::Completed(r, status, information));
     }
     fn park(&mut self, r: u32) -> Result<(), Status> {
@@ -93,6 +103,26 @@ impl Framework for Fw {
     fn start_timer(&mut self, _due_ns: u64) {}
     fn queue_commit_work(&mut self, commit: u64) {
         self.did.push(Did::Commit(commit));
+    }
+    fn mark_cancelable(&mut self, r: u32) -> Result<(), Status> {
+        assert!(self.cancelable.insert(r), "request {r} marked twice");
+        if self.cancelled.contains(&r) {
+            self.cancelable.remove(&r);
+            return Err(Status::CANCELLED);
+        }
+        self.did.push(Did::Marked(r));
+        Ok(())
+    }
+    fn unmark_cancelable(&mut self, r: u32) -> Result<(), Status> {
+        assert!(
+            self.cancelable.remove(&r),
+            "request {r} unmarked but not marked"
+        );
+        if self.cancelled.contains(&r) {
+            return Err(Status::CANCELLED);
+        }
+        self.did.push(Did::Unmarked(r));
+        Ok(())
     }
 }
 
@@ -256,28 +286,35 @@ fn garbage_service_buffers_get_a_status_and_change_nothing() {
     assert_eq!(f.engine().map().restored_count(), 0);
 }
 
-#[test]
-fn once_everything_is_durable_requests_go_down_untouched() {
-    let (mut f, mut fw, mut store) = filter(2);
-    attach_and_start(&mut f, &mut fw, 2);
+/// Attaches the service and restores both regions of a two-region volume with a zero
+/// hydrate (request `hydrate`): written, flushed, committed; the filter is then a
+/// pass-through.
+fn restore_both_regions(f: &mut Filter<Fw>, fw: &mut Fw, store: &mut CrashStore, hydrate: u32) {
+    attach_and_start(f, fw, 2);
     let h = Hydrate::zero(0, 2 * R);
     let mut buf = vec![0; h.encoded_len()];
     h.encode(&mut buf).unwrap();
-    control(&mut f, &mut fw, 1, Ioctl::Hydrate, buf, 0);
+    control(f, fw, hydrate, Ioctl::Hydrate, buf, 0);
     let write = fw.did.iter().find_map(|d| match d {
         Did::WroteLower(l, 0, len, WriteSource::Zeros) if *len == 2 * R => Some(*l),
         _ => None,
     });
-    f.on_lower_complete(&mut fw, write.unwrap(), Status::SUCCESS);
+    f.on_lower_complete(fw, write.unwrap(), Status::SUCCESS);
     let flush = fw.did.iter().find_map(|d| match d {
         Did::FlushedLower(l) => Some(*l),
         _ => None,
     });
-    f.on_lower_complete(&mut fw, flush.unwrap(), Status::SUCCESS);
+    f.on_lower_complete(fw, flush.unwrap(), Status::SUCCESS);
     assert!(fw.did.contains(&Did::Commit(1)));
     assert!(!f.is_passthrough());
-    f.on_commit_work(&mut fw, 1, &mut store);
+    f.on_commit_work(fw, 1, store);
     assert!(f.is_passthrough());
+}
+
+#[test]
+fn once_everything_is_durable_requests_go_down_untouched() {
+    let (mut f, mut fw, mut store) = filter(2);
+    restore_both_regions(&mut f, &mut fw, &mut store, 1);
     fw.did.clear();
     read(&mut f, &mut fw, 7, 0, 512);
     assert_eq!(fw.did, vec![Did::Forgot(7)]);
@@ -372,4 +409,147 @@ fn wanted_ranges_past_the_queue_bound_are_merged_not_lost() {
         reads,
         "every held read's region was asked for"
     );
+}
+
+fn dsm_request(f: &mut Filter<Fw>, fw: &mut Fw, r: u32, action: u32, ranges: &[(u64, u64)]) {
+    let mut b = Vec::new();
+    for v in [28u32, action, 0, 0, 0, 32, (ranges.len() * 16) as u32, 0] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for (o, l) in ranges {
+        b.extend_from_slice(&o.to_le_bytes());
+        b.extend_from_slice(&l.to_le_bytes());
+    }
+    fw.params.insert(
+        r,
+        RequestParameters::DeviceControl {
+            ioctl: IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES,
+            input_len: b.len(),
+            output_len: 0,
+        },
+    );
+    fw.input.insert(r, b);
+    f.on_io(fw, r);
+}
+
+/// Issue 10, item 11: an offloaded data transfer (here `DeviceDsmAction_OffloadRead`)
+/// would read the empty disk below a missing region; it fails until the pass-through.
+#[test]
+fn item11_offload_actions_fail_not_supported_until_the_pass_through() {
+    const OFFLOAD_READ: u32 = 3;
+    let (mut f, mut fw, mut store) = filter(2);
+    dsm_request(&mut f, &mut fw, 1, OFFLOAD_READ, &[(0, R)]);
+    assert_eq!(fw.did, vec![Did::Completed(1, Status::NOT_SUPPORTED, 0)]);
+    // Restore everything; then the same request goes down untouched.
+    restore_both_regions(&mut f, &mut fw, &mut store, 2);
+    fw.did.clear();
+    dsm_request(&mut f, &mut fw, 3, OFFLOAD_READ, &[(0, R)]);
+    assert_eq!(fw.did, vec![Did::Forgot(3)]);
+}
+
+/// Issue 10, item 12: a held request is cancelable; cancelling it completes it once,
+/// with `CANCELLED`, and forgets the regions asked only for it.
+#[test]
+fn item12_a_held_request_is_cancelable_and_a_cancel_completes_it_once() {
+    let (mut f, mut fw, _store) = filter(16);
+    attach_and_start(&mut f, &mut fw, 16);
+    read(&mut f, &mut fw, 10, 3 * R, 512);
+    assert!(fw.did.contains(&Did::Marked(10)));
+    assert_eq!(f.engine().requested_runs().count(), 1);
+    fw.did.clear();
+    // The I/O manager cancels it: the cancel routine is taken, the callback runs.
+    fw.cancelled.insert(10);
+    f.on_cancel(&mut fw, 10);
+    assert_eq!(fw.did, vec![Did::Completed(10, Status::CANCELLED, 0)]);
+    assert_eq!(f.engine().held_count(), 0);
+    assert_eq!(
+        f.engine().requested_runs().count(),
+        0,
+        "nobody waits for it"
+    );
+}
+
+/// Issue 10, item 12: cancellation that wins the race against the filter's own
+/// completion (unmarking fails) leaves completing to the cancel callback.
+#[test]
+fn item12_a_cancel_racing_the_forward_is_completed_by_the_callback_only() {
+    let (mut f, mut fw, _store) = filter(16);
+    attach_and_start(&mut f, &mut fw, 16);
+    read(&mut f, &mut fw, 10, 3 * R, 512);
+    // Cancelled, but the callback has not run yet when the data arrives.
+    fw.cancelled.insert(10);
+    let h = Hydrate::zero(3 * R, R);
+    let mut buf = vec![0; h.encoded_len()];
+    h.encode(&mut buf).unwrap();
+    control(&mut f, &mut fw, 2, Ioctl::Hydrate, buf, 0);
+    let write = fw.did.iter().find_map(|d| match d {
+        Did::WroteLower(l, ..) => Some(*l),
+        _ => None,
+    });
+    fw.did.clear();
+    f.on_lower_complete(&mut fw, write.unwrap(), Status::SUCCESS);
+    // Not sent down and not completed: unmarking lost the race.
+    assert!(!fw
+        .did
+        .iter()
+        .any(|d| matches!(d, Did::Lower(10, _) | Did::Completed(10, ..))));
+    f.on_cancel(&mut fw, 10);
+    let completions: Vec<_> = fw
+        .did
+        .iter()
+        .filter(|d| matches!(d, Did::Completed(10, ..)))
+        .collect();
+    assert_eq!(completions, vec![&Did::Completed(10, Status::CANCELLED, 0)]);
+}
+
+/// A request cancelled before the filter could mark it is completed by the filter.
+#[test]
+fn item12_a_request_cancelled_before_it_is_marked_completes_cancelled() {
+    let (mut f, mut fw, _store) = filter(16);
+    fw.cancelled.insert(10);
+    read(&mut f, &mut fw, 10, 3 * R, 512);
+    assert!(fw.did.contains(&Did::Completed(10, Status::CANCELLED, 0)));
+    assert_eq!(f.engine().held_count(), 0);
+}
+
+/// A filter whose held requests time out after a microsecond.
+fn short_hold() -> FilterConfig {
+    FilterConfig {
+        engine: crate::engine::EngineConfig {
+            hold_deadline_ns: 1_000,
+            ..crate::engine::EngineConfig::default()
+        },
+        ..FilterConfig::default()
+    }
+}
+
+/// Issue 10, item 12: completing a held request without unmarking it first (the mutant)
+/// is what KMDF's verifier refuses; the recording framework refuses it too.
+#[test]
+#[should_panic(expected = "completed while still marked cancelable")]
+fn item12_completing_a_cancelable_request_is_refused() {
+    crate::mutants::set(Some(crate::mutants::Mutant::CompleteWhileCancelable));
+    let (mut f, mut fw, _store) = filter_with(16, short_hold());
+    read(&mut f, &mut fw, 10, 3 * R, 512);
+    assert!(fw.did.contains(&Did::Marked(10)));
+    // The hold deadline passes: the engine fails the request.
+    fw.now_ns = 10_000;
+    f.on_timer(&mut fw);
+    fw.now_ns = 20_000;
+    f.on_timer(&mut fw);
+}
+
+/// Without the mutant the same timeout unmarks the request before completing it.
+#[test]
+fn item12_a_timed_out_held_request_is_unmarked_then_completed() {
+    let (mut f, mut fw, _store) = filter_with(16, short_hold());
+    read(&mut f, &mut fw, 10, 3 * R, 512);
+    fw.now_ns = 10_000;
+    f.on_timer(&mut fw);
+    fw.now_ns = 20_000;
+    f.on_timer(&mut fw);
+    let at = |d: &Did| fw.did.iter().position(|x| x == d);
+    let unmarked = at(&Did::Unmarked(10)).expect("unmarked");
+    let completed = at(&Did::Completed(10, Status::IO_TIMEOUT, 0)).expect("completed");
+    assert!(unmarked < completed);
 }

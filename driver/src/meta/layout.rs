@@ -3,20 +3,25 @@
 //! Every integer is little-endian. The store is an array of 4096-byte pages:
 //!
 //! ```text
-//! store page   0        header, slot A
-//! store page   1        header, slot B
-//! store page   2 + 2*p  bitmap page p, slot A      p in 0..bitmap_pages
-//! store page   3 + 2*p  bitmap page p, slot B
-//! store_pages = 2 + 2 * ceil(region_count / 32512)
+//! store page   0              header, slot A
+//! store page   1              header, slot B
+//! store page   2 + 2*p        restore map, bitmap page p, slot A     p in 0..bitmap_pages
+//! store page   3 + 2*p        restore map, bitmap page p, slot B
+//! store page   2 + 2*P*(1+m) + 2*p (+1)
+//!                             named map m, bitmap page p, slot A (B)  m in 0..map_count
+//! bitmap_pages = P = ceil(region_count / 32512)
+//! store_pages = 2 + 2 * P * (1 + map_count)
 //! ```
 //!
-//! Header slot (one page; the fields fit in the first 512-byte sector, so a header write
-//! is atomic even when the page write is torn):
+//! Header slot (one page; the restore's fields fit in the first 512-byte sector, the
+//! table of named maps in the second; a torn header write fails the checksum, and the
+//! other slot still holds the previous commit):
 //!
 //! ```text
 //! offset size  field
 //!      0    8  magic              "RHYDMETA"
-//!      8    4  format_version     u32 = FORMAT_VERSION (2); 1 is refused as outdated
+//!      8    4  format_version     u32 = FORMAT_VERSION (3); 1 and 2 are refused as
+//!                                 outdated
 //!     12    4  region_size_bytes  u32, power of two 4 KiB..=1 MiB
 //!     16    8  volume_size_bytes  u64, multiple of 512 (the source rounded up to a sector)
 //!     24   32  backup_id          opaque bytes naming the backup version restored
@@ -32,7 +37,18 @@
 //!    120   48  target_id          kind-specific identity of the target, zero-padded
 //!    168  256  source_name        UTF-8: `NAME@N`, or `nbd://HOST:PORT/EXPORT`; zero after
 //!                                 source_name_len
-//!    424 3672  reserved           written as zero, covered by the checksum
+//!    424    4  map_count          u32, named maps after the restore map, at most 4
+//!    428   84  reserved           written as zero, covered by the checksum
+//!    512  512  map table          4 entries of 128 bytes; entry m < map_count:
+//!                +0   8  name           ASCII letters, digits, `-` or `_`, zero-padded;
+//!                                       not empty, not repeated in the table
+//!                +8   8  reset_generation u64, the commit that last emptied the map
+//!                                       (at most this header's generation): its slots
+//!                                       of an older generation hold nothing of it
+//!               +16 112  record         bytes the map's owner keeps with it (the changed
+//!                                       map's: `crate::changed`), opaque here
+//!                                       entries m >= map_count: all zero
+//!   1024 3072  reserved           written as zero, covered by the checksum
 //! ```
 //!
 //! Bitmap page slot (one page):
@@ -50,11 +66,16 @@
 //!                                 Bits past the last region are zero.
 //! ```
 //!
+//! A named map's slots have the same layout; their identity tag is [`map_tag`], the
+//! restore's tag continued over the map's name, so a slot of one map never passes as
+//! another's.
+//!
 //! A page write torn at any sector boundary mixes sectors of two versions; the checksum
 //! over the whole page rejects the mix (the slot header and the first bits share sector
 //! 0, the rest of the bits are spread over sectors 1..8).
 
 use super::binding::{Binding, SourcePin, TargetPin, SOURCE_NAME_MAX_BYTES, TARGET_ID_BYTES};
+use super::maps::{MapEntry, MapName, MapTable, MAP_NAME_BYTES, MAP_RECORD_BYTES, NAMED_MAPS_MAX};
 use super::{Header, Identity, MetaError, SlotError};
 
 /// Size of one metadata page, the unit of every store read and write.
@@ -62,15 +83,21 @@ pub const META_PAGE_SIZE_BYTES: usize = 4096;
 /// The unit a device writes atomically; a torn page write lands a prefix of these.
 pub const META_SECTOR_SIZE_BYTES: usize = 512;
 /// The on-disk format this code reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
-/// The format before the header recorded the source and target; refused as outdated.
-pub const OUTDATED_FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 3;
+/// Formats refused as outdated: 1 recorded neither source nor target, 2 had no named
+/// maps (nor their table in the header).
+pub const OUTDATED_FORMAT_VERSIONS: [u32; 2] = [1, 2];
+/// Bytes of a header slot that carry the restore's fields, the map count included (the
+/// rest of the first sector is reserved zero).
+pub const HEADER_LEN_BYTES: usize = 428;
+/// Where the table of named maps starts in a header slot (the second sector).
+pub const MAP_TABLE_OFFSET: usize = 512;
+/// Bytes of one entry of the table.
+pub const MAP_ENTRY_BYTES: usize = 128;
 /// First bytes of a header slot.
 pub const HEADER_MAGIC: [u8; 8] = *b"RHYDMETA";
 /// First bytes of a bitmap page slot.
 pub const PAGE_MAGIC: [u8; 8] = *b"RHYDBITS";
-/// Bytes of a header slot that carry fields; the rest of its page is reserved zero.
-pub const HEADER_LEN_BYTES: usize = 424;
 /// Bytes at the start of a bitmap page slot before the bits.
 pub const SLOT_HEADER_BYTES: usize = 32;
 /// Region-map words held by one bitmap page.
@@ -99,6 +126,11 @@ const H_SOURCE_VERSION: usize = 80;
 const H_SOURCE_DIGEST: usize = 88;
 const H_TARGET_ID: usize = 120;
 const H_SOURCE_NAME: usize = 168;
+const H_MAP_COUNT: usize = 424;
+const H_RESERVED: usize = 428;
+const M_NAME: usize = 0;
+const M_RESET_GENERATION: usize = 8;
+const M_RECORD: usize = 16;
 
 const P_MAGIC: usize = 0;
 const P_INDEX: usize = 8;
@@ -124,11 +156,20 @@ const _: () = assert!(H_SOURCE_SIZE + 8 == H_SOURCE_VERSION);
 const _: () = assert!(H_SOURCE_VERSION + 8 == H_SOURCE_DIGEST);
 const _: () = assert!(H_SOURCE_DIGEST + 32 == H_TARGET_ID);
 const _: () = assert!(H_TARGET_ID + TARGET_ID_BYTES == H_SOURCE_NAME);
-const _: () = assert!(H_SOURCE_NAME + SOURCE_NAME_MAX_BYTES == HEADER_LEN_BYTES);
+const _: () = assert!(H_SOURCE_NAME + SOURCE_NAME_MAX_BYTES == H_MAP_COUNT);
+const _: () = assert!(H_MAP_COUNT + 4 == HEADER_LEN_BYTES);
+const _: () = assert!(H_RESERVED == HEADER_LEN_BYTES);
 // Every 8-byte field is 8-byte aligned (a reader may map the page as words).
 const _: () = assert!(H_SOURCE_SIZE % 8 == 0 && H_SOURCE_VERSION % 8 == 0);
-// The header lives in one sector, which a device writes atomically.
+// The restore's fields live in the first sector, the map table in the second.
 const _: () = assert!(HEADER_LEN_BYTES <= META_SECTOR_SIZE_BYTES);
+const _: () = assert!(MAP_TABLE_OFFSET == META_SECTOR_SIZE_BYTES);
+const _: () = assert!(M_NAME + MAP_NAME_BYTES == M_RESET_GENERATION);
+const _: () = assert!(M_RESET_GENERATION + 8 == M_RECORD);
+const _: () = assert!(M_RECORD + MAP_RECORD_BYTES == MAP_ENTRY_BYTES);
+const _: () =
+    assert!(MAP_TABLE_OFFSET + NAMED_MAPS_MAX * MAP_ENTRY_BYTES == 2 * META_SECTOR_SIZE_BYTES);
+const _: () = assert!(MAP_TABLE_OFFSET % 8 == 0 && MAP_ENTRY_BYTES % 8 == 0);
 const _: () = assert!(P_MAGIC + 8 == P_INDEX);
 const _: () = assert!(P_INDEX + 8 == P_GENERATION);
 const _: () = assert!(P_GENERATION + 8 == P_TAG);
@@ -220,6 +261,12 @@ pub fn identity_tag(identity: &Identity) -> u32 {
     crc32c::update(crc, &identity.backup_id)
 }
 
+/// The tag that binds a bitmap slot to one named map of one restore: the restore's tag
+/// continued over the map's name.
+pub fn map_tag(identity: &Identity, name: &MapName) -> u32 {
+    crc32c::update(identity_tag(identity), name.as_bytes())
+}
+
 /// Writes a header slot into `page` (all of it: reserved bytes become zero).
 pub fn encode_header(header: &Header, page: &mut Page) {
     debug_assert!(header.generation < u64::MAX, "generation exhausted");
@@ -248,6 +295,17 @@ pub fn encode_header(header: &Header, page: &mut Page) {
     put(page, H_SOURCE_DIGEST, &source.digest);
     put(page, H_TARGET_ID, &header.binding.target.id);
     put(page, H_SOURCE_NAME, name);
+    put(page, H_MAP_COUNT, &(header.maps.len() as u32).to_le_bytes());
+    for (m, entry) in header.maps.entries().iter().enumerate() {
+        let at = MAP_TABLE_OFFSET + m * MAP_ENTRY_BYTES;
+        put(page, at + M_NAME, entry.name.as_bytes());
+        put(
+            page,
+            at + M_RESET_GENERATION,
+            &entry.reset_generation.to_le_bytes(),
+        );
+        put(page, at + M_RECORD, &entry.record);
+    }
     let checksum = page_checksum(page, H_CHECKSUM);
     put(page, H_CHECKSUM, &checksum.to_le_bytes());
     // Pair assertion: what we write, we read back the same.
@@ -256,9 +314,10 @@ pub fn encode_header(header: &Header, page: &mut Page) {
 
 /// Decodes a header slot. Any byte string is accepted as input; every failure is typed.
 ///
-/// Checks, in order: length, magic, format version (1 is outdated; a later version may
-/// move the checksum), checksum, generation below `u64::MAX`, the binding's kinds and
-/// name. It does not compare the identity:
+/// Checks, in order: length, magic, format version (1 and 2 are outdated; a later
+/// version may move the checksum), checksum, generation below `u64::MAX`, the binding's
+/// kinds and name, the map table (count, names, reset generations, reserved bytes
+/// zero). It does not compare the identity:
 /// that is [`super::Metadata::open`]'s job, which knows what to expect.
 pub fn decode_header(bytes: &[u8]) -> Result<Header, MetaError> {
     let page: &Page = bytes
@@ -271,7 +330,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, MetaError> {
         });
     }
     let version = u32_at(page, H_VERSION);
-    if version == OUTDATED_FORMAT_VERSION {
+    if OUTDATED_FORMAT_VERSIONS.contains(&version) {
         return Err(MetaError::OutdatedFormat { found: version });
     }
     if version != FORMAT_VERSION {
@@ -301,7 +360,9 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, MetaError> {
         get::<TARGET_ID_BYTES>(page, H_TARGET_ID),
     )
     .map_err(MetaError::Binding)?;
+    let maps = decode_map_table(page, generation)?;
     Ok(Header {
+        maps,
         identity: Identity {
             volume_size_bytes: u64_at(page, H_VOLUME_SIZE),
             region_size_bytes: u32_at(page, H_REGION_SIZE),
@@ -310,6 +371,45 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, MetaError> {
         binding: Binding { source, target },
         generation,
     })
+}
+
+/// The table of named maps of a header page whose checksum passed.
+fn decode_map_table(page: &Page, generation: u64) -> Result<MapTable, MetaError> {
+    let count = u32_at(page, H_MAP_COUNT);
+    if count as usize > NAMED_MAPS_MAX {
+        return Err(MetaError::MapTable("more than 4 named maps"));
+    }
+    if page[H_RESERVED..MAP_TABLE_OFFSET].iter().any(|&b| b != 0) {
+        return Err(MetaError::MapTable("reserved header bytes are not zero"));
+    }
+    let mut table = MapTable::EMPTY;
+    for m in 0..NAMED_MAPS_MAX {
+        let at = MAP_TABLE_OFFSET + m * MAP_ENTRY_BYTES;
+        let entry = &page[at..at + MAP_ENTRY_BYTES];
+        if m >= count as usize {
+            if entry.iter().any(|&b| b != 0) {
+                return Err(MetaError::MapTable("an unused map entry is not zero"));
+            }
+            continue;
+        }
+        let name = MapName::from_bytes(get(page, at + M_NAME)).ok_or(MetaError::MapTable(
+            "a map name is empty or not letters, digits, - or _",
+        ))?;
+        let reset_generation = u64_at(page, at + M_RESET_GENERATION);
+        if reset_generation > generation {
+            return Err(MetaError::MapTable(
+                "a map was reset after the header was written",
+            ));
+        }
+        table
+            .push(MapEntry {
+                name,
+                reset_generation,
+                record: get(page, at + M_RECORD),
+            })
+            .map_err(|_| MetaError::MapTable("a map name appears twice"))?;
+    }
+    Ok(table)
 }
 
 /// A bitmap page slot that passed every check of [`decode_page_slot`].

@@ -47,6 +47,14 @@
 //! `durable_word` withheld from it: call [`Metadata::note_marked`] for a region when its
 //! data becomes durable (calling it also when it is marked in memory is harmless).
 //!
+//! # Named maps
+//!
+//! Beside the restore map a store may hold up to four named maps ([`maps`]), each with
+//! its own pages, its own reset generation and a record its owner fills, committed in
+//! the same commit as the restore map; a commit that changes a record becomes
+//! two-phase in the strict sense (pages, flush, header, flush), one that resets a map
+//! the other way round (header, flush, pages, flush). [`maps`] says why.
+//!
 //! # Memory
 //!
 //! One 4 KiB page buffer, plus two bits per bitmap page (dirty, current slot): at the
@@ -56,6 +64,9 @@
 
 pub mod binding;
 pub mod layout;
+pub mod maps;
+#[cfg(test)]
+mod maps_tests;
 pub mod premark;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -63,6 +74,7 @@ pub mod testing;
 mod tests;
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
 
@@ -71,10 +83,13 @@ pub use binding::{
     TARGET_ID_BYTES,
 };
 pub use layout::{
-    crc32c, decode_header, decode_page_slot, encode_header, encode_page_slot, identity_tag, Page,
-    PageSlot, FORMAT_VERSION, HEADER_LEN_BYTES, HEADER_MAGIC, HEADER_STORE_PAGES,
-    META_PAGE_SIZE_BYTES, META_SECTOR_SIZE_BYTES, OUTDATED_FORMAT_VERSION, PAGE_MAGIC,
-    REGIONS_PER_PAGE, SLOT_HEADER_BYTES, WORDS_PER_PAGE,
+    crc32c, decode_header, decode_page_slot, encode_header, encode_page_slot, identity_tag,
+    map_tag, Page, PageSlot, FORMAT_VERSION, HEADER_LEN_BYTES, HEADER_MAGIC, HEADER_STORE_PAGES,
+    MAP_ENTRY_BYTES, MAP_TABLE_OFFSET, META_PAGE_SIZE_BYTES, META_SECTOR_SIZE_BYTES,
+    OUTDATED_FORMAT_VERSIONS, PAGE_MAGIC, REGIONS_PER_PAGE, SLOT_HEADER_BYTES, WORDS_PER_PAGE,
+};
+pub use maps::{
+    MapEntry, MapName, MapTable, NamedMap, MAP_NAME_BYTES, MAP_RECORD_BYTES, NAMED_MAPS_MAX,
 };
 
 use crate::geometry::{Geometry, GeometryError};
@@ -173,14 +188,15 @@ pub enum MetaError {
         found: u64,
     },
     /// The header is of a format version this code does not know.
-    #[error("unsupported metadata format version {found} (this build reads 2)")]
+    #[error("unsupported metadata format version {found} (this build reads 3)")]
     UnsupportedVersion {
         /// Version in the header.
         found: u32,
     },
-    /// The header is of format 1, written before the header recorded which backup
-    /// version and which target it belongs to: its marks cannot be tied to either.
-    #[error("metadata format {found} was written by an older rehydrate that did not record the backup version and target it belongs to")]
+    /// The header is of format 1 (written before the header recorded which backup
+    /// version and which target it belongs to: its marks cannot be tied to either) or
+    /// 2 (before named maps, such as the map of changes for incremental backups).
+    #[error("metadata format {found} was written by an older rehydrate (format 3 records the backup version, the target and the map of changes since the backup); remove it to start the restore over")]
     OutdatedFormat {
         /// Version in the header.
         found: u32,
@@ -256,6 +272,10 @@ pub enum MetaError {
     /// The identity's sizes do not make a valid geometry.
     #[error("metadata identity: {0}")]
     Geometry(#[from] GeometryError),
+    /// The table of named maps in the header is malformed, or a named-map operation was
+    /// asked for one that is not there or not loaded.
+    #[error("metadata named maps: {0}")]
+    MapTable(&'static str),
     /// The region map passed to `open` has another number of regions than the identity.
     #[error("region map of {map_regions} regions, identity has {expected_regions}")]
     MapMismatch {
@@ -294,6 +314,40 @@ pub struct Header {
     pub binding: Binding,
     /// The commit that wrote this slot.
     pub generation: u64,
+    /// The named maps beside the restore map.
+    pub maps: MapTable,
+}
+
+/// A named map's state beside the restore map's in [`Metadata`].
+struct Named {
+    /// Identity tag of its slots ([`map_tag`]).
+    tag: u32,
+    /// One bit per bitmap page: slot B holds the newest copy (known once loaded).
+    current_b: Box<[u64]>,
+    /// Pages being written by the commit in progress (one bit per page).
+    writing: Box<[u64]>,
+    /// Its slots were read (or written by `create`), so `current_b` is known.
+    loaded: bool,
+    /// Where its bits come from at a commit.
+    attached: Option<Arc<NamedMap>>,
+    /// The next commit empties it: its reset generation moves, in a header made
+    /// durable before any page is written.
+    reset_pending: bool,
+    /// Pages [`Metadata::load_map`] found with no valid slot (one bit per page).
+    damaged: Box<[u64]>,
+    /// The damaged pages are written at the next commit (after a reset, when they
+    /// rightly hold nothing).
+    repair: bool,
+}
+
+/// What [`Metadata::load_map`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLoad {
+    /// Every page had a valid slot: the map holds what was committed. False: some page
+    /// had none, and its marks are lost (the owner decides what that means).
+    pub intact: bool,
+    /// Bitmap pages whose newest valid slot predates the map's reset (they hold nothing).
+    pub stale_pages: u64,
 }
 
 /// What a commit did.
@@ -323,6 +377,12 @@ pub struct Metadata {
     /// One bit per bitmap page: set when slot B holds the newest durable copy.
     current_b: Box<[u64]>,
     header_current_b: bool,
+    /// The named maps as the header records them (records and reset generations).
+    maps: MapTable,
+    /// One per entry of `maps`.
+    named: Vec<Named>,
+    /// A record or a reset awaits the next commit (which is then strictly two-phase).
+    header_dirty: bool,
     /// The one page buffer, on the heap (kernel stacks are small).
     buf: Box<Page>,
 }
@@ -345,9 +405,15 @@ fn bitmap_pages(geometry: &Geometry) -> u64 {
     geometry.region_count().div_ceil(REGIONS_PER_PAGE)
 }
 
-/// Store page of slot `b` (false = A) of bitmap page `page`.
+/// Store page of slot `b` (false = A) of bitmap page `page` of the restore map.
 fn slot_page(page: u64, b: bool) -> u64 {
     HEADER_STORE_PAGES + 2 * page + u64::from(b)
+}
+
+/// Store page of slot `b` of bitmap page `page` of named map `m` in a store whose maps
+/// have `bitmap_pages` pages each.
+fn named_slot_page(bitmap_pages: u64, m: usize, page: u64, b: bool) -> u64 {
+    HEADER_STORE_PAGES + 2 * bitmap_pages * (1 + m as u64) + 2 * page + u64::from(b)
 }
 
 /// Zeroed words, failing with a typed error instead of aborting.
@@ -449,9 +515,14 @@ fn backup_prefix(id: &[u8; 32]) -> u64 {
 }
 
 impl Metadata {
-    /// Store pages a store must have for this geometry.
+    /// Store pages a store without named maps must have for this geometry.
     pub fn store_pages(geometry: &Geometry) -> u64 {
-        HEADER_STORE_PAGES + 2 * bitmap_pages(geometry)
+        Self::store_pages_with(geometry, 0)
+    }
+
+    /// Store pages a store with `named_maps` named maps must have for this geometry.
+    pub fn store_pages_with(geometry: &Geometry, named_maps: usize) -> u64 {
+        HEADER_STORE_PAGES + 2 * bitmap_pages(geometry) * (1 + named_maps as u64)
     }
 
     /// In-memory state with nothing dirty and slot A current everywhere.
@@ -459,10 +530,29 @@ impl Metadata {
         identity: &Identity,
         binding: &Binding,
         geometry: Geometry,
+        maps: MapTable,
     ) -> Result<Metadata, MetaError> {
         let bitmap_pages = bitmap_pages(&geometry);
         // At most 132,105 pages (REGION_COUNT_MAX), so the word count fits any usize.
         let words = bitmap_pages.div_ceil(64) as usize;
+        let mut named = Vec::new();
+        named
+            .try_reserve_exact(maps.len())
+            .map_err(|_| MetaError::AllocFailed {
+                bytes: maps.len() * core::mem::size_of::<Named>(),
+            })?;
+        for entry in maps.entries() {
+            named.push(Named {
+                tag: map_tag(identity, &entry.name),
+                current_b: try_zeroed_words(words)?,
+                writing: try_zeroed_words(words)?,
+                loaded: false,
+                attached: None,
+                reset_pending: false,
+                damaged: try_zeroed_words(words)?,
+                repair: false,
+            });
+        }
         Ok(Metadata {
             identity: *identity,
             binding: *binding,
@@ -474,6 +564,9 @@ impl Metadata {
             dirty_count: 0,
             current_b: try_zeroed_words(words)?,
             header_current_b: false,
+            maps,
+            named,
+            header_dirty: false,
             buf: try_page()?,
         })
     }
@@ -500,13 +593,27 @@ impl Metadata {
         identity: &Identity,
         binding: &Binding,
     ) -> Result<Metadata, MetaError> {
+        Self::create_with_maps(store, identity, binding, &[])
+    }
+
+    /// [`Metadata::create_bound`] with empty named maps called `names` beside the
+    /// restore map (the store must have [`Metadata::store_pages_with`] pages). Their
+    /// pages are written like the restore map's, so each is loaded and ready to
+    /// [`Metadata::attach`].
+    pub fn create_with_maps<S: MetaStore + ?Sized>(
+        store: &mut S,
+        identity: &Identity,
+        binding: &Binding,
+        names: &[MapName],
+    ) -> Result<Metadata, MetaError> {
         let geometry = identity.geometry()?;
-        let needed = Self::store_pages(&geometry);
+        let maps = MapTable::of(names)?;
+        let needed = Self::store_pages_with(&geometry, maps.len());
         let pages = store.page_count();
         if pages < needed {
             return Err(MetaError::StoreTooSmall { pages, needed });
         }
-        let mut meta = Metadata::empty(identity, binding, geometry)?;
+        let mut meta = Metadata::empty(identity, binding, geometry, maps)?;
         meta.buf.fill(0);
         for b in [false, true] {
             store.write_page(u64::from(b), meta.buf.as_slice())?;
@@ -516,14 +623,24 @@ impl Metadata {
             for (b, generation) in [(false, 1), (true, 0)] {
                 encode_page_slot(&mut meta.buf, page, generation, meta.identity_tag, |_| 0);
                 store.write_page(slot_page(page, b), meta.buf.as_slice())?;
+                for m in 0..meta.named.len() {
+                    let tag = meta.named[m].tag;
+                    encode_page_slot(&mut meta.buf, page, generation, tag, |_| 0);
+                    let at = named_slot_page(meta.bitmap_pages, m, page, b);
+                    store.write_page(at, meta.buf.as_slice())?;
+                }
             }
         }
         store.flush()?;
+        for named in &mut meta.named {
+            named.loaded = true;
+        }
         for (b, generation) in [(false, 1), (true, 0)] {
             let header = Header {
                 identity: *identity,
                 binding: *binding,
                 generation,
+                maps,
             };
             encode_header(&header, &mut meta.buf);
             store.write_page(u64::from(b), meta.buf.as_slice())?;
@@ -591,16 +708,21 @@ impl Metadata {
         if pages < HEADER_STORE_PAGES {
             return Err(MetaError::StoreTooSmall { pages, needed });
         }
-        let mut meta =
-            Metadata::empty(expected, binding.unwrap_or(&Binding::UNRECORDED), geometry)?;
         // What we read must be durable before we choose which slot to overwrite next:
         // after a restart without power loss the device cache may still hold writes of
         // a commit whose flush failed.
         store.flush()?;
-
-        let a = read_header(store, &mut meta.buf, false)?;
-        let b = read_header(store, &mut meta.buf, true)?;
+        let mut buf = try_page()?;
+        let a = read_header(store, &mut buf, false)?;
+        let b = read_header(store, &mut buf, true)?;
         let (header, header_current_b) = newest_header(a, b)?;
+        let mut meta = Metadata::empty(
+            expected,
+            binding.unwrap_or(&Binding::UNRECORDED),
+            geometry,
+            header.maps,
+        )?;
+        let needed = Self::store_pages_with(&geometry, header.maps.len());
         let found = header.identity;
         if found.volume_size_bytes != expected.volume_size_bytes {
             return Err(MetaError::VolumeSizeMismatch {
@@ -709,12 +831,21 @@ impl Metadata {
     /// region are dropped), and the header, each into its non-current slot, then
     /// flushes. Durable when it returns `Ok`; on error every page stays dirty and a
     /// retry writes the same slots. Nothing dirty: no I/O at all.
+    ///
+    /// The pages of attached named maps marked since their last commit go in the same
+    /// commit (all of a map's pages after [`Metadata::reset_map`]). When a record or a
+    /// reset is part of it, the pages are flushed before the header is written (see
+    /// [`maps`]).
     pub fn commit<S: MetaStore + ?Sized>(
         &mut self,
         store: &mut S,
         durable_word: impl Fn(usize) -> u64,
     ) -> Result<CommitStats, MetaError> {
-        if self.dirty_count == 0 {
+        let named_dirty = self
+            .named
+            .iter()
+            .any(|n| n.reset_pending || n.attached.as_ref().is_some_and(|m| m.any_dirty()));
+        if self.dirty_count == 0 && !named_dirty && !self.header_dirty {
             return Ok(CommitStats {
                 generation: self.generation,
                 pages_written: 0,
@@ -723,6 +854,75 @@ impl Metadata {
         }
         // `open` and `create` leave `generation` below u64::MAX (decoders reject it).
         let generation = self.generation + 1;
+        let resetting = self.named.iter().any(|n| n.reset_pending);
+        if resetting {
+            // A reset is durable first, alone: every older slot of the map then holds
+            // nothing, so whatever the pages written after it hold is the new epoch's.
+            // Written the other way round, a crash could leave an emptied page newer
+            // than the header that still has the old epoch, and a torn write of the
+            // page's other slot would lose what that epoch committed.
+            self.write_header(store, generation)?;
+            store.flush()?;
+            self.finish_header(generation);
+        }
+        for m in 0..self.named.len() {
+            self.take_named_dirty(m);
+        }
+        match self.write_pages(store, generation, &durable_word, resetting) {
+            Ok((pages_written, wrote_header)) => {
+                self.finish_pages();
+                if wrote_header {
+                    self.finish_header(generation);
+                }
+                self.generation = generation;
+                Ok(CommitStats {
+                    generation,
+                    pages_written,
+                    store_writes: pages_written + 1,
+                })
+            }
+            Err(e) => {
+                // Nothing flips: the named pages taken for this commit are dirty again.
+                for m in 0..self.named.len() {
+                    self.untake_named_dirty(m);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves named map `m`'s dirty pages (and, after a reset, its damaged ones) into
+    /// its `writing` set.
+    fn take_named_dirty(&mut self, m: usize) {
+        let named = &mut self.named[m];
+        for (i, w) in named.writing.iter_mut().enumerate() {
+            let dirty = named.attached.as_ref().map_or(0, |map| map.take_dirty(i));
+            let repair = if named.repair { named.damaged[i] } else { 0 };
+            *w = dirty | repair;
+        }
+    }
+
+    fn untake_named_dirty(&mut self, m: usize) {
+        let named = &mut self.named[m];
+        if let Some(map) = &named.attached {
+            for (i, w) in named.writing.iter().enumerate() {
+                map.redirty(i, *w);
+            }
+        }
+        named.writing.fill(0);
+    }
+
+    /// Writes the dirty pages of every map at `generation` and, unless this commit's
+    /// reset already wrote it (`header_written`), the header; the bitmap pages written
+    /// and whether a header was. Flushes between pages and header when a record
+    /// changes, and at the end.
+    fn write_pages<S: MetaStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        generation: u64,
+        durable_word: &impl Fn(usize) -> u64,
+        header_written: bool,
+    ) -> Result<(u64, bool), MetaError> {
         let region_count = self.geometry.region_count();
         let word_count = region_count.div_ceil(64) as usize;
         let identity_tag = self.identity_tag;
@@ -752,15 +952,103 @@ impl Metadata {
             }
         }
         debug_assert_eq!(pages_written, self.dirty_count);
+        for m in 0..self.named.len() {
+            pages_written += self.write_named(store, m, generation)?;
+        }
+        let write_header = self.header_dirty || !header_written;
+        if self.header_dirty {
+            // Phase one: the pages a record speaks for are durable before it.
+            store.flush()?;
+        }
+        if write_header {
+            self.write_header(store, generation)?;
+        }
+        // A reset with nothing marked since and nothing to repair wrote nothing more.
+        if write_header || pages_written > 0 {
+            store.flush()?;
+        }
+        Ok((pages_written, write_header))
+    }
+
+    /// Writes the header of a commit at `generation` into its non-current slot: the
+    /// maps' records as they are now, resets pending moved to `generation`.
+    fn write_header<S: MetaStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        generation: u64,
+    ) -> Result<(), MetaError> {
+        let mut maps = self.maps;
+        for (entry, named) in maps.entries_mut().iter_mut().zip(&self.named) {
+            if named.reset_pending {
+                entry.reset_generation = generation;
+            }
+        }
         let header = Header {
             identity: self.identity,
             binding: self.binding,
             generation,
+            maps,
         };
         encode_header(&header, &mut self.buf);
         store.write_page(u64::from(!self.header_current_b), self.buf.as_slice())?;
-        store.flush()?;
-        // Durable: the slots just written become current.
+        Ok(())
+    }
+
+    /// The header written at `generation` is durable.
+    fn finish_header(&mut self, generation: u64) {
+        for (entry, named) in self.maps.entries_mut().iter_mut().zip(&mut self.named) {
+            if named.reset_pending {
+                entry.reset_generation = generation;
+                named.reset_pending = false;
+                // Every older slot now holds nothing: its damaged pages are written
+                // next, empty (or with what was marked since), which repairs them.
+                named.repair = true;
+            }
+        }
+        self.header_current_b = !self.header_current_b;
+        self.header_dirty = false;
+        self.generation = generation;
+    }
+
+    /// Writes the pages of named map `m` in its `writing` set; how many.
+    fn write_named<S: MetaStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        m: usize,
+        generation: u64,
+    ) -> Result<u64, MetaError> {
+        let region_count = self.geometry.region_count();
+        let word_count = region_count.div_ceil(64) as usize;
+        let bitmap_pages = self.bitmap_pages;
+        let mut written = 0u64;
+        let named = &self.named[m];
+        for (w, &writing) in named.writing.iter().enumerate() {
+            let mut bits = writing;
+            // Bounded: at most 64 iterations per word.
+            while bits != 0 {
+                let page = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                debug_assert!(page < bitmap_pages);
+                let first_word = page as usize * WORDS_PER_PAGE;
+                let source = named.attached.as_deref();
+                encode_page_slot(&mut self.buf, page, generation, named.tag, |j| {
+                    let index = first_word + j;
+                    match (word_mask(region_count, index, word_count), source) {
+                        (0, _) | (_, None) => 0,
+                        (mask, Some(map)) => map.word(index) & mask,
+                    }
+                });
+                let target_b = !bit(&named.current_b, page);
+                let at = named_slot_page(bitmap_pages, m, page, target_b);
+                store.write_page(at, self.buf.as_slice())?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// The pages of a commit are durable: the slots written become current.
+    fn finish_pages(&mut self) {
         let in_place = crate::mutants::active(crate::mutants::Mutant::LoseMarkOnTornCommit);
         for (current, dirty) in self.current_b.iter_mut().zip(self.dirty.iter_mut()) {
             if !in_place {
@@ -768,14 +1056,161 @@ impl Metadata {
             }
             *dirty = 0;
         }
-        self.header_current_b = !self.header_current_b;
+        for named in &mut self.named {
+            let slots = named.current_b.iter_mut().zip(named.damaged.iter_mut());
+            for ((current, damaged), writing) in slots.zip(named.writing.iter_mut()) {
+                *current ^= *writing;
+                *damaged &= !*writing;
+                *writing = 0;
+            }
+            named.repair = false;
+        }
         self.dirty_count = 0;
-        self.generation = generation;
-        Ok(CommitStats {
-            generation,
-            pages_written,
-            store_writes: pages_written + 1,
-        })
+    }
+
+    /// The named maps as the last durable header (or the next commit) has them.
+    pub fn maps(&self) -> &MapTable {
+        &self.maps
+    }
+
+    /// Reads every page of named map `m` (after `open`, which flushed the store) and ORs
+    /// the bits of its valid slots that are not older than its reset into `into`. A page
+    /// with no valid slot makes the map not intact (its marks are lost); the store is
+    /// not changed. Needed before [`Metadata::attach`] on an opened store: it learns
+    /// which slot of each page is current.
+    pub fn load_map<S: MetaStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        m: usize,
+        into: &NamedMap,
+    ) -> Result<MapLoad, MetaError> {
+        let entry = *self
+            .maps
+            .entries()
+            .get(m)
+            .ok_or(MetaError::MapTable("no such named map"))?;
+        if into.geometry().region_count() != self.geometry.region_count() {
+            return Err(MetaError::MapMismatch {
+                map_regions: into.geometry().region_count(),
+                expected_regions: self.geometry.region_count(),
+            });
+        }
+        let region_count = self.geometry.region_count();
+        let word_count = region_count.div_ceil(64) as usize;
+        let tag = self.named[m].tag;
+        let mut load = MapLoad {
+            intact: true,
+            stale_pages: 0,
+        };
+        for page in 0..self.bitmap_pages {
+            let mut slots: [Option<u64>; 2] = [None; 2];
+            for (b, slot) in [false, true].into_iter().zip(slots.iter_mut()) {
+                let at = named_slot_page(self.bitmap_pages, m, page, b);
+                store.read_page(at, self.buf.as_mut_slice())?;
+                let Ok(decoded) = decode_page_slot(self.buf.as_slice(), page, tag) else {
+                    continue;
+                };
+                let first_word = page as usize * WORDS_PER_PAGE;
+                let in_range = decoded.words().enumerate().all(|(j, word)| {
+                    word & !word_mask(region_count, first_word + j, word_count) == 0
+                });
+                if !in_range {
+                    continue;
+                }
+                *slot = Some(decoded.generation);
+                // A slot from before the reset holds nothing of the map.
+                if decoded.generation >= entry.reset_generation {
+                    for (j, word) in decoded.words().enumerate() {
+                        if word != 0 {
+                            into.load_word(first_word + j, word);
+                        }
+                    }
+                }
+            }
+            let current_b = match slots {
+                [Some(a), Some(b)] => b > a,
+                [Some(_), None] => false,
+                [None, Some(_)] => true,
+                [None, None] => {
+                    load.intact = false;
+                    assign_bit(&mut self.named[m].damaged, page, true);
+                    false
+                }
+            };
+            let newest = slots.into_iter().flatten().max();
+            if newest.is_some_and(|g| g < entry.reset_generation) {
+                load.stale_pages += 1;
+            }
+            // A commit that failed may have left a slot newer than any the restore
+            // map or header shows: later commits must be newer still, or a reset's
+            // generation could equal that slot's and let its bits count again.
+            if let Some(g) = newest {
+                self.generation = self.generation.max(g);
+            }
+            assign_bit(&mut self.named[m].current_b, page, current_b);
+        }
+        self.named[m].loaded = true;
+        Ok(load)
+    }
+
+    /// From now on, commits write named map `m`'s pages from `map` as it gets marked.
+    /// The map must have been loaded ([`Metadata::load_map`]) or created here.
+    pub fn attach(&mut self, m: usize, map: Arc<NamedMap>) -> Result<(), MetaError> {
+        let named = self
+            .named
+            .get_mut(m)
+            .ok_or(MetaError::MapTable("no such named map"))?;
+        if !named.loaded {
+            return Err(MetaError::MapTable(
+                "a named map must be loaded before it is attached",
+            ));
+        }
+        if map.geometry().region_count() != self.geometry.region_count() {
+            return Err(MetaError::MapMismatch {
+                map_regions: map.geometry().region_count(),
+                expected_regions: self.geometry.region_count(),
+            });
+        }
+        named.attached = Some(map);
+        Ok(())
+    }
+
+    /// Sets named map `m`'s record; durable with the next commit, after the pages that
+    /// commit writes.
+    pub fn set_record(
+        &mut self,
+        m: usize,
+        record: [u8; MAP_RECORD_BYTES],
+    ) -> Result<(), MetaError> {
+        let entry = self
+            .maps
+            .entries_mut()
+            .get_mut(m)
+            .ok_or(MetaError::MapTable("no such named map"))?;
+        if entry.record != record {
+            entry.record = record;
+            self.header_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Empties named map `m` with the next commit: the map's reset generation becomes
+    /// that commit's, in a header made durable first (with the record, which then
+    /// speaks for the emptied map), then every page of it is written from the attached
+    /// map (clear it first), or empty when none is attached.
+    pub fn reset_map(&mut self, m: usize) -> Result<(), MetaError> {
+        let named = self
+            .named
+            .get_mut(m)
+            .ok_or(MetaError::MapTable("no such named map"))?;
+        if !named.loaded {
+            return Err(MetaError::MapTable(
+                "a named map must be loaded before it is reset",
+            ));
+        }
+        named.reset_pending = true;
+        self.header_dirty = true;
+        Ok(())
     }
 
     /// The last generation known durable.

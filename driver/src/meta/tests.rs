@@ -67,11 +67,12 @@ fn header_round_trips_and_wrong_lengths_are_typed() {
         identity: identity(),
         binding: binding(),
         generation: 42,
+        maps: MapTable::EMPTY,
     };
     let mut page = [0u8; META_PAGE_SIZE_BYTES];
     encode_header(&header, &mut page);
     assert_eq!(decode_header(&page), Ok(header));
-    // Every field lies in the first sector, which a device writes atomically.
+    // Without named maps every field lies in the first sector.
     assert!(page[HEADER_LEN_BYTES..].iter().all(|&b| b == 0));
     assert_eq!(&page[168..173], b"sys@3");
     assert_eq!(
@@ -216,12 +217,12 @@ fn an_unknown_format_version_is_refused() {
     let mut store = store_for(&id);
     Metadata::create(&mut store, &id).unwrap();
     for slot in 0..2 {
-        // Version 2 -> 3 (byte 8 is the low byte of the version).
-        store.damage(slot, 8, 0b01);
+        // Version 3 -> 4 (byte 8 is the low byte of the version).
+        store.damage(slot, 8, 0b111);
     }
     assert_eq!(
         open_words(&mut store, &id).unwrap_err(),
-        MetaError::UnsupportedVersion { found: 3 }
+        MetaError::UnsupportedVersion { found: 4 }
     );
 }
 
@@ -253,18 +254,22 @@ fn a_damaged_header_is_a_checksum_error_unless_one_slot_survives() {
 }
 
 #[test]
-fn metadata_format_1_is_refused_as_outdated() {
-    let id = identity();
-    let mut store = store_for(&id);
-    Metadata::create(&mut store, &id).unwrap();
-    for slot in 0..2 {
-        // Version 2 -> 1: a file left by a build before the header recorded the source.
-        store.damage(slot, 8, 0b11);
+fn metadata_formats_1_and_2_are_refused_as_outdated() {
+    // 3 -> 1: a file left by a build before the header recorded the source; 3 -> 2: by
+    // one before named maps.
+    for (mask, found) in [(0b10, 1), (0b01, 2)] {
+        let id = identity();
+        let mut store = store_for(&id);
+        Metadata::create(&mut store, &id).unwrap();
+        for slot in 0..2 {
+            store.damage(slot, 8, mask);
+        }
+        let err = open_words(&mut store, &id).unwrap_err();
+        assert_eq!(err, MetaError::OutdatedFormat { found });
+        assert!(std::format!("{err}").contains("older rehydrate"), "{err}");
+        assert!(std::format!("{err}").contains("remove it"), "{err}");
+        assert_eq!(Metadata::read_header(&mut store).unwrap_err(), err);
     }
-    let err = open_words(&mut store, &id).unwrap_err();
-    assert_eq!(err, MetaError::OutdatedFormat { found: 1 });
-    assert!(std::format!("{err}").contains("older rehydrate"), "{err}");
-    assert_eq!(Metadata::read_header(&mut store).unwrap_err(), err);
 }
 
 fn binding() -> Binding {

@@ -3,9 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rehydrate_nbd::handshake::server::{
-    needs, ExportInfo, Lookup, Need, ServerHandshake, ServerOutcome,
-};
+use rehydrate_nbd::handshake::server::{ExportInfo, Lookup, Need, ServerHandshake, ServerOutcome};
 use rehydrate_nbd::rules::{block_descriptors, check_request};
 use rehydrate_nbd::transmission::Request;
 use rehydrate_nbd::{Decoded, Extent};
@@ -19,22 +17,28 @@ fuzz_target!(|data: &[u8]| {
         min_block_bytes: if data.get(1).is_some_and(|b| b & 1 == 1) { 512 } else { 1 },
     };
 
-    // Handshake, then transmission on whatever bytes remain.
-    let mut machine = ServerHandshake::new();
+    // Handshake, then transmission on whatever bytes remain. The second input bit picks
+    // a server that requires TLS; STARTTLS is then taken as succeeded at once.
+    let mut machine = if data.first().is_some_and(|b| b & 2 == 2) {
+        ServerHandshake::requiring_tls()
+    } else {
+        ServerHandshake::new()
+    };
     let mut rest = data;
     let mut session = None;
     while let Ok(Decoded::Complete { message, consumed }) = machine.decode(rest) {
         assert!(consumed > 0 && consumed <= rest.len());
         rest = &rest[consumed..];
         let Some(option) = message else { continue };
-        let lookup = match needs(&option) {
+        let lookup = match machine.needs(&option) {
             Need::Nothing => Lookup::Nothing,
+            Need::Export(name) if name.len() % 3 == 1 => Lookup::Refused("policy".into()),
             Need::Export(name) if name.len() % 3 == 2 => Lookup::Unavailable("damaged".into()),
             Need::Export(name) => Lookup::Export((name.len() % 2 == 0).then(|| info.clone())),
             Need::List => Lookup::List(vec![("a".into(), String::new())]),
         };
         match machine.respond(option, lookup) {
-            ServerOutcome::Continue => {}
+            ServerOutcome::Continue | ServerOutcome::StartTls => {}
             ServerOutcome::Close => return,
             ServerOutcome::Transmission(s) => {
                 session = Some(s);

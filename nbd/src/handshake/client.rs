@@ -11,6 +11,12 @@
 //!
 //! A server without fixed newstyle gets `NBD_OPT_EXPORT_NAME` straight away. Listing
 //! sends `NBD_OPT_LIST`, collects the names, then `NBD_OPT_ABORT`.
+//!
+//! With TLS ([`ClientHandshake::with_starttls`]) the first option is `NBD_OPT_STARTTLS`;
+//! on its acknowledgement the machine says [`ClientStep::StartTls`], the shell runs the
+//! TLS handshake and calls [`ClientHandshake::tls_started`], and the sequence above
+//! follows inside TLS. A refusal, or a server without fixed newstyle, is an error:
+//! a client that asked for TLS never falls back to plain text.
 
 use super::Negotiated;
 use crate::consts::*;
@@ -36,6 +42,9 @@ enum Goal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Greeting,
+    StartTls,
+    /// STARTTLS acknowledged; waiting for the shell's TLS handshake.
+    AwaitTls,
     Structured,
     Meta,
     Go,
@@ -53,6 +62,9 @@ pub enum ClientStep {
     Done(Negotiated),
     /// The export list (name, details); the output holds `NBD_OPT_ABORT`; then close.
     Listed(Vec<(String, String)>),
+    /// The server acknowledged `STARTTLS`: run the TLS handshake on the stream, then
+    /// call [`ClientHandshake::tls_started`] and go on over TLS.
+    StartTls,
 }
 
 /// The client's handshake state machine.
@@ -70,6 +82,7 @@ pub struct ClientHandshake {
     max_payload_bytes: u32,
     listed: Vec<(String, String)>,
     replies_this_option: u32,
+    want_tls: bool,
     description: String,
 }
 
@@ -98,8 +111,25 @@ impl ClientHandshake {
             max_payload_bytes: MAX_PAYLOAD_BYTES,
             listed: Vec::new(),
             replies_this_option: 0,
+            want_tls: false,
             description: String::new(),
         }
+    }
+
+    /// Negotiate TLS first (`NBD_OPT_STARTTLS`) and refuse to go on without it.
+    pub fn with_starttls(mut self) -> Self {
+        self.want_tls = true;
+        self
+    }
+
+    /// The TLS handshake the last [`ClientStep::StartTls`] asked for succeeded: queue
+    /// the next option (its bytes go out over TLS).
+    pub fn tls_started(&mut self) -> Result<(), Error> {
+        if self.state != State::AwaitTls {
+            return Err(ProtocolError::Unexpected("TLS started without STARTTLS").into());
+        }
+        self.first_option(true);
+        Ok(())
     }
 
     /// Do not ask for structured replies (and so not for block status either).
@@ -119,7 +149,17 @@ impl ClientHandshake {
         match self.state {
             State::Greeting => {
                 let decoded = Greeting::decode(buf)?;
+                if let Decoded::Complete { message, .. } = &decoded {
+                    if self.want_tls && !message.flags.contains(HandshakeFlags::FIXED_NEWSTYLE) {
+                        return Err(Error::TlsRefused(
+                            "server does not speak fixed newstyle, which TLS needs".into(),
+                        ));
+                    }
+                }
                 Ok(decoded.map(|g| self.on_greeting(g)))
+            }
+            State::AwaitTls => {
+                Err(ProtocolError::Unexpected("data before the TLS handshake").into())
             }
             State::ExportName => {
                 let decoded = ExportNameReply::decode(buf, self.no_zeroes)?;
@@ -129,7 +169,7 @@ impl ClientHandshake {
                 }))
             }
             State::Finished => Err(ProtocolError::Unexpected("handshake is over").into()),
-            State::Structured | State::Meta | State::Go | State::List => {
+            State::StartTls | State::Structured | State::Meta | State::Go | State::List => {
                 match OptionReply::decode(buf)? {
                     Decoded::Incomplete { needed } => Ok(Decoded::Incomplete { needed }),
                     Decoded::Complete { message, consumed } => Ok(Decoded::Complete {
@@ -152,6 +192,17 @@ impl ClientHandshake {
             flags |= ClientFlags::NO_ZEROES;
         }
         encode_client_flags(flags, &mut self.out);
+        if self.want_tls {
+            // Fixed newstyle was checked in `receive`.
+            self.send(ClientOption::StartTls, State::StartTls);
+            return ClientStep::Continue;
+        }
+        self.first_option(fixed);
+        ClientStep::Continue
+    }
+
+    /// The first option toward the goal (after TLS, if any, is running).
+    fn first_option(&mut self, fixed: bool) {
         match (&self.goal, fixed) {
             (Goal::List, _) => self.send(ClientOption::List, State::List),
             (Goal::Go(_), false) => self.send_export_name(),
@@ -160,11 +211,11 @@ impl ClientHandshake {
             }
             (Goal::Go(_), true) => self.send_go(),
         }
-        ClientStep::Continue
     }
 
     fn on_reply(&mut self, reply: OptionReply) -> Result<ClientStep, Error> {
         let expected = match self.state {
+            State::StartTls => OPT_STARTTLS,
             State::Structured => OPT_STRUCTURED_REPLY,
             State::Meta => OPT_SET_META_CONTEXT,
             State::Go => OPT_GO,
@@ -181,6 +232,22 @@ impl ClientHandshake {
             return Err(ProtocolError::Unexpected("unknown option reply type").into());
         }
         match (self.state, reply.body) {
+            (State::StartTls, ReplyBody::Ack) => {
+                self.state = State::AwaitTls;
+                return Ok(ClientStep::StartTls);
+            }
+            (State::StartTls, ReplyBody::Error { message, .. }) => {
+                return Err(Error::TlsRefused(message));
+            }
+            (_, ReplyBody::Error { code, .. }) if code == REP_ERR_TLS_REQD => {
+                return Err(Error::TlsRequired);
+            }
+            (State::Go, ReplyBody::Error { code, message }) if code == REP_ERR_POLICY => {
+                return Err(Error::Forbidden {
+                    export: self.export_name().to_owned(),
+                    message,
+                });
+            }
             (State::Structured, ReplyBody::Ack) => {
                 self.structured = true;
                 if self.want_block_status {
@@ -510,5 +577,164 @@ mod tests {
         };
         assert_eq!(consumed, answer.len());
         assert_eq!(n.size_bytes, 7);
+    }
+
+    /// Feed one client option to a server machine; its outcome and the reply's code.
+    fn answer(server: &mut ServerHandshake, option: ClientOption) -> (ServerOutcome, u32) {
+        let mut input = Vec::new();
+        option.encode(&mut input);
+        let Decoded::Complete {
+            message: Some(opt), ..
+        } = server.decode(&input).unwrap()
+        else {
+            panic!("option not decoded")
+        };
+        if !server.tls_active() {
+            // Nothing is looked up for a client that has not started TLS.
+            assert_eq!(server.needs(&opt), Need::Nothing);
+        }
+        let outcome = server.respond(opt, Lookup::Nothing);
+        let out = server.take_output();
+        let code = match OptionReply::decode(&out).unwrap() {
+            Decoded::Complete { message, .. } => message.code(),
+            Decoded::Incomplete { .. } => 0,
+        };
+        (outcome, code)
+    }
+
+    fn tls_server() -> ServerHandshake {
+        let mut server = ServerHandshake::requiring_tls();
+        let mut flags = Vec::new();
+        encode_client_flags(ClientFlags::FIXED_NEWSTYLE, &mut flags);
+        assert!(matches!(
+            server.decode(&flags).unwrap(),
+            Decoded::Complete { message: None, .. }
+        ));
+        server.take_output();
+        server
+    }
+
+    #[test]
+    fn forced_tls_refuses_everything_before_starttls() {
+        let mut server = tls_server();
+        for option in [
+            ClientOption::List,
+            ClientOption::StructuredReply,
+            ClientOption::Go(GoRequest {
+                name: "disk".into(),
+                info_requests: vec![],
+            }),
+            ClientOption::Unknown {
+                option: 99,
+                data: vec![],
+            },
+        ] {
+            assert_eq!(
+                answer(&mut server, option),
+                (ServerOutcome::Continue, REP_ERR_TLS_REQD)
+            );
+        }
+        assert_eq!(
+            answer(&mut server, ClientOption::StartTls),
+            (ServerOutcome::StartTls, REP_ACK)
+        );
+        assert!(server.tls_active());
+        // Once TLS runs: a second STARTTLS is invalid, and options are served.
+        assert_eq!(
+            answer(&mut server, ClientOption::StartTls),
+            (ServerOutcome::Continue, REP_ERR_INVALID)
+        );
+        assert_eq!(
+            answer(&mut server, ClientOption::StructuredReply),
+            (ServerOutcome::Continue, REP_ACK)
+        );
+    }
+
+    #[test]
+    fn forced_tls_allows_abort_and_hangs_up_on_export_name() {
+        let mut server = tls_server();
+        assert_eq!(
+            answer(&mut server, ClientOption::Abort),
+            (ServerOutcome::Close, REP_ACK)
+        );
+        let mut server = tls_server();
+        assert_eq!(
+            answer(&mut server, ClientOption::ExportName("disk".into())).0,
+            ServerOutcome::Close
+        );
+    }
+
+    #[test]
+    fn both_machines_agree_through_starttls() {
+        let mut client = ClientHandshake::go("disk").with_starttls();
+        let mut server = ServerHandshake::requiring_tls();
+        let mut to_server = Vec::new();
+        let mut to_client = server.take_output();
+        let mut tls_seen = (false, false);
+        let mut server_done = false;
+        for _ in 0..50 {
+            while let Decoded::Complete { message, consumed } = client.receive(&to_client).unwrap()
+            {
+                to_client.drain(..consumed);
+                match message {
+                    ClientStep::Continue => {}
+                    ClientStep::StartTls => {
+                        // The TLS handshake would run here, on both sides.
+                        tls_seen.0 = true;
+                        client.tls_started().unwrap();
+                    }
+                    ClientStep::Done(n) => {
+                        assert!(tls_seen.0 && tls_seen.1);
+                        assert_eq!(n.size_bytes, 12345);
+                        return;
+                    }
+                    ClientStep::Listed(_) => panic!("listed"),
+                }
+                to_server.extend(client.take_output());
+            }
+            to_server.extend(client.take_output());
+            while !server_done {
+                let Decoded::Complete { message, consumed } = server.decode(&to_server).unwrap()
+                else {
+                    break;
+                };
+                to_server.drain(..consumed);
+                let Some(opt) = message else { continue };
+                let lookup = match server.needs(&opt) {
+                    Need::Export(_) => Lookup::Export(Some(info())),
+                    _ => Lookup::Nothing,
+                };
+                match server.respond(opt, lookup) {
+                    ServerOutcome::StartTls => tls_seen.1 = true,
+                    ServerOutcome::Transmission(_) => server_done = true,
+                    _ => {}
+                }
+                to_client.extend(server.take_output());
+            }
+        }
+        panic!("no agreement");
+    }
+
+    #[test]
+    fn a_tls_client_does_not_fall_back() {
+        let mut client = ClientHandshake::go("disk").with_starttls();
+        let mut greeting = Vec::new();
+        Greeting {
+            flags: HandshakeFlags::FIXED_NEWSTYLE,
+        }
+        .encode(&mut greeting);
+        client.receive(&greeting).unwrap();
+        let mut refusal = Vec::new();
+        OptionReply::error(OPT_STARTTLS, REP_ERR_UNSUP, "no TLS here").encode(&mut refusal);
+        assert!(
+            matches!(client.receive(&refusal), Err(Error::TlsRefused(m)) if m == "no TLS here")
+        );
+        let mut old = Vec::new();
+        Greeting {
+            flags: HandshakeFlags::empty(),
+        }
+        .encode(&mut old);
+        let mut client = ClientHandshake::go("disk").with_starttls();
+        assert!(matches!(client.receive(&old), Err(Error::TlsRefused(_))));
     }
 }

@@ -4,6 +4,12 @@
 //! shell looks up what the option needs ([`needs`]: an export's details or the export
 //! names, which may take I/O) and hands it to [`ServerHandshake::respond`], which queues
 //! the reply bytes and says whether to go on, hang up, or enter transmission.
+//!
+//! With TLS required ([`ServerHandshake::requiring_tls`], the spec's FORCEDTLS mode),
+//! every option before TLS but `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` is answered
+//! `NBD_REP_ERR_TLS_REQD` (`NBD_OPT_EXPORT_NAME`, which cannot be refused, closes the
+//! connection) and nothing is looked up; `STARTTLS` is acknowledged and the shell runs
+//! the TLS handshake ([`ServerOutcome::StartTls`]) before the next option.
 
 use super::Negotiated;
 use crate::consts::*;
@@ -76,6 +82,9 @@ pub enum Lookup {
     Export(Option<ExportInfo>),
     /// Export names with descriptions.
     List(Vec<(String, String)>),
+    /// The export exists or not, but this client may not open it: the reason, sent
+    /// with `NBD_REP_ERR_POLICY`.
+    Refused(String),
     /// The export exists but cannot be opened; the text says why (e.g. its index is
     /// damaged). Answered `NBD_REP_ERR_UNKNOWN` with that text, never "no export".
     Unavailable(String),
@@ -90,6 +99,9 @@ pub enum ServerOutcome {
     Close,
     /// Send the output; the transmission phase begins.
     Transmission(Negotiated),
+    /// Send the output (the `STARTTLS` acknowledgement), then run the TLS handshake;
+    /// every later byte goes through TLS. Feed the machine only after it succeeded.
+    StartTls,
 }
 
 /// What an option needs looked up.
@@ -112,6 +124,17 @@ enum State {
     Finished,
 }
 
+/// Where the connection stands with TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tls {
+    /// Not offered: `STARTTLS` is answered `NBD_REP_ERR_UNSUP`.
+    Unavailable,
+    /// Required and not begun: only `STARTTLS` and `ABORT` are served.
+    Required,
+    /// Running: a second `STARTTLS` is invalid.
+    Active,
+}
+
 /// The server's handshake state machine.
 #[derive(Debug)]
 pub struct ServerHandshake {
@@ -122,6 +145,7 @@ pub struct ServerHandshake {
     /// Export name for which `base:allocation` was selected by the last SET_META_CONTEXT.
     meta_export: Option<String>,
     options_seen: u32,
+    tls: Tls,
 }
 
 impl Default for ServerHandshake {
@@ -145,6 +169,30 @@ impl ServerHandshake {
             structured: false,
             meta_export: None,
             options_seen: 0,
+            tls: Tls::Unavailable,
+        }
+    }
+
+    /// A handshake that requires TLS before anything but `STARTTLS` and `ABORT`.
+    pub fn requiring_tls() -> Self {
+        Self {
+            tls: Tls::Required,
+            ..Self::new()
+        }
+    }
+
+    /// Whether TLS is running on this connection.
+    pub fn tls_active(&self) -> bool {
+        self.tls == Tls::Active
+    }
+
+    /// What this option needs looked up now: like [`needs`], but nothing while TLS is
+    /// required and not yet running (the option will be refused unanswered).
+    pub fn needs<'a>(&self, option: &'a ClientOption) -> Need<'a> {
+        if self.tls == Tls::Required {
+            Need::Nothing
+        } else {
+            needs(option)
         }
     }
 
@@ -182,11 +230,15 @@ impl ServerHandshake {
     /// Answer one option, given what [`needs`] asked for.
     pub fn respond(&mut self, option: ClientOption, lookup: Lookup) -> ServerOutcome {
         let code = option.code();
+        if self.tls == Tls::Required {
+            return self.respond_before_tls(option);
+        }
         let (export, names, unavailable) = match lookup {
             Lookup::Export(info) => (info, None, None),
             Lookup::List(names) => (None, Some(names), None),
             Lookup::Nothing => (None, None, None),
             Lookup::Unavailable(why) => (None, None, Some(why)),
+            Lookup::Refused(reason) => return self.refuse(option, reason),
         };
         // Every option that names an export answers one that cannot be opened the same
         // way: unknown, with the reason (EXPORT_NAME has no error reply: hang up).
@@ -234,6 +286,14 @@ impl ServerHandshake {
                     });
                 }
                 self.reply(OptionReply::ack(code));
+                ServerOutcome::Continue
+            }
+            ClientOption::StartTls if self.tls == Tls::Active => {
+                self.reply(OptionReply::error(
+                    code,
+                    REP_ERR_INVALID,
+                    "TLS is already running",
+                ));
                 ServerOutcome::Continue
             }
             ClientOption::StartTls => {
@@ -307,6 +367,51 @@ impl ServerHandshake {
             }
             ClientOption::Invalid { option, reason } => {
                 self.reply(OptionReply::error(option, REP_ERR_INVALID, reason));
+                ServerOutcome::Continue
+            }
+        }
+    }
+
+    /// FORCEDTLS before TLS: only `STARTTLS` and `ABORT` are served.
+    fn respond_before_tls(&mut self, option: ClientOption) -> ServerOutcome {
+        let code = option.code();
+        match option {
+            ClientOption::StartTls => {
+                self.reply(OptionReply::ack(code));
+                self.tls = Tls::Active;
+                ServerOutcome::StartTls
+            }
+            ClientOption::Abort => {
+                self.reply(OptionReply::ack(code));
+                self.finish(ServerOutcome::Close)
+            }
+            // NBD_OPT_EXPORT_NAME cannot be refused: the spec says terminate.
+            ClientOption::ExportName(_)
+            | ClientOption::Invalid {
+                option: OPT_EXPORT_NAME,
+                ..
+            } => self.finish(ServerOutcome::Close),
+            _ => {
+                self.reply(OptionReply::error(
+                    code,
+                    REP_ERR_TLS_REQD,
+                    "TLS is required: send NBD_OPT_STARTTLS first",
+                ));
+                ServerOutcome::Continue
+            }
+        }
+    }
+
+    /// Refuse an option about an export this client may not open.
+    fn refuse(&mut self, option: ClientOption, reason: String) -> ServerOutcome {
+        match option {
+            // No error reply exists for NBD_OPT_EXPORT_NAME: hang up.
+            ClientOption::ExportName(_) => self.finish(ServerOutcome::Close),
+            other => {
+                if matches!(other, ClientOption::SetMetaContext(_)) {
+                    self.meta_export = None;
+                }
+                self.reply(OptionReply::error(other.code(), REP_ERR_POLICY, reason));
                 ServerOutcome::Continue
             }
         }

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod certs;
+
 use rehydrate_nbd::{Catalog, ServerConfig};
 
 /// Fail loudly when a peer program is missing.

@@ -2,7 +2,8 @@
 //! (a [`crate::sched::Ev::DeviceDone`] after a random latency), so completion always
 //! runs outside the dispatch that sent the IRP, in any order the latencies give. Media
 //! errors, when injected, fail a transfer; a failed write may leave any prefix of its
-//! device sectors written.
+//! device sectors written. A flush covers the writes completed when it arrived, and,
+//! when the device is kind (a coin per flush), everything cached when it completes.
 
 use rehydrate_driver::dsm::{self, Dsm};
 use rehydrate_driver::Status;
@@ -50,6 +51,10 @@ pub fn dispatch(k: &mut Kernel, id: IrpId) -> Status {
 
 fn pend(k: &mut Kernel, id: IrpId) -> Status {
     k.mark_pending(ME, id);
+    let mark = k.lower.disk.cache_mark();
+    if let Some(irp) = k.irps.get_mut(id) {
+        irp.flush_mark = mark;
+    }
     let latency = k.rng.latency(k.lower.latency_ns, 20);
     k.sched.after(latency, Ev::DeviceDone(id));
     Status::PENDING
@@ -99,13 +104,27 @@ pub fn done(k: &mut Kernel, id: IrpId) {
                 k.lower.disk.destage();
                 (Status::IO_DEVICE_ERROR, 0)
             } else {
-                k.lower.disk.flush();
+                // Strict or kind, per flush: a flush promises only what completed
+                // before it arrived.
+                if k.rng.coin() {
+                    let mark = k.irps.get(id).map_or(0, |i| i.flush_mark);
+                    k.lower.disk.flush_before(mark);
+                } else {
+                    k.lower.disk.flush();
+                }
                 (Status::SUCCESS, 0)
             }
         }
         _ => (trim(k, id, origin), 0),
     };
     k.trace.mix(u64::from(status.0) ^ start << 20 ^ count);
+    if !status.is_success() {
+        // A media error: the request it belongs to may fail with it.
+        k.note_delay_fault();
+        if let Origin::App { op, .. } = origin {
+            k.oracle.excuse(op, status);
+        }
+    }
     k.complete(ME, id, status, information);
 }
 

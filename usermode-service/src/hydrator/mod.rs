@@ -21,14 +21,18 @@
 //! * **Coalescing.** A fetch is one run of adjacent regions, at most `fetch_size_bytes`.
 //! * **Never twice.** A region is *busy* from the fetch that covers it until the driver
 //!   acknowledges its hydrate (or the fetch finally fails); busy regions are never
-//!   fetched. Regions acknowledged while a bitmap page was being asked for are kept in a
+//!   fetched. A region the driver asks for again *after* its hydrate was sent is not
+//!   attached to that hydrate: the driver has already decided about that data (it may
+//!   have dropped it for a region a write was overwriting, and the write then failed).
+//!   It is queued again when the hydrate is acknowledged. Regions acknowledged while a bitmap page was being asked for are kept in a
 //!   "recently done" set, so a page taken before their marks cannot plan them again.
 //! * **Zeros.** With block status, the shell reads only data; regions the source reports
 //!   as zeros become zero-fill hydrates.
 //! * **Failures.** A transient failure is retried with exponential backoff and jitter
 //!   until `deadline_ns` after the first failure; then one `FetchFailed` covering exactly
 //!   that fetch's range. Corrupt data is retried `corrupt_retries` times, then reported
-//!   `Corrupt`; a range the source does not hold is reported at once.
+//!   `Corrupt`; a range the source does not hold is reported at once. A hydrate the
+//!   driver refuses or fails to write is fetched again soon (ahead of the sweep).
 //! * **Rate.** An optional token bucket paces background bytes; on-demand is never paced.
 //!
 //! # Bounds (memory does not grow with the volume)
@@ -38,7 +42,9 @@
 //!   `FailReason::Other`, so the driver fails the request rather than waiting forever);
 //! * scan-ahead windows ≤ [`SCAN_WINDOWS_MAX`], background runs ≤ [`SCAN_RUNS_MAX`] and
 //!   [`SWEEP_RUNS_MAX`] ranges (the sweep plans at most one page at a time);
-//! * busy and recently-done sets: ranges, at most a few per fetch or hydrate outstanding.
+//! * busy and recently-done sets: ranges, at most a few per fetch or hydrate outstanding;
+//! * regions asked again while their hydrate is with the driver: within the regions of
+//!   the hydrates outstanding.
 
 mod backoff;
 mod config;
@@ -186,6 +192,10 @@ pub struct Hydrator {
     batches: BTreeMap<BatchId, Range<u64>>,
     hydrating_bytes: u64,
     recently_done: RangeSet,
+    /// Regions asked for again (on demand, background) while a hydrate of them was
+    /// with the driver: queued again when it is acknowledged.
+    reasked_on_demand: RangeSet,
+    reasked_background: RangeSet,
     bucket: Option<Bucket>,
     /// Restored regions per the last bitmap page.
     page_restored_regions: u64,
@@ -227,6 +237,8 @@ impl Hydrator {
             batches: BTreeMap::new(),
             hydrating_bytes: 0,
             recently_done: RangeSet::new(),
+            reasked_on_demand: RangeSet::new(),
+            reasked_background: RangeSet::new(),
             bucket,
             page_restored_regions: 0,
             done_since_query_regions: 0,
@@ -274,6 +286,24 @@ impl Hydrator {
             && self.query.is_none()
     }
 
+    /// True when every region of `regions` is being fetched or hydrated, or waits in one
+    /// of the hydrator's queues (on demand, scan-ahead and hints, the sweep's planned
+    /// runs): the service will get to it without being asked again. A region the sweep
+    /// would only find on a later pass does not count. For checkers of the driver and
+    /// service together (every region the driver asked for is known here).
+    pub fn tracks(&self, regions: Range<u64>) -> bool {
+        let queued = |q: &VecDeque<Range<u64>>, r: u64| q.iter().any(|x| x.contains(&r));
+        regions.into_iter().all(|r| {
+            // A fetch not delivered yet (a hydrate already sent does not count).
+            self.fetches.values().any(|f| f.regions.contains(&r))
+                || self.reasked_on_demand.contains(r)
+                || self.reasked_background.contains(r)
+                || queued(&self.on_demand, r)
+                || queued(&self.scan_runs, r)
+                || queued(&self.sweep.runs, r)
+        })
+    }
+
     /// When the shell should send the next `Tick` (a retry comes due, or the rate limit
     /// lets the background go again); `None`: only other inputs can make progress.
     pub fn next_wakeup_ns(&self) -> Option<u64> {
@@ -318,6 +348,7 @@ impl Hydrator {
             debug_assert!(false, "missing regions {regions:?} outside 0..{count}");
             return;
         }
+        self.note_reasked(regions.clone(), on_demand);
         if !on_demand {
             push_bounded(&mut self.scan_runs, regions, SCAN_RUNS_MAX);
             return;
@@ -348,6 +379,22 @@ impl Hydrator {
 
     /// Marks busy fetches overlapping `regions` as on demand (their failure is then
     /// reported as a request's failure and their retries go first).
+    /// Regions of `regions` whose hydrate is with the driver: remembered, to be queued
+    /// again once it is acknowledged.
+    fn note_reasked(&mut self, regions: Range<u64>, on_demand: bool) {
+        for sent in self.batches.values() {
+            let both = sent.start.max(regions.start)..sent.end.min(regions.end);
+            if both.is_empty() {
+                continue;
+            }
+            if on_demand {
+                self.reasked_on_demand.insert(both);
+            } else {
+                self.reasked_background.insert(both);
+            }
+        }
+    }
+
     fn promote(&mut self, regions: Range<u64>) {
         if !self.busy.intersects(regions.clone()) {
             return;
@@ -584,6 +631,14 @@ impl Hydrator {
         if !ok {
             self.progress.hydrate_failures += 1;
             self.sweep.idle = false;
+            // The driver could not take or write them (no room just now, a media
+            // error): fetch them again soon rather than leave a request waiting on them
+            // to a later sweep.
+            self.scan_runs.push_front(regions.clone());
+            if self.scan_runs.len() > SCAN_RUNS_MAX {
+                self.scan_runs.pop_back();
+            }
+            self.requeue_reasked(regions);
             return;
         }
         if self.query.is_some() {
@@ -596,6 +651,25 @@ impl Hydrator {
         subtract_runs(&mut self.scan_runs, regions.clone());
         self.done_since_query_regions += regions.end - regions.start;
         self.update_restored();
+        self.requeue_reasked(regions);
+    }
+
+    /// The driver asked again for regions of an acknowledged hydrate while it had it:
+    /// queue them now (at the front: somebody may be waiting).
+    fn requeue_reasked(&mut self, regions: Range<u64>) {
+        let runs: Vec<Range<u64>> = self.reasked_on_demand.within(regions.clone()).collect();
+        for r in runs.into_iter().rev() {
+            self.reasked_on_demand.remove(r.clone());
+            self.on_demand.push_front(r);
+        }
+        let runs: Vec<Range<u64>> = self.reasked_background.within(regions).collect();
+        for r in runs.into_iter().rev() {
+            self.reasked_background.remove(r.clone());
+            self.scan_runs.push_front(r);
+            if self.scan_runs.len() > SCAN_RUNS_MAX {
+                self.scan_runs.pop_back();
+            }
+        }
     }
 
     fn on_tick(&mut self, now_ns: u64, out: &mut Vec<Output>) {

@@ -54,6 +54,10 @@ struct Model {
     batches: BTreeMap<BatchId, Range<u64>>,
     /// On-demand regions no fetch covers yet.
     waiting_on_demand: BTreeSet<u64>,
+    /// Regions the driver asked for again while their hydrate was with it: they may be
+    /// fetched again once it is acknowledged, even if it restored them (the hydrator
+    /// cannot tell a stale ask from the driver having dropped that data).
+    reasked: BTreeSet<u64>,
 }
 
 impl Model {
@@ -104,7 +108,7 @@ impl Run {
                     }
                     for region in r.clone() {
                         prop_assert!(
-                            !self.t.restored[region as usize],
+                            !self.t.restored[region as usize] || self.m.reasked.remove(&region),
                             "fetched restored region {region}"
                         );
                         prop_assert!(!self.m.busy(region), "fetched busy region {region}");
@@ -209,6 +213,9 @@ impl Run {
                     if !self.m.busy(r) {
                         self.m.waiting_on_demand.insert(r);
                     }
+                    if self.m.batches.values().any(|b| b.contains(&r)) {
+                        self.m.reasked.insert(r);
+                    }
                 }
                 self.t.miss(at..end);
                 self.check_outputs(None)
@@ -261,7 +268,13 @@ impl Run {
                     return Ok(());
                 };
                 self.t.ack(b, ok);
-                self.m.batches.remove(&b);
+                if let Some(r) = self.m.batches.remove(&b) {
+                    if !ok {
+                        // Refused or not written: fetched again soon, whatever the
+                        // region's state by then.
+                        self.m.reasked.extend(r);
+                    }
+                }
                 self.check_outputs(None)
             }
             Op::Tick(dt) => {

@@ -57,6 +57,23 @@ impl RangeSet {
         self.ranges.insert(start, end);
     }
 
+    /// The parts of the set inside `r`, in order.
+    pub fn within(&self, r: Range<u64>) -> impl Iterator<Item = Range<u64>> + '_ {
+        let head = self
+            .ranges
+            .range(..r.start)
+            .next_back()
+            .filter(|(_, &e)| e > r.start)
+            .map(|(&s, &e)| s..e);
+        let rest = self
+            .ranges
+            .range(r.start..r.end.max(r.start))
+            .map(|(&s, &e)| s..e);
+        head.into_iter()
+            .chain(rest)
+            .map(move |x| x.start.max(r.start)..x.end.min(r.end))
+    }
+
     /// Removes `r`, splitting ranges it cuts.
     pub fn remove(&mut self, r: Range<u64>) {
         if r.is_empty() {

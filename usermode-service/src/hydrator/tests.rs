@@ -410,3 +410,67 @@ fn bad_configurations_are_refused() {
         assert!(Hydrator::new(g, c).is_err(), "{c:?}");
     }
 }
+
+/// Completes pending fetches (freeing their slots) until `region` is fetched after the
+/// first `from` fetches, or nothing is pending.
+fn fetch_until(t: &mut Harness, from: usize, region: u64) {
+    for _ in 0..100 {
+        if t.fetch_log[from..]
+            .iter()
+            .any(|f| f.1 <= region && region < f.2)
+        {
+            return;
+        }
+        let Some(id) = t.first_pending_fetch() else {
+            return;
+        };
+        t.complete(id);
+    }
+}
+
+/// The driver asks again for a region whose hydrate it has (it dropped that data: a
+/// write was overwriting the region, then failed). The ask is not absorbed by the
+/// hydrate in flight: the region is fetched again once the hydrate is acknowledged.
+#[test]
+fn a_region_asked_again_while_its_hydrate_is_with_the_driver_is_fetched_again() {
+    let mut t = Harness::new(16, config(1, 8));
+    t.miss(3..4);
+    let id = t.first_pending_fetch().unwrap();
+    t.complete(id);
+    let batch = *t.pending_hydrates.keys().next().unwrap();
+    // The driver dropped the data, and asks again before acknowledging.
+    t.miss(3..4);
+    assert!(t.h.tracks(3..4), "the ask is remembered");
+    let fetches = t.fetch_log.len();
+    t.ack(batch, true);
+    t.restored[3] = false;
+    fetch_until(&mut t, fetches, 3);
+    assert!(
+        t.fetch_log[fetches..]
+            .iter()
+            .any(|f| f.1 <= 3 && 3 < f.2 && f.3),
+        "region 3 fetched again, on demand: {:?}",
+        &t.fetch_log[fetches..]
+    );
+}
+
+/// A hydrate the driver refuses (no room) is fetched again soon, not left to a sweep.
+#[test]
+fn a_refused_hydrate_is_fetched_again() {
+    let mut t = Harness::new(16, config(1, 8));
+    t.miss(5..6);
+    let id = t.first_pending_fetch().unwrap();
+    t.complete(id);
+    let batch = *t.pending_hydrates.keys().next().unwrap();
+    let fetches = t.fetch_log.len();
+    t.ack(batch, false);
+    assert!(t.h.tracks(5..6));
+    fetch_until(&mut t, fetches, 5);
+    // As soon as a slot is free, ahead of the sweep.
+    assert_eq!(
+        t.fetch_log.get(fetches).map(|f| (f.1, f.2)),
+        Some((5, 6)),
+        "{:?}",
+        &t.fetch_log[fetches..]
+    );
+}

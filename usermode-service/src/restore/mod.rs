@@ -4,9 +4,12 @@
 //! only after its data is written, durably only after `fdatasync` and a metadata commit,
 //! so a killed restore resumes where its last commit left it.
 
+mod buffers;
+pub(crate) mod changes;
+mod fetch;
 pub mod live;
-mod lock;
-mod meta_file;
+pub(crate) mod lock;
+pub(crate) mod meta_file;
 mod padded;
 mod paths;
 pub mod pin;
@@ -14,9 +17,10 @@ mod report;
 pub(crate) mod shell;
 mod status_report;
 mod target;
-mod target_id;
+pub(crate) mod target_id;
 mod target_os;
 pub mod timeline;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +74,10 @@ pub struct RestoreArgs {
     /// Fetches in flight at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub in_flight: usize,
+    /// NBD connections to the source when it allows several (multi-conn), 1 to 16.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub connections: u16,
     /// Limit the background restore to this many bytes per second (e.g. 64MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub rate_limit: Option<u64>,
@@ -93,6 +101,16 @@ pub struct RestoreArgs {
     /// The live export's name [default: the source's export name].
     #[arg(long, value_name = "NAME", requires = "export")]
     pub export_name: Option<String>,
+    /// Serve the live export over TLS only (NBD STARTTLS) with this certificate chain
+    /// (PEM); needs --export-tls-key.
+    #[arg(long, value_name = "PEM", requires_all = ["export", "export_tls_key"])]
+    pub export_tls_cert: Option<PathBuf>,
+    /// The live export's TLS private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "export_tls_cert")]
+    pub export_tls_key: Option<PathBuf>,
+    /// Accept only live-export clients whose certificate this CA (PEM) signed.
+    #[arg(long, value_name = "PEM", requires = "export_tls_cert")]
+    pub export_tls_client_ca: Option<PathBuf>,
     /// Draw restored bytes, on-demand misses and source outages over time into this
     /// SVG file when the restore ends.
     #[arg(long, value_name = "PATH.svg")]
@@ -178,6 +196,11 @@ async fn restore_with(
         Some(addr) => Some(live::serve::bind(addr).await?),
         None => None,
     };
+    let export_tls = live::serve::tls(
+        args.export_tls_cert.as_deref(),
+        args.export_tls_key.as_deref(),
+        args.export_tls_client_ca.as_deref(),
+    )?;
 
     // What exists already, locked and read, before anything is written or fetched.
     let existing = Target::open_existing(&args.target)?;
@@ -231,6 +254,7 @@ async fn restore_with(
         _ => dial.export.clone(),
     };
     source.pin(dial_export, pin::redial_check(found, &url));
+    source.widen(usize::from(args.connections));
 
     let size = found.size_bytes;
     let mut target = match existing {
@@ -271,8 +295,7 @@ async fn restore_with(
         target: target.pin()?,
     };
     let map = Arc::new(RegionMap::new(geometry)?);
-    let fresh = store.is_none();
-    let (mut store, mut meta) =
+    let (mut store, mut meta, fresh) =
         open_metadata(&meta_path, store, &identity, &binding, &map, &target)?;
     if fresh {
         // A protected target recovered in place: what it already holds is not fetched.
@@ -284,6 +307,14 @@ async fn restore_with(
             &mut meta,
             &mut store,
         )?;
+    }
+    // The map of changes since the backup: a session opens before any write is taken.
+    let mut changes = changes::Changes::attach(&mut meta, &mut store, geometry, &meta_path)?;
+    if let Some(changes) = &mut changes {
+        if fresh {
+            changes.start_from(changes::base_of(&binding.source));
+        }
+        changes.begin(&mut meta, &mut store, |w| map.word(w), &meta_path)?;
     }
     tracing::info!(
         size,
@@ -299,9 +330,11 @@ async fn restore_with(
             passthrough: false.into(),
             stopping: false.into(),
             clients: 0.into(),
+            requests_in_flight: 0.into(),
             size_bytes: size,
             target: Arc::clone(&target),
             map: Arc::clone(&map),
+            changes: changes.as_ref().map(changes::Changes::tracker),
         });
         let name = args
             .export_name
@@ -315,7 +348,14 @@ async fn restore_with(
             pin::describe(&binding.source),
             args.target.display()
         );
-        live::serve::start(listener, name, description, shared, Arc::clone(&source))
+        live::serve::start(
+            listener,
+            name,
+            description,
+            export_tls,
+            shared,
+            Arc::clone(&source),
+        )
     });
     let shell = shell::Shell::new(
         target,
@@ -325,6 +365,7 @@ async fn restore_with(
         config,
         source,
         live,
+        changes,
         args.timeline.is_some(),
     )?;
     let outcome = shell
@@ -333,7 +374,8 @@ async fn restore_with(
     Ok(Summary::new(size, started.elapsed(), outcome))
 }
 
-/// Opens the metadata bound to this source and target, or creates it for a new restore.
+/// Opens the metadata bound to this source and target, or creates it for a new restore
+/// (with the map of changes since the backup beside the restore map; true then).
 /// Metadata of any other restore is refused, never overwritten.
 fn open_metadata(
     path: &Path,
@@ -342,7 +384,7 @@ fn open_metadata(
     binding: &Binding,
     map: &RegionMap,
     target: &Target,
-) -> Result<(FileMetaStore, Metadata), ServiceError> {
+) -> Result<(FileMetaStore, Metadata, bool), ServiceError> {
     let meta_err = |source| ServiceError::Metadata {
         path: path.to_owned(),
         source,
@@ -357,13 +399,15 @@ fn open_metadata(
             }
             other => other.map_err(meta_err)?,
         };
-        return Ok((store, meta));
+        return Ok((store, meta, false));
     }
-    let pages = Metadata::store_pages(map.geometry());
+    let names = [rehydrate_driver::changed::CHANGED_MAP];
+    let pages = Metadata::store_pages_with(map.geometry(), names.len());
     let mut store = FileMetaStore::open_unchecked(path, Some(pages))?;
     paths::check_not_same(target, &store, path)?;
-    let meta = Metadata::create_bound(&mut store, identity, binding).map_err(meta_err)?;
-    Ok((store, meta))
+    let meta =
+        Metadata::create_with_maps(&mut store, identity, binding, &names).map_err(meta_err)?;
+    Ok((store, meta, true))
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! past the source's end read as zeros (and are clipped again by the target, so they
 //! never reach the file).
 
+use bytes::BytesMut;
+
 use crate::hydrator::Allocation;
 use crate::source::{Source, SourceError};
 
@@ -42,6 +44,23 @@ impl<S: Source> Source for PaddedSource<S> {
         Ok(data)
     }
 
+    async fn read_into(&self, offset: u64, mut buf: BytesMut) -> Result<BytesMut, SourceError> {
+        let real_end = self.inner.size_bytes();
+        let inside = (buf.len() as u64).min(real_end.saturating_sub(offset)) as usize;
+        if inside == buf.len() {
+            return self.inner.read_into(offset, buf).await;
+        }
+        let mut padding = buf.split_off(inside);
+        padding.fill(0);
+        let mut data = if inside == 0 {
+            buf
+        } else {
+            self.inner.read_into(offset, buf).await?
+        };
+        data.unsplit(padding);
+        Ok(data)
+    }
+
     async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Allocation>, SourceError> {
         let real_end = self.inner.size_bytes();
         let inside = len.min(real_end.saturating_sub(offset));
@@ -77,6 +96,10 @@ mod tests {
         assert_eq!(&data[..488], &[7; 488][..]);
         assert_eq!(&data[488..], &[0; 24][..]);
         assert_eq!(rt.block_on(s.read(1000, 24)).unwrap(), vec![0; 24]);
+        let into = rt
+            .block_on(s.read_into(512, BytesMut::from(&[1u8; 512][..])))
+            .unwrap();
+        assert_eq!(&into[..], &data[..]);
         let map = rt.block_on(s.block_status(0, 1024)).unwrap();
         assert_eq!(map.iter().map(|a| a.len).sum::<u64>(), 1024);
         assert_eq!(

@@ -2,11 +2,14 @@
 //! actions and nothing else.
 //!
 //! One task owns the engine, the hydrator, the metadata and the target, and performs
-//! their actions in order; fetches run as separate tasks and report on a channel. Data
-//! is written with positioned writes; the engine asks for `fdatasync` only on its commit
-//! interval (about once a second), never per hydrate.
+//! their actions in order; fetches run as separate tasks and report on a channel, their
+//! data read straight into pooled buffers ([`super::fetch`]). Hydrate writes go to the
+//! writer thread ([`super::writer`]), which batches them and reports each completion
+//! back, so fetching and writing overlap. The engine asks for `fdatasync` only on its
+//! commit interval (about once a second), never per hydrate, and it runs off this task
+//! too, while fetches and writes go on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,17 +22,19 @@ use rehydrate_driver::meta::Metadata;
 use rehydrate_driver::{Geometry, RegionMap, Status};
 use tokio::sync::mpsc;
 
+use super::buffers::BufferPool;
+use super::changes::{stamp_of, Changes};
+use super::fetch::{fetch_parts, Parts};
 use super::live::front::{Front, LowerDone};
 use super::live::{Request, Shared};
 use super::meta_file::FileMetaStore;
 use super::status_report::StatusReport;
 use super::target::Target;
 use super::timeline::Timeline;
+use super::writer::{Job, Writer};
 use crate::error::ServiceError;
-use crate::hydrator::{
-    FetchId, Hydrator, HydratorConfig, Input, Missing, Output, PayloadRef, Progress,
-};
-use crate::source::{fetch, Fetched, Source, SourceError};
+use crate::hydrator::{FetchId, Hydrator, HydratorConfig, Input, Missing, Output, Progress};
+use crate::source::{Source, SourceError};
 
 /// How often the engine and hydrator get a tick when nothing else happens.
 const TICK_INTERVAL: Duration = Duration::from_millis(100);
@@ -73,9 +78,9 @@ enum Stop {
     Done,
 }
 
-type FetchResult = (FetchId, Result<Fetched, SourceError>);
-/// A lower flush finished: its handle and status.
-type FlushResult = (LowerId, Status);
+type FetchResult = (FetchId, Result<Parts, SourceError>);
+/// A lower flush or hydrate write finished: its handle and status.
+type LowerResult = (LowerId, Status);
 
 pub(super) struct Shell<S: Source> {
     geometry: Geometry,
@@ -86,12 +91,16 @@ pub(super) struct Shell<S: Source> {
     target: Arc<Target>,
     map: Arc<RegionMap>,
     live: Option<Live>,
+    /// The map of changes since the backup, whose session ends cleanly with the run.
+    changes: Option<Changes>,
     stop: Stop,
     timeline: Option<Timeline>,
     source: Arc<S>,
-    payloads: HashMap<FetchId, Vec<u8>>,
-    /// Payload of each hydrate the engine is writing.
-    batch_payloads: HashMap<BatchId, PayloadRef>,
+    /// Fetch buffers, reused (bounded by the hydrator's fetches and hydrates).
+    pool: Arc<BufferPool>,
+    writer: Writer,
+    /// The fetch whose data the hydrator is handing out (only while it does).
+    fetched: Option<(FetchId, Parts)>,
     inputs: VecDeque<OwnedInput>,
     all_restored: bool,
     failure: Option<ServiceError>,
@@ -100,8 +109,10 @@ pub(super) struct Shell<S: Source> {
     started: Instant,
     tx: mpsc::UnboundedSender<FetchResult>,
     rx: mpsc::UnboundedReceiver<FetchResult>,
-    flush_tx: mpsc::UnboundedSender<FlushResult>,
-    flush_rx: mpsc::UnboundedReceiver<FlushResult>,
+    flush_tx: mpsc::UnboundedSender<LowerResult>,
+    flush_rx: mpsc::UnboundedReceiver<LowerResult>,
+    written_tx: mpsc::UnboundedSender<LowerResult>,
+    written_rx: mpsc::UnboundedReceiver<LowerResult>,
 }
 
 /// Hydrator inputs the shell queues while performing actions.
@@ -128,11 +139,25 @@ impl<S: Source> Shell<S> {
         config: HydratorConfig,
         source: Arc<S>,
         live: Option<Live>,
+        changes: Option<Changes>,
         timeline: bool,
     ) -> Result<Shell<S>, ServiceError> {
         let geometry = *map.geometry();
         let (tx, rx) = mpsc::unbounded_channel();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let (written_tx, written_rx) = mpsc::unbounded_channel();
+        // Every fetch in flight, plus the hydrates the hydrator lets wait for the writer
+        // (twice the fetches' bytes): what is in use at most, kept for reuse.
+        let pool = Arc::new(BufferPool::new(
+            usize::try_from(config.fetch_size_bytes).unwrap_or(usize::MAX),
+            3 * config.in_flight_max,
+        ));
+        let writer = Writer::start(Arc::clone(&target), Arc::clone(&pool), written_tx.clone())
+            .map_err(|source| ServiceError::TargetIo {
+                op: "start the writer for",
+                path: target.path().to_owned(),
+                source,
+            })?;
         Ok(Shell {
             geometry,
             engine: Engine::new(Arc::clone(&map), EngineConfig::default()),
@@ -142,11 +167,13 @@ impl<S: Source> Shell<S> {
             target,
             map,
             live,
+            changes,
             stop: Stop::Running,
             timeline: timeline.then(Timeline::default),
             source,
-            payloads: HashMap::new(),
-            batch_payloads: HashMap::new(),
+            pool,
+            writer,
+            fetched: None,
             inputs: VecDeque::new(),
             all_restored: false,
             failure: None,
@@ -156,6 +183,8 @@ impl<S: Source> Shell<S> {
             rx,
             flush_tx,
             flush_rx,
+            written_tx,
+            written_rx,
         })
     }
 
@@ -240,6 +269,14 @@ impl<S: Source> Shell<S> {
                         self.perform_engine(actions);
                     }
                 }
+                written = self.written_rx.recv() => {
+                    if let Some(done) = written {
+                        self.on_written(done);
+                        while let Ok(done) = self.written_rx.try_recv() {
+                            self.on_written(done);
+                        }
+                    }
+                }
                 event = next_live(&mut self.live, self.stop) => self.on_live(event),
                 _ = tokio::time::sleep(sleep) => {}
             }
@@ -252,6 +289,7 @@ impl<S: Source> Shell<S> {
         }
         bar.set_position(self.restored_bytes());
         bar.finish_and_clear();
+        self.end_changes();
         // The caller writes the final snapshot once it knows how the restore ended.
         self.fill_status(status);
         Ok(Outcome {
@@ -261,6 +299,29 @@ impl<S: Source> Shell<S> {
             complete: self.map.is_all_restored(),
             restored_bytes: self.restored_bytes(),
         })
+    }
+
+    /// A clean end (every region restored, or the live export stopped and flushed):
+    /// the map of changes is committed *clean* with the target's stamp. If that fails,
+    /// it stays *open*, and the next backup reads everything.
+    fn end_changes(&mut self) {
+        let Some(changes) = &mut self.changes else {
+            return;
+        };
+        let stamp = match stamp_of(self.target.file()) {
+            Ok(stamp) => stamp,
+            Err(e) => {
+                tracing::warn!(%e, "restore: cannot stamp the target; the next backup reads everything");
+                return;
+            }
+        };
+        self.engine.prepare_durable_view();
+        let engine = &self.engine;
+        if let Err(e) = changes.end(&mut self.meta, &mut self.store, stamp, |w| {
+            engine.durable_word(w)
+        }) {
+            tracing::warn!(%e, "restore: the map of changes could not be closed; the next backup reads everything");
+        }
     }
 
     /// Brings the status snapshot up to date and writes it when due.
@@ -323,7 +384,11 @@ impl<S: Source> Shell<S> {
         match self.stop {
             Stop::Running => false,
             Stop::Draining(since) => {
-                if live.front.in_flight() > 0 && since.elapsed() < STOP_GRACE {
+                let taken = live
+                    .shared
+                    .requests_in_flight
+                    .load(std::sync::atomic::Ordering::Acquire);
+                if (live.front.in_flight() > 0 || taken > 0) && since.elapsed() < STOP_GRACE {
                     return false;
                 }
                 let mut actions = Vec::new();
@@ -395,20 +460,30 @@ impl<S: Source> Shell<S> {
         self.feed(Input::Tick { now_ns });
     }
 
-    fn on_fetch_result(&mut self, id: FetchId, result: Result<Fetched, SourceError>) {
+    /// A hydrate write finished (the writer let its buffer go first).
+    fn on_written(&mut self, (lower, status): LowerResult) {
+        let mut actions = Vec::new();
+        self.engine
+            .handle(Event::LowerCompleted { lower, status }, &mut actions);
+        self.perform_engine(actions);
+    }
+
+    fn on_fetch_result(&mut self, id: FetchId, result: Result<Parts, SourceError>) {
         match result {
-            Ok(fetched) => {
+            Ok(parts) => {
                 let secs = self.now_ns() as f64 / 1e9;
                 if let Some(t) = &mut self.timeline {
                     t.source_up(secs);
                 }
-                self.payloads.insert(id, fetched.data);
+                let segments = parts.segments.clone();
+                self.fetched = Some((id, parts));
                 self.feed(Input::Fetched {
                     fetch: id,
-                    segments: &fetched.segments,
+                    segments: &segments,
                 });
-                // Every hydrate of this fetch has been written (or dropped) by now.
-                self.payloads.remove(&id);
+                // Every hydrate of this fetch went to the writer (or was dropped) by now:
+                // the writer holds what it needs of the buffers.
+                self.fetched = None;
             }
             Err(e @ SourceError::Changed { .. }) => {
                 // Never continue against another source than the one pinned.
@@ -472,11 +547,13 @@ impl<S: Source> Shell<S> {
                 block_status,
                 ..
             } => {
-                let source = Arc::clone(&self.source);
+                let (source, pool) = (Arc::clone(&self.source), Arc::clone(&self.pool));
                 let tx = self.tx.clone();
                 let geometry = self.geometry;
                 tokio::spawn(async move {
-                    let result = fetch(source.as_ref(), &geometry, offset, len, block_status).await;
+                    let result =
+                        fetch_parts(source.as_ref(), &pool, &geometry, offset, len, block_status)
+                            .await;
                     let _ = tx.send((id, result));
                 });
             }
@@ -487,9 +564,9 @@ impl<S: Source> Shell<S> {
                 zero,
                 payload,
             } => {
-                if let Some(p) = payload {
-                    self.batch_payloads.insert(batch, p);
-                }
+                // A hydrate's data is the fetch's being handed out, found by volume offset.
+                debug_assert!(payload
+                    .is_none_or(|p| self.fetched.as_ref().is_some_and(|(id, _)| *id == p.fetch)));
                 let mut actions = Vec::new();
                 self.engine.handle(
                     Event::Hydrate {
@@ -564,12 +641,41 @@ impl<S: Source> Shell<S> {
                     batch,
                     offset,
                     len,
-                    payload_offset,
                     zero,
+                    ..
                 } => {
-                    let status = self.write_hydrate(batch, offset, len, payload_offset, zero);
-                    self.engine
-                        .handle(Event::LowerCompleted { lower, status }, &mut more);
+                    let job = if zero {
+                        Some(Job::Zero { lower, offset, len })
+                    } else {
+                        // The engine writes a hydrate when it gets it: its fetch is the one
+                        // being handed out, and the bytes are those of the write's range.
+                        self.fetched
+                            .as_ref()
+                            .and_then(|(_, parts)| parts.bytes(offset, len))
+                            .map(|data| Job::Write {
+                                lower,
+                                offset,
+                                data,
+                            })
+                    };
+                    match job {
+                        Some(job) => self.writer.submit(job, &self.written_tx),
+                        None => {
+                            tracing::error!(
+                                batch,
+                                offset,
+                                len,
+                                "restore: hydrate without its payload"
+                            );
+                            self.engine.handle(
+                                Event::LowerCompleted {
+                                    lower,
+                                    status: Status::INVALID_PARAMETER,
+                                },
+                                &mut more,
+                            );
+                        }
+                    }
                 }
                 Action::FlushDown { lower } => {
                     // fdatasync of a large dirty target takes long: run it off this task
@@ -610,7 +716,6 @@ impl<S: Source> Shell<S> {
                     }
                 }
                 Action::HydrateDone { batch, status } => {
-                    self.batch_payloads.remove(&batch);
                     if !status.is_success() {
                         self.failure.get_or_insert(ServiceError::LowerFailed {
                             status: status.0,
@@ -655,42 +760,6 @@ impl<S: Source> Shell<S> {
             }
             queue.extend(more);
         }
-    }
-
-    fn write_hydrate(
-        &mut self,
-        batch: BatchId,
-        offset: u64,
-        len: u64,
-        payload_offset: u64,
-        zero: bool,
-    ) -> Status {
-        let result = if zero {
-            self.target.zero(offset, len)
-        } else {
-            match self.payload(batch, payload_offset, len) {
-                Some(data) => self.target.write_at(offset, data),
-                None => {
-                    tracing::error!(batch, "restore: hydrate without its payload");
-                    return Status::INVALID_PARAMETER;
-                }
-            }
-        };
-        match result {
-            Ok(()) => Status::SUCCESS,
-            Err(e) => {
-                tracing::error!(%e, offset, len, "restore: write failed");
-                Status::IO_DEVICE_ERROR
-            }
-        }
-    }
-
-    fn payload(&self, batch: BatchId, payload_offset: u64, len: u64) -> Option<&[u8]> {
-        let p = self.batch_payloads.get(&batch)?;
-        let data = self.payloads.get(&p.fetch)?;
-        let start = usize::try_from(p.offset.checked_add(payload_offset)?).ok()?;
-        let end = start.checked_add(usize::try_from(len).ok()?)?;
-        data.get(start..end)
     }
 }
 

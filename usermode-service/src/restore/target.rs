@@ -9,6 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rehydrate_driver::meta::TargetPin;
 use rehydrate_nbd::PositionalIo;
@@ -28,6 +29,7 @@ pub struct Target {
     end_bytes: u64,
     /// The file did not exist and was created for this restore.
     pub created: bool,
+    inline: InlineWrites,
 }
 
 /// Most extents one [`Target::allocation`] call reports.
@@ -35,6 +37,36 @@ pub const ALLOCATION_STEPS_MAX: usize = 4096;
 
 /// Largest zero buffer written at once where holes cannot be punched.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// Largest write [`Target::write_at_now`] does on the caller's thread without
+/// `RWF_NOWAIT`.
+pub const INLINE_WRITE_MAX_BYTES: u64 = 64 << 10;
+/// The page size those writes must be aligned to (whole pages: nothing to read first).
+const INLINE_WRITE_PAGE_BYTES: u64 = 4096;
+/// A write on the caller's thread slower than this means the kernel makes writers wait.
+pub const INLINE_WRITE_SLOW: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long writes then go to the pool.
+pub const INLINE_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What [`Target::write_at_now`] learned about this target.
+#[derive(Debug)]
+struct InlineWrites {
+    /// `RWF_NOWAIT` buffered writes are worth trying (until the file system refuses).
+    nowait: AtomicBool,
+    /// Writes go to the pool until then (ns since `opened`).
+    paused_until_ns: AtomicU64,
+    opened: std::time::Instant,
+}
+
+impl Default for InlineWrites {
+    fn default() -> Self {
+        InlineWrites {
+            nowait: AtomicBool::new(true),
+            paused_until_ns: AtomicU64::new(0),
+            opened: std::time::Instant::now(),
+        }
+    }
+}
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ServiceError + 'a {
     move |source| ServiceError::TargetIo {
@@ -71,6 +103,7 @@ impl Target {
             size_bytes,
             end_bytes: size_bytes,
             created: false,
+            inline: InlineWrites::default(),
         }))
     }
 
@@ -92,6 +125,7 @@ impl Target {
             size_bytes,
             end_bytes: size_bytes,
             created: true,
+            inline: InlineWrites::default(),
         })
     }
 
@@ -149,11 +183,139 @@ impl Target {
         self.file.write_all_at(&data[..keep], offset)
     }
 
+    /// Writes `parts` one after the other from `offset`, with as few `pwritev` calls as
+    /// the kernel allows (what lies past the end is the padded last sector: dropped).
+    pub fn write_vectored_at(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
+        use std::io::IoSlice;
+        /// `IOV_MAX` on Linux: more slices than this in one call are refused.
+        const SLICES_MAX: usize = 1024;
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let mut keep = self.clipped(offset, total);
+        // The parts cut at the end, then written from `done` on.
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(parts.len());
+        for part in parts {
+            let n = (part.len() as u64).min(keep) as usize;
+            if n > 0 {
+                pieces.push(&part[..n]);
+            }
+            keep -= n as u64;
+        }
+        let mut first = 0usize;
+        let mut skip = 0usize;
+        let mut at = offset;
+        // Each call writes at least one byte or fails, so this ends.
+        while first < pieces.len() {
+            let end = pieces.len().min(first + SLICES_MAX);
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(end - first);
+            slices.push(IoSlice::new(&pieces[first][skip..]));
+            slices.extend(pieces[first + 1..end].iter().map(|p| IoSlice::new(p)));
+            let mut written = match super::target_os::pwritev(&self.file, &slices, at) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            at += written as u64;
+            while written > 0 {
+                let left = pieces[first].len() - skip;
+                if written >= left {
+                    written -= left;
+                    first += 1;
+                    skip = 0;
+                } else {
+                    skip += written;
+                    written = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to start writing `[offset, offset + len)` out now, without
+    /// waiting (`POSIX_FADV_DONTNEED` starts writeback of dirty pages; pages still
+    /// being written stay cached). A hint: a failure changes nothing.
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        let len = self.clipped(offset, len);
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            super::target_os::start_writeback(&self.file, offset, len);
+        }
+    }
+
     /// Reads `buf.len()` bytes at `offset`; bytes past the end read as zeros.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let keep = self.clipped(offset, buf.len() as u64) as usize;
         buf[keep..].fill(0);
         self.file.read_exact_at(&mut buf[..keep], offset)
+    }
+
+    /// Reads like [`Target::read_at`] but only if that needs no waiting (the data is in
+    /// the page cache: `preadv2` with `RWF_NOWAIT`): `Ok(false)` when it would have to
+    /// wait, so the caller does it on a thread that may block.
+    pub fn read_at_now(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
+        use super::target_os::{pread_nowait, Nowait};
+        let keep = self.clipped(offset, buf.len() as u64) as usize;
+        let (data, past_end) = buf.split_at_mut(keep);
+        let mut done = 0usize;
+        while done < data.len() {
+            match pread_nowait(&self.file, &mut data[done..], offset + done as u64)? {
+                Nowait::Done(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Nowait::Done(n) => done += n,
+                Nowait::Interrupted => continue,
+                Nowait::WouldWait | Nowait::Unsupported => return Ok(false),
+            }
+        }
+        past_end.fill(0);
+        Ok(true)
+    }
+
+    /// Writes like [`Target::write_at`] if that can be done without a hop to a thread
+    /// that may block; `Ok(false)`: do it there (nothing was written, or a part that the
+    /// caller writes again with the same bytes).
+    ///
+    /// - With `pwritev2(RWF_NOWAIT)`, where the file system supports it for buffered
+    ///   writes (XFS; not ext4 as of Linux 6.18): written only if no waiting is needed.
+    /// - Else small page-aligned writes ([`INLINE_WRITE_MAX_BYTES`]): they replace whole
+    ///   pages, so the kernel reads nothing and only copies into the page cache. They
+    ///   can still wait when the kernel throttles writers (too much dirty data); a write
+    ///   that took longer than [`INLINE_WRITE_SLOW`] sends every write to the pool for
+    ///   [`INLINE_WRITE_PAUSE`], so a throttled disk costs the caller one slow write.
+    pub fn write_at_now(&self, offset: u64, data: &[u8]) -> std::io::Result<bool> {
+        use super::target_os::{pwrite_nowait, Nowait};
+        let keep = self.clipped(offset, data.len() as u64) as usize;
+        if self.inline.nowait.load(Ordering::Relaxed) {
+            let mut done = 0usize;
+            while done < keep {
+                match pwrite_nowait(&self.file, &data[done..keep], offset + done as u64)? {
+                    Nowait::Done(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Nowait::Done(n) => done += n,
+                    Nowait::Interrupted => continue,
+                    Nowait::WouldWait => return Ok(false),
+                    Nowait::Unsupported if done == 0 => {
+                        self.inline.nowait.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    Nowait::Unsupported => return Ok(false),
+                }
+            }
+            if done == keep {
+                return Ok(true);
+            }
+        }
+        let page = INLINE_WRITE_PAGE_BYTES;
+        let small = data.len() as u64 <= INLINE_WRITE_MAX_BYTES
+            && offset % page == 0
+            && (data.len() as u64 % page == 0 || offset + data.len() as u64 >= self.end_bytes);
+        let now_ns = self.inline.opened.elapsed().as_nanos() as u64;
+        if !small || now_ns < self.inline.paused_until_ns.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let started = std::time::Instant::now();
+        self.write_at(offset, data)?;
+        if started.elapsed() > INLINE_WRITE_SLOW {
+            let until = now_ns + INLINE_WRITE_PAUSE.as_nanos() as u64;
+            self.inline.paused_until_ns.store(until, Ordering::Relaxed);
+        }
+        Ok(true)
     }
 
     /// Makes `[offset, offset + len)` read as zeros: a punched hole in a regular file
@@ -279,6 +441,59 @@ mod tests {
             assert!(map.iter().any(|e| !e.hole));
         } else {
             assert_eq!(map, vec![Extent::data(1 << 20)]);
+        }
+    }
+
+    #[test]
+    fn vectored_writes_land_in_order_and_are_clipped_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let mut t = Target::create(&p, 5000).unwrap();
+        t.fit(5000, false).unwrap();
+        let parts: Vec<Vec<u8>> = (1..=3u8).map(|b| vec![b; 2048]).collect();
+        let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        t.write_vectored_at(0, &slices).unwrap();
+        t.start_writeback(0, 8192);
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes.len(), 5000);
+        assert_eq!(&bytes[..2048], &[1; 2048][..]);
+        assert_eq!(&bytes[2048..4096], &[2; 2048][..]);
+        assert_eq!(&bytes[4096..], &[3; 904][..]);
+        // More slices than one call takes.
+        let many: Vec<&[u8]> = (0..2000).map(|_| &[9u8][..]).collect();
+        t.write_vectored_at(100, &many).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(&bytes[100..2100], &[9; 2000][..]);
+    }
+
+    #[test]
+    fn reads_and_writes_that_need_no_waiting_are_done_at_once_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let mut t = Target::create(&p, 10_000).unwrap();
+        t.fit(10_000, false).unwrap();
+        t.write_at(0, &[4; 10_000]).unwrap();
+        // Just written: in the page cache, so no waiting is needed to read it.
+        let mut buf = [0u8; 4096];
+        if t.read_at_now(8192, &mut buf).unwrap() {
+            assert_eq!(&buf[..1808], &[4; 1808][..]);
+            assert_eq!(&buf[1808..], &[0; 2288][..], "past the end reads as zeros");
+        }
+        // A small write of whole pages is done here (clipped at the end)...
+        assert!(t.write_at_now(8192, &[5; 4096]).unwrap());
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes.len(), 10_000, "clipped at the end");
+        assert_eq!(&bytes[8192..], &[5; 1808][..]);
+        // ...one of part of a page, or a large one, only where the file system can
+        // promise not to wait; else nothing is written.
+        for (offset, len) in [
+            (100u64, 512usize),
+            (0, (INLINE_WRITE_MAX_BYTES + 4096) as usize),
+        ] {
+            let before = std::fs::read(&p).unwrap();
+            if !t.write_at_now(offset, &vec![6; len]).unwrap() {
+                assert_eq!(std::fs::read(&p).unwrap(), before, "{offset}+{len}");
+            }
         }
     }
 

@@ -84,6 +84,31 @@ impl Drop for Proc {
     }
 }
 
+/// A child process killed and reaped on drop unless taken out first (a test that
+/// fails half-way leaves no process behind).
+pub struct Running(pub Option<Child>);
+
+impl Running {
+    /// The child, running.
+    pub fn get(&mut self) -> &mut Child {
+        self.0.as_mut().expect("still running")
+    }
+
+    /// The child, no longer guarded (to wait for its output).
+    pub fn take(&mut self) -> Child {
+        self.0.take().expect("still running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 pub fn wait_listening(port: u16, child: &mut Child) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -1,6 +1,6 @@
 //! The shell's side of the live export: the requests the engine knows by id, and the
-//! three engine actions that concern them. `Forward` runs the I/O on a blocking thread
-//! and reports back as [`LowerDone`] (the shell feeds `LowerCompleted`); `Hold` starts
+//! three engine actions that concern them. `Forward` runs the I/O at once when it needs
+//! no waiting, else on a blocking thread, and reports back as [`LowerDone`] (the shell feeds `LowerCompleted`); `Hold` starts
 //! the miss clock; `Complete` answers the client.
 
 use std::collections::HashMap;
@@ -13,7 +13,7 @@ use rehydrate_driver::Status;
 use rehydrate_nbd::ExportError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::io::{perform, Op};
+use super::io::{perform, perform_now, Op};
 use super::Request;
 use crate::restore::target::Target;
 
@@ -118,6 +118,18 @@ impl Front {
             debug_assert!(false, "forward of unknown request {id}");
             return;
         };
+        // Cached data and plain writes at once; the rest on a thread that may block.
+        if let Some(done) = perform_now(&self.target, &entry.op) {
+            let (status, data) = match done {
+                Ok(data) => (Status::SUCCESS, data),
+                Err(e) => {
+                    tracing::error!(%e, op = ?entry.op, "live export: target I/O failed");
+                    (Status::IO_DEVICE_ERROR, Bytes::new())
+                }
+            };
+            let _ = self.done_tx.send((lower, id, status, data));
+            return;
+        }
         let (op, target, tx) = (
             entry.op.clone(),
             Arc::clone(&self.target),

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rehydrate_driver::changed::Tracker;
 use rehydrate_driver::geometry::SECTOR_SIZE_BYTES;
 use rehydrate_driver::RegionMap;
 use rehydrate_nbd::{BoxFuture, Catalog, Export, ExportError, Extent};
@@ -60,12 +61,34 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Connections open now.
     pub clients: AtomicU64,
+    /// Requests being taken, and pass-through ones doing their I/O (a stop waits for
+    /// them).
+    pub requests_in_flight: AtomicU64,
     /// The export's size: the source's exact size.
     pub size_bytes: u64,
     /// The target, for pass-through I/O and block status.
     pub target: Arc<Target>,
     /// The region map, for block status.
     pub map: Arc<RegionMap>,
+    /// Marks the map of changes since the backup as writes are taken.
+    pub changes: Option<Tracker>,
+}
+
+/// Counts a request while it is being taken and, in pass-through, while it does its
+/// I/O: a stop waits until none is.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicU64) -> InFlight<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The live volume as an NBD export.
@@ -210,11 +233,21 @@ impl<S: Source> LiveExport<S> {
                 self.check(offset, len)?;
                 debug_assert!(self.boundary(offset) && self.boundary(offset + len));
             }
+            // Counted before the stop is checked, so a stop that finds none in flight
+            // finds none later either (and none taken that it did not wait for).
+            let _counted = InFlight::enter(&self.shared.requests_in_flight);
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Err(ExportError::ShuttingDown);
             }
+            // A write counts as a change from the moment it is taken.
+            if let (Some(tracker), Some((offset, len))) = (&self.shared.changes, op.written()) {
+                tracker.on_write(offset, len);
+            }
             // The one branch a restored volume costs.
             if self.shared.passthrough.load(Ordering::Acquire) {
+                if let Some(done) = io::perform_now(&self.shared.target, &op) {
+                    return done.map_err(ExportError::Io);
+                }
                 let target = Arc::clone(&self.shared.target);
                 return tokio::task::spawn_blocking(move || io::perform(&target, &op))
                     .await

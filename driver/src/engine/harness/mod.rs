@@ -2,6 +2,16 @@
 //! service that answers or fails fetches, an atomic metadata store, and an oracle that
 //! knows what every sector may hold (DESIGN.md section 3). Unit tests drive it by hand;
 //! the model test drives it from proptest.
+//!
+//! Every check panics with a message starting `model:` (so a test can tell the oracle
+//! catching a bug from anything else). Besides values it judges every error completion
+//! on its own (`judge.rs`): a status is explained only by a fault the bench injected
+//! that hit that request while it was alive. Reads may race writes that are still at
+//! the device; the bench's service remembers the regions whose delivered data the
+//! engine dropped, and after every step the bench checks the engine's stated bounds
+//! and that nothing is left stranded.
+
+mod judge;
 
 extern crate std;
 
@@ -18,6 +28,7 @@ use crate::region::RegionMap;
 use crate::status::{FailReason, Status};
 use alloc::sync::Arc;
 use core::ops::Range;
+use std::collections::BTreeSet;
 
 /// What the device holds where nobody wrote: never acceptable.
 pub(crate) const GARBAGE: u32 = 0xFFFF_FFFF;
@@ -40,6 +51,20 @@ impl Expect {
             Expect::Any => v != GARBAGE,
         }
     }
+
+    /// This set plus `v`.
+    fn with(&self, v: u32) -> Expect {
+        match self {
+            Expect::Exact(e) if *e == v => Expect::Exact(v),
+            Expect::Exact(e) => Expect::AnyOf(vec![*e, v]),
+            Expect::AnyOf(set) => {
+                let mut set = set.clone();
+                set.push(v);
+                Expect::AnyOf(set)
+            }
+            Expect::Any => Expect::Any,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +81,13 @@ pub(crate) struct AppReq {
     pub values: Vec<u32>,
     /// What a forwarded read saw.
     pub read: Option<Vec<u32>>,
+    /// When it was issued (bench time).
+    pub issued_ns: u64,
+    /// Error statuses a fault that hit it explains (bits of `Status::fault_bit`).
+    pub excused: u16,
+    /// A read racing writes at the device: per sector, what it may also return (what
+    /// was acknowledged when it was issued, or a racing write's value).
+    pub race: Vec<Expect>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +146,17 @@ pub(crate) struct Harness {
     /// Marks ever offered to the metadata, each checked against durable data.
     offered_words: Vec<u64>,
     rng: u64,
+    /// Regions of each hydrate batch sent, by batch.
+    batches: BTreeMap<BatchId, Range<u64>>,
+    /// Regions whose data the service delivered and the engine dropped, not restored
+    /// since: the service believes them done, so somebody must ask for them again.
+    dropped: BTreeSet<u64>,
+    /// Reservations the engine was told to fail are not used up yet.
+    no_memory: bool,
+    /// The regions of the hydrate being fed, batch by batch.
+    delivering: Range<u64>,
+    /// The last time a tick gave the current engine (None: it has had none yet).
+    engine_clock: Option<u64>,
     next_id: RequestId,
     next_batch: BatchId,
     issue_seq: u64,
@@ -177,6 +220,11 @@ impl Harness {
             committed_words: vec![0; (regions as usize).div_ceil(64)],
             offered_words: vec![0; (regions as usize).div_ceil(64)],
             rng: regions ^ 0x5EED,
+            batches: BTreeMap::new(),
+            dropped: BTreeSet::new(),
+            no_memory: false,
+            delivering: 0..0,
+            engine_clock: None,
             next_id: 1,
             next_batch: 1,
             issue_seq: 0,
@@ -189,13 +237,18 @@ impl Harness {
     }
 
     /// May an app request on these sectors be issued now? A file system never has two
-    /// overlapping requests at the device at once, but may pile them up while held.
-    pub fn may_issue(&self, sector: usize, sectors: usize) -> bool {
+    /// overlapping requests at the device at once unless the filter holds or ordered
+    /// the earlier one (held, or held and still at the device); reads may also race
+    /// reads, and writes or trims still at the device.
+    pub fn may_issue(&self, kind: AppKind, sector: usize, sectors: usize) -> bool {
         self.apps.values().all(|a| {
-            a.kind == AppKind::Flush
-                || a.ever_held && !a.forwarded
-                || a.sector + a.sectors <= sector
-                || sector + sectors <= a.sector
+            let overlap = a.sector < sector + sectors && sector < a.sector + a.sectors;
+            let at_device = a.forwarded && !a.lower_done;
+            !overlap
+                || a.kind == AppKind::Flush
+                || a.ever_held && !a.lower_done
+                || kind == AppKind::Read && a.kind == AppKind::Read
+                || kind == AppKind::Read && at_device && a.kind != AppKind::Flush
         })
     }
 
@@ -203,6 +256,9 @@ impl Harness {
         let mut out = core::mem::take(&mut self.out);
         out.clear();
         self.engine.handle(event, &mut out);
+        if !self.engine.reservations_pending() {
+            self.no_memory = false;
+        }
         if std::env::var_os("HARNESS_TRACE").is_some() {
             std::eprintln!("event {event:?}");
             for a in &out {
@@ -213,6 +269,7 @@ impl Harness {
             self.apply(action);
         }
         self.out = out;
+        self.check_step();
     }
 
     /// Issues an app request; returns its id.
@@ -241,8 +298,13 @@ impl Harness {
                 lower_done: false,
                 values,
                 read: None,
+                // Held requests are timed by the engine's clock, which moves with ticks.
+                issued_ns: self.engine_clock.unwrap_or(self.now_ns),
+                excused: 0,
+                race: Vec::new(),
             },
         );
+        self.note_issue(id);
         let offset = sector as u64 * SECTOR_SIZE_BYTES;
         let len = sectors as u64 * SECTOR_SIZE_BYTES;
         let event = match kind {
@@ -279,7 +341,7 @@ impl Harness {
                             && other.issue_seq < app.issue_seq
                             && other.ever_held
                             && !other.lower_done),
-                        "request {id} overtook an earlier held request on its sectors"
+                        "model: request {id} overtook an earlier held request on its sectors"
                     );
                 }
                 self.clock += 1;
@@ -345,9 +407,31 @@ impl Harness {
             }
             Action::CommitMetadata { commit } => self.commits.push(commit),
             Action::Complete { id, status } => self.complete(id, status),
-            Action::HydrateDone { .. } => {}
+            Action::HydrateDone { batch, status } => {
+                let regions = self.batches.remove(&batch);
+                if status.is_success() {
+                    // Delivered: what is not restored now, the engine dropped.
+                    let map = self.engine.map().clone();
+                    self.dropped.extend(
+                        regions
+                            .clone()
+                            .into_iter()
+                            .flatten()
+                            .filter(|&r| !map.is_restored(r)),
+                    );
+                } else {
+                    // Refused, or a write of it failed: the service fetches it again
+                    // (and no longer believes any of it done).
+                    if let Some(r) = regions {
+                        for region in r.clone() {
+                            self.dropped.remove(&region);
+                        }
+                        self.fetches.push(r);
+                    }
+                }
+            }
             Action::AllRestored => {
-                assert!(!self.all_restored_seen, "AllRestored said twice");
+                assert!(!self.all_restored_seen, "model: AllRestored said twice");
                 assert!(self.engine.map().is_all_restored());
                 self.all_restored_seen = true;
             }
@@ -383,6 +467,7 @@ impl Harness {
         self.clock += 1;
         let issued_at = self.flush_issued_at.remove(&id);
         if !status.is_success() {
+            self.judge_failure(id, &app, status);
             if let (AppKind::Write { .. }, true) = (app.kind, app.forwarded) {
                 // A failed write may have torn: each sector old or new.
                 for (i, &v) in app.values.iter().enumerate() {
@@ -408,14 +493,17 @@ impl Harness {
         match app.kind {
             AppKind::Read => {
                 let data = app.read.expect("read completed without data");
-                for (s, &v) in range.zip(data.iter()) {
+                for (i, (s, &v)) in range.zip(data.iter()).enumerate() {
+                    let raced = app.race.get(i).is_some_and(|r| r.allows(v));
                     assert!(
-                        self.acked[s].allows(v),
-                        "sector {s}: read {v:#x}, expected {:?} (backup {:#x})",
+                        raced || self.acked[s].allows(v),
+                        "model: sector {s}: read {v:#x}, expected {:?} (backup {:#x})",
                         self.acked[s],
                         self.backup[s]
                     );
-                    self.acked[s] = Expect::Exact(v);
+                    if app.race.is_empty() {
+                        self.acked[s] = Expect::Exact(v);
+                    }
                 }
                 self.completed_reads += 1;
             }
@@ -489,6 +577,9 @@ impl Harness {
         } else {
             Status::SUCCESS
         };
+        if fail {
+            self.excuse_lower_failure(&op);
+        }
         match op {
             LowerOp::App { id } => {
                 let app = self
@@ -553,6 +644,7 @@ impl Harness {
         let commit = self.commits.remove(0);
         if let Some(n) = fail_after {
             self.store.fail_after(n);
+            self.excuse_durability(Status::IO_DEVICE_ERROR);
         }
         let result = perform_commit(&mut self.engine, &mut self.meta, &mut self.store);
         self.store.clear_faults();
@@ -599,7 +691,7 @@ impl Harness {
             let v = self.durable[s];
             assert!(
                 self.after_crash(s).allows(v),
-                "region {region} durable before its data: sector {s} holds {v:#x} durably, may hold {:?}",
+                "model: region {region} durable before its data: sector {s} holds {v:#x} durably, may hold {:?}",
                 self.after_crash(s)
             );
         }
@@ -619,6 +711,7 @@ impl Harness {
     /// duplicates, stale data).
     pub fn hydrate(&mut self, regions: Range<u64>) {
         // The service splits at zero/data boundaries, as block status lets it.
+        self.delivering = regions.clone();
         let mut r = regions.start;
         while r < regions.end {
             let zero = self.zero_regions[r as usize];
@@ -629,6 +722,7 @@ impl Harness {
             let bytes = self.geometry.regions_byte_range(r..end);
             let batch = self.next_batch;
             self.next_batch += 1;
+            self.batches.insert(batch, r..end);
             self.feed(Event::Hydrate {
                 batch,
                 offset: bytes.start,
@@ -637,6 +731,7 @@ impl Harness {
             });
             r = end;
         }
+        self.delivering = 0..0;
     }
 
     /// Fails the `pick`-th outstanding fetch.
@@ -645,31 +740,82 @@ impl Harness {
             return false;
         }
         let regions = self.fetches.remove(pick % self.fetches.len());
+        self.fail_range(regions, reason);
+        true
+    }
+
+    /// The service reports `regions` failed, whatever it was asked (a whole chunk, a
+    /// widened range): only the regions the engine asked for and did not get fail.
+    pub fn fail_range(&mut self, regions: Range<u64>, reason: FailReason) {
+        let regions = regions.start..regions.end.min(self.geometry.region_count());
+        if regions.is_empty() {
+            return;
+        }
+        // The service gave up on them: it does not believe them done (it sweeps them
+        // again later).
+        for r in regions.clone() {
+            self.dropped.remove(&r);
+        }
+        self.excuse_fetch_failure(regions.clone(), reason);
         let bytes = self.geometry.regions_byte_range(regions);
         self.feed(Event::FetchFailed {
             offset: bytes.start,
             len: bytes.end - bytes.start,
             reason,
         });
+    }
+
+    /// The file system cancels the `pick`-th request the engine holds.
+    pub fn cancel(&mut self, pick: usize) -> bool {
+        let held: Vec<RequestId> = self
+            .apps
+            .iter()
+            .filter(|(_, a)| a.ever_held && !a.forwarded)
+            .map(|(&id, _)| id)
+            .collect();
+        if held.is_empty() {
+            return false;
+        }
+        let id = held[pick % held.len()];
+        self.excuse(id, Status::CANCELLED);
+        self.feed(Event::Cancel { id });
         true
+    }
+
+    /// The engine's next `count` reservations fail, as if memory ran out.
+    pub fn no_memory(&mut self, count: u32) {
+        self.engine.fail_next_reservations(count);
+        self.no_memory = count > 0;
+        let live: Vec<RequestId> = self.apps.keys().copied().collect();
+        for id in live {
+            self.excuse(id, Status::INSUFFICIENT_RESOURCES);
+        }
     }
 
     pub fn tick(&mut self, advance_ns: u64) {
         self.now_ns += advance_ns;
+        self.engine_clock = Some(self.now_ns);
         self.feed(Event::Tick {
             now_ns: self.now_ns,
         });
     }
 
-    /// The service restarts: outstanding fetches are lost and asked again.
+    /// The service restarts: outstanding fetches are lost and asked again; the new
+    /// instance sweeps everything, so it believes nothing done.
     pub fn restart_service(&mut self) {
         self.fetches.clear();
+        self.dropped.clear();
         self.feed(Event::ServiceAttached);
     }
 
     /// Power loss and reboot: each sector keeps its durable value or a later one, the
     /// engine reloads from the durable metadata, requests in flight are gone.
-    pub fn crash(&mut self, keep_live: impl Fn(usize) -> bool) {
+    pub fn crash(&mut self, keep_live: impl Fn(usize) -> bool, downtime_ns: u64) {
+        // A reboot takes a while: the new engine's first clock is well past zero.
+        self.now_ns += downtime_ns;
+        self.engine_clock = None;
+        self.dropped.clear();
+        self.batches.clear();
         for s in 0..self.sectors {
             if keep_live(s) && self.live_at[s] > self.durable_at[s] {
                 self.durable[s] = self.live[s];
@@ -683,17 +829,17 @@ impl Harness {
         self.rng = rng;
         let map = Arc::new(RegionMap::new(self.geometry).unwrap());
         self.meta = Metadata::open(&mut self.store, &self.identity, &map)
-            .expect("metadata must open after any crash");
+            .expect("model: metadata must open after any crash");
         for (w, &bits) in self.committed_words.iter().enumerate() {
             assert_eq!(
                 map.word(w) & bits,
                 bits,
-                "a committed mark was lost in word {w}"
+                "model: a committed mark was lost in word {w}"
             );
             assert_eq!(
                 map.word(w) & !self.offered_words[w],
                 0,
-                "a mark nobody offered appeared in word {w}"
+                "model: a mark nobody offered appeared in word {w}"
             );
         }
         for s in 0..self.sectors {
@@ -741,11 +887,11 @@ impl Harness {
         }
         assert!(
             self.apps.is_empty() && self.lower.is_empty(),
-            "did not settle"
+            "model: did not settle"
         );
-        assert!(self.engine.map().is_all_restored());
-        assert!(self.engine.is_passthrough());
-        assert!(self.all_restored_seen, "AllRestored never said");
+        assert!(self.engine.map().is_all_restored(), "model: not restored");
+        assert!(self.engine.is_passthrough(), "model: no pass-through");
+        assert!(self.all_restored_seen, "model: AllRestored never said");
         let step = 8;
         for s in (0..self.sectors).step_by(step) {
             let n = step.min(self.sectors - s);

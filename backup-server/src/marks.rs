@@ -1,0 +1,380 @@
+//! The handshake that lets `gc` run while backups run: backups announce the chunks they
+//! are about to reference; `gc` announces the chunks it is about to delete.
+//!
+//! Why not a grace period on chunk age: a backup that finds a chunk already stored
+//! reuses it without writing it, so the chunk can be old, unreferenced (its versions
+//! forgotten), and about to be deleted by a `gc` that cannot see the backup's index
+//! yet. Age says nothing about that reuse, and object stores cannot "touch" an object
+//! cheaply. So both sides write before they read (as in Dekker's algorithm):
+//!
+//! - a backup writes each chunk hash to `pending/ID/NNNNNNNN` *before* it checks whether
+//!   the store has the chunk, then reads `gc/condemned`; if a running gc condemned the
+//!   chunk, the backup waits for that gc to end and checks again (storing the chunk if
+//!   it is gone). It deletes its `pending/ID/` objects after publishing its index.
+//! - `gc` lists chunks, indexes and live pending hashes, writes the unreferenced chunks
+//!   to `gc/condemned` (create-if-not-exists: one gc at a time), lists indexes and
+//!   pending hashes *again*, and deletes only the condemned chunks still unreferenced.
+//!
+//! Either the backup's announcement came before gc's second listing (gc sees it and
+//! spares the chunk) or after gc's condemned list was written (the backup sees the
+//! chunk condemned and waits). Object stores here are strongly consistent (S3 has been
+//! since 2020; a local directory trivially). A killed backup's pending hashes protect
+//! its chunks until they are older than the pending expiry (`gc --pending-expiry`,
+//! default 24 hours); a backup must therefore not stall longer than that.
+//!
+//! Both objects have one format, integers little-endian:
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic: "RHYDPEND" (pending hashes) or "RHYDCOND" (condemned chunks)
+//!      8     4  format version = 1
+//!     12     4  reserved, 0
+//!     16     8  hash count N
+//!     24  32*N  chunk hashes
+//! 24+32N    32  checksum: BLAKE3 of every byte before it
+//! ```
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+
+use crate::chunk::ChunkHash;
+use crate::error::BackupError;
+use crate::store::ChunkStore;
+
+/// Magic of a backup's pending hashes.
+pub const PENDING_MAGIC: [u8; 8] = *b"RHYDPEND";
+/// Magic of a gc's condemned chunks.
+pub const CONDEMNED_MAGIC: [u8; 8] = *b"RHYDCOND";
+const FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 24;
+const CHECKSUM_BYTES: usize = 32;
+/// How often a backup waiting on a gc looks again.
+const GC_POLL: Duration = Duration::from_millis(250);
+/// Longest a backup waits for a gc holding a chunk it needs.
+pub const MAX_GC_WAIT: Duration = Duration::from_secs(3600);
+
+const _: () = assert!(std::mem::size_of::<ChunkHash>() == 32);
+
+/// Why bytes are not a marks object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarksError {
+    /// Shorter than header and checksum.
+    #[error("truncated: {0} bytes")]
+    Truncated(usize),
+    /// Not the magic expected.
+    #[error("bad magic")]
+    BadMagic,
+    /// Unknown format version or reserved bits set.
+    #[error("unsupported format {0}")]
+    Unsupported(u32),
+    /// The length does not match the count.
+    #[error("length {found} bytes does not match {count} hashes")]
+    Length {
+        /// Actual length.
+        found: usize,
+        /// Declared count.
+        count: u64,
+    },
+    /// The checksum does not match.
+    #[error("checksum mismatch")]
+    Checksum,
+}
+
+/// Encode `hashes` under `magic`.
+pub fn encode(magic: [u8; 8], hashes: &[ChunkHash]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + 32 * hashes.len() + CHECKSUM_BYTES);
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(hashes.len() as u64).to_le_bytes());
+    for h in hashes {
+        out.extend_from_slice(&h.0);
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+/// Decode an object written by [`encode`] with `magic`; checks every field before
+/// allocating, so it allocates at most what the input's length justifies.
+pub fn decode(magic: [u8; 8], bytes: &[u8]) -> Result<Vec<ChunkHash>, MarksError> {
+    if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
+        return Err(MarksError::Truncated(bytes.len()));
+    }
+    if bytes[..8] != magic {
+        return Err(MarksError::BadMagic);
+    }
+    let word =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    if word(8) != FORMAT_VERSION || word(12) != 0 {
+        return Err(MarksError::Unsupported(word(8)));
+    }
+    let mut count_bytes = [0u8; 8];
+    count_bytes.copy_from_slice(&bytes[16..24]);
+    let count = u64::from_le_bytes(count_bytes);
+    let body = bytes.len() - HEADER_BYTES - CHECKSUM_BYTES;
+    if body % 32 != 0 || (body / 32) as u64 != count {
+        return Err(MarksError::Length {
+            found: bytes.len(),
+            count,
+        });
+    }
+    let (signed, sum) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
+    if blake3::hash(signed).as_bytes() != sum {
+        return Err(MarksError::Checksum);
+    }
+    Ok(signed[HEADER_BYTES..]
+        .chunks_exact(32)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            ChunkHash(h)
+        })
+        .collect())
+}
+
+/// `gc/condemned`.
+pub fn condemned_path() -> Path {
+    Path::from_iter(["gc", "condemned"])
+}
+
+/// `pending/`.
+pub fn pending_root() -> Path {
+    Path::from("pending")
+}
+
+/// Read and decode a marks object; `None` if it does not exist.
+pub async fn read(
+    objects: &dyn ObjectStore,
+    path: &Path,
+    magic: [u8; 8],
+) -> Result<Option<Vec<ChunkHash>>, BackupError> {
+    let bytes = match objects.get(path).await {
+        Ok(got) => got.bytes().await.map_err(|e| BackupError::store(path, e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(BackupError::store(path, e)),
+    };
+    decode(magic, &bytes)
+        .map(Some)
+        .map_err(|e| BackupError::Marks {
+            path: path.to_string(),
+            source: e,
+        })
+}
+
+/// The identity of one `gc/condemned` object (one gc run): its entity tag and its
+/// last-modified time in nanoseconds, to notice it went or was replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RunTag(Option<String>, i64);
+
+async fn condemned_tag(objects: &dyn ObjectStore) -> Result<Option<RunTag>, BackupError> {
+    let path = condemned_path();
+    match objects.head(&path).await {
+        Ok(meta) => Ok(Some(RunTag(
+            meta.e_tag,
+            meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
+        ))),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(BackupError::store(&path, e)),
+    }
+}
+
+/// A backup's side of the handshake: announces hashes in batches (callers that arrive
+/// while a batch is being written share the next one) and keeps the newest condemned
+/// list it has read.
+pub struct Announcer {
+    objects: Arc<dyn ObjectStore>,
+    id: String,
+    queued: Mutex<Vec<ChunkHash>>,
+    state: tokio::sync::Mutex<AnnouncerState>,
+}
+
+#[derive(Default)]
+struct AnnouncerState {
+    batches: u32,
+    announced: HashSet<ChunkHash>,
+    condemned: Option<(RunTag, Arc<HashSet<ChunkHash>>)>,
+}
+
+impl Announcer {
+    /// A new announcer with an identity of its own.
+    pub fn new(store: &ChunkStore) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            objects: Arc::clone(store.objects()),
+            id: format!("{nanos:032x}-{:08x}", std::process::id()),
+            queued: Mutex::new(Vec::new()),
+            state: tokio::sync::Mutex::new(AnnouncerState::default()),
+        }
+    }
+
+    /// Announce `hash` (durably visible when this returns) and say whether a running
+    /// gc has condemned it: then call [`Announcer::wait_for_gc`] before checking
+    /// whether the store has it.
+    pub async fn announce(&self, hash: ChunkHash) -> Result<bool, BackupError> {
+        self.queued
+            .lock()
+            .map_err(|_| BackupError::Internal("lock poisoned".into()))?
+            .push(hash);
+        let mut state = self.state.lock().await;
+        if !state.announced.contains(&hash) {
+            let batch = std::mem::take(
+                &mut *self
+                    .queued
+                    .lock()
+                    .map_err(|_| BackupError::Internal("lock poisoned".into()))?,
+            );
+            // Our hash is in this batch: an earlier batch would have announced it.
+            debug_assert!(batch.contains(&hash));
+            state.batches += 1;
+            let path = pending_root()
+                .child(self.id.as_str())
+                .child(format!("{:08}", state.batches));
+            let payload = PutPayload::from(Bytes::from(encode(PENDING_MAGIC, &batch)));
+            self.objects
+                .put(&path, payload)
+                .await
+                .map_err(|e| BackupError::store(&path, e))?;
+            state.announced.extend(batch);
+            // Read the gc's side only after ours is visible.
+            let tag = condemned_tag(&*self.objects).await?;
+            state.condemned = match (tag, state.condemned.take()) {
+                (None, _) => None,
+                (Some(tag), Some((seen, set))) if seen == tag => Some((seen, set)),
+                (Some(tag), _) => read(&*self.objects, &condemned_path(), CONDEMNED_MAGIC)
+                    .await?
+                    .map(|hashes| (tag, Arc::new(hashes.into_iter().collect()))),
+            };
+        }
+        Ok(state
+            .condemned
+            .as_ref()
+            .is_some_and(|(_, set)| set.contains(&hash)))
+    }
+
+    /// Wait until the gc run whose condemned list held `hash` has ended (its list gone
+    /// or replaced), at most [`MAX_GC_WAIT`].
+    pub async fn wait_for_gc(&self, hash: &ChunkHash) -> Result<(), BackupError> {
+        let Some(tag) = self
+            .state
+            .lock()
+            .await
+            .condemned
+            .as_ref()
+            .map(|(t, _)| t.clone())
+        else {
+            return Ok(());
+        };
+        tracing::info!(chunk = %hash, "a running gc condemned a chunk this backup needs; waiting for it to end");
+        let started = Instant::now();
+        while condemned_tag(&*self.objects).await?.as_ref() == Some(&tag) {
+            if started.elapsed() > MAX_GC_WAIT {
+                return Err(BackupError::GcStuck {
+                    waited_secs: MAX_GC_WAIT.as_secs(),
+                    path: condemned_path().to_string(),
+                });
+            }
+            tokio::time::sleep(GC_POLL).await;
+        }
+        Ok(())
+    }
+
+    /// Withdraw every announcement (after the index is published, or on failure).
+    pub async fn finish(&self) -> Result<(), BackupError> {
+        let root = pending_root().child(self.id.as_str());
+        let listed: Vec<_> = self
+            .objects
+            .list(Some(&root))
+            .try_collect()
+            .await
+            .map_err(|e| BackupError::store(&root, e))?;
+        for meta in listed {
+            match self.objects.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(BackupError::store(&meta.location, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips_and_rejects() {
+        let hashes = vec![ChunkHash::of(b"a"), ChunkHash::of(b"b")];
+        let bytes = encode(PENDING_MAGIC, &hashes);
+        assert_eq!(bytes.len(), HEADER_BYTES + 64 + CHECKSUM_BYTES);
+        assert_eq!(decode(PENDING_MAGIC, &bytes).unwrap(), hashes);
+        assert_eq!(decode(CONDEMNED_MAGIC, &bytes), Err(MarksError::BadMagic));
+        assert_eq!(
+            decode(PENDING_MAGIC, &bytes[..10]),
+            Err(MarksError::Truncated(10))
+        );
+        let mut bad = bytes.clone();
+        bad[30] ^= 1;
+        assert_eq!(decode(PENDING_MAGIC, &bad), Err(MarksError::Checksum));
+        let mut long = bytes.clone();
+        long.insert(30, 0);
+        assert!(matches!(
+            decode(PENDING_MAGIC, &long),
+            Err(MarksError::Length { .. })
+        ));
+        let mut count = bytes;
+        count[16] = 3;
+        assert!(matches!(
+            decode(PENDING_MAGIC, &count),
+            Err(MarksError::Length { .. })
+        ));
+        assert_eq!(
+            decode(CONDEMNED_MAGIC, &encode(CONDEMNED_MAGIC, &[])).unwrap(),
+            vec![]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(PENDING_MAGIC, &bytes);
+        }
+    }
+
+    #[tokio::test]
+    async fn announcements_are_visible_and_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().to_str().unwrap(), true).unwrap();
+        let marks = Announcer::new(&store);
+        let (a, b) = (ChunkHash::of(b"a"), ChunkHash::of(b"b"));
+        assert!(!marks.announce(a).await.unwrap());
+        // A gc condemns b; the next announcement sees it.
+        let cond = PutPayload::from(encode(CONDEMNED_MAGIC, &[b]));
+        store.objects().put(&condemned_path(), cond).await.unwrap();
+        assert!(marks.announce(b).await.unwrap());
+        let pending = || async {
+            let listed: Vec<_> = store
+                .objects()
+                .list(Some(&pending_root()))
+                .try_collect()
+                .await
+                .unwrap();
+            listed.len()
+        };
+        assert_eq!(pending().await, 2);
+        // The gc ends: the wait is over.
+        store.objects().delete(&condemned_path()).await.unwrap();
+        marks.wait_for_gc(&b).await.unwrap();
+        marks.finish().await.unwrap();
+        assert_eq!(pending().await, 0);
+    }
+}
