@@ -1,8 +1,8 @@
 //! The command line (DESIGN.md section 4).
 //!
 //! ```text
-//! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--check-determinism] [--json]
-//! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--json]
+//! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--check-determinism] [--json]
+//! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--json]
 //! rehydrate-sim demo [--size 256MiB] [--seed N] [--keep] [--status-file PATH] [--json]
 //! ```
 //! `demo` ends with `demo: ok size=... secs=...` or `demo: FAILED <reason>`.
@@ -13,6 +13,7 @@
 use std::ops::Range;
 
 use clap::{Args, Parser, Subcommand};
+use rehydrate_driver::capture::CaptureMode;
 use rehydrate_driver::mutants::Mutant;
 
 use crate::faults::{Faults, FaultsError};
@@ -61,9 +62,13 @@ pub struct Common {
     /// fail-waiters-of-whole-range, keep-unwanted-requests, ask-every-missing-region,
     /// no-reask-after-failed-claim, hold-deadline-from-engine-start,
     /// complete-while-cancelable, flush-covers-later-marks,
-    /// skip-fua-commit-when-unflushed.
+    /// skip-fua-commit-when-unflushed; with --journal also sequence-at-dispatch,
+    /// point-inside-unflushed-epoch.
     #[arg(long, value_parser = parse_mutant)]
     pub mutant: Option<Mutant>,
+    /// Protect the volume: capture every write into a journal, `sync` or `async`.
+    #[arg(long, value_parser = parse_journal)]
+    pub journal: Option<CaptureMode>,
     /// Print results as JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -135,9 +140,21 @@ fn parse_faults(s: &str) -> Result<Faults, String> {
 
 fn parse_mutant(s: &str) -> Result<Mutant, String> {
     Mutant::from_name(s).ok_or_else(|| {
-        let names: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
+        let names: Vec<&str> = Mutant::ALL
+            .iter()
+            .chain(&Mutant::CAPTURE)
+            .map(|m| m.name())
+            .collect();
         format!("unknown mutant {s:?} (known: {})", names.join(", "))
     })
+}
+
+fn parse_journal(s: &str) -> Result<CaptureMode, String> {
+    match s {
+        "sync" => Ok(CaptureMode::Sync),
+        "async" => Ok(CaptureMode::Async),
+        _ => Err(format!("unknown journal mode {s:?} (known: sync, async)")),
+    }
 }
 
 fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
@@ -165,6 +182,7 @@ fn template(c: &Common, seed: u64) -> RunConfig {
         faults: c.faults,
         mutant: c.mutant,
         workload: Default::default(),
+        capture: c.journal,
     }
 }
 
@@ -273,6 +291,9 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
                 report.failures.len(),
                 report.irps_per_sec()
             );
+            if config.capture.is_some() {
+                println!("journal: {}", report.journal.line());
+            }
             if report.failures.is_empty() {
                 Ok(())
             } else {

@@ -19,6 +19,8 @@ pub mod demo;
 pub mod device;
 pub mod faults;
 pub mod irp;
+pub mod journal;
+pub mod journal_store;
 pub mod judge;
 pub mod kernel;
 pub mod link;
@@ -57,6 +59,8 @@ pub struct SweepReport {
     pub failures: Vec<(RunConfig, Outcome)>,
     /// Wall-clock seconds.
     pub wall_secs: f64,
+    /// What the journal checked, over the protected runs.
+    pub journal: journal::JournalStats,
 }
 
 impl SweepReport {
@@ -89,6 +93,9 @@ pub fn sweep(
         report.ops += outcome.ops_done;
         report.irps += outcome.irps;
         report.dispatches += outcome.dispatches;
+        if let Some(j) = outcome.journal {
+            report.journal.add(&j);
+        }
         each(&config, &outcome);
         if outcome.violation.is_some() {
             report.failures.push((config, outcome));

@@ -105,6 +105,7 @@ impl Machine {
         k.oracle
             .check_reboot(&words, &k.lower.disk, start, &mut k.v);
         self.filter = Some(Filter::new(map, meta, self.attach, self.filter_config));
+        self.capture_start();
     }
 
     pub(crate) fn io_manager_done(&mut self, irp: IrpId, link: &mut Link) {
@@ -156,6 +157,7 @@ impl Machine {
         self.wdf.lowers.clear();
         self.wdf.timer_gen += 1;
         self.filter = None;
+        self.capture_power_loss();
         self.service.vanish();
         link.reset();
         self.fs_irps.iter_mut().for_each(|f| *f = None);
