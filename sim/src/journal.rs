@@ -485,17 +485,10 @@ fn apply(image: &mut [u64], first: u64, sectors: u64, tags: Option<&[u64]>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rehydrate_driver::abi::{CaptureRecord, RecordBatchWriter, RecordFlags};
+    use rehydrate_driver::abi::batch_of;
 
     fn batch(records: &[CaptureRecord<'_>]) -> Vec<u8> {
-        let mut out = vec![0u8; 1 << 20];
-        let mut w = RecordBatchWriter::new(&mut out).unwrap();
-        for r in records {
-            w.push(r).unwrap();
-        }
-        let len = w.finish().unwrap();
-        out.truncate(len);
-        out
+        batch_of(records).unwrap()
     }
 
     fn write(seq: u64, sector: u64, tags: &[u64], bytes: &[u8]) -> CaptureRecord<'static> {

@@ -83,6 +83,16 @@ impl RunConfig {
     }
 }
 
+impl Outcome {
+    /// `ok`, or the violation and the command that replays it.
+    pub fn describe(&self, config: &RunConfig) -> String {
+        match &self.violation {
+            Some(v) => format!("{v}\n    replay: {}", config.replay_command()),
+            None => "ok".to_string(),
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {

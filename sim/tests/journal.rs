@@ -9,7 +9,7 @@ use rehydrate_driver::capture::CaptureMode;
 use rehydrate_driver::mutants::Mutant;
 use rehydrate_sim::journal::JournalStats;
 use rehydrate_sim::verifier::Rule;
-use rehydrate_sim::{run, Faults, Outcome, RunConfig};
+use rehydrate_sim::{run, Faults, RunConfig};
 
 /// Requests per seed.
 const OPS: u64 = 150;
@@ -24,13 +24,6 @@ fn config(seed: u64, mode: CaptureMode, mutant: Option<Mutant>) -> RunConfig {
     }
 }
 
-fn describe(config: &RunConfig, outcome: &Outcome) -> String {
-    match &outcome.violation {
-        Some(v) => format!("{v}\n    replay: {}", config.replay_command()),
-        None => "ok".to_string(),
-    }
-}
-
 /// Sweeps `seeds` in `mode`; returns the failures and the journal's figures.
 fn sweep(mode: CaptureMode, seeds: std::ops::Range<u64>) -> (Vec<String>, JournalStats) {
     let mut failures = Vec::new();
@@ -39,7 +32,7 @@ fn sweep(mode: CaptureMode, seeds: std::ops::Range<u64>) -> (Vec<String>, Journa
         let c = config(seed, mode, None);
         let o = run(&c);
         if o.violation.is_some() {
-            failures.push(format!("seed {seed}: {}", describe(&c, &o)));
+            failures.push(format!("seed {seed}: {}", o.describe(&c)));
         }
         stats.add(&o.journal.expect("a protected run reports its journal"));
     }
@@ -98,7 +91,7 @@ fn caught_within(mutant: Mutant, mode: CaptureMode, bound: u64) -> String {
             real.violation.is_none(),
             "{}: seed {seed} also fails without the mutant: {}",
             mutant.name(),
-            describe(&clean, &real)
+            real.describe(&clean)
         );
         return v.detail.clone();
     }

@@ -369,27 +369,6 @@ impl CaptureTap {
         self.core.next_resync(now_unix_ns)
     }
 
-    /// A read-back finished (`None`: the read failed).
-    pub fn resync_done(
-        &mut self,
-        ticket: ResyncTicket,
-        data: Option<&[u8]>,
-        now_unix_ns: u64,
-    ) -> Result<(), CaptureError> {
-        self.core.resync_done(ticket, data, now_unix_ns)
-    }
-
-    /// Regions that may differ from the journal (after a restart): they form a gap that
-    /// read-backs close.
-    pub fn mark_dirty(
-        &mut self,
-        offset: u64,
-        len: u64,
-        now_unix_ns: u64,
-    ) -> Result<(), CaptureError> {
-        self.core.mark_dirty(offset, len, now_unix_ns)
-    }
-
     fn fail(&mut self, e: CaptureError) {
         if self.failed.is_none() {
             self.failed = Some(e);
@@ -438,7 +417,7 @@ impl<F: Framework> Filter<F> {
     ) -> Result<(), CaptureError> {
         let now_ns = fw.now_ns();
         if let Some(tap) = self.capture.as_mut() {
-            tap.resync_done(ticket, data, now_ns)?;
+            tap.core.resync_done(ticket, data, now_ns)?;
         }
         self.capture_retry(fw);
         Ok(())
