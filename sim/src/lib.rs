@@ -10,6 +10,10 @@
 //! disconnecting backup link, a killed service, cancellation). An oracle checks every
 //! read, every state after reboot and the final disk against DESIGN.md section 3.
 //!
+//! With [`RunConfig::capture`] (`--journal sync|async`) the volume is protected: the
+//! filter captures every write, and a journaling service behind it is checked by the
+//! journal's rules ([`journal`]).
+//!
 //! A run is [`sim::run`]; a sweep over seeds is [`sweep`]. The same seed gives the same
 //! trace hash, always.
 

@@ -19,6 +19,9 @@
 //!   sends it, it is unmarked. If the file system cancelled it meanwhile, unmarking
 //!   fails and the cancel callback ([`Filter::on_cancel`]) completes it: KMDF's rule,
 //!   since a request completed while still cancelable can be completed twice.
+//! * A protected volume ([`Filter::enable_capture`], `capture.rs`): every request takes
+//!   the engine's path even once restored; writes, trims and flushes feed the write
+//!   capture from their real completions.
 //! * Control device ([`Filter::on_control`]): the service's ABI requests. `GET_MISSING`
 //!   is the inverted call: the service keeps several pended; the filter parks them in a
 //!   manual queue and completes one with a batch of wanted ranges when it has some.
