@@ -85,8 +85,10 @@ impl Mutant {
         Mutant::SkipFuaCommitWhenUnflushed,
     ];
 
-    /// The write-capture and journal mutants: caught by the capture's model tests and
-    /// the journal's tests; they join [`Mutant::ALL`] once the simulator runs capture.
+    /// The write-capture and journal mutants: caught by the capture's model tests, the
+    /// journal's tests, and (the first two) the simulator's protected runs
+    /// (`rehydrate-sim --journal`, `sim/tests/journal.rs`), which [`Mutant::ALL`]'s
+    /// unprotected sweeps do not make.
     pub const CAPTURE: [Mutant; 3] = [
         Mutant::SequenceAtDispatch,
         Mutant::PointInsideUnflushedEpoch,

@@ -1,8 +1,8 @@
 //! The command line (DESIGN.md section 4).
 //!
 //! ```text
-//! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--check-determinism] [--json]
-//! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--json]
+//! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--check-determinism] [--json]
+//! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--json]
 //! rehydrate-sim overlay-sweep --seeds A..B [--ops N] [--mutant NAME]
 //! rehydrate-sim demo [--size 256MiB] [--seed N] [--keep] [--status-file PATH] [--json]
 //! ```
@@ -14,6 +14,7 @@
 use std::ops::Range;
 
 use clap::{Args, Parser, Subcommand};
+use rehydrate_driver::capture::CaptureMode;
 use rehydrate_driver::mutants::Mutant;
 
 use crate::faults::{Faults, FaultsError};
@@ -42,9 +43,10 @@ pub enum Command {
     /// Each seed draws one machine restoring in place (the Windows filter's instant
     /// restore) with the default workload mix and the faults asked for, and runs the
     /// real driver or the one `--mutant` named. A sweep does not include a second mode
-    /// or mutant set: not the overlay restore, not write capture and the journal, and
-    /// not the capture and journal mutants (`--mutant` refuses those); each seed is one
-    /// run, never repeated with other variants.
+    /// or mutant set unless asked: write capture and the journal run only with
+    /// `--journal` (and the capture and journal mutants only with it), the overlay
+    /// restore has a sweep of its own (`overlay-sweep`); each seed is one run, never
+    /// repeated with other variants.
     Sweep(SweepArgs),
     /// The end-to-end tour on embedded defaults: back up a volume image, serve it over
     /// NBD, boot the simulated stack on an empty disk and restore it with the real
@@ -73,10 +75,14 @@ pub struct Common {
     /// fail-waiters-of-whole-range, keep-unwanted-requests, ask-every-missing-region,
     /// no-reask-after-failed-claim, hold-deadline-from-engine-start,
     /// complete-while-cancelable, flush-covers-later-marks,
-    /// skip-fua-commit-when-unflushed. The write-capture and journal mutants are refused:
-    /// the simulator does not run write capture (their own tests catch them).
+    /// skip-fua-commit-when-unflushed; with --journal also the write-capture and journal
+    /// mutants sequence-at-dispatch, point-inside-unflushed-epoch, torn-tail-applied
+    /// (refused without it). The overlay mutants belong to overlay-sweep.
     #[arg(long, value_parser = parse_mutant)]
     pub mutant: Option<Mutant>,
+    /// Protect the volume: capture every write into a journal, `sync` or `async`.
+    #[arg(long, value_parser = parse_journal)]
+    pub journal: Option<CaptureMode>,
     /// Print results as JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -134,6 +140,9 @@ pub enum CliError {
         /// Second trace hash.
         second: u64,
     },
+    /// Options that do not go together.
+    #[error("{0}")]
+    Usage(String),
     /// A sweep found violations.
     #[error("{0} of {1} seeds violated a rule")]
     SweepFailed(usize, u64),
@@ -148,15 +157,30 @@ fn parse_faults(s: &str) -> Result<Faults, String> {
 
 fn parse_mutant(s: &str) -> Result<Mutant, String> {
     match Mutant::from_name(s) {
-        Some(m) if Mutant::ALL.contains(&m) => Ok(m),
-        Some(m) => Err(format!(
-            "mutant {} is a write-capture or journal mutant: the simulator does not run write capture (its own tests catch it)",
+        Some(m) if Mutant::OVERLAY.contains(&m) => Err(format!(
+            "mutant {} is an overlay mutant: run it with overlay-sweep",
             m.name()
         )),
+        Some(m) => Ok(m),
         None => {
-            let names: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
-            Err(format!("unknown mutant {s:?} (known: {})", names.join(", ")))
+            let names: Vec<&str> = Mutant::ALL
+                .iter()
+                .chain(&Mutant::CAPTURE)
+                .map(|m| m.name())
+                .collect();
+            Err(format!(
+                "unknown mutant {s:?} (known: {})",
+                names.join(", ")
+            ))
         }
+    }
+}
+
+fn parse_journal(s: &str) -> Result<CaptureMode, String> {
+    match s {
+        "sync" => Ok(CaptureMode::Sync),
+        "async" => Ok(CaptureMode::Async),
+        _ => Err(format!("unknown journal mode {s:?} (known: sync, async)")),
     }
 }
 
@@ -178,6 +202,19 @@ pub(crate) fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
     Ok(a..b)
 }
 
+/// Options that parse alone but not together.
+fn check_common(c: &Common) -> Result<(), CliError> {
+    match c.mutant {
+        Some(m) if Mutant::CAPTURE.contains(&m) && c.journal.is_none() => {
+            Err(CliError::Usage(format!(
+                "mutant {} is a write-capture or journal mutant: it needs --journal sync|async",
+                m.name()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn template(c: &Common, seed: u64) -> RunConfig {
     RunConfig {
         seed,
@@ -185,6 +222,7 @@ fn template(c: &Common, seed: u64) -> RunConfig {
         faults: c.faults,
         mutant: c.mutant,
         workload: Default::default(),
+        capture: c.journal,
     }
 }
 
@@ -254,6 +292,7 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
             }
         },
         Command::Run(args) => {
+            check_common(&args.common)?;
             let config = template(&args.common, args.seed);
             let outcome = crate::run(&config);
             print_outcome(&config, &outcome, args.common.json);
@@ -280,6 +319,7 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Sweep(args) => {
+            check_common(&args.common)?;
             let config = template(&args.common, args.seeds.start);
             let (json, quiet) = (args.common.json, args.quiet);
             let report = crate::sweep(args.seeds.clone(), &config, |c, o| {
@@ -294,6 +334,9 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
                 report.failures.len(),
                 report.irps_per_sec()
             );
+            if config.capture.is_some() {
+                println!("journal: {}", report.journal.line());
+            }
             if report.failures.is_empty() {
                 Ok(())
             } else {
@@ -352,6 +395,29 @@ mod tests {
         };
         assert_eq!(r.common.mutant, Some(Mutant::AcceptStaleHydrate));
         for m in Mutant::CAPTURE {
+            let sweep = |journal: &[&str]| {
+                let args = [
+                    &[
+                        "rehydrate-sim",
+                        "sweep",
+                        "--seeds",
+                        "0..1",
+                        "--mutant",
+                        m.name(),
+                    ][..],
+                    journal,
+                ]
+                .concat();
+                let Command::Sweep(s) = Cli::try_parse_from(args).unwrap().command else {
+                    panic!()
+                };
+                check_common(&s.common)
+            };
+            let refused = sweep(&[]).unwrap_err().to_string();
+            assert!(refused.contains("needs --journal"), "{refused}");
+            assert!(sweep(&["--journal", "async"]).is_ok());
+        }
+        for m in Mutant::OVERLAY {
             let refused = Cli::try_parse_from([
                 "rehydrate-sim",
                 "sweep",
@@ -362,7 +428,7 @@ mod tests {
             ])
             .unwrap_err()
             .to_string();
-            assert!(refused.contains("does not run write capture"), "{refused}");
+            assert!(refused.contains("overlay-sweep"), "{refused}");
         }
     }
 

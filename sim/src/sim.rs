@@ -22,6 +22,7 @@
 //! or the service) after each event, so no component is ever re-entered from inside a
 //! call it made.
 
+use rehydrate_driver::capture::CaptureMode;
 use rehydrate_driver::mutants::Mutant;
 
 use crate::data::Backup;
@@ -45,6 +46,9 @@ pub struct RunConfig {
     pub mutant: Option<Mutant>,
     /// The workload mix.
     pub workload: WorkloadConfig,
+    /// Protect the volume: capture every write into a journal (sync or async mode),
+    /// checked by the journal's rules (`journal.rs`).
+    pub capture: Option<CaptureMode>,
 }
 
 impl RunConfig {
@@ -56,6 +60,7 @@ impl RunConfig {
             faults,
             mutant: None,
             workload: WorkloadConfig::default(),
+            capture: None,
         }
     }
 
@@ -68,7 +73,23 @@ impl RunConfig {
         if let Some(m) = self.mutant {
             cmd.push_str(&format!(" --mutant {}", m.name()));
         }
+        if let Some(mode) = self.capture {
+            cmd.push_str(match mode {
+                CaptureMode::Sync => " --journal sync",
+                CaptureMode::Async => " --journal async",
+            });
+        }
         cmd
+    }
+}
+
+impl Outcome {
+    /// `ok`, or the violation and the command that replays it.
+    pub fn describe(&self, config: &RunConfig) -> String {
+        match &self.violation {
+            Some(v) => format!("{v}\n    replay: {}", config.replay_command()),
+            None => "ok".to_string(),
+        }
     }
 }
 
@@ -95,6 +116,8 @@ pub struct Outcome {
     pub violation: Option<Violation>,
     /// The shape drawn for the run, for the report.
     pub shape: String,
+    /// What the journal checked, in a protected run.
+    pub journal: Option<crate::journal::JournalStats>,
 }
 
 /// The demo's machine: an explicit shape instead of a drawn one, no faults, and the

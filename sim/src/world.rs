@@ -183,6 +183,9 @@ impl World {
                 o.violation = k.v.first().cloned();
             }
             shapes.push(m.shape.clone());
+            if let Some(p) = m.protect.as_ref() {
+                o.journal = Some(p.sink.stats());
+            }
         }
         o.shape = shapes.join(" | ");
         o

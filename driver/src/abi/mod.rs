@@ -45,6 +45,8 @@ mod refusal;
 mod wire;
 
 pub use bitmap::{BitmapPage, BitmapQuery};
+#[cfg(any(test, feature = "testing"))]
+pub use capture::batch_of;
 pub use capture::{
     record_bytes, CaptureRecord, Label, Mark, RecordAck, RecordBatch, RecordBatchWriter,
     RecordFlags, RecordKind, MARK_LABEL_MAX_BYTES,

@@ -19,6 +19,9 @@
 //!   sends it, it is unmarked. If the file system cancelled it meanwhile, unmarking
 //!   fails and the cancel callback ([`Filter::on_cancel`]) completes it: KMDF's rule,
 //!   since a request completed while still cancelable can be completed twice.
+//! * A protected volume ([`Filter::enable_capture`], `capture.rs`): every request takes
+//!   the engine's path even once restored; writes, trims and flushes feed the write
+//!   capture from their real completions.
 //! * Control device ([`Filter::on_control`]): the service's ABI requests. `GET_MISSING`
 //!   is the inverted call: the service keeps several pended; the filter parks them in a
 //!   manual queue and completes one with a batch of wanted ranges when it has some.
@@ -108,6 +111,8 @@ pub struct Filter<F: Framework> {
     actions: Vec<Action>,
     counters: FilterCounters,
     timer_running: bool,
+    /// Write capture, when the volume is protected (`capture.rs`).
+    capture: Option<CaptureTap>,
 }
 
 impl<F: Framework> Filter<F> {
@@ -138,6 +143,7 @@ impl<F: Framework> Filter<F> {
             actions: Vec::new(),
             counters: FilterCounters::default(),
             timer_running: false,
+            capture: None,
         }
     }
 
@@ -196,7 +202,9 @@ impl<F: Framework> Filter<F> {
 
     /// A request on the volume's default queue: read, write, flush, device control.
     pub fn on_io(&mut self, fw: &mut F, request: F::Request) {
-        if self.passthrough {
+        // A protected volume takes the engine's path even then: its writes are captured
+        // and nothing overtakes a write the capture holds.
+        if self.passthrough && self.capture.is_none() {
             // Rule 6: one branch, then down.
             self.counters.passthrough_requests += 1;
             if let Err(status) = fw.send_and_forget(request) {
@@ -211,12 +219,21 @@ impl<F: Framework> Filter<F> {
                 let Some(id) = self.own(fw, request, len) else {
                     return;
                 };
+                self.note_capture(id, Noted::Read { offset, len });
                 Event::Read { id, offset, len }
             }
             RequestParameters::Write { offset, len, fua } => {
                 let Some(id) = self.own(fw, request, len) else {
                     return;
                 };
+                self.note_capture(
+                    id,
+                    Noted::Write {
+                        offset,
+                        len,
+                        zero: false,
+                    },
+                );
                 Event::Write {
                     id,
                     offset,
@@ -228,6 +245,7 @@ impl<F: Framework> Filter<F> {
                 let Some(id) = self.own(fw, request, 0) else {
                     return;
                 };
+                self.note_capture(id, Noted::Flush);
                 Event::Flush { id }
             }
             RequestParameters::DeviceControl { ioctl, .. }
@@ -256,6 +274,14 @@ impl<F: Framework> Filter<F> {
         match decoded {
             Ok(Ok((Dsm::Trim(_), Some((offset, len)), 1))) => {
                 let id = self.own(fw, request, 0)?;
+                self.note_capture(
+                    id,
+                    Noted::Write {
+                        offset,
+                        len,
+                        zero: true,
+                    },
+                );
                 Some(Event::Discard { id, offset, len })
             }
             Ok(Ok((Dsm::Other(_), ..))) => {
@@ -301,7 +327,9 @@ impl<F: Framework> Filter<F> {
 
     /// A request the filter sent down completed.
     pub fn on_lower_complete(&mut self, fw: &mut F, lower: LowerId, status: Status) {
+        self.capture_completed(fw, lower, status);
         self.run(fw, Event::LowerCompleted { lower, status });
+        self.capture_retry(fw);
     }
 
     /// The volume is being removed (`EvtDeviceSelfManagedIoSuspend` / surprise removal):
@@ -338,6 +366,9 @@ impl<F: Framework> Filter<F> {
                 self.requests.remove(id);
                 fw.complete(request, Status::CANCELLED, 0);
             }
+            return;
+        }
+        if self.capture_cancel(fw, id) {
             return;
         }
         self.run(fw, Event::Cancel { id });
@@ -648,7 +679,16 @@ impl<F: Framework> Filter<F> {
                     debug_assert!(false, "forward of unknown request {id}");
                     return;
                 };
-                if let Err(status) = fw.send_to_lower(owned.request, lower) {
+                let request = owned.request;
+                let now_ns = fw.now_ns();
+                if let Some(tap) = self.capture.as_mut() {
+                    if !tap.on_forward(id, lower, now_ns) {
+                        // Held for the capture buffer; sent by `capture_retry`.
+                        self.capture_hold(fw, id, lower);
+                        return;
+                    }
+                }
+                if let Err(status) = fw.send_to_lower(request, lower) {
                     self.events
                         .push_back(Event::LowerCompleted { lower, status });
                 }
@@ -728,6 +768,13 @@ impl<F: Framework> Filter<F> {
             }
             Action::CommitMetadata { commit } => fw.queue_commit_work(commit),
             Action::Complete { id, status } => {
+                if let Some(tap) = self.capture.as_mut() {
+                    if !tap.on_complete(id, status) {
+                        // Answered once its record is durable (sync mode).
+                        self.capture_park(fw, id);
+                        return;
+                    }
+                }
                 if !self.release_cancelable(fw, id, true) {
                     if let Some(owned) = self.requests.get_mut(id) {
                         owned.done = true;
@@ -778,12 +825,15 @@ fn answer_counters<F: Framework>(fw: &mut F, request: F::Request, counters: &Sta
     }
 }
 
+mod capture;
 #[cfg(test)]
 mod fake_fw;
 mod owned;
 mod refused;
 pub mod start;
 mod volume;
+
+pub use capture::{CaptureTap, Noted, OFFERED_MAX};
 
 #[cfg(test)]
 mod tests;

@@ -133,6 +133,7 @@ impl Machine {
         k.oracle
             .check_reboot(&words, &k.lower.disk, start, &mut k.v);
         self.filter = Some(Filter::new(map, meta, self.attach, self.filter_config));
+        self.capture_start();
     }
 
     pub(crate) fn io_manager_done(&mut self, irp: IrpId, link: &mut Link) {
@@ -185,6 +186,7 @@ impl Machine {
         self.wdf.timer_gen += 1;
         self.filter = None;
         self.wdf.refused = None;
+        self.capture_power_loss();
         self.service.vanish();
         link.reset();
         self.fs_irps.iter_mut().for_each(|f| *f = None);

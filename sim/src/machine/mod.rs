@@ -11,6 +11,7 @@
 //! `volume.rs` which volume its filter starts on.
 
 mod boot;
+mod capture;
 mod commit;
 mod fs;
 mod shape;
@@ -33,6 +34,7 @@ use crate::verifier::Rule;
 use crate::wdf::SimWdf;
 use crate::workload::Workload;
 
+pub(crate) use capture::Protect;
 pub(crate) use shape::Drawn;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +87,8 @@ pub(crate) struct Machine {
     /// this driver-link server, and the clock follows the wall clock. `None` in
     /// deterministic runs.
     pub(crate) ext: Option<LinkServer>,
+    /// Write capture and the service's journal, when the run protects the volume.
+    pub(crate) protect: Option<Protect>,
 }
 
 impl Machine {
@@ -204,6 +208,7 @@ impl Machine {
                     if let Some(f) = self.filter.as_mut() {
                         f.on_lower_complete(&mut self.wdf, lower, status);
                         self.wdf.collect();
+                        self.capture_points();
                     }
                 }
                 Upcall::FsDone { op, irp } => self.fs_done(op, irp, link),
@@ -313,6 +318,7 @@ impl Machine {
                         link: &mut *link,
                     };
                     self.service.kill(&mut cx);
+                    self.capture_service_killed();
                     self.wdf.k.note_delay_fault();
                     let delay = self.wdf.k.rng.range(50_000_000, 3_000_000_000);
                     self.k().sched.after(delay, Ev::ServiceStart);
@@ -320,6 +326,7 @@ impl Machine {
             }
             Ev::PowerLoss => self.power_loss(link),
             Ev::PowerOn => self.boot(),
+            Ev::JournalTick { gen } => self.journal_tick(gen),
         }
     }
 

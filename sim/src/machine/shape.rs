@@ -96,6 +96,7 @@ impl Machine {
             fs_tick_pending: false,
             shape: p.shape,
             ext: p.ext,
+            protect: None,
         }
     }
 
@@ -273,6 +274,18 @@ impl Machine {
             shape,
             ext: None,
         });
+        let mut machine = machine;
+        let protect = config
+            .capture
+            .map(|mode| super::Protect::draw(mode, backup, volume_bytes, config.seed));
+        match protect {
+            Some(Ok(p)) => machine.protect = Some(p),
+            Some(Err(v)) => machine.k().v.fail(
+                crate::verifier::Rule::Journal,
+                format!("journal:{}: {}", v.rule, v.detail),
+            ),
+            None => {}
+        }
         Drawn { machine, link }
     }
 
