@@ -329,7 +329,7 @@ impl StatusCounters {
         let state = r.u32()?;
         let mode = r.u32()?;
         let refusal = r.u32()?;
-        let _reserved = r.u32()?;
+        r.reserved_u32()?;
         let state = DriverState::from_u32(state).ok_or(AbiError::UnknownState(state))?;
         let mode = RestoreMode::from_u32(mode).ok_or(AbiError::UnknownMode(mode))?;
         let refusal = match refusal {

@@ -81,8 +81,8 @@ fn oversized_buffers_are_refused_before_reading() {
 
 #[test]
 fn unknown_versions_are_refused() {
-    // 1: before the status counters carried a refusal.
-    for version in [0u16, 1, 3, u16::MAX] {
+    // 1 is the version before the overlay mode and refusals: refused as outdated.
+    for version in [0u16, 3, u16::MAX] {
         let mut bytes = control();
         bytes[0..2].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
@@ -477,7 +477,7 @@ fn a_refusal_crosses_only_with_the_detached_state_and_unknown_ones_are_refused()
             state: DriverState::Detached,
             ..counters()
         }));
-        put_u32(&mut bytes, 12, code);
+        put_u32(&mut bytes, 16, code);
         assert_eq!(
             StatusCounters::decode(&bytes),
             Err(AbiError::UnknownRefusal(code))
@@ -488,7 +488,7 @@ fn a_refusal_crosses_only_with_the_detached_state_and_unknown_ones_are_refused()
 #[test]
 fn more_restored_regions_than_regions_is_refused() {
     let mut bytes = encode(&Message::StatusCounters(counters()));
-    put_u64(&mut bytes, 24, 101);
+    put_u64(&mut bytes, 32, 101);
     assert_eq!(
         StatusCounters::decode(&bytes),
         Err(AbiError::RestoredCount {
@@ -941,19 +941,23 @@ fn layouts_put_fields_where_the_comments_say() {
     assert_eq!(&bytes[20..24], &2u32.to_le_bytes());
     assert_eq!(&bytes[24..56], &[7; 32]);
     let bytes = encode(&Message::StatusCounters(counters()));
-    assert_eq!(bytes.len(), 88);
+    assert_eq!(bytes.len(), 96);
     assert_eq!(&bytes[8..12], &3u32.to_le_bytes());
     assert_eq!(&bytes[12..16], &2u32.to_le_bytes());
-    assert_eq!(&bytes[24..32], &40u64.to_le_bytes());
+    assert_eq!(&bytes[16..24], &[0; 8]);
+    assert_eq!(&bytes[32..40], &40u64.to_le_bytes());
     let refused = StatusCounters {
         state: DriverState::Detached,
         refusal: Some(Refusal::PartitionOffset),
         ..counters()
     };
     let bytes = encode(&Message::StatusCounters(refused));
-    assert_eq!(&bytes[8..16], &[1, 0, 0, 0, 7, 0, 0, 0]);
-    assert_eq!(&bytes[56..64], &1u64.to_le_bytes());
-    assert_eq!(&bytes[80..88], &12u64.to_le_bytes());
+    assert_eq!(
+        &bytes[8..24],
+        &[1, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(&bytes[64..72], &1u64.to_le_bytes());
+    assert_eq!(&bytes[88..96], &12u64.to_le_bytes());
     let bytes = encode(&Message::BitmapQuery(BitmapQuery {
         first_word: 3,
         word_count: 2,

@@ -10,7 +10,7 @@ use std::vec::Vec;
 use super::fake_fw::{Did, Fw};
 use super::start::{check_metadata, check_volume, Probe};
 use super::*;
-use crate::abi::{Control, Ioctl, Refusal};
+use crate::abi::{Control, Ioctl, Refusal, STATUS_COUNTERS_BYTES};
 use crate::dsm::IOCTL_STORAGE_MANAGE_DATA_SET_ATTRIBUTES;
 use crate::geometry::Geometry;
 use crate::meta::testing::CrashStore;
@@ -252,7 +252,14 @@ fn a_refused_volume_refuses_the_service_and_says_why() {
         );
     }
     assert!(fw.parked.is_empty(), "nothing parked");
-    service(&mut v, &mut fw, 50, Ioctl::GetStatus, vec![], 80);
+    service(
+        &mut v,
+        &mut fw,
+        50,
+        Ioctl::GetStatus,
+        vec![],
+        STATUS_COUNTERS_BYTES,
+    );
     let Some(Did::Completed(50, Status::SUCCESS, n)) = fw.did.last().cloned() else {
         panic!("GET_STATUS answered: {:?}", fw.did.last());
     };

@@ -163,6 +163,11 @@ pub(crate) struct Harness {
     /// instance that completes after a restart tells the new instance nothing (it
     /// sweeps every missing region anyway).
     first_batch_of_service: BatchId,
+    /// Per region the service gave up fetching: the first batch whose success makes it
+    /// believe the region done again. A batch delivered before it gave up completing
+    /// later does not (the hydrator's failure sent it sweeping again, whatever acks
+    /// follow).
+    believed_from: BTreeMap<u64, BatchId>,
     issue_seq: u64,
     value_seq: u32,
     now_ns: u64,
@@ -232,6 +237,7 @@ impl Harness {
             next_id: 1,
             next_batch: 1,
             first_batch_of_service: 1,
+            believed_from: BTreeMap::new(),
             issue_seq: 0,
             value_seq: 0,
             now_ns: 0,
@@ -417,13 +423,14 @@ impl Harness {
                 if status.is_success() && batch >= self.first_batch_of_service {
                     // Delivered: what is not restored now, the engine dropped.
                     let map = self.engine.map().clone();
-                    self.dropped.extend(
-                        regions
-                            .clone()
-                            .into_iter()
-                            .flatten()
-                            .filter(|&r| !map.is_restored(r)),
-                    );
+                    let believed = |r: &u64| self.believed_from.get(r).is_none_or(|&b| batch >= b);
+                    let dropped: Vec<u64> = regions
+                        .clone()
+                        .into_iter()
+                        .flatten()
+                        .filter(|&r| !map.is_restored(r) && believed(&r))
+                        .collect();
+                    self.dropped.extend(dropped);
                 } else if !status.is_success() {
                     // Refused, or a write of it failed: the service fetches it again
                     // (and no longer believes any of it done).
@@ -766,6 +773,7 @@ impl Harness {
         // again later).
         for r in regions.clone() {
             self.dropped.remove(&r);
+            self.believed_from.insert(r, self.next_batch);
         }
         self.excuse_fetch_failure(regions.clone(), reason);
         let bytes = self.geometry.regions_byte_range(regions);
