@@ -53,6 +53,18 @@ pub enum Mutant {
     PointInsideUnflushedEpoch = 16,
     /// Journal: apply the records of a torn segment tail instead of truncating them.
     TornTailApplied = 17,
+    /// DR primary: mark a region sent when its read for sending completes, not before
+    /// the read is admitted (a write admitted meanwhile stays local and is lost).
+    MarkSentAfterRead = 18,
+    /// DR site: apply a fetched region's data as soon as it arrives, ahead of the stream
+    /// items before it.
+    FetchReplyOutOfOrder = 19,
+    /// DR site: drop a replicated write whose region's data has not landed yet, as if
+    /// it were stale.
+    DropReplicatedWrite = 20,
+    /// DR site: write region data without ordering it against the replicated writes
+    /// around it, so it can land over a newer write.
+    StaleRegionOverWrite = 21,
 }
 
 impl Mutant {
@@ -82,6 +94,16 @@ impl Mutant {
         Mutant::TornTailApplied,
     ];
 
+    /// The disaster-recovery mutants (technique T5): caught by the two-site model test
+    /// in `rehydrate_driver::dr`; they join [`Mutant::ALL`] once the simulator runs two
+    /// sites.
+    pub const DR: [Mutant; 4] = [
+        Mutant::MarkSentAfterRead,
+        Mutant::FetchReplyOutOfOrder,
+        Mutant::DropReplicatedWrite,
+        Mutant::StaleRegionOverWrite,
+    ];
+
     /// The command-line name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -102,6 +124,10 @@ impl Mutant {
             Mutant::SequenceAtDispatch => "sequence-at-dispatch",
             Mutant::PointInsideUnflushedEpoch => "point-inside-unflushed-epoch",
             Mutant::TornTailApplied => "torn-tail-applied",
+            Mutant::MarkSentAfterRead => "mark-sent-after-read",
+            Mutant::FetchReplyOutOfOrder => "fetch-reply-out-of-order",
+            Mutant::DropReplicatedWrite => "drop-replicated-write",
+            Mutant::StaleRegionOverWrite => "stale-region-over-write",
         }
     }
 
@@ -110,6 +136,7 @@ impl Mutant {
         Mutant::ALL
             .into_iter()
             .chain(Mutant::CAPTURE)
+            .chain(Mutant::DR)
             .find(|m| m.name() == name)
     }
 }
