@@ -172,6 +172,9 @@ pub struct Primary {
     actions: VecDeque<PrimaryAction>,
     next_ticket: u64,
     counters: PrimaryCounters,
+    /// Bytes the background sync may still read (`None`: no limit); fetched regions
+    /// do not count.
+    sync_budget_bytes: Option<u64>,
 }
 
 impl Primary {
@@ -196,6 +199,20 @@ impl Primary {
             actions: VecDeque::new(),
             next_ticket: 1,
             counters: PrimaryCounters::default(),
+            sync_budget_bytes: None,
+        }
+    }
+
+    /// Limits the background sync: from now on it reads only bytes granted with
+    /// [`Primary::grant_sync`] (`false`: no limit). Fetched regions are never limited.
+    pub fn limit_sync(&mut self, limited: bool) {
+        self.sync_budget_bytes = limited.then_some(0);
+    }
+
+    /// Grants the background sync `bytes` more, holding at most `max_bytes` unused.
+    pub fn grant_sync(&mut self, bytes: u64, max_bytes: u64) {
+        if let Some(b) = self.sync_budget_bytes.as_mut() {
+            *b = b.saturating_add(bytes).min(max_bytes);
         }
     }
 
@@ -233,6 +250,11 @@ impl Primary {
     /// True when the gate can take one more client write.
     pub fn has_room(&self) -> bool {
         self.gate.held() + self.held_for_commit() + self.config.sync_reads_max < self.config.ops_max
+    }
+
+    /// The byte offset of a write the sender knows.
+    pub fn write_offset(&self, ticket: WriteTicket) -> Option<u64> {
+        self.writes.get(&ticket.0).map(|w| w.offset)
     }
 
     fn held_for_commit(&self) -> usize {
@@ -706,20 +728,29 @@ impl Primary {
                 return;
             }
             let mut pick = None;
+            let mut fetched = false;
             while let Some(r) = s.fetch.pop_front() {
                 s.fetch_queued.clear(r);
                 if !self.sent.get(r) {
                     pick = Some(r);
+                    fetched = true;
                     break;
                 }
             }
+            let budget = self.sync_budget_bytes;
             let pick = pick.or_else(|| {
                 let r = self.sent.next_clear(s.sync_cursor)?;
+                if budget.is_some_and(|b| b < region_bytes) {
+                    return None; // the background waits for its next grant
+                }
                 s.sync_cursor = r + 1;
                 Some(r)
             });
             let Some(region) = pick else { return };
             debug_assert!(region < regions);
+            if let (false, Some(b)) = (fetched, self.sync_budget_bytes.as_mut()) {
+                *b -= region_bytes;
+            }
             // Mark first, then read: a write admitted from now on is streamed, and the
             // gate runs this read after every write admitted before.
             if !mutants::active(Mutant::MarkSentAfterRead) {
