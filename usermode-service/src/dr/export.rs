@@ -1,7 +1,8 @@
 //! The NBD front of either site: each client request goes to the site's core task on a
 //! channel and waits for its answer. The primary's export is read-write (writes go
 //! through the sender so they are streamed or kept local by its rules); the DR site's
-//! is read-only until promotion.
+//! is read-only until promotion. Requests are the live export's ([`Op`]); trims are
+//! not passed on (doing nothing is a correct trim).
 
 use std::sync::Arc;
 
@@ -10,37 +11,7 @@ use rehydrate_nbd::{BoxFuture, Export, ExportError, MapCatalog, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-/// A client request.
-#[derive(Debug)]
-pub enum Op {
-    /// Read `len` bytes at `offset`.
-    Read {
-        /// Byte offset.
-        offset: u64,
-        /// Byte length.
-        len: u64,
-    },
-    /// Write `data` at `offset` (`fua`: durable before the answer).
-    Write {
-        /// Byte offset.
-        offset: u64,
-        /// The bytes.
-        data: Bytes,
-        /// Force unit access.
-        fua: bool,
-    },
-    /// Make `len` bytes at `offset` read as zeroes.
-    Zero {
-        /// Byte offset.
-        offset: u64,
-        /// Byte length.
-        len: u64,
-        /// Force unit access.
-        fua: bool,
-    },
-    /// Make every completed write durable.
-    Flush,
-}
+pub use crate::restore::live::io::Op;
 
 /// A request and where its answer goes (read data; empty for the rest).
 #[derive(Debug)]
@@ -133,7 +104,7 @@ impl Export for SiteExport {
                 return Err(ExportError::ReadOnly);
             }
             self.check(offset, length.into())?;
-            self.ask(Op::Zero {
+            self.ask(Op::Zeroes {
                 offset,
                 len: length.into(),
                 fua,

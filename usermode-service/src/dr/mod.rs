@@ -230,19 +230,3 @@ pub(crate) async fn bind(addr: &str) -> Result<TcpListener, DrRunError> {
             source,
         })
 }
-
-/// Completes on SIGINT or SIGTERM.
-pub(crate) async fn stop_requested() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}

@@ -18,7 +18,8 @@ use super::export::{self, io_error, Op, Request};
 use super::link::{self, Frame};
 use super::meta::{self, Meta, Role};
 use super::volume::{self, Peer, Volume};
-use super::{bind, stop_requested, DrRunError, PrimaryArgs};
+use super::{bind, DrRunError, PrimaryArgs};
+use crate::restore::live::serve::stop_requested;
 
 /// How often the durable sent map catches up with acknowledgements.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
@@ -152,7 +153,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
         }
         // Client requests, in arrival order, while the sender has room.
         while let Some(r) = waiting.front() {
-            if matches!(r.op, Op::Write { .. } | Op::Zero { .. }) && !core.has_room() {
+            if matches!(r.op, Op::Write { .. } | Op::Zeroes { .. }) && !core.has_room() {
                 break;
             }
             let r = waiting.pop_front().expect("front");
@@ -232,7 +233,10 @@ fn take_request(
             let len = data.len() as u64;
             begin(core, writes, offset, len, Some(data), fua, r.reply);
         }
-        Op::Zero { offset, len, fua } => begin(core, writes, offset, len, None, fua, r.reply),
+        Op::Zeroes { offset, len, fua } => begin(core, writes, offset, len, None, fua, r.reply),
+        Op::Trim { .. } => {
+            let _ = r.reply.send(Ok(Bytes::new()));
+        }
     }
 }
 

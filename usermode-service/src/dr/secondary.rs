@@ -22,7 +22,8 @@ use super::export::{self, io_error, Op, Request};
 use super::link::{self, Frame};
 use super::meta::{self, Meta, Role};
 use super::volume::{self, Peer, Volume};
-use super::{bind, stop_requested, DrRunError, SecondaryArgs};
+use super::{bind, DrRunError, SecondaryArgs};
+use crate::restore::live::serve::stop_requested;
 
 /// How often what was applied is made durable and acknowledged.
 const ACK_EVERY: Duration = Duration::from_millis(100);
@@ -205,10 +206,10 @@ impl Site {
                     let _ = r.reply.send(Err(io_error(e)));
                 }
             },
-            Op::Flush => {
+            Op::Flush | Op::Trim { .. } => {
                 let _ = r.reply.send(Ok(Bytes::new()));
             }
-            Op::Write { .. } | Op::Zero { .. } => {
+            Op::Write { .. } | Op::Zeroes { .. } => {
                 let _ = r.reply.send(Err(ExportError::ReadOnly));
             }
         }
