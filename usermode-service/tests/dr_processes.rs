@@ -99,6 +99,31 @@ impl Sites {
         text(&out.stdout).trim().to_owned()
     }
 
+    /// Waits until the DR site holds a region; its status line then.
+    fn wait_sync_began(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let st = self.try_status(&self.dr_img).unwrap_or_default();
+            if present(&st) > 0 {
+                return st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the sync never began: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The status line, or `None` while the site has no metadata yet (a fresh DR site
+    /// writes it once the first primary attached).
+    fn try_status(&self, target: &Path) -> Option<String> {
+        let out = run(&["dr", "status", "--target", s(target)]);
+        out.status
+            .success()
+            .then(|| text(&out.stdout).trim().to_owned())
+    }
+
     fn wait_complete(&mut self) {
         let start = Instant::now();
         loop {
@@ -170,18 +195,7 @@ fn the_dr_copy_is_readable_during_its_sync_and_equals_the_primary_after_kills() 
     // fio writes (and verifies) 4 MiB of the primary while nbdcopy reads the whole DR
     // copy, once the initial sync began and long before it ended (the reads fetch
     // what they miss, so they end it sooner).
-    let start = Instant::now();
-    let before = loop {
-        let st = sites.status(&sites.dr_img);
-        if present(&st) > 0 {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the sync never began: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let before = sites.wait_sync_began();
     assert!(before.contains("complete=false"), "{before}");
     let fio = Command::new("fio")
         .current_dir(sites.dir.path())
@@ -255,8 +269,7 @@ fn a_dr_copy_refuses_another_primary_and_an_incomplete_copy_is_not_promoted() {
     sites.start_secondary();
     // Slow: still far from complete when both stop.
     sites.start_primary(Some("1MiB"));
-    wait_listening(sites.dr_export, sites.secondary.get());
-    std::thread::sleep(Duration::from_millis(800));
+    sites.wait_sync_began();
 
     // Another primary (another volume of the same size) is refused by the DR site.
     let other = sites.dir.path().join("other.img");
