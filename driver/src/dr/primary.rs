@@ -80,8 +80,9 @@ pub enum PrimaryAction {
         /// Byte length.
         len: u64,
     },
-    /// Flush the volume, then write [`Primary::commit_map`] as the durable sent map,
-    /// then call [`Primary::commit_done`].
+    /// Flush the volume when [`Primary::commit_needs_data_flush`] says so, then write
+    /// [`Primary::commit_map`] as the durable sent map, then call
+    /// [`Primary::commit_done`].
     Commit(CommitTicket),
 }
 
@@ -582,6 +583,13 @@ impl Primary {
         self.commit_wanted = true;
     }
 
+    /// True when the commit named `ticket` sets marks, so the volume must be flushed
+    /// before the map is written (a commit that only clears marks needs no flush).
+    pub fn commit_needs_data_flush(&self, ticket: CommitTicket) -> bool {
+        let map = self.commit_map(ticket);
+        (0..map.len()).any(|r| map.get(r) && !self.committed.get(r))
+    }
+
     /// The map the commit named `ticket` writes.
     pub fn commit_map(&self, ticket: CommitTicket) -> &Bits {
         let (t, map) = self.commit.as_ref().expect("a commit in flight");
@@ -654,10 +662,16 @@ impl Primary {
         if self.commit.is_none() && self.commit_wanted {
             self.commit_wanted = false;
             let regions = self.config.geometry.region_count();
+            // While writes wait for marks to go, the commit only clears: it needs no
+            // flush of the volume first, so the writes wait for one metadata write.
+            let held = self
+                .writes
+                .values()
+                .any(|w| matches!(w.stage, Stage::HeldForCommit));
             let mut map = Bits::new(regions);
             for r in 0..regions {
                 let keep = self.committed.get(r) && !self.busy.contains_key(&r);
-                if keep || self.clean(r) {
+                if keep || (!held && self.clean(r)) {
                     map.set(r);
                 }
             }

@@ -445,7 +445,9 @@ impl World {
                 self.primary.region_read(t, Some(&bytes));
             }
             PDev::Commit(t) => {
-                self.p.flush();
+                if self.primary.commit_needs_data_flush(t) {
+                    self.p.flush();
+                }
                 self.p_meta = self.primary.commit_map(t).clone();
                 self.primary.commit_done(t, true);
             }

@@ -113,12 +113,17 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
         }
         .store(&meta_path)
     };
+    let mut outbox_full = false;
     loop {
+        // A sender of our own, so waiting for room in the outbox borrows nothing.
+        let outbox = link.as_ref().map(|p| p.outgoing.clone());
         tokio::select! {
             r = requests.recv() => {
                 let Some(r) = r else { break };
                 waiting.push_back(r);
             }
+            _ = async { outbox.as_ref().expect("guarded").reserve().await.map(drop) },
+                if outbox_full && outbox.is_some() => {}
             e = events.recv() => match e {
                 Some(LinkEvent::Up(peer, session)) => {
                     tracing::info!(session, "dr primary: session with the DR site");
@@ -166,12 +171,15 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                 progress = true;
                 perform(&mut core, &volume, &mut writes, a, &store_meta);
             }
+            outbox_full = false;
             if let Some(peer) = link.as_ref() {
+                outbox_full = peer.outgoing.capacity() == 0;
                 while peer.outgoing.capacity() > 0 {
                     match core.poll_send() {
                         Ok(Some(m)) => {
                             progress = true;
                             let _ = peer.outgoing.try_send(Frame::Dr(m));
+                            outbox_full = peer.outgoing.capacity() == 0;
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -304,7 +312,8 @@ fn perform(
             core.region_read(ticket, data.as_deref());
         }
         PrimaryAction::Commit(t) => {
-            let ok = volume.sync().is_ok() && store_meta(core.commit_map(t)).is_ok();
+            let flushed = !core.commit_needs_data_flush(t) || volume.sync().is_ok();
+            let ok = flushed && store_meta(core.commit_map(t)).is_ok();
             if !ok {
                 tracing::warn!("dr primary: the durable sent map could not be written");
             }
