@@ -221,15 +221,24 @@ async fn announce_unread(
         return Ok(());
     }
     let mut seen = HashSet::new();
-    for chunk in &plan.chunks {
-        let ChunkRef::Data(hash) = chunk else {
-            continue;
-        };
-        if !seen.insert(*hash) || !marks.announce(*hash).await? {
-            continue;
-        }
-        marks.wait_for_gc(hash).await?;
-        if !store.has_chunk(hash).await? {
+    let unread: Vec<ChunkHash> = plan
+        .chunks
+        .iter()
+        .filter_map(|chunk| match chunk {
+            ChunkRef::Data(hash) if seen.insert(*hash) => Some(*hash),
+            _ => None,
+        })
+        .collect();
+    // One announcement for all of them, then one existence check each (in parallel): a
+    // gc that condemned one must have ended, and the chunk must still be there.
+    for hash in marks.announce_all(unread.clone()).await? {
+        marks.wait_for_gc(&hash).await?;
+    }
+    let mut checks = futures::stream::iter(unread)
+        .map(|hash| async move { (hash, store.has_chunk(&hash).await) })
+        .buffer_unordered(32);
+    while let Some((hash, has)) = checks.next().await {
+        if !has? {
             return Err(BackupError::Internal(format!(
                 "chunk {hash} of the base version was deleted by a gc while this backup \
                  started; back up again (in full)"

@@ -220,20 +220,34 @@ impl Announcer {
     /// gc has condemned it: then call [`Announcer::wait_for_gc`] before checking
     /// whether the store has it.
     pub async fn announce(&self, hash: ChunkHash) -> Result<bool, BackupError> {
+        Ok(!self.announce_all(vec![hash]).await?.is_empty())
+    }
+
+    /// Announce every hash of `hashes` in one batch (durably visible when this
+    /// returns) and return those a running gc has condemned: wait for that gc
+    /// ([`Announcer::wait_for_gc`]) before checking whether the store has them. An
+    /// incremental backup names its base's unchanged chunks this way, one object for all
+    /// of them rather than one per chunk.
+    pub async fn announce_all(
+        &self,
+        hashes: Vec<ChunkHash>,
+    ) -> Result<Vec<ChunkHash>, BackupError> {
         self.queued
             .lock()
             .map_err(|_| BackupError::Internal("lock poisoned".into()))?
-            .push(hash);
+            .extend_from_slice(&hashes);
         let mut state = self.state.lock().await;
-        if !state.announced.contains(&hash) {
+        if hashes.iter().any(|h| !state.announced.contains(h)) {
             let batch = std::mem::take(
                 &mut *self
                     .queued
                     .lock()
                     .map_err(|_| BackupError::Internal("lock poisoned".into()))?,
             );
-            // Our hash is in this batch: an earlier batch would have announced it.
-            debug_assert!(batch.contains(&hash));
+            // Our hashes are in this batch or an earlier one announced them.
+            debug_assert!(hashes
+                .iter()
+                .all(|h| batch.contains(h) || state.announced.contains(h)));
             state.batches += 1;
             let path = pending_root()
                 .child(self.id.as_str())
@@ -254,10 +268,11 @@ impl Announcer {
                     .map(|hashes| (tag, Arc::new(hashes.into_iter().collect()))),
             };
         }
-        Ok(state
-            .condemned
-            .as_ref()
-            .is_some_and(|(_, set)| set.contains(&hash)))
+        let condemned = state.condemned.as_ref().map(|(_, set)| set);
+        Ok(hashes
+            .into_iter()
+            .filter(|h| condemned.is_some_and(|set| set.contains(h)))
+            .collect())
     }
 
     /// Wait until the gc run whose condemned list held `hash` has ended (its list gone

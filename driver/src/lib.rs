@@ -28,6 +28,7 @@ pub mod mutants;
 
 pub mod region;
 pub mod status;
+pub mod volume_id;
 
 pub use geometry::{Geometry, GeometryError, RangeError};
 pub use region::RegionMap;

@@ -53,18 +53,29 @@ pub enum Mutant {
     PointInsideUnflushedEpoch = 16,
     /// Journal: apply the records of a torn segment tail instead of truncating them.
     TornTailApplied = 17,
+    /// Overlay mode: application writes go to the destination before the cutover.
+    AppWriteToDestination = 18,
+    /// Overlay mode: a region enters the durable overlay map when its overlay write
+    /// completes, before an overlay flush.
+    MarkOverlayBeforeFlush = 19,
+    /// Overlay mode: the merge commits *merged* (the overlay's end) without waiting
+    /// for the destination flush.
+    ClearOverlayBeforeDestinationFlush = 20,
+    /// Overlay mode: reads of regions in the overlay map are served from the
+    /// destination (backup data).
+    ServeBackupForOverlayRegion = 21,
     /// DR primary: mark a region sent when its read for sending completes, not before
     /// the read is admitted (a write admitted meanwhile stays local and is lost).
-    MarkSentAfterRead = 18,
+    MarkSentAfterRead = 22,
     /// DR site: apply a fetched region's data as soon as it arrives, ahead of the stream
     /// items before it.
-    FetchReplyOutOfOrder = 19,
+    FetchReplyOutOfOrder = 23,
     /// DR site: drop a replicated write whose region's data has not landed yet, as if
     /// it were stale.
-    DropReplicatedWrite = 20,
+    DropReplicatedWrite = 24,
     /// DR site: write region data without ordering it against the replicated writes
     /// around it, so it can land over a newer write.
-    StaleRegionOverWrite = 21,
+    StaleRegionOverWrite = 25,
 }
 
 impl Mutant {
@@ -86,12 +97,22 @@ impl Mutant {
         Mutant::SkipFuaCommitWhenUnflushed,
     ];
 
-    /// The write-capture and journal mutants: caught by the capture's model tests and
-    /// the journal's tests; they join [`Mutant::ALL`] once the simulator runs capture.
+    /// The write-capture and journal mutants: caught by the capture's model tests, the
+    /// journal's tests, and (the first two) the simulator's protected runs
+    /// (`rehydrate-sim --journal`, `sim/tests/journal.rs`), which [`Mutant::ALL`]'s
+    /// unprotected sweeps do not make.
     pub const CAPTURE: [Mutant; 3] = [
         Mutant::SequenceAtDispatch,
         Mutant::PointInsideUnflushedEpoch,
         Mutant::TornTailApplied,
+    ];
+
+    /// The overlay mode's mutants (caught by the overlay model and sweep).
+    pub const OVERLAY: [Mutant; 4] = [
+        Mutant::AppWriteToDestination,
+        Mutant::MarkOverlayBeforeFlush,
+        Mutant::ClearOverlayBeforeDestinationFlush,
+        Mutant::ServeBackupForOverlayRegion,
     ];
 
     /// The disaster-recovery mutants (technique T5): caught by the two-site model test
@@ -124,6 +145,10 @@ impl Mutant {
             Mutant::SequenceAtDispatch => "sequence-at-dispatch",
             Mutant::PointInsideUnflushedEpoch => "point-inside-unflushed-epoch",
             Mutant::TornTailApplied => "torn-tail-applied",
+            Mutant::AppWriteToDestination => "app-write-to-destination",
+            Mutant::MarkOverlayBeforeFlush => "mark-overlay-before-flush",
+            Mutant::ClearOverlayBeforeDestinationFlush => "clear-overlay-before-destination-flush",
+            Mutant::ServeBackupForOverlayRegion => "serve-backup-for-overlay-region",
             Mutant::MarkSentAfterRead => "mark-sent-after-read",
             Mutant::FetchReplyOutOfOrder => "fetch-reply-out-of-order",
             Mutant::DropReplicatedWrite => "drop-replicated-write",
@@ -136,6 +161,7 @@ impl Mutant {
         Mutant::ALL
             .into_iter()
             .chain(Mutant::CAPTURE)
+            .chain(Mutant::OVERLAY)
             .chain(Mutant::DR)
             .find(|m| m.name() == name)
     }

@@ -43,6 +43,10 @@ impl Status {
     /// The request is valid but not supported now (an offloaded data transfer while the
     /// volume is restoring: the caller falls back to normal reads and writes).
     pub const NOT_SUPPORTED: Status = Status(0xC000_00BB);
+    /// The filter refused the volume it started on: it is not the one the restore
+    /// writes (`STATUS_WRONG_VOLUME`). The service's requests get it; the volume's own
+    /// I/O passes by untouched.
+    pub const WRONG_VOLUME: Status = Status(0xC000_0012);
 
     /// True for error severity (top two bits `11`).
     #[inline]
@@ -131,6 +135,7 @@ mod tests {
             Status::IO_TIMEOUT,
             Status::CRC_ERROR,
             Status::NOT_SUPPORTED,
+            Status::WRONG_VOLUME,
             Status::CANCELLED,
         ] {
             assert!(s.is_error(), "{s:?}");

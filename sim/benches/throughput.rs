@@ -8,6 +8,8 @@
 
 use std::time::Instant;
 
+mod common;
+
 use rehydrate_sim::workload::WorkloadConfig;
 use rehydrate_sim::{sweep, Faults, RunConfig};
 
@@ -32,19 +34,7 @@ fn measure(name: &str, seeds: u64, ops: u64, faults: Faults, workload: WorkloadC
 
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is a filter we ignore.
-    let small = WorkloadConfig {
-        read: 500,
-        write: 450,
-        fua_write: 0,
-        flush: 50,
-        trim: 0,
-        get_length: 0,
-        bad: 0,
-        aligned_pct: 0,
-        sequential_pct: 0,
-        max_sectors: 8,
-        ..WorkloadConfig::default()
-    };
+    let small = common::small_io();
     measure("small-io", 50, 20_000, Faults::NONE, small);
     measure(
         "fs-mix-all-faults",

@@ -1,8 +1,9 @@
 //! The command line (DESIGN.md section 4).
 //!
 //! ```text
-//! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--check-determinism] [--json]
-//! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--json]
+//! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--check-determinism] [--json]
+//! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--json]
+//! rehydrate-sim overlay-sweep --seeds A..B [--ops N] [--mutant NAME]
 //! rehydrate-sim demo [--size 256MiB] [--seed N] [--keep] [--status-file PATH] [--json]
 //! ```
 //! `demo` ends with `demo: ok size=... secs=...` or `demo: FAILED <reason>`.
@@ -13,6 +14,7 @@
 use std::ops::Range;
 
 use clap::{Args, Parser, Subcommand};
+use rehydrate_driver::capture::CaptureMode;
 use rehydrate_driver::mutants::Mutant;
 
 use crate::faults::{Faults, FaultsError};
@@ -37,17 +39,29 @@ pub enum Command {
     /// Run one seed and check it.
     Run(RunArgs),
     /// Run a range of seeds and count violations.
+    ///
+    /// Each seed draws one machine restoring in place (the Windows filter's instant
+    /// restore) with the default workload mix and the faults asked for, and runs the
+    /// real driver or the one `--mutant` named. A sweep does not include a second mode
+    /// or mutant set unless asked: write capture and the journal run only with
+    /// `--journal` (and the capture and journal mutants only with it), the overlay
+    /// restore has a sweep of its own (`overlay-sweep`); each seed is one run, never
+    /// repeated with other variants.
     Sweep(SweepArgs),
     /// The end-to-end tour on embedded defaults: back up a volume image, serve it over
     /// NBD, boot the simulated stack on an empty disk and restore it with the real
     /// service while a workload runs; ends with `demo: ok ...`.
     Demo(crate::demo::DemoArgs),
+    /// Run the overlay mode (T2) on a range of seeds with every fault and count
+    /// violations; ends with `overlay-sweep: seeds=K ops=N violations=V`.
+    OverlaySweep(crate::overlay::OverlaySweepArgs),
 }
 
 /// Settings shared by `run` and `sweep`.
 #[derive(Debug, Args)]
 pub struct Common {
-    /// File-system requests per seed.
+    /// File-system requests per seed. 0 means no workload: the restore runs alone, then
+    /// the shutdown flush and the final image check (the requests they make are counted).
     #[arg(long, default_value_t = 2000)]
     pub ops: u64,
     /// Faults to inject: `all`, `none`, or a comma-separated list of cache, torn, media,
@@ -61,9 +75,14 @@ pub struct Common {
     /// fail-waiters-of-whole-range, keep-unwanted-requests, ask-every-missing-region,
     /// no-reask-after-failed-claim, hold-deadline-from-engine-start,
     /// complete-while-cancelable, flush-covers-later-marks,
-    /// skip-fua-commit-when-unflushed.
+    /// skip-fua-commit-when-unflushed; with --journal also the write-capture and journal
+    /// mutants sequence-at-dispatch, point-inside-unflushed-epoch, torn-tail-applied
+    /// (refused without it). The overlay mutants belong to overlay-sweep.
     #[arg(long, value_parser = parse_mutant)]
     pub mutant: Option<Mutant>,
+    /// Protect the volume: capture every write into a journal, `sync` or `async`.
+    #[arg(long, value_parser = parse_journal)]
+    pub journal: Option<CaptureMode>,
     /// Print results as JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -121,6 +140,9 @@ pub enum CliError {
         /// Second trace hash.
         second: u64,
     },
+    /// Options that do not go together.
+    #[error("{0}")]
+    Usage(String),
     /// A sweep found violations.
     #[error("{0} of {1} seeds violated a rule")]
     SweepFailed(usize, u64),
@@ -134,13 +156,40 @@ fn parse_faults(s: &str) -> Result<Faults, String> {
 }
 
 fn parse_mutant(s: &str) -> Result<Mutant, String> {
-    Mutant::from_name(s).ok_or_else(|| {
-        let names: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
-        format!("unknown mutant {s:?} (known: {})", names.join(", "))
-    })
+    match Mutant::from_name(s) {
+        Some(m) if Mutant::OVERLAY.contains(&m) => Err(format!(
+            "mutant {} is an overlay mutant: run it with overlay-sweep",
+            m.name()
+        )),
+        Some(m) if Mutant::DR.contains(&m) => Err(format!(
+            "mutant {} is a disaster-recovery mutant: the simulator does not run two sites \
+             (the two-site model test catches it)",
+            m.name()
+        )),
+        Some(m) => Ok(m),
+        None => {
+            let names: Vec<&str> = Mutant::ALL
+                .iter()
+                .chain(&Mutant::CAPTURE)
+                .map(|m| m.name())
+                .collect();
+            Err(format!(
+                "unknown mutant {s:?} (known: {})",
+                names.join(", ")
+            ))
+        }
+    }
 }
 
-fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
+fn parse_journal(s: &str) -> Result<CaptureMode, String> {
+    match s {
+        "sync" => Ok(CaptureMode::Sync),
+        "async" => Ok(CaptureMode::Async),
+        _ => Err(format!("unknown journal mode {s:?} (known: sync, async)")),
+    }
+}
+
+pub(crate) fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
     let (a, b) = s
         .split_once("..")
         .ok_or_else(|| format!("seeds {s:?} are not A..B"))?;
@@ -158,6 +207,19 @@ fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
     Ok(a..b)
 }
 
+/// Options that parse alone but not together.
+fn check_common(c: &Common) -> Result<(), CliError> {
+    match c.mutant {
+        Some(m) if Mutant::CAPTURE.contains(&m) && c.journal.is_none() => {
+            Err(CliError::Usage(format!(
+                "mutant {} is a write-capture or journal mutant: it needs --journal sync|async",
+                m.name()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn template(c: &Common, seed: u64) -> RunConfig {
     RunConfig {
         seed,
@@ -165,6 +227,7 @@ fn template(c: &Common, seed: u64) -> RunConfig {
         faults: c.faults,
         mutant: c.mutant,
         workload: Default::default(),
+        capture: c.journal,
     }
 }
 
@@ -210,6 +273,7 @@ fn print_outcome(config: &RunConfig, o: &Outcome, json: bool) {
 /// Runs the parsed command; `Err` is the one line to print.
 pub fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::OverlaySweep(args) => crate::overlay::run(&args),
         Command::Demo(args) if args.write_image.is_some() => crate::demo::write_image_only(&args)
             .map_err(|e| {
                 println!("demo: FAILED {e}");
@@ -233,6 +297,7 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
             }
         },
         Command::Run(args) => {
+            check_common(&args.common)?;
             let config = template(&args.common, args.seed);
             let outcome = crate::run(&config);
             print_outcome(&config, &outcome, args.common.json);
@@ -259,6 +324,7 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Sweep(args) => {
+            check_common(&args.common)?;
             let config = template(&args.common, args.seeds.start);
             let (json, quiet) = (args.common.json, args.quiet);
             let report = crate::sweep(args.seeds.clone(), &config, |c, o| {
@@ -273,6 +339,9 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
                 report.failures.len(),
                 report.irps_per_sec()
             );
+            if config.capture.is_some() {
+                println!("journal: {}", report.journal.line());
+            }
             if report.failures.is_empty() {
                 Ok(())
             } else {
@@ -330,5 +399,69 @@ mod tests {
             panic!()
         };
         assert_eq!(r.common.mutant, Some(Mutant::AcceptStaleHydrate));
+        for m in Mutant::CAPTURE {
+            let sweep = |journal: &[&str]| {
+                let args = [
+                    &[
+                        "rehydrate-sim",
+                        "sweep",
+                        "--seeds",
+                        "0..1",
+                        "--mutant",
+                        m.name(),
+                    ][..],
+                    journal,
+                ]
+                .concat();
+                let Command::Sweep(s) = Cli::try_parse_from(args).unwrap().command else {
+                    panic!()
+                };
+                check_common(&s.common)
+            };
+            let refused = sweep(&[]).unwrap_err().to_string();
+            assert!(refused.contains("needs --journal"), "{refused}");
+            assert!(sweep(&["--journal", "async"]).is_ok());
+        }
+        for m in Mutant::OVERLAY.into_iter().chain(Mutant::DR) {
+            let refused = Cli::try_parse_from([
+                "rehydrate-sim",
+                "sweep",
+                "--seeds",
+                "0..1",
+                "--mutant",
+                m.name(),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                refused.contains("overlay-sweep") || refused.contains("two sites"),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn sweep_help_says_what_a_sweep_includes() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("sweep")
+            .expect("sweep")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("does not include a second mode"), "{help}");
+        assert!(help.contains("0 means no workload"), "{help}");
+    }
+
+    #[test]
+    fn ops_0_runs_the_restore_alone_and_checks_it() {
+        let cli =
+            Cli::try_parse_from(["rehydrate-sim", "run", "--seed", "5", "--ops", "0"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        let config = template(&r.common, r.seed);
+        let outcome = crate::run(&config);
+        assert!(outcome.violation.is_none(), "{:?}", outcome.violation);
+        assert!(outcome.irps > 0, "the restore ran");
     }
 }

@@ -65,6 +65,16 @@ fn claimed(wdf: &SimWdf, sectors: &Range<u64>) -> bool {
     })
 }
 
+/// True when the filter's write capture holds a write (not sent yet) that covers
+/// `sectors` wholly: it claims them as a write at the device does.
+fn capture_holds(f: &Filter<SimWdf>, sectors: &Range<u64>) -> bool {
+    f.capture().is_some_and(|t| {
+        t.held_writes().any(|(offset, len)| {
+            offset / 512 <= sectors.start && sectors.end <= (offset + len) / 512
+        })
+    })
+}
+
 /// The service gives up on `[offset, offset+len)`: the live requests that need a region
 /// of it that the driver had asked for and not received may fail with the reason's
 /// status. Regions of the range nobody asked for (the service reported a wider range,
@@ -227,6 +237,7 @@ pub fn check_progress(wdf: &SimWdf, p: &Progress<'_>) -> Result<(), String> {
         let got = engine.requested_runs().any(|r| r.contains(&region))
             || hydrating(wdf, &sectors)
             || claimed(wdf, &sectors)
+            || capture_holds(f, &sectors)
             || p.service.hydrating(region)
             || known(region);
         if !got {

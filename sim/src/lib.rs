@@ -10,21 +10,29 @@
 //! disconnecting backup link, a killed service, cancellation). An oracle checks every
 //! read, every state after reboot and the final disk against DESIGN.md section 3.
 //!
+//! With [`RunConfig::capture`] (`--journal sync|async`) the volume is protected: the
+//! filter captures every write, and a journaling service behind it is checked by the
+//! journal's rules ([`journal`]).
+//!
 //! A run is [`sim::run`]; a sweep over seeds is [`sweep`]. The same seed gives the same
 //! trace hash, always.
 
 pub mod cli;
+pub mod content;
 pub mod data;
 pub mod demo;
 pub mod device;
 pub mod faults;
 pub mod irp;
+pub mod journal;
+pub mod journal_store;
 pub mod judge;
 pub mod kernel;
 pub mod link;
 mod machine;
 pub mod meta;
 pub mod oracle;
+pub mod overlay;
 pub mod rng;
 pub mod sched;
 pub mod service;
@@ -36,6 +44,8 @@ pub mod wdf;
 pub mod workload;
 mod world;
 
+#[cfg(test)]
+mod refused_tests;
 #[cfg(test)]
 mod testing;
 
@@ -57,6 +67,8 @@ pub struct SweepReport {
     pub failures: Vec<(RunConfig, Outcome)>,
     /// Wall-clock seconds.
     pub wall_secs: f64,
+    /// What the journal checked, over the protected runs.
+    pub journal: journal::JournalStats,
 }
 
 impl SweepReport {
@@ -89,6 +101,9 @@ pub fn sweep(
         report.ops += outcome.ops_done;
         report.irps += outcome.irps;
         report.dispatches += outcome.dispatches;
+        if let Some(j) = outcome.journal {
+            report.journal.add(&j);
+        }
         each(&config, &outcome);
         if outcome.violation.is_some() {
             report.failures.push((config, outcome));

@@ -50,6 +50,11 @@ pub enum Ev {
     PowerLoss,
     /// Power comes (back) on: the machine boots.
     PowerOn,
+    /// The journaling service's tick (`machine/capture.rs`), of one capture's life.
+    JournalTick {
+        /// Generation: a power loss ends the chain.
+        gen: u64,
+    },
 }
 
 impl Ev {
@@ -69,6 +74,7 @@ impl Ev {
             Ev::ServiceKill => 12,
             Ev::PowerLoss => 13,
             Ev::PowerOn => 14,
+            Ev::JournalTick { gen } => 15 | gen << 8,
         }
     }
 }

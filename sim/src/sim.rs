@@ -22,6 +22,7 @@
 //! or the service) after each event, so no component is ever re-entered from inside a
 //! call it made.
 
+use rehydrate_driver::capture::CaptureMode;
 use rehydrate_driver::mutants::Mutant;
 
 use crate::data::Backup;
@@ -45,6 +46,9 @@ pub struct RunConfig {
     pub mutant: Option<Mutant>,
     /// The workload mix.
     pub workload: WorkloadConfig,
+    /// Protect the volume: capture every write into a journal (sync or async mode),
+    /// checked by the journal's rules (`journal.rs`).
+    pub capture: Option<CaptureMode>,
 }
 
 impl RunConfig {
@@ -56,6 +60,7 @@ impl RunConfig {
             faults,
             mutant: None,
             workload: WorkloadConfig::default(),
+            capture: None,
         }
     }
 
@@ -68,7 +73,23 @@ impl RunConfig {
         if let Some(m) = self.mutant {
             cmd.push_str(&format!(" --mutant {}", m.name()));
         }
+        if let Some(mode) = self.capture {
+            cmd.push_str(match mode {
+                CaptureMode::Sync => " --journal sync",
+                CaptureMode::Async => " --journal async",
+            });
+        }
         cmd
+    }
+}
+
+impl Outcome {
+    /// `ok`, or the violation and the command that replays it.
+    pub fn describe(&self, config: &RunConfig) -> String {
+        match &self.violation {
+            Some(v) => format!("{v}\n    replay: {}", config.replay_command()),
+            None => "ok".to_string(),
+        }
     }
 }
 
@@ -95,6 +116,8 @@ pub struct Outcome {
     pub violation: Option<Violation>,
     /// The shape drawn for the run, for the report.
     pub shape: String,
+    /// What the journal checked, in a protected run.
+    pub journal: Option<crate::journal::JournalStats>,
 }
 
 /// The demo's machine: an explicit shape instead of a drawn one, no faults, and the
@@ -147,9 +170,7 @@ pub fn run_demo(machine: &DemoMachine, server: LinkServer) -> DemoRun {
             .map(|s| disk.live(start + s))
             .collect();
         let oracle = &m.wdf.k.oracle;
-        let expected = (0..m.volume_sectors)
-            .map(|s| oracle.expect(s).clone())
-            .collect();
+        let expected = (0..m.volume_sectors).map(|s| oracle.expect(s)).collect();
         DemoRun {
             outcome,
             volume_tags,
@@ -190,6 +211,26 @@ static MUTANT_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
 enum Guard {
     Read(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
     Write(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+/// Keeps mutated runs out while held: for tests that drive a `World` without [`run`].
+#[cfg(test)]
+pub(crate) fn hold_unmutated() -> std::sync::RwLockReadGuard<'static, ()> {
+    MUTANT_LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` with `mutant` selected, holding the process's mutant switch as [`run`]
+/// does (the overlay sweep's runs share it with the stack's).
+pub(crate) fn with_mutant<T>(mutant: Option<Mutant>, f: impl FnOnce() -> T) -> T {
+    let _guard = if mutant.is_some() {
+        Guard::Write(MUTANT_LOCK.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        Guard::Read(MUTANT_LOCK.read().unwrap_or_else(|e| e.into_inner()))
+    };
+    rehydrate_driver::mutants::set(mutant);
+    let out = f();
+    rehydrate_driver::mutants::set(None);
+    out
 }
 
 /// Runs one seed to its end (or its first failure). A panic in the driver or the

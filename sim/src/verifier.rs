@@ -65,6 +65,9 @@ pub enum Rule {
     Liveness,
     /// The driver panicked or refused to start.
     Driver,
+    /// Write capture and its journal (`journal.rs`): a point that does not replay to
+    /// the volume, a point inside an epoch or a gap, a record lost or out of order.
+    Journal,
 }
 
 impl Rule {
@@ -91,6 +94,7 @@ impl Rule {
             Rule::Ordering => "oracle:ordering",
             Rule::Liveness => "liveness",
             Rule::Driver => "driver",
+            Rule::Journal => "journal",
         }
     }
 

@@ -80,6 +80,10 @@ pub struct SimWdf {
     pub timer_gen: u64,
     /// The filter's lower I/O not yet reported back to it, by its id.
     pub lowers: BTreeMap<LowerId, LowerUse>,
+    /// The device's filter refused its volume at start (not the restore's: the KMDF
+    /// shell's `Volume::Refused`): [`dispatch`] hands it every request. `None` on the
+    /// restore's volume and before a start.
+    pub refused: Option<rehydrate_driver::filter::Refused>,
     late: RefCell<Vec<String>>,
 }
 
@@ -90,6 +94,7 @@ impl SimWdf {
             k,
             timer_gen: 0,
             lowers: BTreeMap::new(),
+            refused: None,
             late: RefCell::new(Vec::new()),
         }
     }
@@ -549,6 +554,20 @@ pub fn dispatch(
         }
         wdf.collect();
         Status::PENDING
+    } else if let Some(mut refused) = wdf.refused {
+        // A volume that is not the restore's: its requests go down untouched, the
+        // service's are refused, under the same ownership rules.
+        wdf.k.mark_pending(target, id);
+        if let Some(irp) = wdf.k.irps.get_mut(id) {
+            irp.wdf = WdfState::Owned;
+        }
+        match target {
+            Layer::Filter => refused.on_io(wdf, id),
+            _ => refused.on_control(wdf, id),
+        }
+        wdf.refused = Some(refused);
+        wdf.collect();
+        Status::PENDING
     } else {
         // No filter (the device is not started): refused at once.
         wdf.k.complete(target, id, Status::DEVICE_NOT_READY, 0);
@@ -563,24 +582,12 @@ mod tests {
     //! filter could get it wrong.
 
     use super::*;
-    use crate::irp::{Routine, IRP_MJ_READ};
+    use crate::irp::IRP_MJ_READ;
     use crate::testing::kernel;
 
     /// A read the file system sent, presented to the filter (as `dispatch` does).
     fn presented(wdf: &mut SimWdf) -> (IrpId, usize) {
-        let k = &mut wdf.k;
-        let id = k.alloc_irp(Layer::Fs, Layer::Filter.stack_size());
-        if let Some(next) = k.next_loc(Layer::Fs, id) {
-            next.major = IRP_MJ_READ;
-            next.length = 512;
-        }
-        k.set_completion(Layer::Fs, id, Routine::Test { keep: true });
-        let frame = k.begin_call(Layer::Fs, id, Layer::Filter).unwrap();
-        k.mark_pending(Layer::Filter, id);
-        if let Some(irp) = k.irps.get_mut(id) {
-            irp.wdf = WdfState::Owned;
-        }
-        (id, frame)
+        crate::testing::presented(wdf, Layer::Fs, Layer::Filter, IRP_MJ_READ, 0)
     }
 
     fn wdf() -> SimWdf {

@@ -183,6 +183,9 @@ impl World {
                 o.violation = k.v.first().cloned();
             }
             shapes.push(m.shape.clone());
+            if let Some(p) = m.protect.as_ref() {
+                o.journal = Some(p.sink.stats());
+            }
         }
         o.shape = shapes.join(" | ");
         o
@@ -207,6 +210,7 @@ mod tests {
 
     #[test]
     fn two_machines_run_side_by_side_in_one_world_and_replay_exactly() {
+        let _unmutated = crate::sim::hold_unmutated();
         let configs = [
             RunConfig::new(11, 120, Faults::all()),
             RunConfig::new(12, 120, Faults::all()),

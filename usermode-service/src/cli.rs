@@ -93,6 +93,12 @@ rehydrate restore --source nbd://127.0.0.1:10809/sys --target /dev/sdb"
     Serve(ServeArgs),
     /// Restore a whole volume from an NBD export into a file or block device (Linux).
     Restore(RestoreArgs),
+    /// Merge an overlay restore's writes into its completed target.
+    #[command(
+        about = "Merge an overlay restore's writes into its completed target",
+        long_about = crate::restore::overlay::cutover::CUTOVER_HELP
+    )]
+    Cutover(crate::restore::overlay::cutover::CutoverArgs),
     /// Restore a volume in place under the Rehydrate filter (Windows).
     #[cfg(windows)]
     Attach(crate::attach::AttachArgs),
@@ -314,7 +320,8 @@ mod tests {
             cli.command,
             Command::Status(StatusArgs {
                 json: false,
-                status_file: None
+                status_file: None,
+                metadata: None,
             })
         ));
         let cli = Cli::try_parse_from([
@@ -331,6 +338,20 @@ mod tests {
         assert!(a.json);
         assert_eq!(a.status_file, Some(std::path::PathBuf::from("/x/s.json")));
         assert!(Cli::try_parse_from(["rehydrate", "status", "extra"]).is_err());
+        let cli = Cli::try_parse_from(["rehydrate", "status", "--metadata", "/m"]).unwrap();
+        let Command::Status(a) = cli.command else {
+            panic!("not status: {:?}", cli.command);
+        };
+        assert_eq!(a.metadata, Some(std::path::PathBuf::from("/m")));
+        assert!(Cli::try_parse_from([
+            "rehydrate",
+            "status",
+            "--metadata",
+            "/m",
+            "--status-file",
+            "/s"
+        ])
+        .is_err());
     }
 
     #[test]
@@ -340,6 +361,7 @@ mod tests {
             "backup",
             "serve",
             "restore",
+            "cutover",
             "status",
             "replicate",
             "receive",

@@ -184,6 +184,9 @@ pub enum ServiceError {
         /// Bytes of the volume.
         total_bytes: u64,
     },
+    /// The overlay mode or a cutover refused.
+    #[error(transparent)]
+    Overlay(#[from] crate::restore::overlay::OverlayError),
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),

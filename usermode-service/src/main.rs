@@ -49,6 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.line()
             });
         }
+        Command::Cutover(args) => print_last_line(&args.run()?),
         Command::Status(args) => print_last_line(&args.run()?),
         Command::Protect(args) => print_last_line(&rehydrate_service::protect::run(&args)?.line()),
         Command::Mark(args) => print_last_line(&rehydrate_service::protect::mark(&args)?),

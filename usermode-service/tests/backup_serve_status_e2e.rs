@@ -177,6 +177,27 @@ fn backup_serve_restore_and_status_end_to_end() {
         std::fs::read(&target).unwrap() == data,
         "restored bytes differ"
     );
+
+    // The restore's metadata, read as attach's is beside the filter: nothing written.
+    let metadata = dir.path().join("restored.img.rehydrate-meta");
+    let before = std::fs::read(&metadata).unwrap();
+    let inspect = ["status", "--metadata", metadata.to_str().unwrap()];
+    let out = run(&inspect);
+    assert_ok(&out, "status --metadata");
+    let human = text(&out.stdout);
+    assert!(human.contains("phase     complete"), "{human}");
+    assert!(human.contains("source    disk@1 ("), "{human}");
+    assert!(human.contains("(100.0%)"), "{human}");
+    let out = run(&[&inspect[..], &["--json"]].concat());
+    assert_ok(&out, "status --metadata --json");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["bytes_total"], IMAGE_BYTES as u64);
+    assert_eq!(v["regions_restored"], v["regions_total"]);
+    assert_eq!(
+        std::fs::read(&metadata).unwrap(),
+        before,
+        "metadata untouched"
+    );
 }
 
 #[test]
@@ -186,6 +207,8 @@ fn failures_are_one_line() {
     let out = run(&["status", "--status-file", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert_one_line_error(&out, "rehydrate: error: no status file at ");
+    let out = run(&["status", "--metadata", missing.to_str().unwrap()]);
+    assert_one_line_error(&out, "rehydrate: error: metadata ");
 
     let store = dir.path().join("store");
     let out = run(&[

@@ -74,10 +74,16 @@ fn item1_a_server_restarted_mid_restore_with_a_new_version_does_not_change_what_
     backup(&dir.path().join("v1.img"), &store, "sys");
     let port = free_port();
     let server = serve_on(&store, port);
+    // The outage lasts as long as a backup takes: on a loaded machine that can pass the
+    // default 30 s deadline, which is not what this test is about.
     let mut child = spawn_restore(
         &url(port, "sys"),
         &target,
-        &[&SLOW[..], &["--status-file", s(&status)]].concat(),
+        &[
+            &SLOW[..],
+            &["--status-file", s(&status), "--deadline", "300"],
+        ]
+        .concat(),
     );
     wait_restored(&status, 4 * MIB, &mut child);
     drop(server);

@@ -83,8 +83,7 @@ impl Live {
     }
 
     fn status(&self) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.path("status.json")).unwrap_or_default();
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+        read_status(&self.path("status.json"))
     }
 
     fn restoring(&self) -> bool {

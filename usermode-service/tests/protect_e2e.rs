@@ -418,7 +418,7 @@ fn kill_9_mid_run_keeps_acknowledged_writes_and_points_and_bad_points_are_refuse
         .expect("a sealed segment after mark a")
         .clone();
     let mut bytes = std::fs::read(&victim).expect("segment");
-    bytes[96 + 72 + 5] ^= 0xFF;
+    bytes[96 + 56 + 5] ^= 0xFF;
     std::fs::write(&victim, bytes).expect("damage");
     drop(server);
     let server = serve(&setup.store());

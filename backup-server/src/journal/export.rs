@@ -45,25 +45,66 @@ impl PointExport {
         &self.identity
     }
 
-    async fn piece(&self, range: Range<u64>, source: Option<Source>) -> Result<Bytes, ExportError> {
-        let len = (range.end - range.start) as usize;
-        match source {
-            None => self.base.read(range.start, len as u32).await,
-            Some(Source::Zero) => Ok(Bytes::from(vec![0u8; len])),
-            Some(Source::Data { segment, at }) => {
-                let file =
-                    self.files.get(segment as usize).cloned().ok_or_else(|| {
+    /// Reads `[offset, offset + length)`: every journal piece in one blocking task (a
+    /// sequential read over a point written by small random writes is hundreds of
+    /// pieces), base pieces through the version's chunk cache meanwhile, zeros as they
+    /// are.
+    async fn assemble(&self, offset: u64, length: usize) -> Result<Bytes, ExportError> {
+        let end = offset + length as u64;
+        let pieces = self.map.lookup(offset..end);
+        let mut journal: Vec<(Arc<File>, u64, Range<usize>)> = Vec::new();
+        let mut base: Vec<Range<u64>> = Vec::new();
+        for (range, source) in pieces {
+            let at = (range.start - offset) as usize..(range.end - offset) as usize;
+            match source {
+                None => base.push(range),
+                Some(Source::Zero) => {}
+                Some(Source::Data {
+                    segment,
+                    at: file_at,
+                }) => {
+                    let file = self.files.get(segment as usize).cloned().ok_or_else(|| {
                         ExportError::Corrupt(format!("no journal segment {segment}"))
                     })?;
-                tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; len];
-                    file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
-                })
-                .await
-                .map_err(|e| ExportError::Io(std::io::Error::other(e)))?
-                .map_err(ExportError::Io)
+                    journal.push((file, file_at, at));
+                }
             }
         }
+        if journal.is_empty() {
+            if let [only] = base.as_slice() {
+                // The common case of a region nobody wrote: the base's bytes, no copy.
+                if only.start == offset && only.end == end {
+                    return self.base.read(offset, length as u32).await;
+                }
+            }
+        }
+        let read_journal = async move {
+            if journal.is_empty() {
+                return Ok(BytesMut::zeroed(length));
+            }
+            tokio::task::spawn_blocking(move || {
+                let mut out = BytesMut::zeroed(length);
+                for (file, file_at, at) in &journal {
+                    file.read_exact_at(&mut out[at.clone()], *file_at)?;
+                }
+                Ok::<BytesMut, std::io::Error>(out)
+            })
+            .await
+            .map_err(|e| ExportError::Io(std::io::Error::other(e)))?
+            .map_err(ExportError::Io)
+        };
+        // A request spans at most 32 MiB; the base's pieces are read meanwhile.
+        let read_base = try_join_all(
+            base.iter()
+                .map(|r| self.base.read(r.start, (r.end - r.start) as u32)),
+        );
+        let (out, base_parts) = tokio::join!(read_journal, read_base);
+        let (mut out, base_parts) = (out?, base_parts?);
+        for (r, part) in base.iter().zip(&base_parts) {
+            let at = (r.start - offset) as usize;
+            out[at..at + part.len()].copy_from_slice(part);
+        }
+        Ok(out.freeze())
     }
 }
 
@@ -89,16 +130,8 @@ impl Export for PointExport {
             if length == 0 {
                 return Ok(Bytes::new());
             }
-            let pieces = self.map.lookup(offset..end);
-            if let [(range, source)] = pieces.as_slice() {
-                return self.piece(range.clone(), *source).await;
-            }
-            // A request spans at most 32 MiB; its pieces are read concurrently.
-            let parts = try_join_all(pieces.into_iter().map(|(r, s)| self.piece(r, s))).await?;
-            let mut out = BytesMut::with_capacity(length as usize);
-            parts.iter().for_each(|p| out.extend_from_slice(p));
-            debug_assert_eq!(out.len(), length as usize);
-            Ok(out.freeze())
+            debug_assert!(end > offset);
+            self.assemble(offset, length as usize).await
         })
     }
 

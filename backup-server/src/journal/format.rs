@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic "RHYDJSEG"
-//!      8     2  format version = 1
+//!      8     2  format version = 2 (1: records checked with BLAKE3, refused)
 //!     10     2  reserved, zero
 //!     12     4  reserved, zero
 //!     16     8  base version: the version of the volume the journal starts from
@@ -33,9 +33,8 @@
 //!     40     8  batch: sequence of the first record of the append that wrote this one
 //!     48     4  payload length (write: the length; mark: the label, 1..=64 bytes
 //!               of [A-Za-z0-9._-]; else 0)
-//!     52     4  reserved, zero
-//!     56    16  checksum: the first 16 bytes of BLAKE3(bytes 0..56 ‖ payload)
-//!     72     n  payload, then zero bytes to the next multiple of 8
+//!     52     4  checksum: CRC32C of bytes 0..52 followed by the payload
+//!     56     n  payload, then zero bytes to the next multiple of 8
 //! ```
 //!
 //! Why each field: the magic lets a scan tell a record from garbage; the sequence makes
@@ -43,31 +42,37 @@
 //! a torn or damaged record is never data; `batch` tells a torn append (records of the
 //! last append only) from damage (a bad record followed by a record of a later append,
 //! which the writer starts only after the earlier one was synced).
+//!
+//! Why CRC32C for records (and BLAKE3 for the header): every byte written to the
+//! volume passes through it, and the instruction computes it at memory speed, where a
+//! cryptographic hash would cost the writer a large share of a core. It is what storage
+//! journals use to find torn and damaged records. What a point *is* (its identity for
+//! pinning) is a BLAKE3 chain over every record's header and CRC (`super::Journal`).
 
 use crate::name::MAX_VERSION;
 
 /// The segment magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RHYDJSEG";
 /// The format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Bytes of the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 96;
 /// The record magic.
 pub const RECORD_MAGIC: [u8; 4] = *b"RJRC";
 /// Bytes of a record before its payload.
-pub const RECORD_HEADER_BYTES: usize = 72;
+pub const RECORD_HEADER_BYTES: usize = 56;
 /// Largest payload: a write record carries at most 1 MiB.
 pub const PAYLOAD_MAX_BYTES: usize = 1 << 20;
 /// Longest mark label.
 pub const LABEL_MAX_BYTES: usize = 64;
-/// Bytes of each checksum kept.
+/// Bytes of the header checksum kept.
 pub const CHECKSUM_BYTES: usize = 16;
 const HEADER_CHECKSUM_AT: usize = 72;
-/// Where a record's checksum sits in its header.
-pub const RECORD_CHECKSUM_AT: usize = 56;
+/// Where a record's checksum (CRC32C, 4 bytes) sits in its header.
+pub const RECORD_CHECKSUM_AT: usize = 52;
 
 const _: () = assert!(HEADER_CHECKSUM_AT + CHECKSUM_BYTES + 8 == SEGMENT_HEADER_BYTES);
-const _: () = assert!(RECORD_CHECKSUM_AT + CHECKSUM_BYTES == RECORD_HEADER_BYTES);
+const _: () = assert!(RECORD_CHECKSUM_AT + 4 == RECORD_HEADER_BYTES);
 const _: () = assert!(SEGMENT_HEADER_BYTES % 8 == 0 && RECORD_HEADER_BYTES % 8 == 0);
 const _: () = assert!(PAYLOAD_MAX_BYTES % 512 == 0);
 
@@ -176,7 +181,7 @@ pub enum FormatError {
     #[error("no magic")]
     Magic,
     /// A segment of another format version.
-    #[error("segment format version {0} is not the supported version 1")]
+    #[error("segment format version {0} is not the supported version 2")]
     Version(u16),
     /// The checksum does not match.
     #[error("checksum mismatch")]
@@ -184,6 +189,11 @@ pub enum FormatError {
     /// A field that does not fit (the text names it).
     #[error("field {0} is invalid")]
     Field(&'static str),
+}
+
+/// A record's checksum: CRC32C over its header before the checksum, then its payload.
+pub fn record_checksum(header: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(header), payload)
 }
 
 fn checksum(parts: &[&[u8]]) -> [u8; CHECKSUM_BYTES] {
@@ -285,6 +295,16 @@ impl<'a> Record<'a> {
     /// Appends the record's bytes to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
+        self.encode_header_into(out);
+        out.extend_from_slice(self.payload);
+        out.extend_from_slice(&[0u8; 8][..padding(self.payload.len())]);
+        debug_assert_eq!(out.len() - start, self.encoded_len());
+    }
+
+    /// Appends only the record's header (its checksum covers the payload too): a writer
+    /// can then write the payload from where it already is, without copying it.
+    pub fn encode_header_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
         out.extend_from_slice(&RECORD_MAGIC);
         out.extend_from_slice(&self.kind.code().to_le_bytes());
         out.extend_from_slice(&self.flags.to_le_bytes());
@@ -298,12 +318,9 @@ impl<'a> Record<'a> {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&[0u8; 4]);
-        let sum = checksum(&[&out[start..start + RECORD_CHECKSUM_AT], self.payload]);
-        out.extend_from_slice(&sum);
-        out.extend_from_slice(self.payload);
-        out.extend_from_slice(&[0u8; 8][..padding(self.payload.len())]);
-        debug_assert_eq!(out.len() - start, self.encoded_len());
+        let sum = record_checksum(&out[start..start + RECORD_CHECKSUM_AT], self.payload);
+        out.extend_from_slice(&sum.to_le_bytes());
+        debug_assert_eq!(out.len() - start, RECORD_HEADER_BYTES);
     }
 
     /// The checks every record must pass besides its checksum: fields that fit its kind
@@ -386,14 +403,12 @@ impl<'a> Record<'a> {
             missing: total.saturating_sub(bytes.len()),
         })?;
         let payload = &whole[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len];
-        let sum = checksum(&[&b[..RECORD_CHECKSUM_AT], payload]);
-        if sum[..] != b[RECORD_CHECKSUM_AT..RECORD_HEADER_BYTES] {
+        if record_checksum(&b[..RECORD_CHECKSUM_AT], payload) != u32_at(b, RECORD_CHECKSUM_AT) {
             return Err(FormatError::Checksum);
         }
-        if u32_at(b, 52) != 0
-            || whole[RECORD_HEADER_BYTES + payload_len..]
-                .iter()
-                .any(|&x| x != 0)
+        if whole[RECORD_HEADER_BYTES + payload_len..]
+            .iter()
+            .any(|&x| x != 0)
         {
             return Err(FormatError::Field("reserved"));
         }

@@ -20,8 +20,8 @@
 //! A *point* is a flush or mark record outside a gap. Point `P` of base `B` reads, for
 //! each byte, the newest write or zero record with sequence at most `P` covering it,
 //! else base version `B` ([`map::PointMap`]). Each point has a digest: a chain of
-//! BLAKE3 over the base's identity and every record's checksum up to it, so a restore
-//! can pin exactly what it recovers.
+//! BLAKE3 over the base's identity and every record's header (with its CRC32C) up to
+//! it, so a restore can pin exactly what it recovers.
 
 pub mod export;
 pub mod format;
@@ -548,8 +548,7 @@ impl Journal {
         debug_assert_eq!(e.seq, self.head() + 1);
         let mut h = blake3::Hasher::new();
         h.update(&self.chain);
-        h.update(&e.seq.to_le_bytes());
-        h.update(&e.checksum);
+        h.update(&e.header);
         self.chain = *h.finalize().as_bytes();
         match e.kind {
             // A gap begun while one is open (a restart inside a gap) continues it.

@@ -36,8 +36,9 @@ pub struct Entry {
     pub payload_at: u64,
     /// The mark's label.
     pub label: Option<String>,
-    /// The record's checksum (it names the record in the journal's chain digest).
-    pub checksum: [u8; 16],
+    /// The record's header as stored, checksum included (it names the record in the
+    /// journal's chain digest).
+    pub header: [u8; RECORD_HEADER_BYTES],
 }
 
 /// How the scanned bytes end.
@@ -142,8 +143,8 @@ pub fn scan(
 
 /// The entry of record `r`, whose bytes start `raw`, at byte `at` of the segment.
 fn entry(r: &Record<'_>, raw: &[u8], at: u64) -> Entry {
-    let mut checksum = [0u8; 16];
-    checksum.copy_from_slice(&raw[RECORD_CHECKSUM_AT..RECORD_HEADER_BYTES]);
+    let mut header = [0u8; RECORD_HEADER_BYTES];
+    header.copy_from_slice(&raw[..RECORD_HEADER_BYTES]);
     Entry {
         seq: r.seq,
         kind: r.kind,
@@ -153,7 +154,7 @@ fn entry(r: &Record<'_>, raw: &[u8], at: u64) -> Entry {
         time_unix_ns: r.time_unix_ns,
         payload_at: at + RECORD_HEADER_BYTES as u64,
         label: r.label().map(str::to_owned),
-        checksum,
+        header,
     }
 }
 
@@ -190,10 +191,11 @@ fn decode_ignoring_checksum(
     // Re-seal a copy with a checksum that matches, so the ordinary decoder checks the
     // rest; then hand out the record over the original bytes.
     let mut copy = whole.to_vec();
-    let mut h = blake3::Hasher::new();
-    h.update(&copy[..RECORD_CHECKSUM_AT]);
-    h.update(&copy[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len]);
-    copy[RECORD_CHECKSUM_AT..RECORD_HEADER_BYTES].copy_from_slice(&h.finalize().as_bytes()[..16]);
+    let sum = super::format::record_checksum(
+        &copy[..RECORD_CHECKSUM_AT],
+        &copy[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len],
+    );
+    copy[RECORD_CHECKSUM_AT..RECORD_HEADER_BYTES].copy_from_slice(&sum.to_le_bytes());
     let (r, n) = Record::decode(&copy, volume_size_bytes).ok()?;
     if r.seq != seq {
         return None;

@@ -333,7 +333,7 @@ pub fn damage_case(root: &Path, seed: u64) -> Result<u64, String> {
         .open(&seg)
         .map_err(|e| e.to_string())?;
     let mut byte = [0u8; 1];
-    let target = at + 4 + rng.next(60);
+    let target = at + 4 + rng.next(52);
     f.read_exact_at(&mut byte, target)
         .map_err(|e| e.to_string())?;
     f.write_all_at(&[byte[0] ^ 0x40], target)

@@ -9,13 +9,44 @@
 //! prefix of what was appended, plus at most one torn append at its very end.
 
 use std::fs::{File, OpenOptions};
+use std::io::{IoSlice, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rehydrate_nbd::PositionalIo;
 
-use super::format::{Record, SegmentHeader, SEGMENT_HEADER_BYTES};
+use super::format::{padding, Record, SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::{io, journal_dir, segment_name, Journal, JournalError};
 use crate::name::VolumeName;
+
+/// Payloads at least this long are written in place rather than copied.
+const VECTOR_MIN_BYTES: usize = 4096;
+
+/// A piece of an append: encoded bytes, or the payload of the `i`-th record.
+enum Part {
+    Buf(Range<usize>),
+    Payload(usize),
+}
+
+/// Writes every slice at `offset`, one vectored write after another (the one writer
+/// owns the file's position).
+fn write_all_vectored_at(
+    mut file: &File,
+    mut slices: &mut [IoSlice<'_>],
+    offset: u64,
+) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    // Bounded: each turn writes at least one byte or fails.
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// Default size at which a segment is sealed and the next one started.
 pub const SEGMENT_MAX_BYTES_DEFAULT: u64 = 64 << 20;
@@ -139,9 +170,12 @@ impl JournalWriter {
             return Ok(self.head);
         };
         let batch_seq = first.seq;
+        // Headers (and small payloads) are encoded into one buffer; large payloads are
+        // written from where they are, in the same vectored write.
         self.buf.clear();
+        let mut parts: Vec<Part> = Vec::with_capacity(2 * fresh.len());
         let mut seq = self.head;
-        for r in &fresh {
+        for (i, r) in fresh.iter().enumerate() {
             if r.seq != seq + 1 {
                 return Err(JournalError::Discontinuous {
                     head: seq,
@@ -151,7 +185,15 @@ impl JournalWriter {
             let r = Record { batch_seq, ..**r };
             r.check(self.base.volume_size_bytes)
                 .map_err(|source| JournalError::BadRecord { seq: r.seq, source })?;
-            r.encode_into(&mut self.buf);
+            let start = self.buf.len();
+            if r.payload.len() >= VECTOR_MIN_BYTES && padding(r.payload.len()) == 0 {
+                r.encode_header_into(&mut self.buf);
+                parts.push(Part::Buf(start..self.buf.len()));
+                parts.push(Part::Payload(i));
+            } else {
+                r.encode_into(&mut self.buf);
+                parts.push(Part::Buf(start..self.buf.len()));
+            }
             seq = r.seq;
         }
         let needs_segment = match &self.current {
@@ -166,9 +208,17 @@ impl JournalWriter {
                 "no segment to append to",
             )));
         };
-        file.write_all_at(&self.buf, *end).map_err(io(path))?;
+        let mut slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .map(|p| match p {
+                Part::Buf(r) => IoSlice::new(&self.buf[r.clone()]),
+                Part::Payload(i) => IoSlice::new(fresh[*i].payload),
+            })
+            .collect();
+        let total: u64 = slices.iter().map(|s| s.len() as u64).sum();
+        write_all_vectored_at(file, &mut slices, *end).map_err(io(path))?;
         file.sync_data().map_err(io(path))?;
-        *end += self.buf.len() as u64;
+        *end += total;
         self.head = seq;
         Ok(seq)
     }

@@ -94,6 +94,11 @@ pub async fn replicate(store: &ChunkStore, options: &Options) -> Result<Report, 
     let (read_tx, mut read_rx) = mpsc::unbounded_channel();
     let mut reading = 0usize;
     let mut peer_open = true;
+    // A write that failed (the receiver closed or reset the connection): the receiver
+    // usually said why in an Error frame just before, so read on until the connection
+    // ends (a few seconds at most) and report that reason; the write error only if none
+    // came.
+    let mut write_failed: Option<(String, tokio::time::Instant)> = None;
     let bar = progress_bar(options.progress);
     let mut outcome = None;
     while outcome.is_none() {
@@ -108,10 +113,10 @@ pub async fn replicate(store: &ChunkStore, options: &Options) -> Result<Report, 
                         }
                         _ => 0,
                     };
-                    if peer_open {
+                    if peer_open && write_failed.is_none() {
                         if let Err(e) = writer.send(&m).await {
-                            peer_open = false;
-                            core.peer_gone(e.to_string());
+                            let deadline = tokio::time::Instant::now() + WRITE_FAILED_READ_SECS;
+                            write_failed = Some((e.to_string(), deadline));
                         }
                     }
                     bar.set_length(core.requested_bytes());
@@ -140,14 +145,18 @@ pub async fn replicate(store: &ChunkStore, options: &Options) -> Result<Report, 
                 Some(Ok(m)) => core.frame(m),
                 Some(Err(e)) => {
                     peer_open = false;
-                    core.peer_gone(e.to_string());
+                    core.peer_gone(write_error_or(&write_failed, e.to_string()));
                 }
                 None => {
                     peer_open = false;
-                    core.peer_gone("the connection ended".into());
+                    core.peer_gone(write_error_or(&write_failed, "the connection ended".into()));
                 }
             },
-            else => core.peer_gone("the connection ended".into()),
+            _ = sleep_until_or_never(write_failed.as_ref().map(|w| w.1)), if write_failed.is_some() => {
+                peer_open = false;
+                core.peer_gone(write_error_or(&write_failed, String::new()));
+            }
+            else => core.peer_gone(write_error_or(&write_failed, "the connection ended".into())),
         }
     }
     bar.finish_and_clear();
@@ -156,6 +165,22 @@ pub async fn replicate(store: &ChunkStore, options: &Options) -> Result<Report, 
         outcome: outcome.unwrap_or_default(),
         bytes_sent: writer.bytes_sent(),
     })
+}
+
+/// How long the sender reads on after a write failed, for the receiver's reason.
+const WRITE_FAILED_READ_SECS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The reason a session ended: the failed write's error if there was one (the reading
+/// side then only ended as a consequence), else `other`.
+fn write_error_or(write_failed: &Option<(String, tokio::time::Instant)>, other: String) -> String {
+    write_failed.as_ref().map_or(other, |(e, _)| e.clone())
+}
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn on_read(core: &mut Sender, hash: ChunkHash, read: Result<crate::chunk::Encoded, BackupError>) {

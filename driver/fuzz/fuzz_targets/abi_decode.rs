@@ -9,9 +9,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rehydrate_driver::abi::{Message, RecordBatchWriter, MESSAGE_MAX_BYTES};
+use rehydrate_driver::abi::{
+    Attach, Ioctl, Message, RecordBatchWriter, RestoreMode, MESSAGE_MAX_BYTES,
+};
 
 fuzz_target!(|data: &[u8]| {
+    // Each control code's own decoder (the kind it carries) sees the bytes too.
+    for ioctl in Ioctl::ALL {
+        let _ = Message::decode_request(ioctl, data);
+    }
     let Ok(message) = Message::decode_any(data) else {
         return;
     };
@@ -28,6 +34,14 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(out.as_slice(), data, "re-encoding changed the bytes");
     let again = Message::decode_any(&out).expect("re-encoded bytes decode");
     assert_eq!(again, message);
+    // An attach in either mode is compared with a volume restoring in each mode (ABI
+    // version 2): a mismatch is a typed error.
+    if let Message::Attach(attach) = message {
+        for mode in [RestoreMode::InPlace, RestoreMode::Overlay] {
+            let volume = Attach { mode, ..attach };
+            assert_eq!(attach.check_matches(&volume).is_ok(), attach.mode == mode);
+        }
+    }
     // Write capture's batches: every record read back is valid and, pushed one by one
     // into a writer, rebuilds the very same batch.
     if let Message::RecordBatch(batch) = message {

@@ -16,6 +16,7 @@ use rehydrate_driver::meta::{
     SourceKind, SourcePin, StoreError, TargetKind, TargetPin, HEADER_STORE_PAGES,
     MAP_RECORD_BYTES, META_PAGE_SIZE_BYTES, REGIONS_PER_PAGE, TARGET_ID_BYTES, WORDS_PER_PAGE,
 };
+use rehydrate_driver::engine::overlay::Record as OverlayRecord;
 use rehydrate_driver::{Geometry, RegionMap};
 
 /// A plain in-memory store: no cache, no faults.
@@ -154,6 +155,14 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input { data, at: 0 };
     let (index, tag) = (input.u64(), input.u64() as u32);
     let _ = decode_page_slot(data, index, tag);
+    // The records owners keep in named maps: the overlay mode's (its state and its
+    // overlay's pin) decodes to a typed error or to a record that encodes back.
+    if let Some(bytes) = data.get(..MAP_RECORD_BYTES) {
+        let record: [u8; MAP_RECORD_BYTES] = bytes.try_into().expect("sliced to length");
+        if let Ok(decoded) = OverlayRecord::decode(&record) {
+            assert_eq!(decoded.encode(), record, "an overlay record re-encodes exactly");
+        }
+    }
     if let Some(page) = data.get(..META_PAGE_SIZE_BYTES) {
         let _ = decode_header(page);
         if let Ok(slot) = decode_page_slot(page, index, tag) {

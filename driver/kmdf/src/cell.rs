@@ -37,7 +37,7 @@
 use core::cell::UnsafeCell;
 use core::ptr;
 
-use rehydrate_driver::filter::Filter;
+use rehydrate_driver::filter::Volume;
 use wdk_sys::{
     call_unsafe_wdf_function_binding, ntddk::KeInitializeEvent, ntddk::KeSetEvent,
     ntddk::KeWaitForSingleObject, _EVENT_TYPE, _KWAIT_REASON, KEVENT, NTSTATUS, WDFOBJECT,
@@ -86,11 +86,13 @@ pub enum Event {
 
 /// What only the owner touches.
 pub struct Inner {
-    /// The filter, once `EvtDevicePrepareHardware` opened its metadata.
-    pub filter: Option<Filter<Kmdf>>,
+    /// The filter, once `EvtDevicePrepareHardware` decided (restoring the volume, or
+    /// refused and out of its way).
+    pub filter: Option<Volume<Kmdf>>,
     /// The WDF handles the filter's `Framework` calls use.
     pub fw: Kmdf,
-    /// The metadata file, used by the commit work item at PASSIVE_LEVEL.
+    /// The metadata file, used by the commit work item at PASSIVE_LEVEL (none on a
+    /// refused volume).
     pub store: Option<FileStore>,
     /// Set when the device is being removed: everything still arriving is refused.
     pub removed: bool,

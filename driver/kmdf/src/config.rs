@@ -10,13 +10,17 @@
 //!                               e.g. \??\Volume{...}\Rehydrate\target.meta
 //!   RegionSizeBytes  REG_DWORD  region size of the restore (4 KiB..1 MiB, power of two)
 //!   BackupId         REG_BINARY 32 bytes naming the backup version (the Attach identity)
+//!   TargetVolume     REG_BINARY 48 bytes: the target volume's identity (the layout in
+//!                               rehydrate_driver::volume_id); absent when written by an
+//!                               older service, which the filter then refuses
 //! ```
 //!
 //! Values are read as given; checking them is the portable crate's job (`Geometry`,
-//! `Metadata::open`, `Attach::check_matches`).
+//! `Metadata::open`, `Attach::check_matches`, `filter::start`).
 
 use core::ptr;
 
+use rehydrate_driver::meta::{TargetKind, TargetPin, TARGET_ID_BYTES};
 use wdk::nt_success;
 use wdk_sys::{
     call_unsafe_wdf_function_binding, NTSTATUS, STATUS_OBJECT_NAME_NOT_FOUND, ULONG,
@@ -54,6 +58,8 @@ pub struct RestoreParameters {
     pub region_size_bytes: u32,
     /// The backup version restored.
     pub backup_id: [u8; 32],
+    /// The volume the restore writes (`TargetPin::UNRECORDED` without the value).
+    pub target: TargetPin,
 }
 
 /// The open `Parameters` key; closed on drop (PASSIVE_LEVEL, like everything here).
@@ -126,18 +132,19 @@ impl Key {
         }
     }
 
-    fn binary32(&self, name: &[u16]) -> Result<[u8; 32], NTSTATUS> {
+    /// A `REG_BINARY` value of exactly `N` bytes.
+    fn binary<const N: usize>(&self, name: &[u16]) -> Result<[u8; N], NTSTATUS> {
         let name = unicode(name);
-        let mut value = [0u8; 32];
+        let mut value = [0u8; N];
         let mut queried: ULONG = 0;
         let mut value_type: ULONG = 0;
-        // SAFETY: live key; WDF writes at most 32 bytes into `value`; out-pointers local.
+        // SAFETY: live key; WDF writes at most N bytes into `value`; out-pointers local.
         let nt_status = unsafe {
             call_unsafe_wdf_function_binding!(
                 WdfRegistryQueryValue,
                 self.0,
                 &name,
-                32,
+                N as ULONG,
                 value.as_mut_ptr().cast(),
                 &mut queried,
                 &mut value_type
@@ -146,7 +153,7 @@ impl Key {
         if !nt_success(nt_status) {
             return Err(nt_status);
         }
-        if queried != 32 || value_type != wdk_sys::REG_BINARY {
+        if queried as usize != N || value_type != wdk_sys::REG_BINARY {
             return Err(STATUS_OBJECT_NAME_NOT_FOUND);
         }
         Ok(value)
@@ -172,6 +179,13 @@ pub fn restore_parameters(driver: WDFDRIVER) -> Result<RestoreParameters, NTSTAT
     Ok(RestoreParameters {
         metadata_path: key.string(wide!("MetadataPath"))?,
         region_size_bytes: key.ulong(wide!("RegionSizeBytes"))?,
-        backup_id: key.binary32(wide!("BackupId"))?,
+        backup_id: key.binary(wide!("BackupId"))?,
+        target: match key.binary::<TARGET_ID_BYTES>(wide!("TargetVolume")) {
+            Ok(id) => TargetPin {
+                kind: TargetKind::WindowsVolume,
+                id,
+            },
+            Err(_) => TargetPin::UNRECORDED,
+        },
     })
 }

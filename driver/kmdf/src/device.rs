@@ -34,36 +34,25 @@
 use alloc::sync::Arc;
 use core::ptr;
 
-use rehydrate_driver::abi::{ctl_code, Attach, FILE_READ_ACCESS, METHOD_BUFFERED};
-use rehydrate_driver::filter::{Filter, FilterConfig};
 use rehydrate_driver::framework::Framework;
-use rehydrate_driver::meta::{Identity, MetaError, Metadata, StoreError};
-use rehydrate_driver::{RegionMap, Status};
+use rehydrate_driver::Status;
 use wdk::nt_success;
 use wdk_sys::{
     call_unsafe_wdf_function_binding, ntddk::IofCompleteRequest, _DEVICE_REGISTRY_PROPERTY,
-    _WDF_MEMORY_DESCRIPTOR_TYPE, _WDF_REQUEST_STOP_ACTION_FLAGS, NTSTATUS, PFN_WDF_WORKITEM, PIRP,
-    PWDFDEVICE_INIT, STATUS_DISK_CORRUPT_ERROR, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS, ULONG, ULONG_PTR, WDFCMRESLIST,
-    WDFDEVICE, WDFDRIVER, WDFIOTARGET, WDFOBJECT, WDFQUEUE, WDFREQUEST, WDFSPINLOCK, WDFTIMER,
-    WDFWORKITEM, WDF_MEMORY_DESCRIPTOR, WDF_NO_OBJECT_ATTRIBUTES, WDF_OBJECT_ATTRIBUTES,
-    WDF_PNPPOWER_EVENT_CALLBACKS, WDF_TIMER_CONFIG, WDF_WORKITEM_CONFIG,
+    _WDF_REQUEST_STOP_ACTION_FLAGS, NTSTATUS, PFN_WDF_WORKITEM, PIRP, PWDFDEVICE_INIT,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, STATUS_SUCCESS, ULONG, WDFCMRESLIST, WDFDEVICE,
+    WDFDRIVER, WDFIOTARGET, WDFOBJECT, WDFQUEUE, WDFREQUEST, WDFSPINLOCK, WDFTIMER, WDFWORKITEM,
+    WDF_NO_OBJECT_ATTRIBUTES, WDF_OBJECT_ATTRIBUTES, WDF_PNPPOWER_EVENT_CALLBACKS,
+    WDF_TIMER_CONFIG, WDF_WORKITEM_CONFIG,
 };
 
 use crate::cell::{Event, Inner, Shared};
 use crate::config::{self, PATH_UNITS_MAX};
 use crate::control;
 use crate::kmdf::{Kmdf, Origin, RequestContext};
-use crate::meta_store::FileStore;
 use crate::queue_spec::VOLUME_QUEUE;
 use crate::queues::{self, Handlers};
 use crate::wdf::{self, context_type, names_equal, size_ulong};
-
-/// `IOCTL_DISK_GET_LENGTH_INFO` (ntdddisk.h): `CTL_CODE(IOCTL_DISK_BASE, 0x0017,
-/// METHOD_BUFFERED, FILE_READ_ACCESS)`, a function-like macro bindgen cannot evaluate.
-const IOCTL_DISK_GET_LENGTH_INFO: ULONG =
-    ctl_code(0x0000_0007, 0x0017, METHOD_BUFFERED, FILE_READ_ACCESS);
-const _: () = assert!(IOCTL_DISK_GET_LENGTH_INFO == 0x0007_405C);
 
 /// The filter device's context: its cell, as `Arc::into_raw` (released in the destroy
 /// callback). Zero-filled by WDF: null until `evt_device_add` sets it.
@@ -408,8 +397,10 @@ unsafe fn create_work_item(
     }
 }
 
-/// `EvtDevicePrepareHardware`: the volume below has started; open the metadata and
-/// create the filter. A failure fails the volume's start with that status.
+/// `EvtDevicePrepareHardware`: the volume below has started; decide whether it is the
+/// restore's volume, open its metadata and create the filter (`start.rs`). A refused
+/// volume starts too, with a filter that stays out of its way; a failure fails the
+/// volume's start with that status.
 extern "C" fn evt_prepare_hardware(
     device: WDFDEVICE,
     _raw: WDFCMRESLIST,
@@ -430,7 +421,7 @@ extern "C" fn evt_prepare_hardware(
         // A restart after a stop: the filter and its state carry on.
         return STATUS_SUCCESS;
     }
-    let (filter, store) = match start_filter(lower) {
+    let (volume, store) = match crate::start::start(lower) {
         Ok(started) => started,
         Err(nt_status) => return nt_status,
     };
@@ -438,83 +429,12 @@ extern "C" fn evt_prepare_hardware(
     // SAFETY: we are the owner until `leave`.
     unsafe {
         let inner = shared.inner();
-        inner.filter = Some(filter);
-        inner.store = Some(store);
+        inner.filter = Some(volume);
+        inner.store = store;
     }
     shared.leave();
     control::set_active(shared);
     STATUS_SUCCESS
-}
-
-/// Reads the parameters, the volume's length and the metadata; PASSIVE_LEVEL.
-fn start_filter(lower: WDFIOTARGET) -> Result<(Filter<Kmdf>, FileStore), NTSTATUS> {
-    let params = config::restore_parameters(control::driver())?;
-    let volume_size_bytes = volume_length(lower)?;
-    let identity = Identity {
-        volume_size_bytes,
-        region_size_bytes: params.region_size_bytes,
-        backup_id: params.backup_id,
-    };
-    let geometry = identity.geometry().map_err(|_| STATUS_INVALID_PARAMETER)?;
-    let map = Arc::new(RegionMap::new(geometry).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?);
-    let mut store = FileStore::open(&params.metadata_path.unicode())?;
-    let meta = match Metadata::open(&mut store, &identity, &map) {
-        Ok(meta) => meta,
-        Err(e) => {
-            store.close();
-            return Err(meta_status(e));
-        }
-    };
-    let attach = Attach {
-        volume_size_bytes,
-        region_size_bytes: params.region_size_bytes,
-        backup_identity: params.backup_id,
-    };
-    Ok((
-        Filter::new(map, meta, attach, FilterConfig::default()),
-        store,
-    ))
-}
-
-fn meta_status(error: MetaError) -> NTSTATUS {
-    match error {
-        MetaError::Store(StoreError::Device { code }) => code as NTSTATUS,
-        MetaError::AllocFailed { .. } => STATUS_INSUFFICIENT_RESOURCES,
-        _ => STATUS_DISK_CORRUPT_ERROR,
-    }
-}
-
-/// `IOCTL_DISK_GET_LENGTH_INFO` to the volume below, synchronously.
-fn volume_length(lower: WDFIOTARGET) -> Result<u64, NTSTATUS> {
-    let mut length: i64 = 0;
-    let mut output = WDF_MEMORY_DESCRIPTOR {
-        Type: _WDF_MEMORY_DESCRIPTOR_TYPE::WdfMemoryDescriptorTypeBuffer,
-        ..WDF_MEMORY_DESCRIPTOR::default()
-    };
-    let mut returned: ULONG_PTR = 0;
-    // SAFETY: PASSIVE_LEVEL; the descriptor's buffer arm names `length`, a local that
-    // outlives the synchronous call; no input, no options.
-    let nt_status = unsafe {
-        output.u.BufferType.Buffer = ptr::from_mut(&mut length).cast();
-        output.u.BufferType.Length = 8;
-        call_unsafe_wdf_function_binding!(
-            WdfIoTargetSendIoctlSynchronously,
-            lower,
-            ptr::null_mut(),
-            IOCTL_DISK_GET_LENGTH_INFO,
-            ptr::null_mut(),
-            &mut output,
-            ptr::null_mut(),
-            &mut returned
-        )
-    };
-    if !nt_success(nt_status) {
-        return Err(nt_status);
-    }
-    if returned < 8 {
-        return Err(STATUS_INVALID_PARAMETER);
-    }
-    u64::try_from(length).map_err(|_| STATUS_INVALID_PARAMETER)
 }
 
 /// The preprocess hook for `IRP_MJ_FLUSH_BUFFERS` (module comment).

@@ -7,9 +7,11 @@
 //! (`kmdf.rs`). It decides nothing about I/O: every decision is in the portable crate,
 //! which CI runs against a simulated Windows I/O stack.
 //!
-//! * `device.rs`: `EvtDriverDeviceAdd` (attach to the configured volume only), start
-//!   (open the metadata, build the filter), the default queue, the flush hook, the timer
-//!   and work items, removal (`EvtDeviceSelfManagedIoFlush`, `EvtIoStop`, cleanup).
+//! * `device.rs`: `EvtDriverDeviceAdd` (attach to the configured volume only), the
+//!   default queue, the flush hook, the timer and work items, removal
+//!   (`EvtDeviceSelfManagedIoFlush`, `EvtIoStop`, cleanup).
+//! * `start.rs`: start (`EvtDevicePrepareHardware`): ask the volume below what it is,
+//!   let the portable start refuse another volume, open the metadata, build the filter.
 //! * `queue_spec.rs` / `queues.rs`: every queue as plain data (checked on Linux) and the
 //!   one place a `WDF_IO_QUEUE_CONFIG` is built from it.
 //! * `cell.rs`: how concurrent callbacks at up to DISPATCH_LEVEL and the PASSIVE_LEVEL
@@ -36,6 +38,7 @@ mod kmdf;
 mod meta_store;
 mod queue_spec;
 mod queues;
+mod start;
 
 use core::ptr;
 

@@ -4,8 +4,8 @@ use core::fmt;
 
 use super::wire::{self, Reader, Writer};
 use super::{
-    AbiError, MessageKind, BITMAP_PAGE_MAX_BYTES, BITMAP_PAGE_PREFIX_BYTES, BITMAP_PAGE_WORDS_MAX,
-    BITMAP_QUERY_BYTES, HEADER_BYTES,
+    AbiError, MapSelector, MessageKind, BITMAP_PAGE_MAX_BYTES, BITMAP_PAGE_PREFIX_BYTES,
+    BITMAP_PAGE_WORDS_MAX, BITMAP_QUERY_BYTES, HEADER_BYTES,
 };
 use crate::geometry::REGION_COUNT_MAX;
 
@@ -14,15 +14,15 @@ const BITS: u64 = 64;
 /// also keeps `first_word + word_count` far from overflow.
 const WORDS_MAX: u64 = REGION_COUNT_MAX / BITS;
 
-/// Service → driver: send `word_count` words of the map starting at word `first_word`.
-/// The answer is a [`BitmapPage`], shorter (even empty) where the map ends.
+/// Service → driver: send `word_count` words of map `map` starting at word
+/// `first_word`. The answer is a [`BitmapPage`], shorter (even empty) where the map ends.
 ///
 /// ```text
 /// offset size field
 ///      0    8 header      kind 5, total_len 24
 ///      8    8 first_word  word index; first_word + word_count <= 2^26 (the largest map)
 ///     16    4 word_count  <= BITMAP_PAGE_WORDS_MAX (4096); zero is allowed
-///     20    4 reserved    zero
+///     20    4 map         MapSelector: 1 restored (D), 2 overlay (O)
 ///     24      end
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +32,8 @@ pub struct BitmapQuery {
     pub first_word: u64,
     /// Words wanted.
     pub word_count: u32,
+    /// Which map.
+    pub map: MapSelector,
 }
 
 impl BitmapQuery {
@@ -61,7 +63,7 @@ impl BitmapQuery {
         wire::write_header(&mut w, MessageKind::BitmapQuery, BITMAP_QUERY_BYTES)?;
         w.u64(self.first_word)?;
         w.u32(self.word_count)?;
-        w.u32(0)?;
+        w.u32(self.map as u32)?;
         Ok(w.finish(BITMAP_QUERY_BYTES))
     }
 
@@ -69,18 +71,22 @@ impl BitmapQuery {
     pub fn decode(bytes: &[u8]) -> Result<BitmapQuery, AbiError> {
         let mut r = wire::body(bytes, MessageKind::BitmapQuery)?;
         wire::exact_len(bytes, MessageKind::BitmapQuery, BITMAP_QUERY_BYTES)?;
+        let first_word = r.u64()?;
+        let word_count = r.u32()?;
+        let map = r.u32()?;
         let query = BitmapQuery {
-            first_word: r.u64()?,
-            word_count: r.u32()?,
+            first_word,
+            word_count,
+            map: MapSelector::from_u32(map).ok_or(AbiError::UnknownMap(map))?,
         };
-        r.reserved_u32()?;
         query.check()?;
         Ok(query)
     }
 }
 
-/// Driver → service: part of the region map. Bit `b` of word `w` (absolute index
-/// `first_word + i` for the page's word `i`) is set when region `64*w + b` is restored.
+/// Driver → service: part of a region map. Bit `b` of word `w` (absolute index
+/// `first_word + i` for the page's word `i`) is set when region `64*w + b` is marked
+/// (restored, for the restore map; in the overlay, for the overlay map).
 ///
 /// ```text
 /// offset size          field
@@ -88,9 +94,9 @@ impl BitmapQuery {
 ///      8    8          first_word      <= ceil(region_count / 64)
 ///     16    4          word_count      <= BITMAP_PAGE_WORDS_MAX (4096);
 ///                                      first_word + word_count <= ceil(region_count / 64)
-///     20    4          reserved        zero
+///     20    4          map             MapSelector the words are of
 ///     24    8          region_count    regions in the volume, <= 2^32
-///     32    8          restored_count  regions restored in the whole map, <= region_count
+///     32    8          restored_count  regions marked in the whole map, <= region_count
 ///     40    8*word_count words         u64 each; bits past the last region are zero
 /// ```
 #[derive(Clone, Copy)]
@@ -99,8 +105,10 @@ pub struct BitmapPage<'a> {
     pub first_word: u64,
     /// Regions in the volume.
     pub region_count: u64,
-    /// Regions restored in the whole map when the page was taken.
+    /// Regions marked in the whole map when the page was taken.
     pub restored_count: u64,
+    /// Which map the words are of.
+    pub map: MapSelector,
     words: Words<'a>,
 }
 
@@ -112,17 +120,37 @@ enum Words<'a> {
 }
 
 impl<'a> BitmapPage<'a> {
-    /// A page of `words` starting at `first_word`, checked as the decoder will check it.
+    /// A page of the restore map's `words` starting at `first_word`, checked as the
+    /// decoder will check it.
     pub fn new(
         first_word: u64,
         region_count: u64,
         restored_count: u64,
         words: &'a [u64],
     ) -> Result<BitmapPage<'a>, AbiError> {
-        let page = BitmapPage {
+        Self::of_map(
+            MapSelector::Restored,
             first_word,
             region_count,
             restored_count,
+            words,
+        )
+    }
+
+    /// A page of map `map`'s `words` starting at `first_word` (`marked_count` regions
+    /// of the whole map are marked), checked as the decoder will check it.
+    pub fn of_map(
+        map: MapSelector,
+        first_word: u64,
+        region_count: u64,
+        marked_count: u64,
+        words: &'a [u64],
+    ) -> Result<BitmapPage<'a>, AbiError> {
+        let page = BitmapPage {
+            first_word,
+            region_count,
+            restored_count: marked_count,
+            map,
             words: Words::Typed(words),
         };
         page.check()?;
@@ -223,7 +251,7 @@ impl<'a> BitmapPage<'a> {
         wire::write_header(&mut w, MessageKind::BitmapPage, total)?;
         w.u64(self.first_word)?;
         w.u32(word_count)?;
-        w.u32(0)?;
+        w.u32(self.map as u32)?;
         w.u64(self.region_count)?;
         w.u64(self.restored_count)?;
         for word in self.words() {
@@ -245,7 +273,8 @@ impl<'a> BitmapPage<'a> {
         }
         let first_word = r.u64()?;
         let word_count = r.u32()?;
-        r.reserved_u32()?;
+        let map = r.u32()?;
+        let map = MapSelector::from_u32(map).ok_or(AbiError::UnknownMap(map))?;
         let region_count = r.u64()?;
         let restored_count = r.u64()?;
         check_word_count(MessageKind::BitmapPage, word_count)?;
@@ -265,6 +294,7 @@ impl<'a> BitmapPage<'a> {
             first_word,
             region_count,
             restored_count,
+            map,
             words: Words::Wire(r.take(words_bytes)?),
         };
         page.check()?;
@@ -286,6 +316,7 @@ fn check_word_count(kind: MessageKind, word_count: u32) -> Result<(), AbiError> 
 impl PartialEq for BitmapPage<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.first_word == other.first_word
+            && self.map == other.map
             && self.region_count == other.region_count
             && self.restored_count == other.restored_count
             && self.word_count() == other.word_count()
@@ -313,6 +344,7 @@ impl fmt::Debug for BitmapPage<'_> {
         }
         f.debug_struct("BitmapPage")
             .field("first_word", &self.first_word)
+            .field("map", &self.map)
             .field("region_count", &self.region_count)
             .field("restored_count", &self.restored_count)
             .field("words", &WordList(*self))

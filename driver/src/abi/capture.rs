@@ -625,3 +625,16 @@ const _: () = assert!(MARK_LABEL_MAX_BYTES <= u8::MAX as usize);
 const _: () = assert!(
     RECORD_BATCH_PREFIX_BYTES + record_bytes(RECORD_PAYLOAD_MAX_BYTES) <= RECORD_BATCH_MAX_BYTES
 );
+
+/// One batch of `records`, encoded (for tests and simulators that play the driver).
+#[cfg(any(test, feature = "testing"))]
+pub fn batch_of(records: &[CaptureRecord<'_>]) -> Result<alloc::vec::Vec<u8>, AbiError> {
+    let mut out = alloc::vec![0u8; RECORD_BATCH_MAX_BYTES];
+    let mut w = RecordBatchWriter::new(&mut out)?;
+    for r in records {
+        w.push(r)?;
+    }
+    let len = w.finish()?;
+    out.truncate(len);
+    Ok(out)
+}

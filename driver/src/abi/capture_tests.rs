@@ -31,14 +31,7 @@ fn bare(seq: u64, kind: RecordKind) -> CaptureRecord<'static> {
 }
 
 fn batch_of(records: &[CaptureRecord<'_>]) -> Vec<u8> {
-    let mut out = vec![0u8; RECORD_BATCH_MAX_BYTES];
-    let mut w = RecordBatchWriter::new(&mut out).unwrap();
-    for r in records {
-        w.push(r).unwrap();
-    }
-    let len = w.finish().unwrap();
-    out.truncate(len);
-    out
+    super::capture::batch_of(records).unwrap()
 }
 
 #[test]

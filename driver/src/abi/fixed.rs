@@ -1,9 +1,10 @@
 //! The fixed-size messages: attach, fetch failure, status counters, control.
 
 use super::wire::{self, Writer};
+use super::Refusal;
 use super::{
-    AbiError, MessageKind, ATTACH_BYTES, CONTROL_BYTES, FETCH_FAILED_BYTES, HEADER_BYTES,
-    STATUS_COUNTERS_BYTES,
+    AbiError, MessageKind, RestoreMode, ATTACH_BYTES, CONTROL_BYTES, FETCH_FAILED_BYTES,
+    HEADER_BYTES, STATUS_COUNTERS_BYTES,
 };
 use crate::geometry::Geometry;
 use crate::status::FailReason;
@@ -18,7 +19,8 @@ use crate::status::FailReason;
 ///      0    8 header             kind 1, total_len 56
 ///      8    8 volume_size_bytes  non-zero multiple of 512
 ///     16    4 region_size_bytes  power of two, 4 KiB..=1 MiB
-///     20    4 reserved           zero
+///     20    4 mode               RestoreMode: 1 in place, 2 overlay (reserved zero in
+///                                version 1)
 ///     24   32 backup_identity    opaque to the driver (the backup version's hash)
 ///     56      end
 /// ```
@@ -31,6 +33,8 @@ pub struct Attach {
     pub region_size_bytes: u32,
     /// Identity of the backup version the data comes from.
     pub backup_identity: [u8; 32],
+    /// How the restore treats the application's writes.
+    pub mode: RestoreMode,
 }
 
 impl Attach {
@@ -60,6 +64,12 @@ impl Attach {
         if self.backup_identity != expected.backup_identity {
             return Err(AbiError::BackupIdentityMismatch);
         }
+        if self.mode != expected.mode {
+            return Err(AbiError::ModeMismatch {
+                attached: self.mode,
+                volume: expected.mode,
+            });
+        }
         Ok(())
     }
 
@@ -75,7 +85,7 @@ impl Attach {
         wire::write_header(&mut w, MessageKind::Attach, ATTACH_BYTES)?;
         w.u64(self.volume_size_bytes)?;
         w.u32(self.region_size_bytes)?;
-        w.u32(0)?;
+        w.u32(self.mode as u32)?;
         w.put(&self.backup_identity)?;
         Ok(w.finish(ATTACH_BYTES))
     }
@@ -84,14 +94,15 @@ impl Attach {
     pub fn decode(bytes: &[u8]) -> Result<Attach, AbiError> {
         let mut r = wire::body(bytes, MessageKind::Attach)?;
         wire::exact_len(bytes, MessageKind::Attach, ATTACH_BYTES)?;
+        let volume_size_bytes = r.u64()?;
+        let region_size_bytes = r.u32()?;
+        let mode = r.u32()?;
+        let backup_identity = r.bytes32()?;
         let attach = Attach {
-            volume_size_bytes: r.u64()?,
-            region_size_bytes: {
-                let region = r.u32()?;
-                r.reserved_u32()?;
-                region
-            },
-            backup_identity: r.bytes32()?,
+            volume_size_bytes,
+            region_size_bytes,
+            backup_identity,
+            mode: RestoreMode::from_u32(mode).ok_or(AbiError::UnknownMode(mode))?,
         };
         attach.geometry()?;
         Ok(attach)
@@ -173,6 +184,10 @@ pub enum DriverState {
     Paused = 4,
     /// Every region is restored; the filter is a pass-through.
     AllRestored = 5,
+    /// Overlay mode: a cutover is merging the overlay into the destination.
+    Merging = 6,
+    /// Overlay mode: the cutover is durable; the volume is the destination.
+    Merged = 7,
 }
 
 impl DriverState {
@@ -184,6 +199,8 @@ impl DriverState {
             3 => Some(DriverState::Running),
             4 => Some(DriverState::Paused),
             5 => Some(DriverState::AllRestored),
+            6 => Some(DriverState::Merging),
+            7 => Some(DriverState::Merged),
             _ => None,
         }
     }
@@ -193,25 +210,34 @@ impl DriverState {
 ///
 /// ```text
 /// offset size field
-///      0    8 header                 kind 7, total_len 80
-///      8    4 state                  DriverState (1..=5)
-///     12    4 reserved               zero
-///     16    8 regions_total
-///     24    8 regions_restored       <= regions_total
-///     32    8 held_requests          requests held now
-///     40    8 misses                 on-demand regions requested so far
-///     48    8 bytes_hydrated
-///     56    8 hydrate_dropped_stale  hydrate writes dropped: region restored or
+///      0    8 header                 kind 7, total_len 96
+///      8    4 state                  DriverState (1..=7)
+///     12    4 mode                   RestoreMode
+///     16    4 refusal                0, or why the filter refused its volume (Refusal,
+///                                    1..=9); only with state Detached
+///     20    4 reserved               zero
+///     24    8 regions_total
+///     32    8 regions_restored       <= regions_total
+///     40    8 held_requests          requests held now
+///     48    8 misses                 on-demand regions requested so far
+///     56    8 bytes_hydrated
+///     64    8 hydrate_dropped_stale  hydrate writes dropped: region restored or
 ///                                    overwritten meanwhile (rule 4)
-///     64    8 fetch_failures         FetchFailed messages received
-///     72    8 requests_failed        requests completed with an error
-///     80      end
+///     72    8 fetch_failures         FetchFailed messages received
+///     80    8 requests_failed        requests completed with an error
+///     88    8 overlay_regions        overlay mode: regions in O (in memory); else 0
+///     96      end
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(C)]
 pub struct StatusCounters {
     /// Where the restore stands.
     pub state: DriverState,
+    /// Why the filter refused the volume it started on (then it stays detached and
+    /// out of the volume's way); `None` on the volume the restore writes.
+    pub refusal: Option<Refusal>,
+    /// The restore's mode.
+    pub mode: RestoreMode,
     /// Regions in the volume.
     pub regions_total: u64,
     /// Regions restored.
@@ -228,10 +254,35 @@ pub struct StatusCounters {
     pub fetch_failures: u64,
     /// Requests completed with an error.
     pub requests_failed: u64,
+    /// Overlay mode: regions whose current data is in the overlay.
+    pub overlay_regions: u64,
 }
 
 impl StatusCounters {
+    /// Detached with nothing counted: a driver before its first attach, or one that
+    /// refused its volume (`refusal`).
+    pub const fn detached(regions_total: u64, refusal: Option<Refusal>) -> StatusCounters {
+        StatusCounters {
+            state: DriverState::Detached,
+            mode: RestoreMode::InPlace,
+            refusal,
+            regions_total,
+            regions_restored: 0,
+            held_requests: 0,
+            misses: 0,
+            bytes_hydrated: 0,
+            hydrate_dropped_stale: 0,
+            fetch_failures: 0,
+            requests_failed: 0,
+            overlay_regions: 0,
+        }
+    }
+
     fn check(&self) -> Result<(), AbiError> {
+        // Pair assertion: a refused filter is detached for good.
+        if self.refusal.is_some() && self.state != DriverState::Detached {
+            return Err(AbiError::RefusedNotDetached { state: self.state });
+        }
         if self.regions_restored > self.regions_total {
             return Err(AbiError::RestoredCount {
                 restored: self.regions_restored,
@@ -252,6 +303,8 @@ impl StatusCounters {
         let mut w = Writer::new(out, STATUS_COUNTERS_BYTES)?;
         wire::write_header(&mut w, MessageKind::StatusCounters, STATUS_COUNTERS_BYTES)?;
         w.u32(self.state as u32)?;
+        w.u32(self.mode as u32)?;
+        w.u32(self.refusal.map_or(0, |r| r as u32))?;
         w.u32(0)?;
         for counter in [
             self.regions_total,
@@ -262,6 +315,7 @@ impl StatusCounters {
             self.hydrate_dropped_stale,
             self.fetch_failures,
             self.requests_failed,
+            self.overlay_regions,
         ] {
             w.u64(counter)?;
         }
@@ -273,10 +327,19 @@ impl StatusCounters {
         let mut r = wire::body(bytes, MessageKind::StatusCounters)?;
         wire::exact_len(bytes, MessageKind::StatusCounters, STATUS_COUNTERS_BYTES)?;
         let state = r.u32()?;
-        r.reserved_u32()?;
+        let mode = r.u32()?;
+        let refusal = r.u32()?;
+        let _reserved = r.u32()?;
         let state = DriverState::from_u32(state).ok_or(AbiError::UnknownState(state))?;
+        let mode = RestoreMode::from_u32(mode).ok_or(AbiError::UnknownMode(mode))?;
+        let refusal = match refusal {
+            0 => None,
+            code => Some(Refusal::from_u32(code).ok_or(AbiError::UnknownRefusal(code))?),
+        };
         let counters = StatusCounters {
             state,
+            mode,
+            refusal,
             regions_total: r.u64()?,
             regions_restored: r.u64()?,
             held_requests: r.u64()?,
@@ -285,6 +348,7 @@ impl StatusCounters {
             hydrate_dropped_stale: r.u64()?,
             fetch_failures: r.u64()?,
             requests_failed: r.u64()?,
+            overlay_regions: r.u64()?,
         };
         counters.check()?;
         Ok(counters)
@@ -305,9 +369,20 @@ pub enum ControlCommand {
     /// The service is leaving: pended `GET_MISSING` requests complete, and reads of
     /// missing regions fail until a service attaches again.
     Detach = 4,
+    /// Overlay mode: begin the cutover with the online merge (copy while the volume is
+    /// used; hold it only for the regions written since). Refused unless every region
+    /// is durably restored.
+    MergeOnline = 5,
+    /// Overlay mode: begin the cutover with the volume held for the whole merge.
+    Cutover = 6,
 }
 
 impl ControlCommand {
+    /// True for the commands that begin a cutover (overlay mode).
+    pub const fn is_cutover(self) -> bool {
+        matches!(self, ControlCommand::MergeOnline | ControlCommand::Cutover)
+    }
+
     /// Decodes the ABI value; unknown values are `None`.
     pub const fn from_u32(value: u32) -> Option<ControlCommand> {
         match value {
@@ -315,6 +390,8 @@ impl ControlCommand {
             2 => Some(ControlCommand::Pause),
             3 => Some(ControlCommand::Resume),
             4 => Some(ControlCommand::Detach),
+            5 => Some(ControlCommand::MergeOnline),
+            6 => Some(ControlCommand::Cutover),
             _ => None,
         }
     }
@@ -325,7 +402,7 @@ impl ControlCommand {
 /// ```text
 /// offset size field
 ///      0    8 header    kind 8, total_len 16
-///      8    4 command   ControlCommand (1..=4)
+///      8    4 command   ControlCommand (1..=6)
 ///     12    4 reserved  zero
 ///     16      end
 /// ```
@@ -365,9 +442,10 @@ impl Control {
 // Each layout comment above ends where its constant says.
 const _: () = assert!(ATTACH_BYTES == HEADER_BYTES + 8 + 4 + 4 + 32);
 const _: () = assert!(FETCH_FAILED_BYTES == HEADER_BYTES + 8 + 8 + 4 + 4);
-const _: () = assert!(STATUS_COUNTERS_BYTES == HEADER_BYTES + 4 + 4 + 8 * 8);
+const _: () = assert!(STATUS_COUNTERS_BYTES == HEADER_BYTES + 4 * 4 + 9 * 8);
 const _: () = assert!(CONTROL_BYTES == HEADER_BYTES + 4 + 4);
 // The in-memory structs mirror the wire bodies where the field order allows it.
 const _: () = assert!(core::mem::size_of::<FetchFailed>() == FETCH_FAILED_BYTES - HEADER_BYTES);
 const _: () =
     assert!(core::mem::size_of::<StatusCounters>() == STATUS_COUNTERS_BYTES - HEADER_BYTES);
+const _: () = assert!(core::mem::size_of::<RestoreMode>() == 4);

@@ -40,9 +40,13 @@ mod fixed;
 mod hydrate;
 pub mod ioctl;
 mod missing;
+mod mode;
+mod refusal;
 mod wire;
 
 pub use bitmap::{BitmapPage, BitmapQuery};
+#[cfg(any(test, feature = "testing"))]
+pub use capture::batch_of;
 pub use capture::{
     record_bytes, CaptureRecord, Label, Mark, RecordAck, RecordBatch, RecordBatchWriter,
     RecordFlags, RecordKind, MARK_LABEL_MAX_BYTES,
@@ -58,12 +62,18 @@ pub use ioctl::{
     METHOD_OUT_DIRECT,
 };
 pub use missing::{MissingBatch, MissingFlags, MissingRange};
+pub use mode::{MapSelector, RestoreMode};
+pub use refusal::Refusal;
 
 use crate::geometry::{GeometryError, RangeError, REGION_SIZE_MAX_BYTES, SECTOR_SIZE_BYTES};
 use crate::status::Status;
 
 /// The ABI version this build speaks. Bumped on any change to a layout or a meaning.
-pub const ABI_VERSION: u16 = 1;
+/// Version 2: the attach names the mode (in place or overlay), bitmap queries and
+/// pages name their map, two control commands start the overlay's cutover, and the
+/// counters say the mode, the overlay's regions and why a filter refused its volume.
+/// Version 1 peers are refused ([`AbiError::Outdated`]).
+pub const ABI_VERSION: u16 = 2;
 
 /// Bytes of the common header.
 pub const HEADER_BYTES: usize = 8;
@@ -100,7 +110,7 @@ pub const FETCH_FAILED_BYTES: usize = 32;
 /// Bytes of a [`BitmapQuery`].
 pub const BITMAP_QUERY_BYTES: usize = 24;
 /// Bytes of a [`StatusCounters`].
-pub const STATUS_COUNTERS_BYTES: usize = 80;
+pub const STATUS_COUNTERS_BYTES: usize = 96;
 /// Bytes of a [`Control`].
 pub const CONTROL_BYTES: usize = 16;
 
@@ -246,6 +256,12 @@ impl Header {
         let abi_version = r.u16()?;
         let kind = r.u16()?;
         let total_len = r.u32()?;
+        if abi_version < ABI_VERSION && abi_version != 0 {
+            return Err(AbiError::Outdated {
+                got: abi_version,
+                expected: ABI_VERSION,
+            });
+        }
         if abi_version != ABI_VERSION {
             return Err(AbiError::Version {
                 got: abi_version,
@@ -293,6 +309,15 @@ pub enum AbiError {
         needed: usize,
         /// Bytes in the output buffer.
         got: usize,
+    },
+    /// The header carries an older ABI version: a driver and a service of different
+    /// releases; both must be updated together.
+    #[error("ABI version {got} is older than this build's version {expected}: update the driver and the service together")]
+    Outdated {
+        /// Version in the header.
+        got: u16,
+        /// [`ABI_VERSION`].
+        expected: u16,
     },
     /// The header carries an ABI version this build does not speak.
     #[error("ABI version {got} is not the supported version {expected}")]
@@ -359,6 +384,21 @@ pub enum AbiError {
     /// A control command that is not a [`ControlCommand`].
     #[error("unknown control command {0}")]
     UnknownCommand(u32),
+    /// A refusal that is not a [`Refusal`].
+    #[error("unknown refusal {0}")]
+    UnknownRefusal(u32),
+    /// Counters that carry a refusal with a state other than detached.
+    #[error("a refused volume reported as {state:?}, not detached")]
+    RefusedNotDetached {
+        /// The state reported.
+        state: DriverState,
+    },
+    /// A restore mode that is not a [`RestoreMode`].
+    #[error("unknown restore mode {0}")]
+    UnknownMode(u32),
+    /// A map selector that is not a [`MapSelector`].
+    #[error("unknown region map {0}")]
+    UnknownMap(u32),
     /// A byte range is misaligned, empty or wraps past 2^64.
     #[error(transparent)]
     Range(#[from] RangeError),
@@ -440,6 +480,14 @@ pub enum AbiError {
     /// The service attaches with a backup other than the one the volume restores from.
     #[error("attach names a different backup than the one this volume restores from")]
     BackupIdentityMismatch,
+    /// The service attaches in another mode than the restore's.
+    #[error("attach asks for the {attached:?} mode; this volume restores in the {volume:?} mode")]
+    ModeMismatch {
+        /// Mode in the attach.
+        attached: RestoreMode,
+        /// Mode of the restore in progress.
+        volume: RestoreMode,
+    },
     /// A record kind that is not a [`RecordKind`].
     #[error("unknown record kind {0}")]
     UnknownRecordKind(u16),
@@ -483,7 +531,8 @@ impl AbiError {
             | AbiError::Length { .. } => Status::INVALID_BUFFER_SIZE,
             AbiError::VolumeSizeMismatch { .. }
             | AbiError::RegionSizeMismatch { .. }
-            | AbiError::BackupIdentityMismatch => Status::DEVICE_NOT_READY,
+            | AbiError::BackupIdentityMismatch
+            | AbiError::ModeMismatch { .. } => Status::DEVICE_NOT_READY,
             _ => Status::INVALID_PARAMETER,
         }
     }

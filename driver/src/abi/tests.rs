@@ -20,6 +20,7 @@ fn attach() -> Attach {
         volume_size_bytes: 1 << 30,
         region_size_bytes: 4096,
         backup_identity: [7; 32],
+        mode: RestoreMode::InPlace,
     }
 }
 
@@ -80,7 +81,8 @@ fn oversized_buffers_are_refused_before_reading() {
 
 #[test]
 fn unknown_versions_are_refused() {
-    for version in [0u16, 2, u16::MAX] {
+    // 1: before the status counters carried a refusal.
+    for version in [0u16, 1, 3, u16::MAX] {
         let mut bytes = control();
         bytes[0..2].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
@@ -91,6 +93,25 @@ fn unknown_versions_are_refused() {
             })
         );
     }
+}
+
+#[test]
+fn version_one_peers_are_refused_as_outdated() {
+    // Version 1 had no mode, no map selector and no cutover: a driver and a service
+    // of different releases stop at the first message, saying what to do.
+    let mut bytes = control();
+    bytes[0..2].copy_from_slice(&1u16.to_le_bytes());
+    let refused = Message::decode_any(&bytes);
+    assert_eq!(
+        refused,
+        Err(AbiError::Outdated {
+            got: 1,
+            expected: 2
+        })
+    );
+    let text = refused.unwrap_err().to_string();
+    assert!(text.contains("update the driver and the service"), "{text}");
+    assert_eq!(refused.unwrap_err().status(), Status::INVALID_PARAMETER);
 }
 
 #[test]
@@ -196,14 +217,52 @@ fn reserved_fields_must_be_zero() {
             value: 1
         })
     );
-    let mut bytes = encode(&Message::Attach(attach()));
-    put_u32(&mut bytes, 20, 0xdead);
+    let mut bytes = encode(&Message::StatusCounters(counters()));
+    put_u32(&mut bytes, 12, 0);
     assert_eq!(
-        Attach::decode(&bytes),
-        Err(AbiError::Reserved {
-            offset: 20,
-            value: 0xdead
-        })
+        StatusCounters::decode(&bytes),
+        Err(AbiError::UnknownMode(0))
+    );
+}
+
+#[test]
+fn unknown_modes_and_maps_are_refused() {
+    for mode in [0u32, 3, u32::MAX] {
+        let mut bytes = encode(&Message::Attach(attach()));
+        put_u32(&mut bytes, 20, mode);
+        assert_eq!(Attach::decode(&bytes), Err(AbiError::UnknownMode(mode)));
+    }
+    for map in [0u32, 3, u32::MAX] {
+        let mut bytes = encode(&Message::BitmapQuery(BitmapQuery {
+            first_word: 0,
+            word_count: 1,
+            map: MapSelector::Overlay,
+        }));
+        put_u32(&mut bytes, 20, map);
+        assert_eq!(BitmapQuery::decode(&bytes), Err(AbiError::UnknownMap(map)));
+        let mut bytes = encode(&Message::BitmapPage(
+            BitmapPage::of_map(MapSelector::Overlay, 0, 64, 1, &[1]).unwrap(),
+        ));
+        put_u32(&mut bytes, 20, map);
+        assert_eq!(BitmapPage::decode(&bytes), Err(AbiError::UnknownMap(map)));
+    }
+}
+
+#[test]
+fn pages_say_which_map_they_are_of() {
+    let page = BitmapPage::of_map(MapSelector::Overlay, 0, 64, 2, &[0b11]).unwrap();
+    let decoded_bytes = encode(&Message::BitmapPage(page));
+    let decoded = BitmapPage::decode(&decoded_bytes).unwrap();
+    assert_eq!(decoded.map, MapSelector::Overlay);
+    assert_eq!(decoded.is_restored(1), Some(true));
+    assert_ne!(
+        decoded,
+        BitmapPage::new(0, 64, 2, &[0b11]).unwrap(),
+        "another map"
+    );
+    assert_eq!(
+        BitmapPage::new(0, 64, 2, &[0b11]).unwrap().map,
+        MapSelector::Restored
     );
 }
 
@@ -271,6 +330,19 @@ fn attach_mismatches_are_named() {
         AbiError::BackupIdentityMismatch.status(),
         Status::DEVICE_NOT_READY
     );
+    let overlay = Attach {
+        mode: RestoreMode::Overlay,
+        ..volume
+    };
+    let refused = overlay.check_matches(&volume);
+    assert_eq!(
+        refused,
+        Err(AbiError::ModeMismatch {
+            attached: RestoreMode::Overlay,
+            volume: RestoreMode::InPlace
+        })
+    );
+    assert_eq!(refused.unwrap_err().status(), Status::DEVICE_NOT_READY);
 }
 
 // ---- fetch failed, status, control ----
@@ -358,17 +430,57 @@ fn counters() -> StatusCounters {
         hydrate_dropped_stale: 1,
         fetch_failures: 0,
         requests_failed: 0,
+        refusal: None,
+        mode: RestoreMode::Overlay,
+        overlay_regions: 12,
     }
 }
 
 #[test]
 fn unknown_driver_states_are_refused() {
-    for state in [0u32, 6, u32::MAX] {
+    for state in [0u32, 8, u32::MAX] {
         let mut bytes = encode(&Message::StatusCounters(counters()));
         put_u32(&mut bytes, 8, state);
         assert_eq!(
             StatusCounters::decode(&bytes),
             Err(AbiError::UnknownState(state))
+        );
+    }
+}
+
+#[test]
+fn a_refusal_crosses_only_with_the_detached_state_and_unknown_ones_are_refused() {
+    for refusal in Refusal::ALL {
+        let refused = StatusCounters {
+            state: DriverState::Detached,
+            refusal: Some(refusal),
+            ..counters()
+        };
+        let bytes = encode(&Message::StatusCounters(refused));
+        assert_eq!(StatusCounters::decode(&bytes), Ok(refused));
+        for state in [DriverState::Running, DriverState::AllRestored] {
+            let wrong = StatusCounters { state, ..refused };
+            assert_eq!(
+                wrong.encode(&mut [0; STATUS_COUNTERS_BYTES]),
+                Err(AbiError::RefusedNotDetached { state })
+            );
+            let mut bytes = bytes.clone();
+            put_u32(&mut bytes, 8, state as u32);
+            assert_eq!(
+                StatusCounters::decode(&bytes),
+                Err(AbiError::RefusedNotDetached { state })
+            );
+        }
+    }
+    for code in [Refusal::ALL.len() as u32 + 1, u32::MAX] {
+        let mut bytes = encode(&Message::StatusCounters(StatusCounters {
+            state: DriverState::Detached,
+            ..counters()
+        }));
+        put_u32(&mut bytes, 12, code);
+        assert_eq!(
+            StatusCounters::decode(&bytes),
+            Err(AbiError::UnknownRefusal(code))
         );
     }
 }
@@ -388,7 +500,7 @@ fn more_restored_regions_than_regions_is_refused() {
 
 #[test]
 fn unknown_control_commands_are_refused() {
-    for command in [0u32, 5, u32::MAX] {
+    for command in [0u32, 7, u32::MAX] {
         let mut bytes = control();
         put_u32(&mut bytes, 8, command);
         assert_eq!(
@@ -650,6 +762,7 @@ fn bitmap_counts_above_the_maximum_are_refused() {
     let query = BitmapQuery {
         first_word: 0,
         word_count: BITMAP_PAGE_WORDS_MAX + 1,
+        map: MapSelector::Restored,
     };
     assert_eq!(
         query.encode(&mut [0; BITMAP_QUERY_BYTES]),
@@ -662,6 +775,7 @@ fn bitmap_counts_above_the_maximum_are_refused() {
     let mut bytes = encode(&Message::BitmapQuery(BitmapQuery {
         first_word: 0,
         word_count: 1,
+        map: MapSelector::Restored,
     }));
     put_u32(&mut bytes, 16, u32::MAX);
     assert!(matches!(
@@ -687,6 +801,7 @@ fn queries_past_the_largest_map_are_refused() {
     let mut bytes = encode(&Message::BitmapQuery(BitmapQuery {
         first_word: 0,
         word_count: 1,
+        map: MapSelector::Restored,
     }));
     put_u64(&mut bytes, 8, u64::MAX);
     assert!(matches!(
@@ -816,16 +931,39 @@ fn small_output_buffers_get_a_typed_error_and_stay_untouched() {
 
 #[test]
 fn layouts_put_fields_where_the_comments_say() {
-    let bytes = encode(&Message::Attach(attach()));
-    assert_eq!(&bytes[0..8], &[1, 0, 1, 0, 56, 0, 0, 0]);
+    let bytes = encode(&Message::Attach(Attach {
+        mode: RestoreMode::Overlay,
+        ..attach()
+    }));
+    assert_eq!(&bytes[0..8], &[2, 0, 1, 0, 56, 0, 0, 0]);
     assert_eq!(&bytes[8..16], &(1u64 << 30).to_le_bytes());
     assert_eq!(&bytes[16..20], &4096u32.to_le_bytes());
+    assert_eq!(&bytes[20..24], &2u32.to_le_bytes());
     assert_eq!(&bytes[24..56], &[7; 32]);
     let bytes = encode(&Message::StatusCounters(counters()));
-    assert_eq!(bytes.len(), 80);
+    assert_eq!(bytes.len(), 88);
     assert_eq!(&bytes[8..12], &3u32.to_le_bytes());
+    assert_eq!(&bytes[12..16], &2u32.to_le_bytes());
     assert_eq!(&bytes[24..32], &40u64.to_le_bytes());
+    let refused = StatusCounters {
+        state: DriverState::Detached,
+        refusal: Some(Refusal::PartitionOffset),
+        ..counters()
+    };
+    let bytes = encode(&Message::StatusCounters(refused));
+    assert_eq!(&bytes[8..16], &[1, 0, 0, 0, 7, 0, 0, 0]);
     assert_eq!(&bytes[56..64], &1u64.to_le_bytes());
+    assert_eq!(&bytes[80..88], &12u64.to_le_bytes());
+    let bytes = encode(&Message::BitmapQuery(BitmapQuery {
+        first_word: 3,
+        word_count: 2,
+        map: MapSelector::Overlay,
+    }));
+    assert_eq!(&bytes[20..24], &2u32.to_le_bytes());
+    let bytes = encode(&Message::Control(Control {
+        command: ControlCommand::MergeOnline,
+    }));
+    assert_eq!(&bytes[8..12], &5u32.to_le_bytes());
 }
 
 #[test]
@@ -874,11 +1012,11 @@ fn any_reason() -> impl Strategy<Value = FailReason> {
 }
 
 fn any_state() -> impl Strategy<Value = DriverState> {
-    (1u32..=5).prop_map(|s| DriverState::from_u32(s).unwrap())
+    (1u32..=7).prop_map(|s| DriverState::from_u32(s).unwrap())
 }
 
 fn any_command() -> impl Strategy<Value = ControlCommand> {
-    (1u32..=4).prop_map(|c| ControlCommand::from_u32(c).unwrap())
+    (1u32..=6).prop_map(|c| ControlCommand::from_u32(c).unwrap())
 }
 
 /// A valid page: (first_word, region_count, restored_count, words).
@@ -921,11 +1059,12 @@ pub(super) fn round_trip(message: Message<'_>) -> Result<(), TestCaseError> {
 
 proptest! {
     #[test]
-    fn attach_round_trips(shift in 12u32..=20, sectors in 1u64..1 << 30, id in any::<[u8; 32]>()) {
+    fn attach_round_trips(shift in 12u32..=20, sectors in 1u64..1 << 30, id in any::<[u8; 32]>(), overlay in any::<bool>()) {
         round_trip(Message::Attach(Attach {
             volume_size_bytes: sectors * 512,
             region_size_bytes: 1 << shift,
             backup_identity: id,
+            mode: if overlay { RestoreMode::Overlay } else { RestoreMode::InPlace },
         }))?;
     }
 
@@ -961,13 +1100,15 @@ proptest! {
     }
 
     #[test]
-    fn bitmap_query_round_trips(first_word in 0u64..1 << 25, word_count in 0u32..=BITMAP_PAGE_WORDS_MAX) {
-        round_trip(Message::BitmapQuery(BitmapQuery { first_word, word_count }))?;
+    fn bitmap_query_round_trips(first_word in 0u64..1 << 25, word_count in 0u32..=BITMAP_PAGE_WORDS_MAX, map in 1u32..=2) {
+        let map = MapSelector::from_u32(map).unwrap();
+        round_trip(Message::BitmapQuery(BitmapQuery { first_word, word_count, map }))?;
     }
 
     #[test]
-    fn bitmap_page_round_trips((first, regions, restored, words) in any_page()) {
-        let page = BitmapPage::new(first, regions, restored, &words).unwrap();
+    fn bitmap_page_round_trips((first, regions, restored, words) in any_page(), overlay in any::<bool>()) {
+        let map = if overlay { MapSelector::Overlay } else { MapSelector::Restored };
+        let page = BitmapPage::of_map(map, first, regions, restored, &words).unwrap();
         for (i, &word) in words.iter().enumerate() {
             prop_assert_eq!(page.word(i), Some(word));
         }
@@ -975,7 +1116,7 @@ proptest! {
     }
 
     #[test]
-    fn status_counters_round_trip(state in any_state(), c in any::<[u64; 8]>()) {
+    fn status_counters_round_trip(state in any_state(), c in any::<[u64; 9]>(), overlay in any::<bool>()) {
         let (total, restored) = if c[0] >= c[1] { (c[0], c[1]) } else { (c[1], c[0]) };
         round_trip(Message::StatusCounters(StatusCounters {
             state,
@@ -987,6 +1128,9 @@ proptest! {
             hydrate_dropped_stale: c[5],
             fetch_failures: c[6],
             requests_failed: c[7],
+            refusal: None,
+            mode: if overlay { RestoreMode::Overlay } else { RestoreMode::InPlace },
+            overlay_regions: c[8],
         }))?;
     }
 

@@ -108,6 +108,16 @@ pub enum Event {
     },
 }
 
+/// Which lower device an action of the overlay mode ([`super::overlay`]) addresses. The
+/// in-place engine has one lower device, the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The overlay: where the application's writes go until the cutover.
+    Overlay,
+    /// The volume being restored (the in-place engine's only lower device).
+    Destination,
+}
+
 /// Something the shell must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -175,4 +185,54 @@ pub enum Action {
     /// Every region is restored and durably committed: the filter becomes a
     /// pass-through. Emitted once.
     AllRestored,
+    // ----- the overlay mode only (the in-place engine never emits these) ------------
+    /// Perform part of request `id` on `target`: bytes `[offset, offset+len)` of the
+    /// volume, at `offset - request offset` in the request's buffer (a read reads into
+    /// it, a write writes from it, a trim trims). Completes as [`Event::LowerCompleted`]
+    /// with `lower`.
+    Piece {
+        /// Request handle.
+        id: RequestId,
+        /// Handle of the lower I/O.
+        lower: LowerId,
+        /// Which device.
+        target: Target,
+        /// Byte offset on the volume.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+    },
+    /// Read bytes `[offset, offset+len)` from `from` and write them at the same offset
+    /// to `to` (a buffer of the shell's in between); one completion for both, with the
+    /// first error.
+    Copy {
+        /// Handle of the copy.
+        lower: LowerId,
+        /// Device read.
+        from: Target,
+        /// Device written.
+        to: Target,
+        /// Byte offset on both.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+    },
+    /// Flush the overlay device.
+    FlushOverlay {
+        /// Handle of the lower flush.
+        lower: LowerId,
+    },
+    /// Every region of the destination is restored and durably committed (the overlay
+    /// mode's [`Action::AllRestored`]: the volume is not a pass-through yet, the
+    /// cutover may begin). Emitted once.
+    DestinationRestored,
+    /// The cutover committed: from now on the volume is the destination, the overlay
+    /// may be deleted. Emitted once.
+    Merged,
+    /// The cutover stopped with this error; the volume goes on as a pseudo-volume and a
+    /// new cutover starts over (it is safe to repeat).
+    MergeFailed {
+        /// Why.
+        status: Status,
+    },
 }

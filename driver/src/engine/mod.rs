@@ -71,9 +71,11 @@
 
 mod checks;
 mod durable;
+pub mod either;
 mod hydrate;
 mod io;
 mod lower;
+pub mod overlay;
 mod progress;
 mod requests;
 mod room;
@@ -94,7 +96,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-pub use io::{Action, BatchId, Event, LowerId, RequestId};
+pub use io::{Action, BatchId, Event, LowerId, RequestId, Target};
 use runs::Runs;
 use state::{Batch, Held, Kind, Lower};
 

@@ -19,6 +19,9 @@
 //!   sends it, it is unmarked. If the file system cancelled it meanwhile, unmarking
 //!   fails and the cancel callback ([`Filter::on_cancel`]) completes it: KMDF's rule,
 //!   since a request completed while still cancelable can be completed twice.
+//! * A protected volume ([`Filter::enable_capture`], `capture.rs`): every request takes
+//!   the engine's path even once restored; writes, trims and flushes feed the write
+//!   capture from their real completions.
 //! * Control device ([`Filter::on_control`]): the service's ABI requests. `GET_MISSING`
 //!   is the inverted call: the service keeps several pended; the filter parks them in a
 //!   manual queue and completes one with a batch of wanted ranges when it has some.
@@ -41,7 +44,7 @@ use alloc::vec::Vec;
 
 use crate::abi::{
     Attach, BitmapPage, BitmapQuery, Control, ControlCommand, DriverState, FetchFailed, Hydrate,
-    HydrateFlags, Ioctl, MissingBatch, MissingFlags, MissingRange, StatusCounters,
+    HydrateFlags, Ioctl, MapSelector, MissingBatch, MissingFlags, MissingRange, StatusCounters,
     BITMAP_PAGE_WORDS_MAX, MISSING_BATCH_MAX,
 };
 use crate::commit::commit_and_answer;
@@ -53,6 +56,8 @@ use crate::mutants::{self, Mutant};
 use crate::region::RegionMap;
 use crate::status::Status;
 use owned::{Hydrates, Owned, Requests};
+pub use refused::Refused;
+pub use volume::Volume;
 
 /// Most wanted ranges queued for the service, by default.
 pub const MISSING_QUEUE_MAX: usize = 4096;
@@ -106,6 +111,8 @@ pub struct Filter<F: Framework> {
     actions: Vec<Action>,
     counters: FilterCounters,
     timer_running: bool,
+    /// Write capture, when the volume is protected (`capture.rs`).
+    capture: Option<CaptureTap>,
 }
 
 impl<F: Framework> Filter<F> {
@@ -136,6 +143,7 @@ impl<F: Framework> Filter<F> {
             actions: Vec::new(),
             counters: FilterCounters::default(),
             timer_running: false,
+            capture: None,
         }
     }
 
@@ -184,6 +192,9 @@ impl<F: Framework> Filter<F> {
             hydrate_dropped_stale: c.stale_regions_dropped,
             fetch_failures: c.fetch_failures,
             requests_failed: c.requests_failed,
+            refusal: None,
+            mode: self.identity.mode,
+            overlay_regions: 0,
         }
     }
 
@@ -191,7 +202,9 @@ impl<F: Framework> Filter<F> {
 
     /// A request on the volume's default queue: read, write, flush, device control.
     pub fn on_io(&mut self, fw: &mut F, request: F::Request) {
-        if self.passthrough {
+        // A protected volume takes the engine's path even then: its writes are captured
+        // and nothing overtakes a write the capture holds.
+        if self.passthrough && self.capture.is_none() {
             // Rule 6: one branch, then down.
             self.counters.passthrough_requests += 1;
             if let Err(status) = fw.send_and_forget(request) {
@@ -206,12 +219,21 @@ impl<F: Framework> Filter<F> {
                 let Some(id) = self.own(fw, request, len) else {
                     return;
                 };
+                self.note_capture(id, Noted::Read { offset, len });
                 Event::Read { id, offset, len }
             }
             RequestParameters::Write { offset, len, fua } => {
                 let Some(id) = self.own(fw, request, len) else {
                     return;
                 };
+                self.note_capture(
+                    id,
+                    Noted::Write {
+                        offset,
+                        len,
+                        zero: false,
+                    },
+                );
                 Event::Write {
                     id,
                     offset,
@@ -223,6 +245,7 @@ impl<F: Framework> Filter<F> {
                 let Some(id) = self.own(fw, request, 0) else {
                     return;
                 };
+                self.note_capture(id, Noted::Flush);
                 Event::Flush { id }
             }
             RequestParameters::DeviceControl { ioctl, .. }
@@ -251,6 +274,14 @@ impl<F: Framework> Filter<F> {
         match decoded {
             Ok(Ok((Dsm::Trim(_), Some((offset, len)), 1))) => {
                 let id = self.own(fw, request, 0)?;
+                self.note_capture(
+                    id,
+                    Noted::Write {
+                        offset,
+                        len,
+                        zero: true,
+                    },
+                );
                 Some(Event::Discard { id, offset, len })
             }
             Ok(Ok((Dsm::Other(_), ..))) => {
@@ -296,7 +327,9 @@ impl<F: Framework> Filter<F> {
 
     /// A request the filter sent down completed.
     pub fn on_lower_complete(&mut self, fw: &mut F, lower: LowerId, status: Status) {
+        self.capture_completed(fw, lower, status);
         self.run(fw, Event::LowerCompleted { lower, status });
+        self.capture_retry(fw);
     }
 
     /// The volume is being removed (`EvtDeviceSelfManagedIoSuspend` / surprise removal):
@@ -333,6 +366,9 @@ impl<F: Framework> Filter<F> {
                 self.requests.remove(id);
                 fw.complete(request, Status::CANCELLED, 0);
             }
+            return;
+        }
+        if self.capture_cancel(fw, id) {
             return;
         }
         self.run(fw, Event::Cancel { id });
@@ -433,22 +469,17 @@ impl<F: Framework> Filter<F> {
                 }
             }
             Ioctl::QueryBitmap => self.on_query_bitmap(fw, request),
-            Ioctl::GetStatus => {
-                let counters = self.status_counters();
-                let len = counters.encoded_len();
-                match fw.output_buffer(request, len) {
-                    Ok(out) => match counters.encode(out) {
-                        Ok(n) => fw.complete(request, Status::SUCCESS, n),
-                        Err(e) => fw.complete(request, e.status(), 0),
-                    },
-                    Err(status) => fw.complete(request, status, 0),
-                }
-            }
+            Ioctl::GetStatus => answer_counters(fw, request, &self.status_counters()),
             Ioctl::Control => {
                 let decoded = fw
                     .input_buffer(request, 0)
                     .map(|b| Control::decode(b).map_err(|e| e.status()));
                 match decoded {
+                    Ok(Ok(c)) if c.command.is_cutover() => {
+                        // The cutover belongs to the overlay mode, which needs a second
+                        // lower target this shell does not have.
+                        self.refuse(fw, request, Status::NOT_SUPPORTED);
+                    }
                     Ok(Ok(c)) => {
                         fw.complete(request, Status::SUCCESS, 0);
                         self.on_command(fw, c.command);
@@ -504,6 +535,9 @@ impl<F: Framework> Filter<F> {
                     fw.complete(parked, Status::DEVICE_NOT_READY, 0);
                 }
             }
+            ControlCommand::MergeOnline | ControlCommand::Cutover => {
+                debug_assert!(false, "cutover commands are answered before");
+            }
         }
     }
 
@@ -540,7 +574,9 @@ impl<F: Framework> Filter<F> {
             .input_buffer(request, 0)
             .map(|b| BitmapQuery::decode(b).map_err(|e| e.status()));
         let query = match query {
-            Ok(Ok(q)) => q,
+            Ok(Ok(q)) if q.map == MapSelector::Restored => q,
+            // An in-place restore has no overlay map.
+            Ok(Ok(_)) => return self.refuse(fw, request, Status::INVALID_PARAMETER),
             Ok(Err(status)) | Err(status) => return self.refuse(fw, request, status),
         };
         let map = self.engine.map().clone();
@@ -643,7 +679,16 @@ impl<F: Framework> Filter<F> {
                     debug_assert!(false, "forward of unknown request {id}");
                     return;
                 };
-                if let Err(status) = fw.send_to_lower(owned.request, lower) {
+                let request = owned.request;
+                let now_ns = fw.now_ns();
+                if let Some(tap) = self.capture.as_mut() {
+                    if !tap.on_forward(id, lower, now_ns) {
+                        // Held for the capture buffer; sent by `capture_retry`.
+                        self.capture_hold(fw, id, lower);
+                        return;
+                    }
+                }
+                if let Err(status) = fw.send_to_lower(request, lower) {
                     self.events
                         .push_back(Event::LowerCompleted { lower, status });
                 }
@@ -723,6 +768,13 @@ impl<F: Framework> Filter<F> {
             }
             Action::CommitMetadata { commit } => fw.queue_commit_work(commit),
             Action::Complete { id, status } => {
+                if let Some(tap) = self.capture.as_mut() {
+                    if !tap.on_complete(id, status) {
+                        // Answered once its record is durable (sync mode).
+                        self.capture_park(fw, id);
+                        return;
+                    }
+                }
                 if !self.release_cancelable(fw, id, true) {
                     if let Some(owned) = self.requests.get_mut(id) {
                         owned.done = true;
@@ -745,6 +797,14 @@ impl<F: Framework> Filter<F> {
                     fw.complete(request, status, 0);
                 }
             }
+            Action::Piece { .. }
+            | Action::Copy { .. }
+            | Action::FlushOverlay { .. }
+            | Action::DestinationRestored
+            | Action::Merged
+            | Action::MergeFailed { .. } => {
+                debug_assert!(false, "the in-place engine emitted {action:?}");
+            }
             Action::AllRestored => {
                 debug_assert!(self.engine.is_passthrough());
                 self.passthrough = true;
@@ -754,7 +814,28 @@ impl<F: Framework> Filter<F> {
     }
 }
 
+/// Completes a `GET_STATUS` request with `counters`.
+fn answer_counters<F: Framework>(fw: &mut F, request: F::Request, counters: &StatusCounters) {
+    match fw.output_buffer(request, counters.encoded_len()) {
+        Ok(out) => match counters.encode(out) {
+            Ok(n) => fw.complete(request, Status::SUCCESS, n),
+            Err(e) => fw.complete(request, e.status(), 0),
+        },
+        Err(status) => fw.complete(request, status, 0),
+    }
+}
+
+mod capture;
+#[cfg(test)]
+mod fake_fw;
 mod owned;
+mod refused;
+pub mod start;
+mod volume;
+
+pub use capture::{CaptureTap, Noted, OFFERED_MAX};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod volume_tests;

@@ -4,10 +4,10 @@
 extern crate std;
 
 use alloc::sync::Arc;
-use std::collections::VecDeque;
 use std::vec;
 use std::vec::Vec;
 
+use super::fake_fw::{Did, Fw};
 use super::*;
 use crate::abi::{Control, ControlCommand, Hydrate, Ioctl, MissingBatch};
 use crate::geometry::Geometry;
@@ -16,121 +16,12 @@ use crate::meta::{Identity, Metadata};
 
 const R: u64 = 4096;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Did {
-    Lower(u32, LowerId),
-    Forgot(u32),
-    WroteLower(LowerId, u64, u64, WriteSource<u32>),
-    FlushedLower(LowerId),
-    Completed(u32, Status, usize),
-    Parked(u32),
-    Commit(u64),
-    Marked(u32),
-    Unmarked(u32),
-}
-
-#[derive(Default)]
-struct Fw {
-    params: std::collections::BTreeMap<u32, RequestParameters>,
-    input: std::collections::BTreeMap<u32, Vec<u8>>,
-    output: std::collections::BTreeMap<u32, Vec<u8>>,
-    parked: VecDeque<u32>,
-    did: Vec<Did>,
-    now_ns: u64,
-    /// Requests marked cancelable.
-    cancelable: std::collections::BTreeSet<u32>,
-    /// Requests the I/O manager cancelled (their cancel routine is taken).
-    cancelled: std::collections::BTreeSet<u32>,
-}
-
-impl Framework for Fw {
-    type Request = u32;
-    fn parameters(&self, r: u32) -> RequestParameters {
-        self.params[&r]
-    }
-    fn input_buffer(&self, r: u32, min_len: usize) -> Result<&[u8], Status> {
-        match self.input.get(&r) {
-            Some(b) if b.len() >= min_len => Ok(b),
-            _ => Err(Status::BUFFER_TOO_SMALL),
-        }
-    }
-    fn output_buffer(&mut self, r: u32, min_len: usize) -> Result<&mut [u8], Status> {
-        match self.output.get_mut(&r) {
-            Some(b) if b.len() >= min_len => Ok(b),
-            _ => Err(Status::BUFFER_TOO_SMALL),
-        }
-    }
-    fn send_to_lower(&mut self, r: u32, lower: LowerId) -> Result<(), Status> {
-        self.did.push(Did::Lower(r, lower));
-        Ok(())
-    }
-    fn send_and_forget(&mut self, r: u32) -> Result<(), Status> {
-        self.did.push(Did::Forgot(r));
-        Ok(())
-    }
-    fn write_lower(
-        &mut self,
-        lower: LowerId,
-        offset: u64,
-        len: u64,
-        source: WriteSource<u32>,
-    ) -> Result<(), Status> {
-        self.did.push(Did::WroteLower(lower, offset, len, source));
-        Ok(())
-    }
-    fn flush_lower(&mut self, lower: LowerId) -> Result<(), Status> {
-        self.did.push(Did::FlushedLower(lower));
-        Ok(())
-    }
-    fn complete(&mut self, r: u32, status: Status, information: usize) {
-        assert!(
-            !self.cancelable.contains(&r) || self.cancelled.contains(&r),
-            "request {r} completed while still marked cancelable"
-        );
-        self.did.push(Did::Completed(r, status, information));
-    }
-    fn park(&mut self, r: u32) -> Result<(), Status> {
-        self.did.push(Did::Parked(r));
-        self.parked.push_back(r);
-        Ok(())
-    }
-    fn take_parked(&mut self) -> Option<u32> {
-        self.parked.pop_front()
-    }
-    fn now_ns(&self) -> u64 {
-        self.now_ns
-    }
-    fn start_timer(&mut self, _due_ns: u64) {}
-    fn queue_commit_work(&mut self, commit: u64) {
-        self.did.push(Did::Commit(commit));
-    }
-    fn mark_cancelable(&mut self, r: u32) -> Result<(), Status> {
-        assert!(self.cancelable.insert(r), "request {r} marked twice");
-        if self.cancelled.contains(&r) {
-            self.cancelable.remove(&r);
-            return Err(Status::CANCELLED);
-        }
-        self.did.push(Did::Marked(r));
-        Ok(())
-    }
-    fn unmark_cancelable(&mut self, r: u32) -> Result<(), Status> {
-        assert!(
-            self.cancelable.remove(&r),
-            "request {r} unmarked but not marked"
-        );
-        if self.cancelled.contains(&r) {
-            return Err(Status::CANCELLED);
-        }
-        self.did.push(Did::Unmarked(r));
-        Ok(())
-    }
-}
-
 fn identity(regions: u64) -> Attach {
     Attach {
         volume_size_bytes: regions * R,
         region_size_bytes: R as u32,
         backup_identity: [3; 32],
+        mode: crate::abi::RestoreMode::InPlace,
     }
 }
 
@@ -552,4 +443,116 @@ fn item12_a_timed_out_held_request_is_unmarked_then_completed() {
     let unmarked = at(&Did::Unmarked(10)).expect("unmarked");
     let completed = at(&Did::Completed(10, Status::IO_TIMEOUT, 0)).expect("completed");
     assert!(unmarked < completed);
+}
+
+fn protected(
+    mode: crate::capture::CaptureMode,
+    buffer_max_bytes: u64,
+) -> (Filter<Fw>, Fw, CrashStore) {
+    use crate::capture::{Capture, CaptureConfig, BUFFER_MIN_BYTES};
+    let (mut f, mut fw, mut store) = filter(2);
+    restore_both_regions(&mut f, &mut fw, &mut store, 1);
+    let geometry = Geometry::new(2 * R, 4096).unwrap();
+    let config = CaptureConfig {
+        buffer_max_bytes: buffer_max_bytes.max(BUFFER_MIN_BYTES),
+        ..CaptureConfig::new(mode, 1)
+    };
+    f.enable_capture(CaptureTap::new(Capture::new(geometry, config).unwrap()));
+    fw.did.clear();
+    (f, fw, store)
+}
+
+fn write(f: &mut Filter<Fw>, fw: &mut Fw, r: u32, offset: u64, fill: u8) {
+    fw.params.insert(
+        r,
+        RequestParameters::Write {
+            offset,
+            len: R,
+            fua: false,
+        },
+    );
+    fw.input.insert(r, vec![fill; R as usize]);
+    f.on_io(fw, r);
+}
+
+fn sent(fw: &Fw, r: u32) -> Option<LowerId> {
+    fw.did.iter().find_map(|d| match d {
+        Did::Lower(x, l) if *x == r => Some(*l),
+        _ => None,
+    })
+}
+
+fn records(f: &mut Filter<Fw>) -> Vec<(u64, crate::abi::RecordKind, Vec<u8>)> {
+    let mut buf = vec![0u8; crate::abi::RECORD_BATCH_MAX_BYTES];
+    let tap = f.capture_mut().unwrap();
+    let len = tap.next_batch(&mut buf).unwrap().unwrap();
+    crate::abi::RecordBatch::decode(&buf[..len])
+        .unwrap()
+        .iter()
+        .map(|r| (r.seq, r.kind, r.payload.to_vec()))
+        .collect()
+}
+
+#[test]
+fn a_protected_sync_write_is_numbered_at_completion_and_answered_once_durable() {
+    use crate::abi::RecordKind;
+    let (mut f, mut fw, _store) = protected(crate::capture::CaptureMode::Sync, 1 << 20);
+    // Even on a restored volume, a protected one's requests go through the engine.
+    read(&mut f, &mut fw, 20, 0, 512);
+    assert!(sent(&fw, 20).is_some() && !fw.did.contains(&Did::Forgot(20)));
+    write(&mut f, &mut fw, 10, 0, 0xAB);
+    write(&mut f, &mut fw, 11, R, 0xCD);
+    let (a, b) = (sent(&fw, 10).unwrap(), sent(&fw, 11).unwrap());
+    // Completion order, not dispatch order, numbers them.
+    f.on_lower_complete(&mut fw, b, Status::SUCCESS);
+    f.on_lower_complete(&mut fw, a, Status::SUCCESS);
+    let answered = |fw: &Fw, r: u32| {
+        fw.did
+            .contains(&Did::Completed(r, Status::SUCCESS, R as usize))
+    };
+    assert!(!answered(&fw, 10) && !answered(&fw, 11), "{:?}", fw.did);
+    assert!(
+        fw.did.contains(&Did::Marked(10)),
+        "a parked answer is cancelable"
+    );
+    let got = records(&mut f);
+    assert_eq!(got[0], (1, RecordKind::Write, vec![0xCD; R as usize]));
+    assert_eq!(got[1], (2, RecordKind::Write, vec![0xAB; R as usize]));
+    f.capture_ack(&mut fw, 1).unwrap();
+    assert!(answered(&fw, 11) && !answered(&fw, 10));
+    f.capture_ack(&mut fw, 2).unwrap();
+    assert!(answered(&fw, 10));
+    // A flush closes the epoch: a point at its completion holding both writes.
+    fw.params.insert(12, RequestParameters::Flush);
+    f.on_io(&mut fw, 12);
+    let l = sent(&fw, 12).unwrap();
+    f.on_lower_complete(&mut fw, l, Status::SUCCESS);
+    let point = f.capture_mut().unwrap().take_offered().unwrap();
+    assert_eq!(point.seq, 3);
+    assert_eq!(records(&mut f)[0].1, RecordKind::Flush);
+}
+
+#[test]
+fn a_write_without_room_is_held_with_what_follows_it_and_sent_after_the_ack() {
+    let (mut f, mut fw, _store) = protected(crate::capture::CaptureMode::Sync, 0);
+    write(&mut f, &mut fw, 10, 0, 1);
+    let l = sent(&fw, 10).unwrap();
+    f.on_lower_complete(&mut fw, l, Status::SUCCESS);
+    // The buffer (8 KiB, half of it kept for points) has no room for a second write.
+    write(&mut f, &mut fw, 11, R, 2);
+    read(&mut f, &mut fw, 12, R, 512);
+    assert_eq!((sent(&fw, 11), sent(&fw, 12)), (None, None));
+    assert!(fw.did.contains(&Did::Marked(11)) && fw.did.contains(&Did::Marked(12)));
+    assert_eq!(f.capture().unwrap().held_count(), 2);
+    records(&mut f);
+    f.capture_ack(&mut fw, 1).unwrap();
+    assert!(
+        sent(&fw, 11).is_some() && sent(&fw, 12).is_none(),
+        "{:?}",
+        fw.did
+    );
+    // The read waits for the held write's completion, then goes.
+    let l = sent(&fw, 11).unwrap();
+    f.on_lower_complete(&mut fw, l, Status::SUCCESS);
+    assert!(sent(&fw, 12).is_some());
 }

@@ -54,7 +54,8 @@ pub enum TargetKind {
     /// A block device on a Unix system: `st_rdev` u64 and its size in bytes u64, LE.
     UnixBlockDevice = 2,
     /// A Windows volume: volume GUID (16 bytes), GPT partition GUID or MBR disk
-    /// signature (16 bytes, zero-padded), partition offset in bytes u64 LE.
+    /// signature (16 bytes, zero-padded), partition offset in bytes u64 LE, partition
+    /// style u8 (`crate::volume_id` has the layout and the filter's check).
     WindowsVolume = 3,
 }
 

@@ -29,6 +29,7 @@ use rehydrate_backup::{parse_size, BackupArgs, BackupError, ChunkSize, ChunkStor
 use rehydrate_driver::abi::Attach;
 use rehydrate_driver::Geometry;
 use rehydrate_nbd::NbdUrl;
+use rehydrate_service::attach::session::SessionError;
 use rehydrate_service::hydrator::{ConfigError, HydratorConfig};
 use rehydrate_service::link::{channel, LinkError};
 use rehydrate_service::source::{NbdSource, Source, SourceError};
@@ -119,6 +120,9 @@ pub enum DemoError {
     /// The hydrator refused its configuration.
     #[error("hydrator: {0}")]
     Hydrator(#[from] ConfigError),
+    /// The service's session failed.
+    #[error("service: {0}")]
+    Session(#[from] SessionError),
     /// The service stopped for another reason.
     #[error("service: {0}")]
     Service(String),
@@ -294,6 +298,7 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
         volume_size_bytes: size,
         region_size_bytes: REGION_SIZE_BYTES,
         backup_identity: backup_id,
+        mode: rehydrate_driver::abi::RestoreMode::InPlace,
     };
     let (link, mut requests) = channel();
     let (forward, forwarded) = std::sync::mpsc::channel();
@@ -351,7 +356,7 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
     let service_result = runtime
         .block_on(service)
         .map_err(|e| DemoError::Service(format!("the service task ended: {e}")))
-        .and_then(|r| r);
+        .and_then(|r| r.map_err(DemoError::from));
     if let (Some(stop), Some(server)) = (server_stop, server) {
         let _ = stop.send(());
         match runtime.block_on(server) {
@@ -363,9 +368,12 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     if let Some(v) = &outcome.outcome.violation {
         // A service that failed first explains the stall better than the stall does.
+        // A service that only saw the machine go says less than the violation does.
         return Err(match service_result {
+            Err(DemoError::Session(SessionError::DriverGone)) | Ok(_) => {
+                DemoError::Violation(v.to_string())
+            }
             Err(e) => e,
-            Ok(_) => DemoError::Violation(v.to_string()),
         });
     }
     let report = service_result?;

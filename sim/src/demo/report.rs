@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::check::CheckStats;
 use super::realtime::DemoStats;
-use super::service::ServiceReport;
+use rehydrate_service::attach::session::SessionReport;
 
 /// What the demo did.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -73,7 +73,7 @@ impl Summary {
         seed: u64,
         setup_secs: f64,
         stats: &DemoStats,
-        service: &ServiceReport,
+        service: &SessionReport,
         sectors_checked: u64,
         check: &CheckStats,
         kept: Option<PathBuf>,

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use rehydrate_driver::filter::Filter;
+use rehydrate_driver::filter::{Filter, Refused};
 use rehydrate_driver::meta::{
     identity_tag, Metadata, HEADER_STORE_PAGES, META_PAGE_SIZE_BYTES, REGIONS_PER_PAGE,
 };
 use rehydrate_driver::{RegionMap, Status};
 
-use super::{Machine, Phase};
+use super::{volume, Machine, Phase};
 use crate::faults::Fault;
 use crate::irp::{
     IrpId, Layer, Origin, Routine, IOCTL_VOLUME_OFFLINE, IOCTL_VOLUME_ONLINE,
@@ -75,12 +75,40 @@ impl Machine {
         }
         if loc.major == IRP_MJ_PNP && loc.minor == IRP_MN_REMOVE_DEVICE {
             self.filter = None;
+            self.wdf.refused = None;
         }
         self.k().complete(Layer::Filter, irp, status, 0);
     }
 
     /// `EvtDevicePrepareHardware`: load the durable marks, check them, build the filter.
     pub(crate) fn start_filter(&mut self) {
+        self.wdf.refused = None;
+        match self.start_decision() {
+            Ok(volume::Decision::Restore) => {}
+            Ok(volume::Decision::Refused { refusal, own }) => {
+                if own {
+                    let boots = self.boots;
+                    self.k().v.fail(
+                        Rule::Driver,
+                        format!(
+                            "the filter refused its own volume at boot {boots}: {}",
+                            refusal.describe()
+                        ),
+                    );
+                } else {
+                    self.wdf.refused = Some(Refused::new(refusal));
+                }
+                return;
+            }
+            Err(e) => {
+                let boots = self.boots;
+                self.k().v.fail(
+                    Rule::DurableMark,
+                    format!("metadata header does not read at boot {boots}: {e}"),
+                );
+                return;
+            }
+        }
         let map = match RegionMap::new(self.geometry) {
             Ok(m) => Arc::new(m),
             Err(e) => {
@@ -105,6 +133,7 @@ impl Machine {
         k.oracle
             .check_reboot(&words, &k.lower.disk, start, &mut k.v);
         self.filter = Some(Filter::new(map, meta, self.attach, self.filter_config));
+        self.capture_start();
     }
 
     pub(crate) fn io_manager_done(&mut self, irp: IrpId, link: &mut Link) {
@@ -156,6 +185,8 @@ impl Machine {
         self.wdf.lowers.clear();
         self.wdf.timer_gen += 1;
         self.filter = None;
+        self.wdf.refused = None;
+        self.capture_power_loss();
         self.service.vanish();
         link.reset();
         self.fs_irps.iter_mut().for_each(|f| *f = None);

@@ -1,9 +1,7 @@
 //! A machine's metadata commits: run by the commit work item, with media faults and
 //! power loss aimed inside them, and checked against the oracle whenever one flushed.
 
-use rehydrate_driver::meta::{
-    decode_page_slot, identity_tag, HEADER_STORE_PAGES, REGIONS_PER_PAGE, WORDS_PER_PAGE,
-};
+use rehydrate_driver::meta::identity_tag;
 use rehydrate_driver::Status;
 
 use super::Machine;
@@ -72,40 +70,23 @@ impl Machine {
     }
 
     /// What the metadata would load right now if power failed: every mark in it must
-    /// sit over durable data, and no mark may have reverted. Read straight from the
-    /// store's durable image, slot by slot, as `Metadata::open` does (every valid slot's
-    /// bits are ORed in), so the check costs two slot decodes per bitmap page.
+    /// sit over durable data, and no mark may have reverted. Read from the store's
+    /// durable image as `Metadata::open` does (every valid slot's bits are ORed in),
+    /// decoding only the slots whose bytes changed since the last check.
     pub(crate) fn check_commit(&mut self) {
         let tag = identity_tag(&self.identity);
-        let word_count = self.geometry.region_count().div_ceil(64) as usize;
-        let mut words = vec![0u64; word_count];
-        let pages = self.geometry.region_count().div_ceil(REGIONS_PER_PAGE);
-        for page in 0..pages {
-            let mut valid = false;
-            for b in 0..2 {
-                let index = HEADER_STORE_PAGES + 2 * page + b;
-                if let Ok(slot) = decode_page_slot(self.store.store.durable_page(index), page, tag)
-                {
-                    valid = true;
-                    let first = page as usize * WORDS_PER_PAGE;
-                    for (j, w) in slot.words().enumerate() {
-                        if let Some(out) = words.get_mut(first + j) {
-                            *out |= w;
-                        }
-                    }
-                }
-            }
-            if !valid {
-                self.k().v.fail(
-                    Rule::DurableMark,
-                    format!("bitmap page {page} has no valid durable slot after a commit"),
-                );
-                return;
-            }
-        }
+        let region_count = self.geometry.region_count();
         let start = self.partition_start;
         let k = &mut self.wdf.k;
-        k.oracle
-            .check_commit(&words, &k.lower.disk, start, &mut k.v);
+        match self
+            .durable_marks
+            .load(&self.store.store, region_count, tag)
+        {
+            Ok(words) => k.oracle.check_commit(words, &k.lower.disk, start, &mut k.v),
+            Err(page) => k.v.fail(
+                Rule::DurableMark,
+                format!("bitmap page {page} has no valid durable slot after a commit"),
+            ),
+        }
     }
 }

@@ -122,6 +122,7 @@ impl Machine {
         } else {
             0
         };
+        let protected = self.protect.is_some();
         let k = &mut self.wdf.k;
         let now = k.now_ns();
         let slot = k
@@ -154,6 +155,10 @@ impl Machine {
                     irp.mdl = Mdl::Own;
                     irp.buffer
                         .extend((req.sector..req.sector + req.count).map(|s| app_tag(write_id, s)));
+                    // What the filter's capture reads as the write's input buffer.
+                    if protected {
+                        irp.input = crate::journal::tags_to_bytes(&irp.buffer);
+                    }
                 }
                 OpKind::Trim => encode_trim(&mut irp.input, req.sector * 512, req.count * 512),
                 OpKind::GetLength => irp.output.resize(8, 0),
@@ -217,6 +222,8 @@ impl Machine {
         }
         let now = k.now_ns();
         k.oracle.finish(op, status, info, data, now, &mut k.v);
+        self.capture_answered(op, status.is_success());
+        let k = &mut self.wdf.k;
         k.free_irp(Layer::Fs, irp);
         if let Some(slot) = self.fs_irps.get_mut(op as usize) {
             *slot = None;

@@ -7,12 +7,15 @@
 //! the clock that picks which machine runs next, and the run-level checks.
 //!
 //! `shape.rs` draws a machine from a seed; `fs.rs` is its file system; `boot.rs` its
-//! PnP, power, crash, reboot and shutdown; `commit.rs` its metadata commits.
+//! PnP, power, crash, reboot and shutdown; `commit.rs` its metadata commits;
+//! `volume.rs` which volume its filter starts on.
 
 mod boot;
+mod capture;
 mod commit;
 mod fs;
 mod shape;
+mod volume;
 
 use rehydrate_driver::abi::Attach;
 use rehydrate_driver::filter::{Filter, FilterConfig};
@@ -31,6 +34,7 @@ use crate::verifier::Rule;
 use crate::wdf::SimWdf;
 use crate::workload::Workload;
 
+pub(crate) use capture::Protect;
 pub(crate) use shape::Drawn;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +53,8 @@ pub(crate) struct Machine {
     pub(crate) filter: Option<Filter<SimWdf>>,
     pub(crate) service: Service,
     pub(crate) store: MetaDev,
+    /// The store's durable restore map, decoded as commits change it (`check_commit`).
+    pub(crate) durable_marks: crate::oracle::DurableMarks,
     pub(crate) identity: Identity,
     pub(crate) attach: Attach,
     pub(crate) geometry: Geometry,
@@ -81,6 +87,8 @@ pub(crate) struct Machine {
     /// this driver-link server, and the clock follows the wall clock. `None` in
     /// deterministic runs.
     pub(crate) ext: Option<LinkServer>,
+    /// Write capture and the service's journal, when the run protects the volume.
+    pub(crate) protect: Option<Protect>,
 }
 
 impl Machine {
@@ -111,7 +119,8 @@ impl Machine {
     /// arrived, so the filter's clock does not start at zero). False when formatting
     /// failed (a violation says why).
     pub(crate) fn power_on(&mut self) -> bool {
-        if let Err(e) = Metadata::create(&mut self.store, &self.identity) {
+        let binding = self.binding();
+        if let Err(e) = Metadata::create_bound(&mut self.store, &self.identity, &binding) {
             self.k()
                 .v
                 .fail(Rule::Driver, format!("metadata create failed: {e}"));
@@ -199,6 +208,7 @@ impl Machine {
                     if let Some(f) = self.filter.as_mut() {
                         f.on_lower_complete(&mut self.wdf, lower, status);
                         self.wdf.collect();
+                        self.capture_points();
                     }
                 }
                 Upcall::FsDone { op, irp } => self.fs_done(op, irp, link),
@@ -308,6 +318,7 @@ impl Machine {
                         link: &mut *link,
                     };
                     self.service.kill(&mut cx);
+                    self.capture_service_killed();
                     self.wdf.k.note_delay_fault();
                     let delay = self.wdf.k.rng.range(50_000_000, 3_000_000_000);
                     self.k().sched.after(delay, Ev::ServiceStart);
@@ -315,6 +326,7 @@ impl Machine {
             }
             Ev::PowerLoss => self.power_loss(link),
             Ev::PowerOn => self.boot(),
+            Ev::JournalTick { gen } => self.journal_tick(gen),
         }
     }
 

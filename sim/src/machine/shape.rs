@@ -68,6 +68,7 @@ impl Machine {
             filter: None,
             service: p.service,
             store: p.store,
+            durable_marks: Default::default(),
             identity: p.identity,
             attach: p.attach,
             geometry: p.geometry,
@@ -95,6 +96,7 @@ impl Machine {
             fs_tick_pending: false,
             shape: p.shape,
             ext: p.ext,
+            protect: None,
         }
     }
 
@@ -181,6 +183,7 @@ impl Machine {
             volume_size_bytes: volume_bytes,
             region_size_bytes,
             backup_identity: backup_id,
+            mode: rehydrate_driver::abi::RestoreMode::InPlace,
         };
         let hydrator_deadline_ns = [500_000_000, 3_000_000_000][rng.below(2) as usize];
         let filter_config = FilterConfig {
@@ -271,6 +274,18 @@ impl Machine {
             shape,
             ext: None,
         });
+        let mut machine = machine;
+        let protect = config
+            .capture
+            .map(|mode| super::Protect::draw(mode, backup, volume_bytes, config.seed));
+        match protect {
+            Some(Ok(p)) => machine.protect = Some(p),
+            Some(Err(v)) => machine.k().v.fail(
+                crate::verifier::Rule::Journal,
+                format!("journal:{}: {}", v.rule, v.detail),
+            ),
+            None => {}
+        }
         Drawn { machine, link }
     }
 
@@ -325,6 +340,7 @@ impl Machine {
             volume_size_bytes: m.volume_bytes,
             region_size_bytes,
             backup_identity: m.backup_id,
+            mode: rehydrate_driver::abi::RestoreMode::InPlace,
         };
         let filter_config = FilterConfig {
             engine: EngineConfig {

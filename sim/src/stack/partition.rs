@@ -81,3 +81,18 @@ fn translate_trim(k: &mut Kernel, id: IrpId, shift: u64, volume_bytes: u64) -> b
     }
     true
 }
+
+/// What the partition says it is: `IOCTL_DISK_GET_PARTITION_INFO_EX` and the disk's
+/// `IOCTL_DISK_GET_DRIVE_GEOMETRY_EX` (through `volume_id::answers`). A GPT partition
+/// whose unique GUID follows from its place and size, so no random draw is spent on it.
+pub fn identity(lower: &super::Lower) -> rehydrate_driver::volume_id::Partition {
+    let mut partition_guid = [0u8; 16];
+    partition_guid[..8].copy_from_slice(&lower.partition_start.to_le_bytes());
+    partition_guid[8..].copy_from_slice(&lower.volume_sectors.to_le_bytes());
+    partition_guid[15] ^= 0x5A;
+    rehydrate_driver::volume_id::Partition {
+        id: rehydrate_driver::volume_id::PartitionId::Gpt { partition_guid },
+        offset_bytes: lower.partition_start * 512,
+        length_bytes: lower.volume_sectors * 512,
+    }
+}

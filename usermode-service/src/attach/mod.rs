@@ -4,10 +4,13 @@
 //! runs the hydrator until every region is restored, and detaches
 //! (driver/kmdf/README.md walks through it in WinPE).
 //!
-//! [`session`] is the loop itself, written against the driver link so Linux tests run
-//! it; [`names`] turns volume and file names into what the driver reads. The calls into
-//! Windows (registry, volume names, the control device) are in `windows.rs`.
+//! [`flow`] is the whole command written against a [`flow::Host`], and [`session`] the
+//! loop over the driver link, so Linux tests run both; [`names`] turns volume and file
+//! names into what the driver reads. The calls into Windows (registry, volume names and
+//! identity, the metadata file, the control device) are in `windows.rs`.
 
+pub mod flow;
+pub mod inspect;
 pub mod names;
 pub mod session;
 #[cfg(windows)]
@@ -65,6 +68,10 @@ pub struct AttachArgs {
     /// Seconds to wait for the filter to start on the volume.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub wait: u64,
+    /// Where to keep the snapshot `rehydrate status` reads [default: one file per volume
+    /// in %LOCALAPPDATA%\rehydrate\]
+    #[arg(long, value_name = "PATH")]
+    pub status_file: Option<PathBuf>,
 }
 
 /// Everything `rehydrate attach` can fail with.
@@ -76,20 +83,23 @@ pub enum AttachError {
     /// The source URL does not parse.
     #[error(transparent)]
     Url(rehydrate_nbd::Error),
-    /// The source could not be used.
+    /// Binding the restore failed as `rehydrate restore` would: the source is not the
+    /// one the metadata pins, the metadata belongs to another restore or volume, ...
     #[error(transparent)]
-    Source(#[from] crate::source::SourceError),
-    /// The source's size or the region size make no valid volume.
-    #[error("source of {size_bytes} bytes cannot be restored: {source}")]
-    Geometry {
-        /// The source's size.
-        size_bytes: u64,
-        /// Why.
-        source: rehydrate_driver::GeometryError,
+    Restore(Box<crate::ServiceError>),
+    /// The source is empty: there is nothing to restore.
+    #[error("{0} is empty: nothing to restore")]
+    EmptySource(String),
+    /// The volume is not the size of the restored volume.
+    #[error("{volume} holds {length_bytes} bytes but the backup needs a volume of exactly {needed_bytes}; create a partition of that size (driver/kmdf/README.md)")]
+    VolumeSize {
+        /// The volume.
+        volume: String,
+        /// Its length.
+        length_bytes: u64,
+        /// The backup's size, rounded up to a sector.
+        needed_bytes: u64,
     },
-    /// The hydrator settings are invalid.
-    #[error(transparent)]
-    Config(#[from] crate::hydrator::ConfigError),
     /// A Windows call failed.
     #[error("{what}: {source}")]
     Os {
@@ -98,20 +108,17 @@ pub enum AttachError {
         /// The error.
         source: std::io::Error,
     },
+    /// The volume's identity could not be read.
+    #[error("{volume} does not say which partition it is: {source}")]
+    VolumeIdentity {
+        /// The volume.
+        volume: String,
+        /// Why.
+        source: rehydrate_driver::volume_id::ProbeError,
+    },
     /// The driver is not installed (no `Rehydrate` service key).
     #[error("the Rehydrate driver is not installed (drvload rehydrate_kmdf.inf, see driver/kmdf/README.md)")]
     NotInstalled,
-    /// The metadata file could not be formatted.
-    #[error("metadata {path}: {source}")]
-    Metadata {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: rehydrate_driver::meta::MetaError,
-    },
-    /// Memory for the region map could not be had.
-    #[error(transparent)]
-    Alloc(#[from] rehydrate_driver::region::AllocError),
     /// The filter did not start on the volume in time.
     #[error("the filter did not start on {volume} within {secs} s: bring the disk online (diskpart: online disk) and check the System event log")]
     NoFilter {
@@ -119,6 +126,15 @@ pub enum AttachError {
         volume: String,
         /// How long we waited.
         secs: u64,
+    },
+    /// The filter started on a volume that is not the one the restore writes (another
+    /// volume took the device name), and stays out of its way.
+    #[error("the filter refused the volume it started on as {volume}: {}; nothing was written to it (check --volume, then run attach again)", refusal.map_or("it is not the restore's volume", |r| r.describe()))]
+    Refused {
+        /// The volume.
+        volume: String,
+        /// Why, as the filter said.
+        refusal: Option<rehydrate_driver::abi::Refusal>,
     },
     /// The session ended without the restore complete.
     #[error(transparent)]

@@ -8,8 +8,10 @@
 //! that completes, with ranges or with an error, is sent again, after a short pause if
 //! it failed, so a driver short of memory does not lose the service's ear. The hydrator
 //! decides everything else (what to fetch, hydrate, report); this loop performs it. The
-//! session ends when the driver reports every region restored, or when `stop` fires,
-//! and either way it detaches (`CONTROL(Detach)`), which sends the pended requests back.
+//! session ends when the driver reports every region restored, or when `stop` fires
+//! ([`Stop`]), and either way it detaches (`CONTROL(Detach)`), which sends the pended
+//! requests back (unless the driver's side is gone). Progress goes to the status file
+//! `rehydrate status` reads and to a bar on stderr (`report.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,7 +29,11 @@ use crate::hydrator::{
     ConfigError, FetchId, Hydrator, HydratorConfig, Input, Missing, Output, Progress,
 };
 use crate::link::{BitmapWords, DriverLink, LinkError};
+use crate::restore::StatusReport;
 use crate::source::{fetch, Fetched, Source, SourceError};
+use report::Reporter;
+
+mod report;
 
 /// Most `GET_MISSING` requests a session keeps pended.
 pub const PENDED_MAX: usize = 16;
@@ -35,6 +41,11 @@ pub const PENDED_MAX: usize = 16;
 const TICK: Duration = Duration::from_millis(20);
 /// How often the driver's counters are asked for (the end of the restore shows there).
 const STATUS_POLL: Duration = Duration::from_millis(250);
+/// How long a session whose `GET_MISSING`s the driver sent back as detached waits for a
+/// last word before it ends with [`SessionError::Detached`]: the driver's counters saying
+/// every region is restored, or `stop` saying the driver's side is gone (a driver that
+/// detaches its service as it goes away after the restore, like the demo's machine).
+const DETACHED_GRACE: Duration = Duration::from_secs(2);
 
 /// What a session needs.
 #[derive(Clone, Debug)]
@@ -49,6 +60,22 @@ pub struct SessionConfig {
     pub pended: usize,
     /// Pause before a failed `GET_MISSING` is sent again (doubled up to 16 times that).
     pub pend_retry: Duration,
+    /// Draw a progress bar on stderr (when it is a terminal).
+    pub progress_bar: bool,
+}
+
+/// Why a session is told to end before the driver reported every region restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Ctrl-C or the like: the session detaches and ends with [`SessionError::Stopped`];
+    /// the restore resumes at the next attach.
+    Interrupted,
+    /// The driver's side is gone (an in-process driver that shut down), having seen
+    /// every region restored or not. Nothing more is sent to it, not even a detach.
+    DriverGone {
+        /// It saw every region restored: the session ends as complete.
+        restored: bool,
+    },
 }
 
 /// What a session did.
@@ -89,6 +116,9 @@ pub enum SessionError {
     /// Stopped before the restore completed (Ctrl-C); it resumes at the next attach.
     #[error("stopped before the restore completed; attach again to resume")]
     Stopped,
+    /// The driver's side went away before the restore completed.
+    #[error("the driver went away before the volume was restored")]
+    DriverGone,
 }
 
 /// Something a task finished.
@@ -102,23 +132,73 @@ enum Event {
     Counters(Result<StatusCounters, LinkError>),
 }
 
-/// Runs one attachment until the volume is restored or `stop` fires; detaches either way.
+/// Runs one attachment until the volume is restored or `stop` fires; detaches either way
+/// (unless the driver's side is gone). `status` is kept current while it runs and says
+/// complete, stopped or failed at the end.
 pub async fn run<L, S>(
     link: L,
     source: Arc<S>,
     config: SessionConfig,
-    stop: impl Future<Output = ()>,
+    status: StatusReport,
+    stop: impl Future<Output = Stop>,
 ) -> Result<SessionReport, SessionError>
 where
     L: DriverLink + Clone + Send + Sync + 'static,
     S: Source,
 {
-    if !(1..=PENDED_MAX).contains(&config.pended) {
-        return Err(SessionError::Pended(config.pended));
+    let mut reporter = Reporter::new(status, config.geometry, config.progress_bar);
+    let ended = drive(link, source, &config, &mut reporter, stop).await;
+    reporter.finish(
+        &ended.result,
+        &ended.report.progress,
+        ended.report.counters.as_ref(),
+    );
+    ended.result.map(|()| ended.report)
+}
+
+/// How a session ended, with what it did either way.
+struct Ended {
+    result: Result<(), SessionError>,
+    report: SessionReport,
+}
+
+impl Ended {
+    fn early(e: SessionError) -> Ended {
+        Ended {
+            result: Err(e),
+            report: SessionReport {
+                progress: Progress::default(),
+                counters: None,
+                pends_failed: 0,
+            },
+        }
     }
-    let hydrator = Hydrator::new(config.geometry, config.hydrator)?;
-    link.attach(config.attach).await?;
-    link.control(ControlCommand::Start).await?;
+}
+
+async fn drive<L, S>(
+    link: L,
+    source: Arc<S>,
+    config: &SessionConfig,
+    reporter: &mut Reporter,
+    stop: impl Future<Output = Stop>,
+) -> Ended
+where
+    L: DriverLink + Clone + Send + Sync + 'static,
+    S: Source,
+{
+    if !(1..=PENDED_MAX).contains(&config.pended) {
+        return Ended::early(SessionError::Pended(config.pended));
+    }
+    let hydrator = match Hydrator::new(config.geometry, config.hydrator) {
+        Ok(h) => h,
+        Err(e) => return Ended::early(e.into()),
+    };
+    if let Err(e) = link.attach(config.attach).await {
+        return Ended::early(e.into());
+    }
+    if let Err(e) = link.control(ControlCommand::Start).await {
+        return Ended::early(e.into());
+    }
     tracing::info!(pended = config.pended, "attach: attached and started");
     let (tx, rx) = mpsc::unbounded_channel();
     let penders: Vec<_> = (0..config.pended)
@@ -136,23 +216,38 @@ where
         counters: None,
         pends_failed: 0,
         failure: None,
+        detached: None,
         restored: false,
+        reporter,
     };
     let result = session.run(rx, stop).await;
     // No new GET_MISSING after this (one already sent still reaches the driver first);
     // detaching sends the pended ones back. A session that failed detaches too, so
-    // held reads fail at once instead of waiting for their deadline.
+    // held reads fail at once instead of waiting for their deadline. A driver that is
+    // gone hears nothing more.
     for pender in penders {
         pender.abort();
     }
-    let detached = link.control(ControlCommand::Detach).await;
-    result?;
-    detached?;
-    Ok(SessionReport {
-        progress: session.hydrator.progress(),
-        counters: session.counters,
-        pends_failed: session.pends_failed,
-    })
+    let result = match result {
+        Ok(Some(Stop::DriverGone { restored: true })) => Ok(()),
+        Ok(Some(Stop::DriverGone { restored: false })) => Err(SessionError::DriverGone),
+        other => {
+            let detached = link.control(ControlCommand::Detach).await;
+            match other {
+                Ok(None) => detached.map_err(SessionError::from),
+                Ok(Some(_)) => Err(SessionError::Stopped),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    Ended {
+        result,
+        report: SessionReport {
+            progress: session.hydrator.progress(),
+            counters: session.counters,
+            pends_failed: session.pends_failed,
+        },
+    }
 }
 
 /// Keeps one `GET_MISSING` pended: sends it again whenever it completes, after a pause
@@ -184,7 +279,7 @@ async fn keep_pended<L: DriverLink>(link: L, tx: mpsc::UnboundedSender<Event>, r
     }
 }
 
-struct Session<L, S> {
+struct Session<'r, L, S> {
     geometry: Geometry,
     hydrator: Hydrator,
     link: L,
@@ -197,10 +292,14 @@ struct Session<L, S> {
     counters: Option<StatusCounters>,
     pends_failed: u64,
     failure: Option<SessionError>,
+    /// The driver sent a `GET_MISSING` back as detached, then: the session ends after
+    /// [`DETACHED_GRACE`] unless the restore is seen complete first.
+    detached: Option<(Instant, LinkError)>,
     restored: bool,
+    reporter: &'r mut Reporter,
 }
 
-impl<L, S> Session<L, S>
+impl<L, S> Session<'_, L, S>
 where
     L: DriverLink + Clone + Send + Sync + 'static,
     S: Source,
@@ -209,11 +308,13 @@ where
         u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Until the driver reports every region restored (`None`), `stop` fires, or
+    /// something fails.
     async fn run(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Event>,
-        stop: impl Future<Output = ()>,
-    ) -> Result<(), SessionError> {
+        stop: impl Future<Output = Stop>,
+    ) -> Result<Option<Stop>, SessionError> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(STATUS_POLL);
@@ -224,10 +325,16 @@ where
                 return Err(e);
             }
             if self.restored {
-                return Ok(());
+                return Ok(None);
+            }
+            if let Some((at, _)) = &self.detached {
+                if at.elapsed() >= DETACHED_GRACE {
+                    let (_, e) = self.detached.take().expect("checked just above");
+                    return Err(SessionError::Detached(e));
+                }
             }
             tokio::select! {
-                () = &mut stop => return Err(SessionError::Stopped),
+                why = &mut stop => return Ok(Some(why)),
                 // The session holds a sender, so the channel never closes under it.
                 Some(event) = rx.recv() => self.on_event(event),
                 _ = tick.tick() => {
@@ -239,6 +346,8 @@ where
                     tokio::spawn(async move {
                         let _ = tx.send(Event::Counters(link.get_status().await));
                     });
+                    self.reporter
+                        .update(&self.hydrator.progress(), self.counters.as_ref());
                 }
             }
         }
@@ -261,7 +370,15 @@ where
             }
             Event::PendFailed => self.pends_failed += 1,
             Event::PendStopped(e) => {
-                self.failure.get_or_insert(SessionError::Detached(e));
+                if self.detached.is_none() {
+                    // One last look at the counters: a restore that just completed
+                    // ends well.
+                    let (tx, link) = (self.tx.clone(), self.link.clone());
+                    tokio::spawn(async move {
+                        let _ = tx.send(Event::Counters(link.get_status().await));
+                    });
+                    self.detached = Some((Instant::now(), e));
+                }
             }
             Event::Fetched(fetch, Ok(fetched)) => {
                 self.payloads.insert(fetch, Arc::new(fetched.data));

@@ -1,34 +1,36 @@
-//! `rehydrate attach` on Windows: the calls into Windows around the portable session —
-//! volume names, the metadata file, the filter's `Parameters` key, and waiting for the
-//! filter's control device.
+//! `rehydrate attach` on Windows: the [`Host`] of the portable flow (`flow.rs`) — volume
+//! names and identity, the metadata file, the filter's `Parameters` key, and waiting for
+//! the filter's control device.
 #![allow(unsafe_code)]
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rehydrate_driver::abi::Attach;
-use rehydrate_driver::meta::{Identity, Metadata};
-use rehydrate_driver::{Geometry, RegionMap, Status};
-use rehydrate_nbd::NbdUrl;
-use windows_sys::Win32::Foundation::ERROR_SUCCESS;
+use rehydrate_driver::meta::TARGET_ID_BYTES;
+use rehydrate_driver::volume_id::{
+    self, ProbeError, VolumeId, GEOMETRY_EX_BUFFER_BYTES, IOCTL_DISK_GET_DRIVE_GEOMETRY_EX,
+    IOCTL_DISK_GET_PARTITION_INFO_EX, PARTITION_INFO_EX_BYTES,
+};
+use rehydrate_driver::Status;
+use windows_sys::Win32::Foundation::{CloseHandle, ERROR_SUCCESS, HANDLE, INVALID_HANDLE_VALUE};
 use windows_sys::Win32::Storage::FileSystem::{
-    GetVolumeNameForVolumeMountPointW, GetVolumePathNameW, QueryDosDeviceW,
+    CreateFileW, GetVolumeNameForVolumeMountPointW, GetVolumePathNameW, QueryDosDeviceW,
+    FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
 };
 use windows_sys::Win32::System::Registry::{
     RegCloseKey, RegCreateKeyExW, RegOpenKeyExW, RegSetValueExW, HKEY, HKEY_LOCAL_MACHINE,
     KEY_READ, KEY_SET_VALUE, REG_BINARY, REG_DWORD, REG_OPTION_NON_VOLATILE, REG_SZ,
     REG_VALUE_TYPE,
 };
+use windows_sys::Win32::System::IO::DeviceIoControl;
 
+use super::flow::{self, Host, RestoreParameters, TargetVolume};
 use super::names::{self, reg_sz, VolumeName};
-use super::session::{self, SessionConfig};
+use super::session::Stop;
 use super::{AttachArgs, AttachError, Summary};
-use crate::hydrator::HydratorConfig;
 use crate::link::{DriverLink, LinkError};
 use crate::link_windows::WindowsLink;
-use crate::restore::{backup_id, FileMetaStore};
-use crate::source::{NbdSource, Source};
+use crate::restore::FileMetaStore;
 
 /// The driver's service key and the key it reads its parameters from (driver/kmdf
 /// src/config.rs).
@@ -38,6 +40,8 @@ const PARAMETERS_KEY: &str = r"SYSTEM\CurrentControlSet\Services\Rehydrate\Param
 const NAME_UNITS_MAX: usize = 1024;
 /// How often the control device is looked for while the filter starts.
 const FILTER_POLL: Duration = Duration::from_millis(500);
+/// `ERROR_SHARING_VIOLATION`: another handle (the filter's) has the file open for writing.
+const ERROR_SHARING_VIOLATION: i32 = 32;
 
 fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AttachError {
     let what = what.into();
@@ -61,64 +65,173 @@ pub fn run(args: &AttachArgs) -> Result<Summary, AttachError> {
         .enable_all()
         .build()
         .map_err(AttachError::Runtime)?;
-    runtime.block_on(attach(args))
+    runtime.block_on(async {
+        let mut host = WindowsHost::new(args)?;
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+            Stop::Interrupted
+        };
+        flow::run(args, &mut host, stop).await
+    })
 }
 
-async fn attach(args: &AttachArgs) -> Result<Summary, AttachError> {
-    let started = Instant::now();
-    let target = volume_guid(&args.volume)?;
-    let pdo = dos_device(&target)?;
-    let metadata_nt = metadata_nt_path(&args.metadata, &target)?;
-    let url = NbdUrl::parse(&args.source).map_err(AttachError::Url)?;
-    let region_size = u32::try_from(args.region_size).unwrap_or(u32::MAX);
-    let deadline = Duration::from_secs(args.deadline.max(1));
-    let source = NbdSource::connect(&url, args.in_flight.saturating_mul(2), deadline).await?;
-    let size = source.size_bytes();
-    let geometry = Geometry::new(size, region_size).map_err(|source| AttachError::Geometry {
-        size_bytes: size,
-        source,
-    })?;
-    let hydrator = HydratorConfig {
-        fetch_size_bytes: args.fetch_size,
-        in_flight_max: args.in_flight,
-        background_rate_bytes_per_sec: args.rate_limit,
-        deadline_ns: deadline.as_nanos() as u64,
-        ..HydratorConfig::default()
-    };
-    hydrator.check(&geometry)?;
-    let identity = Identity {
-        volume_size_bytes: size,
-        region_size_bytes: region_size,
-        backup_id: backup_id(&url.export, size),
-    };
-    prepare_metadata(&args.metadata, &identity, &geometry)?;
-    write_parameters(&pdo, &metadata_nt, region_size, &identity.backup_id)?;
-    eprintln!(
-        "attach: parameters written for {} ({pdo}); waiting for the filter to start on it \
-         (bring the disk online: diskpart, online disk)",
-        args.volume
-    );
-    let link = wait_for_filter(&args.volume, args.wait).await?;
-    let config = SessionConfig {
-        geometry,
-        attach: Attach {
-            volume_size_bytes: size,
-            region_size_bytes: region_size,
-            backup_identity: identity.backup_id,
-        },
-        hydrator,
-        pended: args.pended,
-        pend_retry: Duration::from_millis(100),
-    };
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let report = session::run(link, Arc::new(source), config, stop).await?;
-    Ok(Summary {
-        bytes: size,
-        secs: started.elapsed().as_secs_f64(),
-        report,
-    })
+/// The volume, the metadata file and the registry of this machine.
+struct WindowsHost {
+    /// `--volume` as given.
+    volume: String,
+    /// `Volume{GUID}` of the target.
+    guid: String,
+    /// The NT name of its device (`TargetDevice`).
+    pdo: String,
+    metadata: PathBuf,
+    /// The metadata file's NT path on its volume's GUID (`MetadataPath`).
+    metadata_nt: String,
+    wait_secs: u64,
+}
+
+impl WindowsHost {
+    fn new(args: &AttachArgs) -> Result<WindowsHost, AttachError> {
+        let guid = volume_guid(&args.volume)?;
+        Ok(WindowsHost {
+            volume: args.volume.clone(),
+            pdo: dos_device(&guid)?,
+            metadata_nt: metadata_nt_path(&args.metadata, &guid)?,
+            metadata: args.metadata.clone(),
+            guid,
+            wait_secs: args.wait,
+        })
+    }
+}
+
+impl Host for WindowsHost {
+    type Store = FileMetaStore;
+    type Link = WindowsLink;
+
+    fn volume(&mut self) -> Result<TargetVolume, AttachError> {
+        let device = Device::open(&format!(r"\\.\{}", self.guid))?;
+        let mut info = [0u8; PARTITION_INFO_EX_BYTES];
+        let info = device
+            .ioctl(IOCTL_DISK_GET_PARTITION_INFO_EX, &mut info)
+            .map_err(os(format!("partition information of {}", self.volume)))?;
+        let mut geometry = [0u8; GEOMETRY_EX_BUFFER_BYTES];
+        // Only an MBR partition needs it; its failure matters only then.
+        let (geometry, geometry_error) =
+            match device.ioctl(IOCTL_DISK_GET_DRIVE_GEOMETRY_EX, &mut geometry) {
+                Ok(bytes) => (Ok(bytes), None),
+                Err(e) => (Err(Status::IO_DEVICE_ERROR), Some(e)),
+            };
+        let partition = match volume_id::decode_partition(Ok(info), geometry) {
+            Ok(p) => p,
+            Err(ProbeError::Failed { ioctl, .. }) if ioctl == IOCTL_DISK_GET_DRIVE_GEOMETRY_EX => {
+                let source = geometry_error.unwrap_or_else(|| std::io::Error::other("failed"));
+                return Err(os(format!("disk signature of {}", self.volume))(source));
+            }
+            Err(source) => {
+                return Err(AttachError::VolumeIdentity {
+                    volume: self.volume.clone(),
+                    source,
+                })
+            }
+        };
+        let braces = self.guid.strip_prefix("Volume").unwrap_or(&self.guid);
+        let volume_guid = volume_id::parse_guid(braces)
+            .ok_or_else(|| names::NameError::Volume(self.volume.clone()))?;
+        Ok(TargetVolume {
+            id: VolumeId::new(volume_guid, &partition),
+            length_bytes: partition.length_bytes,
+        })
+    }
+
+    fn open_metadata(&mut self) -> Result<Option<FileMetaStore>, AttachError> {
+        if !self.metadata.exists() {
+            return Ok(None);
+        }
+        match FileMetaStore::open_unchecked(&self.metadata, None) {
+            Ok(store) => Ok(Some(store)),
+            Err(crate::ServiceError::MetaIo { source, .. })
+                if source.raw_os_error() == Some(ERROR_SHARING_VIOLATION) =>
+            {
+                // The filter has it open: its volume runs. Read it to check it and to
+                // learn the pinned source; the filter keeps writing it.
+                FileMetaStore::open_read_only(&self.metadata)
+                    .map(Some)
+                    .map_err(os(format!("open {}", self.metadata.display())))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn create_metadata(&mut self, pages: u64) -> Result<FileMetaStore, AttachError> {
+        if let Some(dir) = self.metadata.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(os(format!("create {}", dir.display())))?;
+        }
+        Ok(FileMetaStore::open_unchecked(&self.metadata, Some(pages))?)
+    }
+
+    fn write_parameters(&mut self, parameters: &RestoreParameters) -> Result<(), AttachError> {
+        write_parameters(&self.pdo, &self.metadata_nt, parameters)
+    }
+
+    async fn wait_for_filter(&mut self) -> Result<WindowsLink, AttachError> {
+        wait_for_filter(&self.volume, self.wait_secs).await
+    }
+}
+
+/// A volume opened for device queries only (no read or write access).
+struct Device(HANDLE);
+
+impl Device {
+    fn open(path: &str) -> Result<Device, AttachError> {
+        let name = wide(path);
+        // SAFETY: `name` is NUL-terminated; no security attributes or template. Access 0
+        // asks for queries only, so the volume is neither locked nor read.
+        let handle = unsafe {
+            CreateFileW(
+                name.as_ptr(),
+                0,
+                FILE_SHARE_READ | FILE_SHARE_WRITE,
+                std::ptr::null(),
+                OPEN_EXISTING,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        if handle == INVALID_HANDLE_VALUE {
+            return Err(os(format!("open {path}"))(std::io::Error::last_os_error()));
+        }
+        Ok(Device(handle))
+    }
+
+    /// A METHOD_BUFFERED query without input, synchronously: the bytes it returned.
+    fn ioctl<'a>(&self, code: u32, out: &'a mut [u8]) -> std::io::Result<&'a [u8]> {
+        let mut returned: u32 = 0;
+        let capacity = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        // SAFETY: our open handle, not overlapped, so the call completes before it
+        // returns; `out` holds the length passed; `returned` is a local.
+        let ok = unsafe {
+            DeviceIoControl(
+                self.0,
+                code,
+                std::ptr::null(),
+                0,
+                out.as_mut_ptr().cast(),
+                capacity,
+                &mut returned,
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(&out[..(returned as usize).min(out.len())])
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: opened by `Device::open`, closed once.
+        unsafe { CloseHandle(self.0) };
+    }
 }
 
 /// `Volume{GUID}` of `--volume` (a drive letter is looked up).
@@ -181,43 +294,6 @@ fn metadata_nt_path(metadata: &Path, target_guid: &str) -> Result<String, Attach
     let root = from_wide(&root);
     let volume = mount_point_volume(&root)?;
     Ok(names::nt_metadata_path(&text, &root, &volume, target_guid)?)
-}
-
-/// Formats the metadata file of a new restore; for an existing one, checks it belongs
-/// to this restore (unless the filter has it open already, which means it checked).
-fn prepare_metadata(
-    path: &Path,
-    identity: &Identity,
-    geometry: &Geometry,
-) -> Result<(), AttachError> {
-    let meta_err = |source| AttachError::Metadata {
-        path: path.to_owned(),
-        source,
-    };
-    if path.exists() {
-        let mut store = match FileMetaStore::open(path, 0, false) {
-            Ok(store) => store,
-            // ERROR_SHARING_VIOLATION: the filter opened it when the volume started.
-            Err(e) if e.raw_os_error() == Some(32) => return Ok(()),
-            Err(e) => return Err(os(format!("open {}", path.display()))(e)),
-        };
-        let map = RegionMap::new(*geometry)?;
-        Metadata::open(&mut store, identity, &map).map_err(meta_err)?;
-        eprintln!(
-            "attach: resuming: {} of {} regions already restored",
-            map.restored_count(),
-            geometry.region_count()
-        );
-        return Ok(());
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(os(format!("create {}", dir.display())))?;
-    }
-    let pages = Metadata::store_pages(geometry);
-    let mut store =
-        FileMetaStore::open(path, pages, true).map_err(os(format!("create {}", path.display())))?;
-    Metadata::create(&mut store, identity).map_err(meta_err)?;
-    Ok(())
 }
 
 /// An open registry key, closed on drop.
@@ -290,21 +366,26 @@ impl Drop for Key {
 fn write_parameters(
     pdo: &str,
     metadata_nt: &str,
-    region_size: u32,
-    backup_id: &[u8; 32],
+    parameters: &RestoreParameters,
 ) -> Result<(), AttachError> {
     Key::open(SERVICE_KEY, KEY_READ, false).map_err(|_| AttachError::NotInstalled)?;
     let key = Key::open(PARAMETERS_KEY, KEY_SET_VALUE, true).map_err(|code| {
         os(format!(r"create HKLM\{PARAMETERS_KEY}"))(std::io::Error::from_raw_os_error(code as i32))
     })?;
+    const _: () = assert!(TARGET_ID_BYTES == 48);
     key.set("TargetDevice", REG_SZ, &reg_sz(pdo))?;
     key.set("MetadataPath", REG_SZ, &reg_sz(metadata_nt))?;
-    key.set("RegionSizeBytes", REG_DWORD, &region_size.to_le_bytes())?;
-    key.set("BackupId", REG_BINARY, backup_id)
+    key.set(
+        "RegionSizeBytes",
+        REG_DWORD,
+        &parameters.region_size_bytes.to_le_bytes(),
+    )?;
+    key.set("BackupId", REG_BINARY, &parameters.backup_id)?;
+    key.set("TargetVolume", REG_BINARY, &parameters.target_volume)
 }
 
 /// Opens the control device once the filter runs on the volume: the device appears with
-/// the filter's first instance, and answers once that instance opened its metadata.
+/// the filter's first instance, and answers once that instance decided about its volume.
 async fn wait_for_filter(volume: &str, wait_secs: u64) -> Result<WindowsLink, AttachError> {
     let until = Instant::now() + Duration::from_secs(wait_secs);
     // Bounded by the deadline: each turn sleeps FILTER_POLL.

@@ -833,6 +833,7 @@ impl Hydrator {
         out.push(Output::QueryBitmap(BitmapQuery {
             first_word,
             word_count,
+            map: rehydrate_driver::abi::MapSelector::Restored,
         }));
     }
 

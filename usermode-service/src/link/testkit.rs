@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use rehydrate_driver::abi::{
     Attach, BitmapPage, BitmapQuery, Control, ControlCommand, DriverState, FetchFailed, Hydrate,
-    HydrateFlags, Ioctl, MissingBatch, MissingRange, StatusCounters,
+    HydrateFlags, Ioctl, MissingBatch, MissingRange, Refusal, StatusCounters,
 };
 use rehydrate_driver::Status;
 use tokio::sync::mpsc;
@@ -24,6 +24,7 @@ pub fn identity() -> Attach {
         volume_size_bytes: VOLUME_BYTES,
         region_size_bytes: REGION_BYTES,
         backup_identity: [7; 32],
+        mode: rehydrate_driver::abi::RestoreMode::InPlace,
     }
 }
 
@@ -46,6 +47,10 @@ pub enum Seen {
 /// A driver end: an identity, a state, wanted ranges, parked `GET_MISSING`s and a map in
 /// which hydrated regions are set.
 struct FakeDriver {
+    /// The restore it accepts an attach for.
+    identity: Attach,
+    /// It refused its volume at start: only `GET_STATUS` is answered.
+    refusal: Option<Refusal>,
     state: DriverState,
     wanted: VecDeque<MissingRange>,
     parked: VecDeque<LinkRequest>,
@@ -89,9 +94,13 @@ impl FakeDriver {
         let refuse = |r: LinkRequest, e: rehydrate_driver::abi::AbiError| {
             r.complete(e.status(), Vec::new());
         };
+        if self.refusal.is_some() && r.ioctl != Ioctl::GetStatus {
+            r.complete(Status::WRONG_VOLUME, Vec::new());
+            return;
+        }
         match r.ioctl {
             Ioctl::Attach => match Attach::decode(&r.input)
-                .and_then(|a| a.check_matches(&identity()).map(|()| a))
+                .and_then(|a| a.check_matches(&self.identity).map(|()| a))
             {
                 Ok(a) => {
                     self.state = DriverState::Attached;
@@ -110,6 +119,8 @@ impl FakeDriver {
                             self.deliver();
                         }
                         ControlCommand::Pause => self.state = DriverState::Paused,
+                        // The fake drives an in-place restore only.
+                        ControlCommand::MergeOnline | ControlCommand::Cutover => {}
                         ControlCommand::Detach => {
                             self.state = DriverState::Detached;
                             for p in self.parked.drain(..) {
@@ -188,8 +199,9 @@ impl FakeDriver {
                 Err(e) => refuse(r, e),
             },
             Ioctl::GetStatus => {
-                let all = self.counters.regions_restored == REGIONS;
+                let all = self.counters.regions_restored == REGIONS && self.refusal.is_none();
                 let counters = StatusCounters {
+                    refusal: self.refusal,
                     state: if all {
                         DriverState::AllRestored
                     } else {
@@ -243,25 +255,22 @@ pub fn start() -> Harness {
 
 /// As [`start`], with the first `pend_failures` `GET_MISSING`s refused.
 pub fn start_failing_pends(pend_failures: u32) -> Harness {
+    start_with(identity(), None, pend_failures)
+}
+
+/// A fake driver of the restore `identity`, or one that refused its volume.
+pub fn start_with(identity: Attach, refusal: Option<Refusal>, pend_failures: u32) -> Harness {
     let (link, requests) = channel();
     let (wants_tx, wants_rx) = mpsc::unbounded_channel();
     let (seen_tx, seen) = mpsc::unbounded_channel();
     let driver = FakeDriver {
+        identity,
+        refusal,
         state: DriverState::Detached,
         wanted: VecDeque::new(),
         parked: VecDeque::new(),
         words: vec![0; (REGIONS / 64) as usize],
-        counters: StatusCounters {
-            state: DriverState::Detached,
-            regions_total: REGIONS,
-            regions_restored: 0,
-            held_requests: 0,
-            misses: 0,
-            bytes_hydrated: 0,
-            hydrate_dropped_stale: 0,
-            fetch_failures: 0,
-            requests_failed: 0,
-        },
+        counters: StatusCounters::detached(REGIONS, None),
         seen: seen_tx,
         volume: vec![VOLUME_FILL; VOLUME_BYTES as usize],
         pend_failures,

@@ -44,6 +44,7 @@ async fn every_call_crosses_as_abi_bytes_and_comes_back_decoded() {
         .query_bitmap(BitmapQuery {
             first_word: 0,
             word_count: 4096,
+            map: rehydrate_driver::abi::MapSelector::Restored,
         })
         .await
         .unwrap();
@@ -201,7 +202,8 @@ async fn bad_replies_are_typed_errors_never_panics() {
         garbage
             .query_bitmap(BitmapQuery {
                 first_word: 0,
-                word_count: 1
+                word_count: 1,
+                map: rehydrate_driver::abi::MapSelector::Restored,
             })
             .await,
         Err(LinkError::Decode { .. })

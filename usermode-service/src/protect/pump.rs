@@ -59,6 +59,9 @@ pub fn journal_record<'a>(r: &CaptureRecord<'a>) -> Record<'a> {
     }
 }
 
+/// Batches gathered into one append at most: one sync covers them all (32 MiB).
+pub const APPEND_BATCHES_MAX: usize = 8;
+
 /// Runs until `shared.stopping` is set and nothing is left to journal, or journaling
 /// fails; returns the writer (for the final state) and what it did.
 pub fn run(
@@ -67,48 +70,47 @@ pub fn run(
     wake: Receiver<()>,
 ) -> (JournalWriter, PumpReport) {
     let mut report = PumpReport::default();
-    let mut buf = vec![0u8; RECORD_BATCH_MAX_BYTES];
-    // Each turn journals one batch or waits for a wake-up (bounded by RECHECK).
+    // Allocated lazily by the system: pages are touched only when a batch fills them.
+    let mut bufs: Vec<Vec<u8>> = (0..APPEND_BATCHES_MAX)
+        .map(|_| vec![0u8; RECORD_BATCH_MAX_BYTES])
+        .collect();
+    // Each turn journals what waits (one append, one sync) or waits for a wake-up
+    // (bounded by RECHECK).
     loop {
         if lock(&shared.failure).is_some() {
             return (writer, report);
         }
-        let taken = lock(&shared.capture).next_batch(&mut buf);
-        match taken {
-            Ok(Some(len)) => {
-                let appended = RecordBatch::decode(&buf[..len])
-                    .map_err(|e| format!("a batch did not decode: {e}"))
-                    .and_then(|batch| {
-                        let records: Vec<Record<'_>> =
-                            batch.iter().map(|r| journal_record(&r)).collect();
-                        report.records += records.len() as u64;
-                        report.bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
-                        writer.append(&records).map_err(|e| e.to_string())
-                    });
-                match appended.and_then(|head| {
-                    lock(&shared.capture)
-                        .ack(head)
-                        .map(|()| head)
-                        .map_err(|e| e.to_string())
-                }) {
-                    Ok(head) => {
-                        report.appends += 1;
-                        shared.durable.send_replace(head);
-                        shared.room.notify_waiters();
-                        shared.resync.notify_one();
-                    }
-                    Err(e) => {
-                        shared.fail(e);
-                        return (writer, report);
-                    }
+        let mut lens = Vec::with_capacity(APPEND_BATCHES_MAX);
+        for buf in bufs.iter_mut() {
+            // The lock is held for one batch at a time: writers complete in between.
+            match lock(&shared.capture).next_batch(buf) {
+                Ok(Some(len)) => lens.push(len),
+                Ok(None) => break,
+                Err(e) => {
+                    shared.fail(format!("taking a batch: {e}"));
+                    return (writer, report);
                 }
-                continue;
             }
-            Ok(None) => {}
-            Err(e) => {
-                shared.fail(format!("taking a batch: {e}"));
-                return (writer, report);
+        }
+        if !lens.is_empty() {
+            match append(&mut writer, &bufs, &lens, &mut report).and_then(|head| {
+                lock(&shared.capture)
+                    .ack(head)
+                    .map(|()| head)
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(head) => {
+                    report.appends += 1;
+                    shared.durable.send_replace(head);
+                    shared.room.notify_waiters();
+                    shared.resync.notify_one();
+                }
+                Err(e) => {
+                    shared.fail(e);
+                    return (writer, report);
+                }
             }
+            continue;
         }
         if shared.stopping.load(Ordering::Acquire) && lock(&shared.capture).is_idle() {
             return (writer, report);
@@ -118,4 +120,23 @@ pub fn run(
             Err(RecvTimeoutError::Disconnected) => return (writer, report),
         }
     }
+}
+
+/// Appends the records of the batches in `bufs[i][..lens[i]]` as one synced append;
+/// returns the durable head.
+fn append(
+    writer: &mut JournalWriter,
+    bufs: &[Vec<u8>],
+    lens: &[usize],
+    report: &mut PumpReport,
+) -> Result<u64, String> {
+    let mut records: Vec<Record<'_>> = Vec::new();
+    for (buf, &len) in bufs.iter().zip(lens) {
+        let batch =
+            RecordBatch::decode(&buf[..len]).map_err(|e| format!("a batch did not decode: {e}"))?;
+        records.extend(batch.iter().map(|r| journal_record(&r)));
+    }
+    report.records += records.len() as u64;
+    report.bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+    writer.append(&records).map_err(|e| e.to_string())
 }

@@ -11,6 +11,9 @@ use rehydrate_nbd::PositionalIo;
 pub struct FileMetaStore {
     file: File,
     page_count: u64,
+    /// Opened only to read (the file is another writer's): writes are refused and a
+    /// flush has nothing to do.
+    read_only: bool,
 }
 
 fn device(e: &std::io::Error) -> StoreError {
@@ -56,7 +59,23 @@ impl FileMetaStore {
         }
         let page_count =
             file.metadata().map_err(io("inspect"))?.len() / META_PAGE_SIZE_BYTES as u64;
-        Ok(FileMetaStore { file, page_count })
+        Ok(FileMetaStore {
+            file,
+            page_count,
+            read_only: false,
+        })
+    }
+
+    /// Opens the existing metadata at `path` to read it only: on Windows, the file the
+    /// filter has open for writing while its volume runs.
+    pub fn open_read_only(path: &Path) -> std::io::Result<FileMetaStore> {
+        let file = OpenOptions::new().read(true).open(path)?;
+        let page_count = file.metadata()?.len() / META_PAGE_SIZE_BYTES as u64;
+        Ok(FileMetaStore {
+            file,
+            page_count,
+            read_only: true,
+        })
     }
 
     /// The open file, for identity checks.
@@ -79,7 +98,11 @@ impl FileMetaStore {
             file.set_len(want)?;
         }
         let page_count = file.metadata()?.len() / META_PAGE_SIZE_BYTES as u64;
-        Ok(FileMetaStore { file, page_count })
+        Ok(FileMetaStore {
+            file,
+            page_count,
+            read_only: false,
+        })
     }
 }
 
@@ -101,6 +124,11 @@ impl MetaStore for FileMetaStore {
     }
 
     fn write_page(&mut self, index: u64, buf: &[u8]) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(device(&std::io::Error::from(
+                std::io::ErrorKind::PermissionDenied,
+            )));
+        }
         if index >= self.page_count {
             return Err(StoreError::OutOfRange {
                 index,
@@ -113,6 +141,9 @@ impl MetaStore for FileMetaStore {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Ok(());
+        }
         self.file.sync_data().map_err(|e| device(&e))
     }
 }
@@ -148,5 +179,13 @@ mod tests {
             ..id
         };
         assert!(Metadata::open(&mut store, &other, &RegionMap::new(g).unwrap()).is_err());
+
+        // Read only: the marks load, nothing can be written.
+        let mut reader = FileMetaStore::open_read_only(&path).unwrap();
+        let map = RegionMap::new(g).unwrap();
+        let mut meta = Metadata::open(&mut reader, &id, &map).unwrap();
+        assert_eq!(map.restored_count(), 2);
+        meta.note_marked(7..8);
+        assert!(meta.commit(&mut reader, |_| 0b1_1000_0000).is_err());
     }
 }

@@ -4,12 +4,14 @@
 //! only after its data is written, durably only after `fdatasync` and a metadata commit,
 //! so a killed restore resumes where its last commit left it.
 
+pub(crate) mod bound;
 mod buffers;
 pub(crate) mod changes;
 mod fetch;
 pub mod live;
 pub(crate) mod lock;
 pub(crate) mod meta_file;
+pub mod overlay;
 mod padded;
 mod paths;
 pub mod pin;
@@ -19,6 +21,8 @@ mod status_report;
 mod target;
 pub(crate) mod target_id;
 mod target_os;
+#[cfg(test)]
+pub(crate) mod test_server;
 pub mod timeline;
 mod writer;
 
@@ -26,20 +30,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rehydrate_driver::geometry::{REGION_SIZE_MAX_BYTES, REGION_SIZE_MIN_BYTES, SECTOR_SIZE_BYTES};
-use rehydrate_driver::meta::{Binding, Identity, MetaError, Metadata, SourceKind};
-use rehydrate_driver::{Geometry, RegionMap};
+use rehydrate_driver::geometry::{REGION_SIZE_MAX_BYTES, REGION_SIZE_MIN_BYTES};
+use rehydrate_driver::meta::TargetPin;
 use rehydrate_nbd::NbdUrl;
 
 pub use meta_file::FileMetaStore;
+pub(crate) use padded::PaddedSource;
 pub use report::Summary;
 pub use status_report::{StatusReport, STATUS_INTERVAL};
 pub use target::Target;
 
 use crate::error::ServiceError;
 use crate::hydrator::HydratorConfig;
-use crate::source::NbdSource;
-use padded::PaddedSource;
 use rehydrate_backup::parse_size;
 
 /// Arguments of `rehydrate restore`.
@@ -120,6 +122,12 @@ pub struct RestoreArgs {
     /// /tmp/rehydrate-$UID/]
     #[arg(long, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
+    /// Overlay restore (needs --export): the export serves a pseudo-volume whose writes
+    /// go to this overlay file, while the target receives nothing but backup data until
+    /// `rehydrate cutover` merges the overlay into it. A new restore creates the file;
+    /// a resumed one needs the file it was started with.
+    #[arg(long, value_name = "PATH", requires = "export")]
+    pub overlay: Option<PathBuf>,
 }
 
 /// A region size from the command line: a size with a unit, a power of two from 4KiB
@@ -204,7 +212,7 @@ async fn restore_with(
 
     // What exists already, locked and read, before anything is written or fetched.
     let existing = Target::open_existing(&args.target)?;
-    let mut store = match meta_path.exists() {
+    let store = match meta_path.exists() {
         true => Some(FileMetaStore::open_unchecked(&meta_path, None)?),
         false => None,
     };
@@ -214,68 +222,21 @@ async fn restore_with(
         }
         store.lock(&meta_path)?;
     }
-    let header = match &mut store {
-        Some(store) => {
-            Some(
-                Metadata::read_header(store).map_err(|source| ServiceError::Metadata {
-                    path: meta_path.clone(),
-                    source,
-                })?,
-            )
-        }
-        None => None,
-    };
-    if header.is_some() && existing.is_none() {
+    let existing_meta = bound::read_existing(store, &meta_path)?;
+    if existing_meta.is_some() && existing.is_none() {
         return Err(ServiceError::MetadataWithoutTarget {
             target: args.target.clone(),
             metadata: meta_path,
         });
     }
-    let pinned = match &header {
-        Some(h) if h.binding.source.kind == SourceKind::Unrecorded => {
-            return Err(ServiceError::MetadataUnpinned(meta_path));
-        }
-        Some(h) => Some(h.binding.source),
-        None => None,
-    };
+    overlay::check_mode(
+        args.overlay.as_deref(),
+        existing_meta.as_ref().map(|(_, header)| header),
+        &meta_path,
+    )?;
 
-    // Connect to what the metadata pins (or what the URL names), and pin it.
-    let dial = NbdUrl {
-        export: pin::export_to_dial(&url, pinned.as_ref())?,
-        ..url.clone()
-    };
-    let mut source = NbdSource::connect(&dial, args.in_flight.saturating_mul(2), deadline).await?;
-    let found = pin::identify(&source, &url).await?;
-    if let Some(pinned) = &pinned {
-        pin::check(&found, pinned)?;
-    }
-    let dial_export = match found.kind {
-        SourceKind::BackupVersion | SourceKind::JournalPoint => found.name().to_owned(),
-        _ => dial.export.clone(),
-    };
-    source.pin(dial_export, pin::redial_check(found, &url));
-    source.widen(usize::from(args.connections));
-
-    let size = found.size_bytes;
-    let mut target = match existing {
-        Some(t) => t,
-        None => Target::create(&args.target, size)?,
-    };
-    target.fit(size, args.force)?;
-    if size == 0 {
-        // Nothing to restore, and no geometry to track it with.
-        return Ok(Summary::new(
-            0,
-            started.elapsed(),
-            shell::Outcome::default(),
-        ));
-    }
-    let volume_bytes = size.div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES;
-    let geometry =
-        Geometry::new(volume_bytes, region_size).map_err(|source| ServiceError::Geometry {
-            size_bytes: size,
-            source,
-        })?;
+    // Connect to what the metadata pins (or what the URL names), pin it, and bind the
+    // metadata to it and to the target.
     let config = HydratorConfig {
         fetch_size_bytes: args.fetch_size,
         in_flight_max: args.in_flight,
@@ -284,19 +245,61 @@ async fn restore_with(
         block_status: !args.no_block_status,
         ..HydratorConfig::default()
     };
-    config.check(&geometry)?;
-    let identity = Identity {
-        volume_size_bytes: volume_bytes,
+    // The map of changes since the backup beside the restore map, and in overlay mode
+    // the overlay's map.
+    let changed = [rehydrate_driver::changed::CHANGED_MAP];
+    let both = [
+        rehydrate_driver::changed::CHANGED_MAP,
+        rehydrate_driver::engine::overlay::OVERLAY_MAP,
+    ];
+    let names: &[_] = if args.overlay.is_some() {
+        &both
+    } else {
+        &changed
+    };
+    let request = bound::BindRequest {
+        url: &url,
+        metadata: &meta_path,
         region_size_bytes: region_size,
-        backup_id: pin::backup_id_of(&found),
+        hydrator: &config,
+        source_in_flight: args.in_flight.saturating_mul(2),
+        deadline,
+        named_maps: names,
     };
-    let binding = Binding {
-        source: found,
-        target: target.pin()?,
+    let mut shell_target = RestoreTarget {
+        path: &args.target,
+        metadata: &meta_path,
+        force: args.force,
+        target: existing,
     };
-    let map = Arc::new(RegionMap::new(geometry)?);
-    let (mut store, mut meta, fresh) =
-        open_metadata(&meta_path, store, &identity, &binding, &map, &target)?;
+    let bound = match bound::bind(&request, existing_meta, &mut shell_target).await? {
+        bound::Bind::Empty => {
+            // Nothing to restore, and no geometry to track it with.
+            return Ok(Summary::new(
+                0,
+                started.elapsed(),
+                shell::Outcome::default(),
+            ));
+        }
+        bound::Bind::Ready(bound) => *bound,
+    };
+    // `prepare` made the target before the metadata was bound to it.
+    let Some(target) = shell_target.target else {
+        return Err(ServiceError::TargetKind(args.target.clone()));
+    };
+    let bound::Bound {
+        source,
+        binding,
+        identity,
+        geometry,
+        map,
+        mut store,
+        mut meta,
+        fresh,
+    } = bound;
+    source.widen(usize::from(args.connections));
+    let size = binding.source.size_bytes;
+    let volume_bytes = identity.volume_size_bytes;
     if fresh {
         // A protected target recovered in place: what it already holds is not fetched.
         crate::protect::inplace::start(
@@ -324,6 +327,12 @@ async fn restore_with(
     );
     let title = format!("rehydrate restore of {}", pin::describe(&binding.source));
     let source = Arc::new(PaddedSource::new(source, volume_bytes));
+    let overlay = match &args.overlay {
+        Some(path) => Some(overlay::open(
+            path, size, fresh, &target, &mut meta, &mut store, &map, &meta_path,
+        )?),
+        None => None,
+    };
     let target = Arc::new(target);
     let live = listener.map(|listener| {
         let shared = Arc::new(live::Shared {
@@ -335,6 +344,7 @@ async fn restore_with(
             target: Arc::clone(&target),
             map: Arc::clone(&map),
             changes: changes.as_ref().map(changes::Changes::tracker),
+            overlay: overlay.as_ref().map(|o| Arc::clone(&o.map)),
         });
         let name = args
             .export_name
@@ -357,7 +367,7 @@ async fn restore_with(
             Arc::clone(&source),
         )
     });
-    let shell = shell::Shell::new(
+    let mut shell = shell::Shell::new(
         target,
         store,
         meta,
@@ -368,46 +378,54 @@ async fn restore_with(
         changes,
         args.timeline.is_some(),
     )?;
+    if let Some(o) = overlay {
+        shell = shell.with_overlay(
+            o.core,
+            shell::overlay::Side::new(o.file, o.commands, o.listening),
+        );
+    }
     let outcome = shell
         .run(started, status, args.timeline.as_deref(), &title)
         .await?;
     Ok(Summary::new(size, started.elapsed(), outcome))
 }
 
-/// Opens the metadata bound to this source and target, or creates it for a new restore
-/// (with the map of changes since the backup beside the restore map; true then).
-/// Metadata of any other restore is refused, never overwritten.
-fn open_metadata(
-    path: &Path,
-    existing: Option<FileMetaStore>,
-    identity: &Identity,
-    binding: &Binding,
-    map: &RegionMap,
-    target: &Target,
-) -> Result<(FileMetaStore, Metadata, bool), ServiceError> {
-    let meta_err = |source| ServiceError::Metadata {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(mut store) = existing {
-        let meta = match Metadata::open_bound(&mut store, identity, binding, map) {
-            Err(MetaError::TargetMismatch) => {
-                return Err(ServiceError::MetadataOfAnotherTarget {
-                    target: target.path().to_owned(),
-                    metadata: path.to_owned(),
-                })
-            }
-            other => other.map_err(meta_err)?,
+/// `rehydrate restore`'s target for [`bound::bind`]: a file (created at the source's
+/// size when missing) or a block device, and a metadata file beside it that is never
+/// the target itself.
+struct RestoreTarget<'a> {
+    path: &'a Path,
+    metadata: &'a Path,
+    force: bool,
+    /// The target once it exists.
+    target: Option<Target>,
+}
+
+impl bound::BindTarget for RestoreTarget<'_> {
+    type Store = FileMetaStore;
+    type Error = ServiceError;
+
+    fn prepare(&mut self, source_bytes: u64) -> Result<TargetPin, ServiceError> {
+        let target = match self.target.take() {
+            Some(t) => t,
+            None => Target::create(self.path, source_bytes)?,
         };
-        return Ok((store, meta, false));
+        let target = self.target.insert(target);
+        target.fit(source_bytes, self.force)?;
+        target.pin()
     }
-    let names = [rehydrate_driver::changed::CHANGED_MAP];
-    let pages = Metadata::store_pages_with(map.geometry(), names.len());
-    let mut store = FileMetaStore::open_unchecked(path, Some(pages))?;
-    paths::check_not_same(target, &store, path)?;
-    let meta =
-        Metadata::create_with_maps(&mut store, identity, binding, &names).map_err(meta_err)?;
-    Ok((store, meta, true))
+
+    fn create_store(&mut self, pages: u64) -> Result<FileMetaStore, ServiceError> {
+        let store = FileMetaStore::open_unchecked(self.metadata, Some(pages))?;
+        if let Some(target) = &self.target {
+            paths::check_not_same(target, &store, self.metadata)?;
+        }
+        Ok(store)
+    }
+
+    fn describe(&self) -> PathBuf {
+        self.path.to_owned()
+    }
 }
 
 #[cfg(test)]

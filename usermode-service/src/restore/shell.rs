@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rehydrate_driver::abi::BitmapPage;
-use rehydrate_driver::commit::commit_and_answer;
+use rehydrate_driver::engine::either::Core;
 use rehydrate_driver::engine::{Action, BatchId, Engine, EngineConfig, Event, LowerId};
 use rehydrate_driver::meta::Metadata;
 use rehydrate_driver::{Geometry, RegionMap, Status};
@@ -78,13 +78,16 @@ enum Stop {
     Done,
 }
 
+pub(super) mod overlay;
+
 type FetchResult = (FetchId, Result<Parts, SourceError>);
 /// A lower flush or hydrate write finished: its handle and status.
 type LowerResult = (LowerId, Status);
 
 pub(super) struct Shell<S: Source> {
     geometry: Geometry,
-    engine: Engine,
+    /// The in-place engine, or the overlay mode's ([`overlay`]).
+    engine: Core,
     hydrator: Hydrator,
     meta: Metadata,
     store: FileMetaStore,
@@ -93,6 +96,8 @@ pub(super) struct Shell<S: Source> {
     live: Option<Live>,
     /// The map of changes since the backup, whose session ends cleanly with the run.
     changes: Option<Changes>,
+    /// The overlay mode's file and cutover control (`--overlay`).
+    overlay: Option<overlay::Side>,
     stop: Stop,
     timeline: Option<Timeline>,
     source: Arc<S>,
@@ -160,7 +165,7 @@ impl<S: Source> Shell<S> {
             })?;
         Ok(Shell {
             geometry,
-            engine: Engine::new(Arc::clone(&map), EngineConfig::default()),
+            engine: Core::InPlace(Engine::new(Arc::clone(&map), EngineConfig::default())),
             hydrator: Hydrator::new(geometry, config)?,
             meta,
             store,
@@ -168,6 +173,7 @@ impl<S: Source> Shell<S> {
             map,
             live,
             changes,
+            overlay: None,
             stop: Stop::Running,
             timeline: timeline.then(Timeline::default),
             source,
@@ -278,6 +284,7 @@ impl<S: Source> Shell<S> {
                     }
                 }
                 event = next_live(&mut self.live, self.stop) => self.on_live(event),
+                command = overlay::next_command(&mut self.overlay) => self.on_cutover(command),
                 _ = tokio::time::sleep(sleep) => {}
             }
             if last_tick.elapsed() >= TICK_INTERVAL {
@@ -432,6 +439,7 @@ impl<S: Source> Shell<S> {
         s.retries = p.retries;
         s.rate_bytes_per_sec = p.rate_bytes_per_sec;
         s.eta_secs = p.eta_secs;
+        s.overlay = self.overlay_status();
     }
 
     fn tick(&mut self) {
@@ -701,8 +709,7 @@ impl<S: Source> Shell<S> {
                     }
                 }
                 Action::CommitMetadata { commit } => {
-                    if let Err(e) = commit_and_answer(
-                        &mut self.engine,
+                    if let Err(e) = self.engine.commit_and_answer(
                         &mut self.meta,
                         &mut self.store,
                         commit,
@@ -743,6 +750,12 @@ impl<S: Source> Shell<S> {
                         live.front.hold(id);
                     }
                 }
+                Action::Piece { .. }
+                | Action::Copy { .. }
+                | Action::FlushOverlay { .. }
+                | Action::DestinationRestored
+                | Action::Merged
+                | Action::MergeFailed { .. } => self.perform_overlay(action, &mut more),
                 Action::Complete { id, status } => {
                     if let Some(live) = &mut self.live {
                         let own = live.front.complete(id, status);

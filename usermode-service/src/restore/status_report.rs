@@ -51,6 +51,17 @@ impl StatusReport {
         }
     }
 
+    /// Reports a restore of `source` into what `target` names (not a path: a simulated
+    /// volume, say) to `file`, or nowhere.
+    pub fn with_file(file: Option<StatusFile>, source: &str, target: &str) -> StatusReport {
+        StatusReport {
+            file,
+            snapshot: StatusSnapshot::starting(source, target),
+            last_write: None,
+            warned: false,
+        }
+    }
+
     /// The snapshot, for the shell to fill in its counters.
     pub fn snapshot_mut(&mut self) -> &mut StatusSnapshot {
         &mut self.snapshot

@@ -110,6 +110,21 @@ pub struct StatusSnapshot {
     /// Why the restore failed, when [`phase`](Self::phase) is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// An overlay restore's side (`--overlay`): absent for an in-place one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayStatus>,
+}
+
+/// Where an overlay restore (technique T2) stands: O, the regions whose current data is
+/// in the overlay, beside D ([`StatusSnapshot::regions_restored`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OverlayStatus {
+    /// The overlay file.
+    pub path: String,
+    /// Regions in O.
+    pub regions: u64,
+    /// `pseudo-volume`, `merging` or `merged`.
+    pub state: String,
 }
 
 impl StatusSnapshot {
@@ -141,6 +156,7 @@ impl StatusSnapshot {
             miss_latency_ms_p50: None,
             miss_latency_ms_p99: None,
             error: None,
+            overlay: None,
         }
     }
 }
@@ -178,6 +194,9 @@ pub enum StatusError {
         /// The error.
         source: std::io::Error,
     },
+    /// The metadata file given with `--metadata` could not be read.
+    #[error(transparent)]
+    Metadata(#[from] crate::attach::inspect::InspectError),
     /// The file is larger than any snapshot.
     #[error("status file {path} is {size_bytes} bytes, more than the {max_bytes}-byte limit")]
     TooLarge {

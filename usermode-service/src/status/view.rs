@@ -20,6 +20,11 @@ pub struct StatusArgs {
     /// and the demo's]
     #[arg(long, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
+    /// Read a restore's metadata file instead (a Windows attach's or a restore's):
+    /// opened read-only, nothing written and no lock taken, so it reads beside the
+    /// filter or the restore that holds it. Shows where its last commit left it.
+    #[arg(long, value_name = "PATH", conflicts_with = "status_file")]
+    pub metadata: Option<PathBuf>,
 }
 
 impl StatusArgs {
@@ -27,6 +32,13 @@ impl StatusArgs {
     /// block per restore, newest first, separated by a blank line (`--json`: one object
     /// per line).
     pub fn run(&self) -> Result<String, StatusError> {
+        if let Some(path) = &self.metadata {
+            let status = crate::attach::inspect::read(path)?;
+            return Ok(match self.json {
+                true => serde_json::to_string(&status).unwrap_or_default(),
+                false => status.render(),
+            });
+        }
         let snapshots = match &self.status_file {
             Some(path) => vec![read_status(path)?],
             None => {
@@ -133,7 +145,17 @@ pub fn render_human(s: &StatusSnapshot, alive: bool, now_ms: u64) -> String {
         (Phase::Restoring, Some(secs)) if alive => duration(secs),
         _ => "-".into(),
     };
-    let rows = [
+    let overlay = s.overlay.as_ref().map(|o| {
+        let cut = if o.state == "merged" {
+            "the volume is the target; the overlay may be removed"
+        } else if s.regions_total > 0 && s.regions_restored == s.regions_total {
+            "cutover possible"
+        } else {
+            "cutover after the restore"
+        };
+        format!("{} ({}, O = {} regions; {cut})", o.path, o.state, o.regions)
+    });
+    let mut rows = vec![
         ("state", state),
         ("source", s.source.clone()),
         ("target", s.target.clone()),
@@ -185,6 +207,9 @@ pub fn render_human(s: &StatusSnapshot, alive: bool, now_ms: u64) -> String {
             ),
         ),
     ];
+    if let Some(overlay) = overlay {
+        rows.insert(3, ("overlay", overlay));
+    }
     let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
     for (name, value) in rows {
@@ -279,6 +304,26 @@ mod tests {
         assert!(lines
             .iter()
             .all(|l| l.as_bytes()[column - 1] == b' ' && l.as_bytes()[column] != b' '));
+    }
+
+    #[test]
+    fn an_overlay_restore_shows_o_beside_d() {
+        let mut s = snapshot();
+        s.overlay = Some(crate::status::OverlayStatus {
+            path: "/srv/o.img".into(),
+            regions: 17,
+            state: "pseudo-volume".into(),
+        });
+        let text = render_human(&s, true, 1_100_500);
+        assert!(
+            text.contains("overlay:       /srv/o.img (pseudo-volume, O = 17 regions; cutover after the restore)"),
+            "{text}"
+        );
+        assert!(text.contains("regions:       393216 of 1048576"), "{text}");
+        s.regions_restored = s.regions_total;
+        let text = render_human(&s, true, 1_100_500);
+        assert!(text.contains("cutover possible"), "{text}");
+        assert!(!render_human(&snapshot(), true, 1_100_500).contains("overlay"));
     }
 
     #[test]

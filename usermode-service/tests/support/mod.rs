@@ -230,6 +230,12 @@ pub fn restore(url: &str, target: &Path, extra: &[&str]) -> Output {
     .concat())
 }
 
+/// The status file's snapshot (`Null` while there is none, or half written).
+pub fn read_status(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
 /// Waits until the status file says at least `bytes` are restored (the restore runs).
 pub fn wait_restored(status_file: &Path, bytes: u64, child: &mut Child) {
     let start = Instant::now();

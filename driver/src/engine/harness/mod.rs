@@ -159,6 +159,10 @@ pub(crate) struct Harness {
     engine_clock: Option<u64>,
     next_id: RequestId,
     next_batch: BatchId,
+    /// The first batch the current service instance delivered: a batch of an earlier
+    /// instance that completes after a restart tells the new instance nothing (it
+    /// sweeps every missing region anyway).
+    first_batch_of_service: BatchId,
     issue_seq: u64,
     value_seq: u32,
     now_ns: u64,
@@ -227,6 +231,7 @@ impl Harness {
             engine_clock: None,
             next_id: 1,
             next_batch: 1,
+            first_batch_of_service: 1,
             issue_seq: 0,
             value_seq: 0,
             now_ns: 0,
@@ -409,7 +414,7 @@ impl Harness {
             Action::Complete { id, status } => self.complete(id, status),
             Action::HydrateDone { batch, status } => {
                 let regions = self.batches.remove(&batch);
-                if status.is_success() {
+                if status.is_success() && batch >= self.first_batch_of_service {
                     // Delivered: what is not restored now, the engine dropped.
                     let map = self.engine.map().clone();
                     self.dropped.extend(
@@ -419,7 +424,7 @@ impl Harness {
                             .flatten()
                             .filter(|&r| !map.is_restored(r)),
                     );
-                } else {
+                } else if !status.is_success() {
                     // Refused, or a write of it failed: the service fetches it again
                     // (and no longer believes any of it done).
                     if let Some(r) = regions {
@@ -430,6 +435,12 @@ impl Harness {
                     }
                 }
             }
+            Action::Piece { .. }
+            | Action::Copy { .. }
+            | Action::FlushOverlay { .. }
+            | Action::DestinationRestored
+            | Action::Merged
+            | Action::MergeFailed { .. } => panic!("model: the in-place engine emitted {action:?}"),
             Action::AllRestored => {
                 assert!(!self.all_restored_seen, "model: AllRestored said twice");
                 assert!(self.engine.map().is_all_restored());
@@ -805,6 +816,7 @@ impl Harness {
     pub fn restart_service(&mut self) {
         self.fetches.clear();
         self.dropped.clear();
+        self.first_batch_of_service = self.next_batch;
         self.feed(Event::ServiceAttached);
     }
 

@@ -31,7 +31,13 @@ fn config(pended: usize) -> SessionConfig {
         },
         pended,
         pend_retry: Duration::from_millis(1),
+        progress_bar: false,
     }
+}
+
+/// A status report nobody reads (the session's own tests look at it in `report.rs`'s).
+fn no_status() -> StatusReport {
+    StatusReport::with_file(None, "nbd://h/x", "volume")
 }
 
 fn drain(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Vec<Seen> {
@@ -46,9 +52,15 @@ fn drain(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Vec<Seen> {
 async fn attaches_first_keeps_requests_pended_and_restores_the_volume_byte_for_byte() {
     let mut h = start_failing_pends(2);
     let source = Arc::new(MemSource::new(image()));
-    let report = run(h.link.clone(), source, config(3), std::future::pending())
-        .await
-        .unwrap();
+    let report = run(
+        h.link.clone(),
+        source,
+        config(3),
+        no_status(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     drop(h.link);
     let volume = h.volume.await.unwrap();
     assert!(
@@ -111,7 +123,10 @@ async fn a_refused_get_missing_is_pended_again_and_then_delivers() {
 async fn stopping_detaches_cleanly_and_says_the_restore_resumes() {
     let mut h = start();
     let source = Arc::new(MemSource::new(image()));
-    let result = run(h.link.clone(), source, config(2), async {}).await;
+    let result = run(h.link.clone(), source, config(2), no_status(), async {
+        Stop::Interrupted
+    })
+    .await;
     assert!(matches!(result, Err(SessionError::Stopped)), "{result:?}");
     let seen = drain(&mut h.seen);
     assert_eq!(seen[0], Seen::Attach(identity()));
@@ -124,7 +139,14 @@ async fn a_refused_attach_ends_the_session_before_any_get_missing() {
     let source = Arc::new(MemSource::new(image()));
     let mut other = config(2);
     other.attach.backup_identity = [9; 32];
-    let result = run(h.link.clone(), source, other, std::future::pending()).await;
+    let result = run(
+        h.link.clone(),
+        source,
+        other,
+        no_status(),
+        std::future::pending(),
+    )
+    .await;
     assert!(
         matches!(result, Err(SessionError::Link(LinkError::Refused { .. }))),
         "{result:?}"
@@ -135,9 +157,135 @@ async fn a_refused_attach_ends_the_session_before_any_get_missing() {
             h.link.clone(),
             Arc::new(MemSource::new(image())),
             config(0),
-            async {}
+            no_status(),
+            async { Stop::Interrupted }
         )
         .await,
         Err(SessionError::Pended(0))
     ));
+}
+
+fn status_at(path: &std::path::Path) -> StatusReport {
+    StatusReport::new(Some(path), "nbd://h/x", std::path::Path::new("/volume"))
+}
+
+#[tokio::test]
+async fn the_status_file_follows_the_session_to_complete_or_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done.json");
+    let h = start();
+    let source = Arc::new(MemSource::new(image()));
+    let report = run(
+        h.link.clone(),
+        source,
+        config(2),
+        status_at(&done),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let snapshot = crate::status::read_status(&done).unwrap();
+    assert_eq!(snapshot.phase, crate::status::Phase::Complete);
+    assert_eq!(snapshot.bytes_restored, VOLUME_BYTES);
+    assert_eq!(snapshot.bytes_fetched, report.progress.fetched_bytes);
+    assert_eq!(snapshot.source, "nbd://h/x");
+
+    let stopped = dir.path().join("stopped.json");
+    let h = start();
+    let source = Arc::new(MemSource::new(image()));
+    let result = run(
+        h.link.clone(),
+        source,
+        config(2),
+        status_at(&stopped),
+        async { Stop::Interrupted },
+    )
+    .await;
+    assert!(matches!(result, Err(SessionError::Stopped)), "{result:?}");
+    let snapshot = crate::status::read_status(&stopped).unwrap();
+    assert_eq!(snapshot.phase, crate::status::Phase::Stopped);
+}
+
+#[tokio::test]
+async fn a_driver_that_went_away_hears_no_detach() {
+    for restored in [true, false] {
+        let mut h = start();
+        let source = Arc::new(MemSource::new(image()));
+        let result = run(h.link.clone(), source, config(2), no_status(), async move {
+            Stop::DriverGone { restored }
+        })
+        .await;
+        match restored {
+            true => assert!(result.is_ok(), "{result:?}"),
+            false => assert!(
+                matches!(result, Err(SessionError::DriverGone)),
+                "{result:?}"
+            ),
+        }
+        let seen = drain(&mut h.seen);
+        assert!(
+            !seen.contains(&Seen::Control(ControlCommand::Detach)),
+            "{seen:?}"
+        );
+    }
+}
+
+/// A source that never answers: the restore cannot end by itself.
+struct Stalled(u64);
+
+impl Source for Stalled {
+    fn size_bytes(&self) -> u64 {
+        self.0
+    }
+
+    fn supports_block_status(&self) -> bool {
+        false
+    }
+
+    async fn read(&self, _offset: u64, _len: usize) -> Result<Vec<u8>, SourceError> {
+        std::future::pending().await
+    }
+
+    async fn block_status(
+        &self,
+        _offset: u64,
+        _len: u64,
+    ) -> Result<Vec<crate::hydrator::Allocation>, SourceError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_driver_that_detaches_the_service_ends_it_unless_it_went_away_restored() {
+    for gone in [None, Some(true)] {
+        let h = start();
+        let driver_side = h.link.clone();
+        let stop = async move {
+            // The driver detaches its service (the volume goes away) while it runs.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            driver_side.control(ControlCommand::Detach).await.unwrap();
+            match gone {
+                // ... and the driver's side then says it is gone, having seen the
+                // volume restored (the demo's machine, shutting down after the restore).
+                Some(restored) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Stop::DriverGone { restored }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let started = Instant::now();
+        let source = Arc::new(Stalled(VOLUME_BYTES));
+        let result = run(h.link.clone(), source, config(2), no_status(), stop).await;
+        match gone {
+            None => {
+                assert!(
+                    matches!(result, Err(SessionError::Detached(_))),
+                    "{result:?}"
+                );
+                assert!(started.elapsed() >= DETACHED_GRACE);
+            }
+            Some(_) => assert!(result.is_ok(), "{result:?}"),
+        }
+    }
 }

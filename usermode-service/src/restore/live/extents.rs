@@ -29,20 +29,28 @@ pub async fn block_status<S: Source>(
     }
     let geometry = *shared.map.geometry();
     let region = u64::from(geometry.region_size_bytes());
-    let all_restored = shared.passthrough.load(Ordering::Acquire) || shared.map.is_all_restored();
+    let passthrough = shared.passthrough.load(Ordering::Acquire);
+    let all_restored = passthrough || shared.map.is_all_restored();
+    // Overlay mode before the cutover: a region in O is the overlay's data, whatever
+    // the target holds there.
+    let overlay = shared.overlay.as_ref().filter(|_| !passthrough);
+    let state = |r: u64| match overlay {
+        Some(o) if o.is_restored(r) => 2u8,
+        _ => u8::from(all_restored || shared.map.is_restored(r)),
+    };
     let mut out: Vec<Extent> = Vec::new();
     let mut at = offset;
     // One step per run of regions in the same state: bounded by the regions in the span.
     while at < end {
-        let restored = all_restored || shared.map.is_restored(at / region);
+        let here = state(at / region);
         let mut run_end = ((at / region) + 1) * region;
-        while run_end < end
-            && (all_restored || shared.map.is_restored(run_end / region)) == restored
-        {
+        while run_end < end && state(run_end / region) == here {
             run_end += region;
         }
         let run_end = run_end.min(end);
-        let extents = if restored {
+        let extents = if here == 2 {
+            vec![Extent::data(run_end - at)]
+        } else if here == 1 {
             shared
                 .target
                 .allocation(at, run_end)

@@ -17,6 +17,8 @@ use super::io::{perform, perform_now, Op};
 use super::Request;
 use crate::restore::target::Target;
 
+mod pieces;
+
 /// A forwarded request's I/O finished: its lower handle, request, status and read data.
 pub type LowerDone = (LowerId, RequestId, Status, Bytes);
 
@@ -30,6 +32,8 @@ struct Entry {
     reply: Option<oneshot::Sender<Result<Bytes, ExportError>>>,
     held_at: Option<Instant>,
     data: Bytes,
+    /// A read done in pieces (the overlay mode) is put together here.
+    assembly: Option<pieces::Assembly>,
 }
 
 /// Requests in the engine's hands.
@@ -107,6 +111,7 @@ impl Front {
                 reply,
                 held_at: None,
                 data: Bytes::new(),
+                assembly: None,
             },
         );
         event
@@ -181,6 +186,10 @@ impl Front {
             return true;
         };
         let data = match entry.op {
+            Op::Read { .. } if entry.assembly.is_some() => entry
+                .assembly
+                .map(pieces::Assembly::take)
+                .unwrap_or_default(),
             // The engine read whole sectors; the client asked for its own length.
             Op::Read { len, .. } => entry.data.slice(..(len as usize).min(entry.data.len())),
             _ => Bytes::new(),

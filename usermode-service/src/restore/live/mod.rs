@@ -72,6 +72,9 @@ pub struct Shared {
     pub map: Arc<RegionMap>,
     /// Marks the map of changes since the backup as writes are taken.
     pub changes: Option<Tracker>,
+    /// The overlay mode's O (regions whose data is in the overlay, not the target)
+    /// until the cutover: block status reports them as data.
+    pub overlay: Option<Arc<RegionMap>>,
 }
 
 /// Counts a request while it is being taken and, in pass-through, while it does its
