@@ -17,6 +17,7 @@ pub mod abi;
 pub mod capture;
 pub mod changed;
 pub mod commit;
+pub mod dr;
 pub mod dsm;
 pub mod engine;
 pub mod filter;
@@ -24,6 +25,7 @@ pub mod framework;
 pub mod geometry;
 pub mod meta;
 pub mod mutants;
+
 pub mod region;
 pub mod status;
 pub mod volume_id;

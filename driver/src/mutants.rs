@@ -64,6 +64,18 @@ pub enum Mutant {
     /// Overlay mode: reads of regions in the overlay map are served from the
     /// destination (backup data).
     ServeBackupForOverlayRegion = 21,
+    /// DR primary: mark a region sent when its read for sending completes, not before
+    /// the read is admitted (a write admitted meanwhile stays local and is lost).
+    MarkSentAfterRead = 22,
+    /// DR site: apply a fetched region's data as soon as it arrives, ahead of the stream
+    /// items before it.
+    FetchReplyOutOfOrder = 23,
+    /// DR site: drop a replicated write whose region's data has not landed yet, as if
+    /// it were stale.
+    DropReplicatedWrite = 24,
+    /// DR site: write region data without ordering it against the replicated writes
+    /// around it, so it can land over a newer write.
+    StaleRegionOverWrite = 25,
 }
 
 impl Mutant {
@@ -103,6 +115,16 @@ impl Mutant {
         Mutant::ServeBackupForOverlayRegion,
     ];
 
+    /// The disaster-recovery mutants (technique T5): caught by the two-site model test
+    /// in `rehydrate_driver::dr`; they join [`Mutant::ALL`] once the simulator runs two
+    /// sites.
+    pub const DR: [Mutant; 4] = [
+        Mutant::MarkSentAfterRead,
+        Mutant::FetchReplyOutOfOrder,
+        Mutant::DropReplicatedWrite,
+        Mutant::StaleRegionOverWrite,
+    ];
+
     /// The command-line name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -127,6 +149,10 @@ impl Mutant {
             Mutant::MarkOverlayBeforeFlush => "mark-overlay-before-flush",
             Mutant::ClearOverlayBeforeDestinationFlush => "clear-overlay-before-destination-flush",
             Mutant::ServeBackupForOverlayRegion => "serve-backup-for-overlay-region",
+            Mutant::MarkSentAfterRead => "mark-sent-after-read",
+            Mutant::FetchReplyOutOfOrder => "fetch-reply-out-of-order",
+            Mutant::DropReplicatedWrite => "drop-replicated-write",
+            Mutant::StaleRegionOverWrite => "stale-region-over-write",
         }
     }
 
@@ -136,6 +162,7 @@ impl Mutant {
             .into_iter()
             .chain(Mutant::CAPTURE)
             .chain(Mutant::OVERLAY)
+            .chain(Mutant::DR)
             .find(|m| m.name() == name)
     }
 }

@@ -161,6 +161,11 @@ fn parse_mutant(s: &str) -> Result<Mutant, String> {
             "mutant {} is an overlay mutant: run it with overlay-sweep",
             m.name()
         )),
+        Some(m) if Mutant::DR.contains(&m) => Err(format!(
+            "mutant {} is a disaster-recovery mutant: the simulator does not run two sites \
+             (the two-site model test catches it)",
+            m.name()
+        )),
         Some(m) => Ok(m),
         None => {
             let names: Vec<&str> = Mutant::ALL
@@ -417,7 +422,7 @@ mod tests {
             assert!(refused.contains("needs --journal"), "{refused}");
             assert!(sweep(&["--journal", "async"]).is_ok());
         }
-        for m in Mutant::OVERLAY {
+        for m in Mutant::OVERLAY.into_iter().chain(Mutant::DR) {
             let refused = Cli::try_parse_from([
                 "rehydrate-sim",
                 "sweep",
@@ -428,7 +433,10 @@ mod tests {
             ])
             .unwrap_err()
             .to_string();
-            assert!(refused.contains("overlay-sweep"), "{refused}");
+            assert!(
+                refused.contains("overlay-sweep") || refused.contains("two sites"),
+                "{refused}"
+            );
         }
     }
 

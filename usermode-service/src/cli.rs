@@ -145,6 +145,20 @@ for it. Prints one line per chunk with its size, then the totals.\n\nExample:\n 
 --store s3://backups/fleet --dry-run"
     )]
     Gc(GcArgs),
+    /// Copy-on-read disaster recovery between two sites (Linux).
+    #[cfg(unix)]
+    #[command(
+        subcommand,
+        about = "Copy-on-read disaster recovery: a DR copy readable before its initial sync ends",
+        long_about = "Copy-on-read disaster recovery between two sites. `dr primary` serves the \
+volume read-write over NBD and replicates it to `dr secondary`, whose copy is readable over NBD \
+at once: a read of a region not copied yet is fetched from the primary first. Writes to regions \
+already sent are replicated as they complete; writes to the rest go with the initial sync.\n\n\
+Example:\n  rehydrate dr secondary --target dr.img --listen 0.0.0.0:10900 --export 127.0.0.1:10901\n  \
+rehydrate dr primary --target disk.img --export 127.0.0.1:10809 --peer drhost:10900\n  \
+rehydrate dr status --target dr.img\n  rehydrate dr promote --target dr.img"
+    )]
+    Dr(crate::dr::DrCommand),
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 pub mod attach;
 pub mod changed_backup;
 pub mod cli;
+#[cfg(unix)]
+pub mod dr;
 pub mod error;
 pub mod hydrator;
 pub mod link;

@@ -62,6 +62,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(windows)]
         Command::Attach(args) => print_last_line(&rehydrate_service::attach::run(&args)?.line()),
         Command::Receive(args) => runtime()?.block_on(args.run())?,
+        #[cfg(unix)]
+        Command::Dr(command) => print_last_line(&command.run()?),
         Command::Replicate(args) => match runtime()?.block_on(args.run())? {
             0 => {}
             code => std::process::exit(code.into()),

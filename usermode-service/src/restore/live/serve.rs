@@ -85,7 +85,7 @@ pub(crate) fn start<S: Source>(
 
 /// Completes on SIGINT or SIGTERM.
 #[cfg(unix)]
-async fn stop_requested() {
+pub(crate) async fn stop_requested() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
@@ -102,6 +102,6 @@ async fn stop_requested() {
 
 /// Completes on Ctrl-C.
 #[cfg(not(unix))]
-async fn stop_requested() {
+pub(crate) async fn stop_requested() {
     let _ = tokio::signal::ctrl_c().await;
 }

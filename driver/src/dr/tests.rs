@@ -1,0 +1,281 @@
+//! Unit tests of the two DR cores: one rule each, driven by hand.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::bits::Bits;
+use super::primary::{Primary, PrimaryAction, PrimaryConfig, Written};
+use super::secondary::{Secondary, SecondaryAction, SecondaryConfig};
+use super::wire::{Item, ItemBody, Message};
+use super::{Binding, DrError};
+use crate::geometry::Geometry;
+
+fn geometry() -> Geometry {
+    Geometry::new(8 * 4096, 4096).unwrap()
+}
+
+fn binding() -> Binding {
+    Binding {
+        primary_id: [1; 16],
+        volume_id: [2; 16],
+        volume_size_bytes: 8 * 4096,
+        region_size_bytes: 4096,
+    }
+}
+
+fn actions(p: &mut Primary) -> Vec<PrimaryAction> {
+    core::iter::from_fn(|| p.poll_action()).collect()
+}
+
+fn sends(p: &mut Primary) -> Vec<ItemBody> {
+    core::iter::from_fn(|| p.poll_send().unwrap())
+        .map(|m| match m {
+            Message::Item(i) => i.body,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_region_is_marked_before_its_read_and_later_writes_are_streamed() {
+    let mut p = Primary::new(PrimaryConfig::new(geometry()), Bits::new(8));
+    p.start_session(1);
+    // A write to region 0 before the sync reaches it stays local...
+    let early = p.begin_write(0, 512).unwrap();
+    let a = actions(&mut p);
+    assert!(a.contains(&PrimaryAction::DispatchWrite(early)), "{a:?}");
+    // ...and the sync marked region 0 sent but its read waits for that write.
+    assert!(p.sent().get(0));
+    assert!(!a
+        .iter()
+        .any(|x| matches!(x, PrimaryAction::ReadRegion { region: 0, .. })));
+    // A write admitted now is streamed at completion, after the region's data.
+    let late = p.begin_write(512, 512).unwrap();
+    p.write_completed(early, Written::Bytes(&[1; 512]), true);
+    let a = actions(&mut p);
+    let read0 = a
+        .iter()
+        .find_map(|x| match x {
+            PrimaryAction::ReadRegion {
+                ticket, region: 0, ..
+            } => Some(*ticket),
+            _ => None,
+        })
+        .expect("region 0 read once the early write completed");
+    assert!(
+        !a.contains(&PrimaryAction::DispatchWrite(late)),
+        "the late write waits for the read"
+    );
+    p.region_read(read0, Some(&[1; 4096]));
+    assert!(actions(&mut p).contains(&PrimaryAction::DispatchWrite(late)));
+    p.write_completed(late, Written::Bytes(&[2; 512]), true);
+    let items = sends(&mut p);
+    let data_at = items
+        .iter()
+        .position(|b| matches!(b, ItemBody::RegionData { region: 0, .. }))
+        .unwrap();
+    let write_at = items
+        .iter()
+        .position(|b| matches!(b, ItemBody::Write { offset: 512, .. }))
+        .unwrap();
+    assert!(data_at < write_at, "{items:?}");
+    assert!(!items
+        .iter()
+        .any(|b| matches!(b, ItemBody::Write { offset: 0, .. })));
+    assert_eq!(p.counters().writes_local, 1);
+    assert_eq!(p.counters().writes_streamed, 1);
+}
+
+#[test]
+fn a_write_to_a_durably_sent_region_waits_for_the_commit_that_clears_it() {
+    let mut p = Primary::new(PrimaryConfig::new(geometry()), Bits::full(8));
+    let w = p.begin_write(4096, 512).unwrap();
+    let a = actions(&mut p);
+    let [PrimaryAction::Commit(t)] = a[..] else {
+        panic!("{a:?}")
+    };
+    assert!(!p.commit_map(t).get(1) && p.commit_map(t).get(0));
+    p.commit_done(t, true);
+    assert!(!p.committed().get(1));
+    assert_eq!(actions(&mut p), vec![PrimaryAction::DispatchWrite(w)]);
+}
+
+#[test]
+fn a_new_session_invalidates_what_is_not_durably_sent() {
+    let mut committed = Bits::new(8);
+    committed.set_range(0..3);
+    committed.set(5);
+    let mut p = Primary::new(PrimaryConfig::new(geometry()), committed);
+    p.start_session(7);
+    let items = sends(&mut p);
+    assert_eq!(
+        items[..3],
+        [
+            ItemBody::Invalidate { first: 3, count: 2 },
+            ItemBody::Invalidate { first: 6, count: 2 },
+            ItemBody::Ready
+        ]
+    );
+}
+
+#[test]
+fn acknowledgements_past_the_stream_are_refused() {
+    let mut p = Primary::new(PrimaryConfig::new(geometry()), Bits::full(8));
+    p.start_session(1);
+    let _ = sends(&mut p);
+    assert!(matches!(
+        p.received(Message::Ack { durable_seq: 9 }),
+        Err(DrError::BadAck { .. })
+    ));
+    assert_eq!(
+        p.received(Message::Fetch { region: 8 }),
+        Err(DrError::BadRegion(8))
+    );
+}
+
+fn dr() -> Secondary {
+    Secondary::new(SecondaryConfig::new(geometry()), None, Bits::new(8), 0)
+}
+
+fn item(seq: u64, body: ItemBody) -> Message {
+    Message::Item(Item { seq, body })
+}
+
+#[test]
+fn the_dr_refuses_another_primary_or_volume_or_size() {
+    let mut s = dr();
+    s.attach(1, binding()).unwrap();
+    s.detach();
+    let other = Binding {
+        primary_id: [9; 16],
+        ..binding()
+    };
+    assert_eq!(s.attach(2, other), Err(DrError::WrongPrimary));
+    let other = Binding {
+        volume_id: [9; 16],
+        ..binding()
+    };
+    assert_eq!(s.attach(2, other), Err(DrError::WrongVolume));
+    let other = Binding {
+        volume_size_bytes: 4096,
+        ..binding()
+    };
+    assert_eq!(s.attach(2, other), Err(DrError::GeometryMismatch));
+}
+
+#[test]
+fn the_dr_refuses_a_gap_in_the_stream_and_bad_items() {
+    let mut s = dr();
+    s.attach(1, binding()).unwrap();
+    assert_eq!(
+        s.received(item(2, ItemBody::Flush)),
+        Err(DrError::OutOfOrder {
+            expected: 1,
+            got: 2
+        })
+    );
+    let short = ItemBody::RegionData {
+        region: 0,
+        data: vec![0; 512],
+    };
+    assert_eq!(s.received(item(1, short)), Err(DrError::BadItem { seq: 1 }));
+    let past = ItemBody::Invalidate { first: 7, count: 2 };
+    assert_eq!(s.received(item(1, past)), Err(DrError::BadItem { seq: 1 }));
+    assert_eq!(
+        s.received(Message::Ack { durable_seq: 1 }),
+        Err(DrError::UnexpectedMessage)
+    );
+    assert_eq!(s.write(0, 512), Err(DrError::ReadOnly));
+}
+
+#[test]
+fn a_read_waits_for_ready_then_fetches_and_is_served_after_the_data_lands() {
+    let mut committed = Bits::new(8);
+    committed.set(0);
+    let mut s = Secondary::new(
+        SecondaryConfig::new(geometry()),
+        Some(binding()),
+        committed,
+        3,
+    );
+    // Region 0 is held from before a crash: not served until the primary spoke.
+    let r = s.read(0, 8192).unwrap();
+    assert_eq!(s.poll_action(), None);
+    s.attach(1, binding()).unwrap();
+    s.received(item(1, ItemBody::Invalidate { first: 1, count: 7 }))
+        .unwrap();
+    s.received(item(2, ItemBody::Ready)).unwrap();
+    assert_eq!(s.poll_action(), None);
+    assert!(s.is_trusted());
+    // Asked when the session began and again after the invalidation dropped it: only
+    // the region the read misses.
+    let asked: Vec<Message> = core::iter::from_fn(|| s.poll_send()).collect();
+    assert!(!asked.is_empty(), "{asked:?}");
+    assert!(
+        asked.iter().all(|m| *m == Message::Fetch { region: 1 }),
+        "{asked:?}"
+    );
+    assert_eq!(s.poll_send(), None);
+    let data = ItemBody::RegionData {
+        region: 1,
+        data: vec![5; 4096],
+    };
+    s.received(item(3, data)).unwrap();
+    let Some(SecondaryAction::WriteLocal {
+        ticket,
+        offset: 4096,
+        ..
+    }) = s.poll_action()
+    else {
+        panic!()
+    };
+    s.local_write_done(ticket, true).unwrap();
+    assert_eq!(
+        s.poll_action(),
+        Some(SecondaryAction::ReadLocal {
+            ticket: r,
+            offset: 0,
+            len: 8192
+        })
+    );
+    s.read_done(r);
+    s.tick();
+    let Some(SecondaryAction::Commit(c)) = s.poll_action() else {
+        panic!()
+    };
+    assert_eq!(
+        s.commit_state(c).generation,
+        3,
+        "region 1 was never held: nothing dropped"
+    );
+    s.commit_done(c, true);
+    assert_eq!(s.poll_send(), Some(Message::Ack { durable_seq: 3 }));
+}
+
+#[test]
+fn dropping_regions_bumps_the_generation() {
+    let mut s = Secondary::new(
+        SecondaryConfig::new(geometry()),
+        Some(binding()),
+        Bits::full(8),
+        4,
+    );
+    s.attach(1, binding()).unwrap();
+    s.received(item(1, ItemBody::Invalidate { first: 2, count: 1 }))
+        .unwrap();
+    s.received(item(2, ItemBody::Ready)).unwrap();
+    s.received(item(3, ItemBody::Flush)).unwrap();
+    let Some(SecondaryAction::Commit(c)) = s.poll_action() else {
+        panic!()
+    };
+    assert_eq!(s.commit_state(c).generation, 5);
+    assert!(!s.commit_state(c).present.get(2));
+}
+
+#[test]
+fn promotion_is_refused_while_regions_are_missing_unless_forced() {
+    let mut s = dr();
+    assert_eq!(s.promote(false), Err(DrError::Incomplete { missing: 8 }));
+    assert_eq!(s.promote(true), Ok(8));
+    assert_eq!(s.attach(1, binding()), Err(DrError::Promoted));
+}

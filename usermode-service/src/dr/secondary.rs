@@ -1,0 +1,327 @@
+//! `rehydrate dr secondary`: the DR site. Its volume is served read-only over NBD at
+//! once; the applier core (`rehydrate_driver::dr::secondary`) serves what it holds,
+//! fetches what a read misses with priority over the sync, applies the primary's stream
+//! in order, and after a restart trusts nothing it holds until the primary's first
+//! session said what changed. A fresh DR site learns the volume's size from the first
+//! primary that attaches and binds to it; any other primary or volume is refused.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rehydrate_driver::dr::bits::Bits;
+use rehydrate_driver::dr::secondary::{Secondary, SecondaryAction, SecondaryConfig};
+use rehydrate_driver::dr::wire::PAYLOAD_MAX_BYTES;
+use rehydrate_driver::dr::{Binding, LocalData};
+use rehydrate_driver::Geometry;
+use rehydrate_nbd::ExportError;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::export::{self, io_error, Op, Request};
+use super::link::{self, Frame};
+use super::meta::{self, Meta, Role};
+use super::volume::{self, Peer, Volume};
+use super::{bind, DrRunError, SecondaryArgs};
+use crate::restore::live::serve::stop_requested;
+
+/// How often what was applied is made durable and acknowledged.
+const ACK_EVERY: Duration = Duration::from_millis(100);
+
+struct Attach {
+    peer: Peer,
+    binding: Binding,
+    session: u64,
+}
+
+struct Site {
+    core: Secondary,
+    volume: Volume,
+    meta: Meta,
+    meta_path: std::path::PathBuf,
+    reads: HashMap<u64, oneshot::Sender<Result<Bytes, ExportError>>>,
+}
+
+/// Runs the DR site until SIGINT/SIGTERM.
+pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
+    let meta_path = args
+        .metadata
+        .clone()
+        .unwrap_or_else(|| meta::default_path(&args.target));
+    let listener = bind(&args.listen).await?;
+    let export_listener = bind(&args.export).await?;
+    let (attach_tx, mut attaches) = mpsc::unbounded_channel::<Attach>();
+    tokio::spawn(accept(listener, attach_tx));
+    let mut stop = Box::pin(stop_requested());
+
+    let mut pending_first: Option<Attach> = None;
+    let meta = match Meta::load(&meta_path)? {
+        Some(m) => m,
+        None => {
+            // A fresh DR site: the first primary says what the volume is.
+            tracing::info!("dr secondary: waiting for the first primary");
+            let a = tokio::select! {
+                a = attaches.recv() => a.ok_or_else(|| DrRunError::Usage("listener ended".into()))?,
+                _ = &mut stop => return Ok("dr secondary: stopped before any primary".into()),
+            };
+            let geometry = Geometry::new(a.binding.volume_size_bytes, a.binding.region_size_bytes)
+                .map_err(|e| DrRunError::Usage(format!("the primary's volume: {e}")))?;
+            Volume::create(&args.target, geometry.volume_size_bytes())?;
+            let m = Meta {
+                role: Role::Secondary,
+                geometry,
+                binding: None,
+                promoted: false,
+                generation: 0,
+                map: Bits::new(geometry.region_count()),
+            };
+            m.store(&meta_path)?;
+            pending_first = Some(a);
+            m
+        }
+    };
+    if meta.role != Role::Secondary {
+        return Err(DrRunError::Usage(format!(
+            "{} is a primary's metadata, not a DR site's",
+            meta_path.display()
+        )));
+    }
+    if meta.promoted {
+        return Err(DrRunError::Usage(format!(
+            "{} was promoted: it is a primary volume now, not a DR copy",
+            args.target.display()
+        )));
+    }
+    let volume = Volume::open(&args.target)?;
+    if volume.size_bytes != meta.geometry.volume_size_bytes() {
+        return Err(DrRunError::Usage(format!(
+            "{} is {} bytes but its DR metadata says {}",
+            args.target.display(),
+            volume.size_bytes,
+            meta.geometry.volume_size_bytes()
+        )));
+    }
+    let core = Secondary::new(
+        SecondaryConfig::new(meta.geometry),
+        meta.core_binding(),
+        meta.map.clone(),
+        meta.generation,
+    );
+    let mut requests = export::start(
+        export_listener,
+        volume.size_bytes,
+        true,
+        format!("DR copy in {}", args.target.display()),
+    );
+    tracing::info!(export = %args.export, listen = %args.listen, "dr secondary: serving");
+    let mut site = Site {
+        core,
+        volume,
+        meta,
+        meta_path,
+        reads: HashMap::new(),
+    };
+    let mut link: Option<Peer> = None;
+    if let Some(a) = pending_first.take() {
+        link = site.attach(a).await;
+    }
+    let mut tick = tokio::time::interval(ACK_EVERY);
+    loop {
+        tokio::select! {
+            r = requests.recv() => {
+                let Some(r) = r else { break };
+                site.request(r);
+            }
+            a = attaches.recv() => {
+                let Some(a) = a else { break };
+                if link.take().is_some() {
+                    site.core.detach();
+                }
+                link = site.attach(a).await;
+            }
+            f = async { volume::next_frame(&mut link.as_mut().expect("guarded").incoming).await },
+                if link.is_some() && site.core.has_room(PAYLOAD_MAX_BYTES as u64 + 64) => {
+                let ended = match f {
+                    Ok(Frame::Dr(m)) => site.core.received(m).err().map(|e| e.to_string()),
+                    Ok(Frame::Error(reason)) => Some(format!("the primary ended the session: {reason}")),
+                    Ok(Frame::Hello(_)) => Some("a second hello".into()),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = ended {
+                    tracing::warn!(%why, "dr secondary: session ended");
+                    site.core.detach();
+                    link = None;
+                }
+            }
+            _ = tick.tick() => site.core.tick(),
+            _ = &mut stop => break,
+        }
+        if let Err(why) = site.drive(link.as_ref()) {
+            tracing::warn!(%why, "dr secondary: session ended");
+            site.core.detach();
+            link = None;
+        }
+    }
+    let c = site.core.counters();
+    Ok(format!(
+        "dr secondary: stopped present={}/{} generation={} regions_applied={} writes_applied={} fetches={} reads={}",
+        site.core.present().count(),
+        site.meta.geometry.region_count(),
+        site.core.generation(),
+        c.regions_applied,
+        c.writes_applied,
+        c.fetches,
+        c.reads
+    ))
+}
+
+impl Site {
+    /// Answers a primary's hello: a session, or a refusal said to the primary.
+    async fn attach(&mut self, a: Attach) -> Option<Peer> {
+        match self.core.attach(a.session, a.binding) {
+            Ok(()) => {
+                let id = self.meta.binding.map_or([0; 16], |b| b.1);
+                let _ = a.peer.outgoing.send(link::secondary_hello(id)).await;
+                tracing::info!(
+                    session = a.session,
+                    "dr secondary: session with the primary"
+                );
+                Some(a.peer)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dr secondary: refused a primary");
+                let _ = a.peer.outgoing.send(Frame::Error(e.to_string())).await;
+                None
+            }
+        }
+    }
+
+    fn request(&mut self, r: Request) {
+        match r.op {
+            Op::Read { offset, len } => match self.core.read(offset, len) {
+                Ok(t) => {
+                    self.reads.insert(t.0, r.reply);
+                }
+                Err(e) => {
+                    let _ = r.reply.send(Err(io_error(e)));
+                }
+            },
+            Op::Flush | Op::Trim { .. } => {
+                let _ = r.reply.send(Ok(Bytes::new()));
+            }
+            Op::Write { .. } | Op::Zeroes { .. } => {
+                let _ = r.reply.send(Err(ExportError::ReadOnly));
+            }
+        }
+    }
+
+    /// Performs what the core asks and sends what it says, until it says nothing.
+    fn drive(&mut self, link: Option<&Peer>) -> Result<(), String> {
+        loop {
+            let mut progress = false;
+            while let Some(a) = self.core.poll_action() {
+                progress = true;
+                self.perform(a)?;
+            }
+            if let Some(peer) = link {
+                while peer.outgoing.capacity() > 0 {
+                    let Some(m) = self.core.poll_send() else {
+                        break;
+                    };
+                    progress = true;
+                    let _ = peer.outgoing.try_send(Frame::Dr(m));
+                }
+            }
+            if !progress {
+                return Ok(());
+            }
+        }
+    }
+
+    fn perform(&mut self, a: SecondaryAction) -> Result<(), String> {
+        match a {
+            SecondaryAction::WriteLocal {
+                ticket,
+                offset,
+                data,
+            } => {
+                let ok = match &data {
+                    LocalData::Bytes(b) => self.volume.write(offset, b),
+                    LocalData::Zeroes(n) => self.volume.zero(offset, *n),
+                }
+                .is_ok();
+                self.core
+                    .local_write_done(ticket, ok)
+                    .map_err(|e| e.to_string())?;
+            }
+            SecondaryAction::ReadLocal {
+                ticket,
+                offset,
+                len,
+            } => {
+                let data = self.volume.read(offset, len);
+                self.core.read_done(ticket);
+                if let Some(reply) = self.reads.remove(&ticket.0) {
+                    let _ = reply.send(data.map(Bytes::from).map_err(ExportError::Io));
+                }
+            }
+            SecondaryAction::Commit(t) => {
+                let state = self.core.commit_state(t);
+                let meta = Meta {
+                    map: state.present.clone(),
+                    generation: state.generation,
+                    binding: state.binding.map(|b| (b.primary_id, b.volume_id)),
+                    ..self.meta.clone()
+                };
+                let ok = self.volume.sync().is_ok() && meta.store(&self.meta_path).is_ok();
+                if ok {
+                    self.meta = meta;
+                } else {
+                    tracing::warn!("dr secondary: the present map could not be written");
+                }
+                self.core.commit_done(t, ok);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepts primaries: reads each one's hello and hands it over.
+async fn accept(listener: TcpListener, attaches: mpsc::UnboundedSender<Attach>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = attaches.clone();
+        tokio::spawn(async move {
+            if let Some(a) = hello(stream).await {
+                let _ = tx.send(a);
+            }
+        });
+    }
+}
+
+async fn hello(stream: TcpStream) -> Option<Attach> {
+    let mut peer = volume::peer(stream);
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        volume::next_frame(&mut peer.incoming),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let Frame::Hello(h) = first else {
+        return None;
+    };
+    match link::parse_primary_hello(&h) {
+        Ok((binding, session)) => Some(Attach {
+            peer,
+            binding,
+            session,
+        }),
+        Err(reason) => {
+            let _ = peer.outgoing.send(Frame::Error(reason.into())).await;
+            None
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Copy-on-read disaster recovery (technique T5) with real processes: `rehydrate dr
+//! primary` serving the volume to fio and qemu-io over NBD, `rehydrate dr secondary`
+//! serving its copy to nbdcopy while the initial sync runs, each side killed with
+//! SIGKILL and restarted, and at quiet the two volumes compared byte for byte; a DR copy
+//! refuses another primary, and promotion is refused while regions are missing.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const VOLUME_BYTES: usize = 24 * MIB as usize;
+
+struct Sites {
+    dir: tempfile::TempDir,
+    primary_img: PathBuf,
+    dr_img: PathBuf,
+    listen: u16,
+    dr_export: u16,
+    primary_export: u16,
+    primary: Running,
+    secondary: Running,
+}
+
+impl Sites {
+    fn new() -> Sites {
+        let dir = tempfile::tempdir().unwrap();
+        let primary_img = dir.path().join("primary.img");
+        let dr_img = dir.path().join("dr.img");
+        make_image(&primary_img, VOLUME_BYTES);
+        Sites {
+            primary_img,
+            dr_img,
+            dir,
+            listen: free_port(),
+            dr_export: free_port(),
+            primary_export: free_port(),
+            primary: Running(None),
+            secondary: Running(None),
+        }
+    }
+
+    fn start_secondary(&mut self) {
+        let child = rehydrate(&[
+            "dr",
+            "secondary",
+            "--target",
+            s(&self.dr_img),
+            "--listen",
+            &format!("127.0.0.1:{}", self.listen),
+            "--export",
+            &format!("127.0.0.1:{}", self.dr_export),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        self.secondary = Running(Some(child));
+        wait_listening(self.listen, self.secondary.get());
+    }
+
+    fn start_primary(&mut self, sync_rate: Option<&str>) {
+        let mut args = vec![
+            "dr".to_string(),
+            "primary".into(),
+            "--target".into(),
+            s(&self.primary_img).into(),
+            "--export".into(),
+            format!("127.0.0.1:{}", self.primary_export),
+            "--peer".into(),
+            format!("127.0.0.1:{}", self.listen),
+        ];
+        if let Some(rate) = sync_rate {
+            args.extend(["--sync-rate".into(), rate.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = rehydrate(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.primary = Running(Some(child));
+        wait_listening(self.primary_export, self.primary.get());
+    }
+
+    fn kill(running: &mut Running) {
+        let mut c = running.take();
+        c.kill().unwrap(); // SIGKILL
+        let _ = c.wait();
+    }
+
+    fn status(&self, target: &Path) -> String {
+        let out = run(&["dr", "status", "--target", s(target)]);
+        assert_ok(&out, "dr status");
+        text(&out.stdout).trim().to_owned()
+    }
+
+    /// Waits until the DR site holds a region; its status line then.
+    fn wait_sync_began(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let st = self.try_status(&self.dr_img).unwrap_or_default();
+            if present(&st) > 0 {
+                return st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the sync never began: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The status line, or `None` while the site has no metadata yet (a fresh DR site
+    /// writes it once the first primary attached).
+    fn try_status(&self, target: &Path) -> Option<String> {
+        let out = run(&["dr", "status", "--target", s(target)]);
+        out.status
+            .success()
+            .then(|| text(&out.stdout).trim().to_owned())
+    }
+
+    fn wait_complete(&mut self) {
+        let start = Instant::now();
+        loop {
+            let p = self.status(&self.primary_img);
+            let d = self.status(&self.dr_img);
+            if p.contains("complete=true") && d.contains("complete=true") {
+                return;
+            }
+            for r in [&mut self.primary, &mut self.secondary] {
+                if let Some(Ok(Some(code))) = r.0.as_mut().map(|c| c.try_wait()) {
+                    panic!("a site exited: {code}");
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "never complete: {p} / {d}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn primary_url(&self) -> String {
+        format!("nbd://127.0.0.1:{}", self.primary_export)
+    }
+
+    fn dr_url(&self) -> String {
+        format!("nbd://127.0.0.1:{}", self.dr_export)
+    }
+}
+
+fn qemu_io(url: &str, commands: &[&str]) {
+    require("qemu-io", "qemu-utils");
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in commands {
+        c.args(["-c", cmd]);
+    }
+    let out = c.arg(url).stdin(Stdio::null()).output().unwrap();
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success() && !all.contains("error"),
+        "qemu-io {commands:?}: {all}"
+    );
+}
+
+fn nbdcopy(url: &str, to: &Path) {
+    require("nbdcopy", "libnbd-bin");
+    let out = Command::new("nbdcopy").arg(url).arg(to).output().unwrap();
+    assert_ok(&out, "nbdcopy");
+}
+
+fn present(status: &str) -> u64 {
+    status
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("present="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_dr_copy_is_readable_during_its_sync_and_equals_the_primary_after_kills() {
+    require("fio", "fio");
+    let mut sites = Sites::new();
+    sites.start_secondary();
+    // 24 MiB at 3 MiB/s: the initial sync takes about eight seconds.
+    sites.start_primary(Some("3MiB"));
+    wait_listening(sites.dr_export, sites.secondary.get());
+
+    // fio writes (and verifies) 4 MiB of the primary while nbdcopy reads the whole DR
+    // copy, once the initial sync began and long before it ended (the reads fetch
+    // what they miss, so they end it sooner).
+    let before = sites.wait_sync_began();
+    assert!(before.contains("complete=false"), "{before}");
+    let fio = Command::new("fio")
+        .current_dir(sites.dir.path())
+        .args([
+            "--name=verify",
+            "--ioengine=nbd",
+            &format!("--uri={}", sites.primary_url()),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=4m",
+            "--offset=8m",
+            "--iodepth=4",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let early = sites.dir.path().join("early.img");
+    nbdcopy(&sites.dr_url(), &early);
+    let fio = fio.wait_with_output().unwrap();
+    assert_ok(&fio, "fio with verify on the primary's export");
+    // What fio did not touch reads back as the primary holds it (fetched on demand).
+    let primary_now = std::fs::read(&sites.primary_img).unwrap();
+    let early = std::fs::read(&early).unwrap();
+    let (lo, hi) = (8 * MIB as usize, 12 * MIB as usize);
+    assert!(
+        early[..lo] == primary_now[..lo],
+        "the DR read before fio's range"
+    );
+    assert!(
+        early[hi..] == primary_now[hi..],
+        "the DR read after fio's range"
+    );
+
+    // The DR site dies mid-sync and comes back; the primary keeps serving writes.
+    Sites::kill(&mut sites.secondary);
+    qemu_io(&sites.primary_url(), &["write -P 0x5a 1M 256k", "flush"]);
+    sites.start_secondary();
+    qemu_io(
+        &sites.primary_url(),
+        &["write -P 0x6b 2M 64k", "write -P 0x7c 20M 128k"],
+    );
+
+    // Then the primary dies (the last write unflushed) and comes back at full speed.
+    std::thread::sleep(Duration::from_millis(500));
+    Sites::kill(&mut sites.primary);
+    sites.start_primary(None);
+    qemu_io(&sites.primary_url(), &["write -P 0x11 3M 4k", "flush"]);
+
+    sites.wait_complete();
+    let p = std::fs::read(&sites.primary_img).unwrap();
+    let d = std::fs::read(&sites.dr_img).unwrap();
+    assert!(
+        p == d,
+        "at quiet the DR copy equals the primary byte for byte"
+    );
+    let late = sites.dir.path().join("late.img");
+    nbdcopy(&sites.dr_url(), &late);
+    assert!(
+        std::fs::read(&late).unwrap() == p,
+        "the DR export serves the primary's data"
+    );
+}
+
+#[test]
+fn a_dr_copy_refuses_another_primary_and_an_incomplete_copy_is_not_promoted() {
+    let mut sites = Sites::new();
+    sites.start_secondary();
+    // Slow: still far from complete when both stop.
+    sites.start_primary(Some("1MiB"));
+    sites.wait_sync_began();
+
+    // Another primary (another volume of the same size) is refused by the DR site.
+    let other = sites.dir.path().join("other.img");
+    make_image(&other, VOLUME_BYTES);
+    let out = rehydrate(&[
+        "dr",
+        "primary",
+        "--target",
+        s(&other),
+        "--export",
+        &format!("127.0.0.1:{}", free_port()),
+        "--peer",
+        &format!("127.0.0.1:{}", sites.listen),
+    ])
+    .output()
+    .unwrap();
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("refused") && line.contains("another primary"),
+        "{line}"
+    );
+
+    Sites::kill(&mut sites.primary);
+    Sites::kill(&mut sites.secondary);
+    let status = sites.status(&sites.dr_img);
+    assert!(status.contains("complete=false"), "{status}");
+    let out = run(&["dr", "promote", "--target", s(&sites.dr_img)]);
+    let line = one_line_error(&out);
+    assert!(line.contains("refused to promote"), "{line}");
+    assert!(sites.status(&sites.dr_img).contains("promoted=false"));
+
+    let out = run(&["dr", "promote", "--target", s(&sites.dr_img), "--force"]);
+    assert_ok(&out, "forced promotion");
+    assert!(
+        text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(sites.status(&sites.dr_img).contains("promoted=true"));
+    // A promoted copy takes no more stream.
+    let out = rehydrate(&[
+        "dr",
+        "secondary",
+        "--target",
+        s(&sites.dr_img),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--export",
+        &format!("127.0.0.1:{}", free_port()),
+    ])
+    .output()
+    .unwrap();
+    assert!(one_line_error(&out).contains("promoted"));
+}
