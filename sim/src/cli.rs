@@ -399,40 +399,34 @@ mod tests {
             panic!()
         };
         assert_eq!(r.common.mutant, Some(Mutant::AcceptStaleHydrate));
+        let sweep_with = |m: Mutant, more: &[&str]| {
+            let args = [
+                &[
+                    "rehydrate-sim",
+                    "sweep",
+                    "--seeds",
+                    "0..1",
+                    "--mutant",
+                    m.name(),
+                ][..],
+                more,
+            ]
+            .concat();
+            Cli::try_parse_from(args)
+        };
         for m in Mutant::CAPTURE {
-            let sweep = |journal: &[&str]| {
-                let args = [
-                    &[
-                        "rehydrate-sim",
-                        "sweep",
-                        "--seeds",
-                        "0..1",
-                        "--mutant",
-                        m.name(),
-                    ][..],
-                    journal,
-                ]
-                .concat();
-                let Command::Sweep(s) = Cli::try_parse_from(args).unwrap().command else {
+            let checked = |journal: &[&str]| {
+                let Command::Sweep(s) = sweep_with(m, journal).unwrap().command else {
                     panic!()
                 };
                 check_common(&s.common)
             };
-            let refused = sweep(&[]).unwrap_err().to_string();
+            let refused = checked(&[]).unwrap_err().to_string();
             assert!(refused.contains("needs --journal"), "{refused}");
-            assert!(sweep(&["--journal", "async"]).is_ok());
+            assert!(checked(&["--journal", "async"]).is_ok());
         }
         for m in Mutant::OVERLAY.into_iter().chain(Mutant::DR) {
-            let refused = Cli::try_parse_from([
-                "rehydrate-sim",
-                "sweep",
-                "--seeds",
-                "0..1",
-                "--mutant",
-                m.name(),
-            ])
-            .unwrap_err()
-            .to_string();
+            let refused = sweep_with(m, &[]).unwrap_err().to_string();
             assert!(
                 refused.contains("overlay-sweep") || refused.contains("two sites"),
                 "{refused}"
