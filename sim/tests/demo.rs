@@ -83,5 +83,10 @@ fn a_kept_demo_leaves_a_disk_equal_to_the_expected_content() {
         "{same} sectors equal to the image"
     );
     assert!(kept.join("store").is_dir());
+    let timeline = String::from_utf8(read("timeline.svg")).expect("an SVG is text");
+    assert!(
+        timeline.contains("<svg") && timeline.contains("restored"),
+        "the kept directory holds the restore's timeline"
+    );
     std::fs::remove_dir_all(&kept).unwrap();
 }

@@ -59,8 +59,9 @@ pub struct DemoArgs {
     /// Seed of the image's content and of the workload.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Keep the store, the image, the restored disk and the expected content in a
-    /// directory (printed) instead of a temporary one.
+    /// Keep the store, the image, the restored disk, the expected content and the
+    /// restore's timeline (timeline.svg: restored bytes and each on-demand miss over time)
+    /// in a directory (printed) instead of a temporary one.
     #[arg(long)]
     pub keep: bool,
     /// Where to write the status `rehydrate status` reads [default: as `rehydrate restore`].
@@ -126,6 +127,14 @@ pub enum DemoError {
     /// The service stopped for another reason.
     #[error("service: {0}")]
     Service(String),
+    /// The timeline picture could not be drawn or written.
+    #[error("timeline {path}: {reason}")]
+    Timeline {
+        /// The picture's path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The simulator found a rule broken (or the restore stalled).
     #[error("{0}")]
     Violation(String),
@@ -392,10 +401,23 @@ pub fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
         let tags = &outcome.volume_tags;
         image::write_sectors(&disk, tags.len() as u64, |s| tags[s as usize])
             .map_err(io("write", &disk))?;
+        let timeline = root.join("timeline.svg");
+        let end_secs = stats.restored_ns.unwrap_or(0) as f64 / 1e9;
+        stats
+            .timeline
+            .write_svg(
+                &timeline,
+                end_secs,
+                "rehydrate-sim demo: restored bytes and on-demand misses",
+            )
+            .map_err(|reason| DemoError::Timeline {
+                path: timeline.clone(),
+                reason,
+            })?;
         say(
             json,
             format!(
-                "demo: kept in {}: store/, volume.img (the backup's image), disk.img (the restored disk), expected.img (what it must hold)",
+                "demo: kept in {}: store/, volume.img (the backup's image), disk.img (the restored disk), expected.img (what it must hold), timeline.svg (restored bytes and on-demand misses over time)",
                 root.display()
             ),
         );

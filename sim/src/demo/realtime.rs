@@ -29,6 +29,7 @@ use crate::irp::{IrpId, Layer, Routine, IRP_MJ_DEVICE_CONTROL};
 use crate::kernel::Kernel;
 use crate::oracle::OpKind;
 use crate::wdf::SimWdf;
+use rehydrate_service::restore::timeline::Timeline;
 
 /// Longest single sleep of the machine's thread: it also looks for cancelled requests
 /// and a vanished service this often.
@@ -61,6 +62,11 @@ pub struct DemoStats {
     pub link_requests: u64,
     /// `GET_MISSING` requests the service gave up on.
     pub cancelled: u64,
+    /// Restored bytes over time and each on-demand read miss, for the picture the demo
+    /// leaves in its kept directory.
+    pub timeline: Timeline,
+    /// Restored bytes at the last sample (a sample is taken only when they change).
+    restored_sampled_bytes: Option<u64>,
 }
 
 struct Pending {
@@ -298,6 +304,15 @@ impl LinkServer {
         self.send(wdf, filter, Ioctl::Control.code(), input, 0, None);
     }
 
+    /// The filter has `bytes` of the volume restored now.
+    pub fn note_restored_bytes(&mut self, now_ns: u64, bytes: u64) {
+        let s = &mut self.stats;
+        if s.restored_sampled_bytes != Some(bytes) {
+            s.restored_sampled_bytes = Some(bytes);
+            s.timeline.restored(now_ns as f64 / 1e9, bytes);
+        }
+    }
+
     /// Every region is restored (first time seen).
     pub fn note_restored(&mut self, now_ns: u64) {
         self.stats.restored_ns.get_or_insert(now_ns);
@@ -328,8 +343,10 @@ impl LinkServer {
             OpKind::Read => {
                 s.reads += 1;
                 if held {
-                    s.read_miss_latencies_ns
-                        .push(now_ns.saturating_sub(issued_ns));
+                    let latency_ns = now_ns.saturating_sub(issued_ns);
+                    s.read_miss_latencies_ns.push(latency_ns);
+                    s.timeline
+                        .miss(now_ns as f64 / 1e9, latency_ns as f64 / 1e6);
                 }
             }
             OpKind::Write { .. } => {

@@ -337,6 +337,13 @@ impl Machine {
             Phase::Run => {
                 let restored = self.filter.as_ref().is_some_and(|f| f.is_passthrough());
                 if let Some(ext) = self.ext.as_mut() {
+                    if let Some(f) = self.filter.as_ref() {
+                        let (map, geometry) = (f.engine().map(), f.engine().geometry());
+                        let bytes = map
+                            .restored_count()
+                            .saturating_mul(u64::from(geometry.region_size_bytes()));
+                        ext.note_restored_bytes(now, bytes.min(geometry.volume_size_bytes()));
+                    }
                     if restored {
                         ext.note_restored(now);
                         // The tour's workload runs while the volume is being restored.

@@ -13,7 +13,7 @@ use plotters::prelude::*;
 pub const SAMPLES_MAX: usize = 8192;
 
 /// What the picture shows, recorded as the restore runs.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Timeline {
     /// (seconds since start, restored MiB).
     restored: Vec<(f64, f64)>,
