@@ -143,6 +143,20 @@ pub async fn run_backup_command(command: BackupCommand) -> Result<BackupSummary,
 /// Run `serve`: listen on `args.listen` and serve until Ctrl-C or SIGTERM.
 pub async fn run_serve(args: ServeArgs) -> Result<(), BackupError> {
     let store = ChunkStore::open(&args.store, false)?;
+    let tls = server_tls(&args)?;
+    let warn_plain = |addr: &str| {
+        tracing::warn!(
+            %addr,
+            "serving without TLS on a non-loopback address: anyone who can reach it can \
+             read every backup, in clear text (use --tls-cert and --tls-key)"
+        );
+    };
+    // An address given as an IP is judged before the port opens, so the warning is out
+    // before the first client can connect; a host name only once it is bound.
+    let given: Option<std::net::SocketAddr> = args.listen.parse().ok();
+    if tls.is_none() && given.is_some_and(|a| !a.ip().is_loopback()) {
+        warn_plain(&args.listen);
+    }
     let listener = TcpListener::bind(&args.listen)
         .await
         .map_err(|source| BackupError::Listen {
@@ -151,13 +165,8 @@ pub async fn run_serve(args: ServeArgs) -> Result<(), BackupError> {
         })?;
     let local = listener.local_addr().ok();
     let addr = local.map_or(args.listen.clone(), |a| a.to_string());
-    let tls = server_tls(&args)?;
-    if tls.is_none() && !local.is_some_and(|a| a.ip().is_loopback()) {
-        tracing::warn!(
-            %addr,
-            "serving without TLS on a non-loopback address: anyone who can reach it can \
-             read every backup, in clear text (use --tls-cert and --tls-key)"
-        );
+    if tls.is_none() && given.is_none() && !local.is_some_and(|a| a.ip().is_loopback()) {
+        warn_plain(&addr);
     }
     tracing::info!(%addr, store = store.name(), tls = tls.is_some(), "serving");
     let config = rehydrate_nbd::ServerConfig {
