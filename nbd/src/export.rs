@@ -59,6 +59,16 @@ impl ExportError {
     }
 }
 
+/// The end of a request's range `offset..offset + length` in an export of `size_bytes`:
+/// [`ExportError::OutOfRange`] if it overflows or passes the end. Every export checks a
+/// request's range this way before it touches anything.
+pub fn range_end(offset: u64, length: u64, size_bytes: u64) -> Result<u64, ExportError> {
+    offset
+        .checked_add(length)
+        .filter(|&end| end <= size_bytes)
+        .ok_or(ExportError::OutOfRange)
+}
+
 /// One run of the export with one allocation status (`base:allocation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Extent {
@@ -348,5 +358,24 @@ impl Export for MemExport {
             Ok(extents)
         });
         Box::pin(async move { result })
+    }
+}
+
+#[cfg(test)]
+mod range_end_tests {
+    use super::*;
+
+    #[test]
+    fn a_range_ends_inside_the_export_or_is_out_of_range() {
+        assert_eq!(range_end(0, 512, 512).unwrap(), 512);
+        assert_eq!(range_end(512, 0, 512).unwrap(), 512);
+        assert!(matches!(
+            range_end(1, 512, 512),
+            Err(ExportError::OutOfRange)
+        ));
+        assert!(matches!(
+            range_end(u64::MAX, 1, u64::MAX),
+            Err(ExportError::OutOfRange)
+        ));
     }
 }

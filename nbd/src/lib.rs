@@ -36,7 +36,9 @@ pub use client::{Client, ClientOptions, ReconnectingClient};
 pub use consts::TransmissionFlags;
 pub use decode::Decoded;
 pub use error::{Error, ProtocolError};
-pub use export::{BoxFuture, Catalog, Export, ExportError, Extent, MapCatalog, MemExport};
+pub use export::{
+    range_end, BoxFuture, Catalog, Export, ExportError, Extent, MapCatalog, MemExport,
+};
 pub use file_export::FileExport;
 pub use handshake::Negotiated;
 pub use positional::PositionalIo;

@@ -123,10 +123,7 @@ impl Export for PointExport {
 
     fn read(&self, offset: u64, length: u32) -> BoxFuture<'_, Result<Bytes, ExportError>> {
         Box::pin(async move {
-            let end = offset
-                .checked_add(length.into())
-                .filter(|&e| e <= self.size_bytes())
-                .ok_or(ExportError::OutOfRange)?;
+            let end = rehydrate_nbd::range_end(offset, length.into(), self.size_bytes())?;
             if length == 0 {
                 return Ok(Bytes::new());
             }

@@ -40,10 +40,7 @@ impl SiteExport {
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<(), ExportError> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size_bytes => Ok(()),
-            _ => Err(ExportError::OutOfRange),
-        }
+        rehydrate_nbd::range_end(offset, len, self.size_bytes).map(drop)
     }
 }
 

@@ -31,10 +31,7 @@ impl ProtectExport {
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<(), ExportError> {
-        let end = offset.checked_add(len).ok_or(ExportError::OutOfRange)?;
-        if end > self.shared.size_bytes {
-            return Err(ExportError::OutOfRange);
-        }
+        rehydrate_nbd::range_end(offset, len, self.shared.size_bytes)?;
         if offset % SECTOR_SIZE_BYTES != 0 || len % SECTOR_SIZE_BYTES != 0 {
             return Err(ExportError::Misaligned(SECTOR_SIZE_BYTES as u32));
         }
@@ -119,10 +116,7 @@ impl Export for ProtectExport {
         length: u32,
     ) -> BoxFuture<'_, Result<Vec<Extent>, ExportError>> {
         Box::pin(async move {
-            let end = offset
-                .checked_add(u64::from(length))
-                .filter(|&e| e <= self.shared.size_bytes)
-                .ok_or(ExportError::OutOfRange)?;
+            let end = rehydrate_nbd::range_end(offset, length.into(), self.shared.size_bytes)?;
             let target = Arc::clone(&self.shared.target);
             tokio::task::spawn_blocking(move || target.allocation(offset, end))
                 .await

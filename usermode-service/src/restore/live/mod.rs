@@ -221,11 +221,7 @@ impl<S: Source> LiveExport<S> {
 
     /// Checks the range lies inside the export.
     fn check(&self, offset: u64, len: u64) -> Result<(), ExportError> {
-        let end = offset.checked_add(len).ok_or(ExportError::OutOfRange)?;
-        if end > self.shared.size_bytes {
-            return Err(ExportError::OutOfRange);
-        }
-        Ok(())
+        rehydrate_nbd::range_end(offset, len, self.shared.size_bytes).map(drop)
     }
 
     /// Runs a sector-aligned `op`: straight on the target when the engine is a
@@ -303,10 +299,7 @@ impl<S: Source> Export for LiveExport<S> {
 
     fn trim(&self, offset: u64, length: u32) -> BoxFuture<'_, Result<(), ExportError>> {
         Box::pin(async move {
-            let end = offset
-                .checked_add(u64::from(length))
-                .ok_or(ExportError::OutOfRange)?;
-            self.check(offset, u64::from(length))?;
+            let end = rehydrate_nbd::range_end(offset, length.into(), self.shared.size_bytes)?;
             // A trim is a hint: only its whole sectors are trimmed.
             let start = offset.div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES;
             let stop = if end == self.shared.size_bytes {
