@@ -159,14 +159,10 @@ pub(crate) struct Harness {
     engine_clock: Option<u64>,
     next_id: RequestId,
     next_batch: BatchId,
-    /// The first batch the current service instance delivered: a batch of an earlier
-    /// instance that completes after a restart tells the new instance nothing (it
-    /// sweeps every missing region anyway).
-    first_batch_of_service: BatchId,
-    /// Per region the service gave up fetching: the first batch whose success makes it
-    /// believe the region done again. A batch delivered before it gave up completing
-    /// later does not (the hydrator's failure sent it sweeping again, whatever acks
-    /// follow).
+    /// Per region the service gave up on (a failed fetch, or every region when it
+    /// restarted): the first batch whose success makes it believe the region done
+    /// again. A batch delivered before it gave up completing later does not (the
+    /// hydrator sweeps the region again, whatever acks follow).
     believed_from: BTreeMap<u64, BatchId>,
     issue_seq: u64,
     value_seq: u32,
@@ -236,7 +232,6 @@ impl Harness {
             engine_clock: None,
             next_id: 1,
             next_batch: 1,
-            first_batch_of_service: 1,
             believed_from: BTreeMap::new(),
             issue_seq: 0,
             value_seq: 0,
@@ -420,7 +415,7 @@ impl Harness {
             Action::Complete { id, status } => self.complete(id, status),
             Action::HydrateDone { batch, status } => {
                 let regions = self.batches.remove(&batch);
-                if status.is_success() && batch >= self.first_batch_of_service {
+                if status.is_success() {
                     // Delivered: what is not restored now, the engine dropped.
                     let map = self.engine.map().clone();
                     let believed = |r: &u64| self.believed_from.get(r).is_none_or(|&b| batch >= b);
@@ -824,7 +819,9 @@ impl Harness {
     pub fn restart_service(&mut self) {
         self.fetches.clear();
         self.dropped.clear();
-        self.first_batch_of_service = self.next_batch;
+        for r in 0..self.geometry.region_count() {
+            self.believed_from.insert(r, self.next_batch);
+        }
         self.feed(Event::ServiceAttached);
     }
 
