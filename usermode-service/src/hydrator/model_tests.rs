@@ -176,6 +176,14 @@ impl Run {
             if !self.t.h.fetches.contains_key(&id) {
                 let f = &self.m.fetches[&id];
                 prop_assert!(f.waiting, "fetch {id} vanished while at the source");
+                // A restored region can only have been in it on a re-ask (checked when
+                // it was issued); giving the fetch up gives that permission back, since
+                // the hydrator still has to fetch the region once more.
+                for region in f.regions.clone() {
+                    if self.t.restored[region as usize] {
+                        self.m.reasked.insert(region);
+                    }
+                }
                 self.m.fetches.remove(&id);
             }
         }
