@@ -5,7 +5,14 @@
 //!
 //! Unix: `flock(LOCK_EX | LOCK_NB)`; the holder's pid is read from `/proc/locks` (Linux),
 //! which the kernel keeps for every lock, so nothing has to be written to say who holds
-//! it. Other systems: no lock yet (a Windows port takes `LockFileEx` here).
+//! it.
+//!
+//! Windows: `LockFileEx(EXCLUSIVE | FAIL_IMMEDIATELY)` of one byte at [`WINDOWS_LOCK_BYTE`],
+//! far past any data. Windows byte-range locks are mandatory, so a lock over the data
+//! would make every read through another handle fail (`rehydrate status --metadata`
+//! reads beside the writer); a lock on a byte nobody reads or writes excludes a second
+//! locker and nothing else. (`std::fs::File::try_lock` locks the whole range, hence the
+//! call by hand.) Windows cannot say who holds it.
 
 use std::fs::File;
 use std::path::Path;
@@ -35,10 +42,53 @@ mod imp {
     }
 }
 
-#[cfg(not(unix))]
+/// The byte the Windows lock covers: 2^62, past the end of any file we lock and inside
+/// the signed 64-bit offsets `NtLockFile` accepts.
+#[cfg(windows)]
+pub const WINDOWS_LOCK_BYTE: u64 = 1 << 62;
+
+#[cfg(windows)]
+#[allow(unsafe_code)] // one Win32 call; std has no lock of a single byte
+mod imp {
+    use std::fs::File;
+    use std::os::windows::io::AsRawHandle;
+
+    use windows_sys::Win32::Storage::FileSystem::{
+        LockFileEx, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
+    };
+    use windows_sys::Win32::System::IO::OVERLAPPED;
+
+    /// `Err(None)` when another open file holds the lock (Windows cannot say whose).
+    pub fn lock_exclusive(file: &File) -> Result<(), Option<u32>> {
+        // SAFETY: OVERLAPPED is plain data; all zeros is its documented initial state.
+        let mut at: OVERLAPPED = unsafe { std::mem::zeroed() };
+        at.Anonymous.Anonymous.Offset = super::WINDOWS_LOCK_BYTE as u32;
+        at.Anonymous.Anonymous.OffsetHigh = (super::WINDOWS_LOCK_BYTE >> 32) as u32;
+        // SAFETY: the handle is open for the call (borrowed from `file`), `at` outlives
+        // it, and with FAIL_IMMEDIATELY on a synchronous handle the call does not pend.
+        let locked = unsafe {
+            LockFileEx(
+                file.as_raw_handle(),
+                LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY,
+                0,
+                1,
+                0,
+                &mut at,
+            )
+        };
+        if locked != 0 {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    }
+}
+
+#[cfg(not(any(unix, windows)))]
 mod imp {
     use std::fs::File;
 
+    /// No lock on other systems: the service is built for Unix and Windows only.
     pub fn lock_exclusive(_file: &File) -> Result<(), Option<u32>> {
         Ok(())
     }
@@ -125,7 +175,7 @@ mod holder {
 #[cfg(not(unix))]
 mod holder {}
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -134,17 +184,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
         std::fs::write(&path, b"x").unwrap();
-        let first = File::open(&path).unwrap();
+        let first = File::options().read(true).write(true).open(&path).unwrap();
         lock_exclusive(&first, &path).unwrap();
-        let second = File::open(&path).unwrap();
+        let second = File::options().read(true).write(true).open(&path).unwrap();
         match lock_exclusive(&second, &path) {
             Err(ServiceError::Locked { holder, .. }) => {
-                if std::path::Path::new("/proc/locks").exists() {
+                // Linux only: a Windows build under wine sees a /proc/locks too.
+                if cfg!(target_os = "linux") {
                     assert_eq!(holder, Some(std::process::id()));
                 }
             }
             other => panic!("expected Locked, got {other:?}"),
         }
+        // The lock excludes lockers only: the data reads and writes through another
+        // handle as before (Windows locks are mandatory, hence the far byte there).
+        use rehydrate_nbd::PositionalIo as _;
+        let mut byte = [0u8; 1];
+        second.read_exact_at(&mut byte, 0).unwrap();
+        assert_eq!(&byte, b"x");
+        second.write_all_at(b"y", 0).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"y");
         drop(first);
         lock_exclusive(&second, &path).unwrap();
     }

@@ -14,6 +14,9 @@ pub struct FileMetaStore {
     /// Opened only to read (the file is another writer's): writes are refused and a
     /// flush has nothing to do.
     read_only: bool,
+    /// This handle holds the run's lock: taking it again is a no-op (a Windows lock is
+    /// not re-entrant, even on its own handle).
+    locked: std::sync::atomic::AtomicBool,
 }
 
 fn device(e: &std::io::Error) -> StoreError {
@@ -25,7 +28,13 @@ fn device(e: &std::io::Error) -> StoreError {
 impl FileMetaStore {
     /// Takes the run's exclusive lock on the file (see `lock.rs`).
     pub fn lock(&self, path: &Path) -> Result<(), crate::ServiceError> {
-        super::lock::lock_exclusive(&self.file, path)
+        use std::sync::atomic::Ordering;
+        if self.locked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        super::lock::lock_exclusive(&self.file, path)?;
+        self.locked.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Opens the existing metadata at `path` (`create_pages: None`, not locked yet: the
@@ -63,6 +72,7 @@ impl FileMetaStore {
             file,
             page_count,
             read_only: false,
+            locked: create_pages.is_some().into(),
         })
     }
 
@@ -75,6 +85,7 @@ impl FileMetaStore {
             file,
             page_count,
             read_only: true,
+            locked: false.into(),
         })
     }
 
@@ -102,6 +113,7 @@ impl FileMetaStore {
             file,
             page_count,
             read_only: false,
+            locked: false.into(),
         })
     }
 }
