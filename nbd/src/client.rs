@@ -97,6 +97,37 @@ struct Outgoing {
     last: bool,
 }
 
+/// Negotiates on `stream` until `machine` (made `with_starttls`) has had TLS accepted,
+/// then runs the TLS handshake; `machine` goes on over the returned stream.
+async fn start_tls<S>(
+    mut stream: S,
+    machine: &mut ClientHandshake,
+    buf: &mut BytesMut,
+    tls: &ClientTls,
+    dialled: Option<std::net::IpAddr>,
+) -> Result<tokio_rustls::client::TlsStream<S>, Error>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let ClientStep::StartTls = negotiate(&mut stream, machine, buf).await? else {
+        return Err(ProtocolError::Unexpected("handshake ended before TLS").into());
+    };
+    if !buf.is_empty() {
+        return Err(ProtocolError::Unexpected("plain text after the STARTTLS reply").into());
+    }
+    let secure = tls.connect(stream, dialled).await?;
+    machine.tls_started()?;
+    Ok(secure)
+}
+
+/// The names a listing handshake ended with.
+fn listed(step: ClientStep) -> Result<Vec<(String, String)>, Error> {
+    match step {
+        ClientStep::Listed(names) => Ok(names),
+        _ => Err(ProtocolError::Unexpected("listing ended without a list").into()),
+    }
+}
+
 /// A connected NBD client. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
@@ -173,15 +204,35 @@ impl Client {
 
     /// List the exports of the server at `addr` (`NBD_OPT_LIST`): (name, description).
     pub async fn list_exports(addr: impl ToSocketAddrs) -> Result<Vec<(String, String)>, Error> {
-        let mut stream = TcpStream::connect(addr).await?;
-        let mut buf = BytesMut::new();
-        match negotiate(&mut stream, &mut ClientHandshake::list(), &mut buf).await? {
-            ClientStep::Listed(names) => {
+        Self::list_exports_with(addr, ClientOptions::default()).await
+    }
+
+    /// List the exports of the server at `addr` with `options`: over TLS when
+    /// `options.tls` asks (a server that requires TLS lists only over it, and then only
+    /// what the client's certificate may open).
+    pub async fn list_exports_with(
+        addr: impl ToSocketAddrs,
+        options: ClientOptions,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let listed = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            let dialled = stream.peer_addr()?.ip();
+            let mut machine = ClientHandshake::list();
+            let mut buf = BytesMut::new();
+            let Some(tls) = options.tls else {
+                let step = negotiate(&mut stream, &mut machine, &mut buf).await?;
                 let _ = stream.shutdown().await;
-                Ok(names)
-            }
-            _ => Err(ProtocolError::Unexpected("listing ended without a list").into()),
-        }
+                return listed(step);
+            };
+            machine = machine.with_starttls();
+            let mut secure = start_tls(stream, &mut machine, &mut buf, &tls, Some(dialled)).await?;
+            let step = negotiate(&mut secure, &mut machine, &mut buf).await?;
+            let _ = secure.shutdown().await;
+            listed(step)
+        };
+        tokio::time::timeout(options.connect_timeout, listed)
+            .await
+            .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))?
     }
 
     /// Negotiate over an already-open stream (TCP, Unix socket, or a TLS stream). With
@@ -219,14 +270,7 @@ impl Client {
         };
         machine = machine.with_starttls();
         let mut buf = BytesMut::with_capacity(4096);
-        let ClientStep::StartTls = negotiate(&mut stream, &mut machine, &mut buf).await? else {
-            return Err(ProtocolError::Unexpected("handshake ended before TLS").into());
-        };
-        if !buf.is_empty() {
-            return Err(ProtocolError::Unexpected("plain text after the STARTTLS reply").into());
-        }
-        let mut secure = tls.connect(stream, dialled).await?;
-        machine.tls_started()?;
+        let mut secure = start_tls(stream, &mut machine, &mut buf, &tls, dialled).await?;
         let info = negotiated(negotiate(&mut secure, &mut machine, &mut buf).await?)?;
         Ok(Self::start(secure, buf, info, options))
     }

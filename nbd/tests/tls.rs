@@ -288,3 +288,33 @@ async fn plain_text_options_before_starttls_are_refused() {
     assert!(rest.is_empty(), "server answered EXPORT_NAME before TLS");
     assert_eq!(s.catalog.lookups.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_over_tls_names_only_what_the_certificate_may_open() {
+    let s = setup();
+    let addr = start(
+        Arc::clone(&s.catalog),
+        Some(server_tls(&s.server_dir, true).with_policy(Arc::new(AliceGetsA))),
+    )
+    .await;
+    let as_alice = |tls| ClientOptions {
+        tls: Some(tls),
+        ..ClientOptions::default()
+    };
+    let listed = Client::list_exports_with(
+        addr,
+        as_alice(client_tls(&s.server_dir, Some(&s.alice_dir))),
+    )
+    .await
+    .unwrap();
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a"], "alice may open a only");
+    // Without a client certificate the server refuses the TLS session itself.
+    let err = Client::list_exports_with(addr, as_alice(client_tls(&s.server_dir, None)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
