@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--check-determinism] [--json]
-//! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--json]
+//! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--jobs N] [--json]
 //! rehydrate-sim overlay-sweep --seeds A..B [--ops N] [--mutant NAME]
 //! rehydrate-sim demo [--size 256MiB] [--seed N] [--keep] [--status-file PATH] [--json]
 //! ```
@@ -111,6 +111,10 @@ pub struct SweepArgs {
     /// Print only failures and the summary.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Seeds run side by side (default: one per core). The outcomes, and the order
+    /// they are printed in, do not depend on it.
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
     /// Shared settings.
     #[command(flatten)]
     pub common: Common,
@@ -327,7 +331,11 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
             check_common(&args.common)?;
             let config = template(&args.common, args.seeds.start);
             let (json, quiet) = (args.common.json, args.quiet);
-            let report = crate::sweep(args.seeds.clone(), &config, |c, o| {
+            let jobs = args.jobs.map_or_else(
+                || std::thread::available_parallelism().map_or(1, usize::from),
+                usize::from,
+            );
+            let report = crate::sweep_on(jobs, args.seeds.clone(), &config, |c, o| {
                 if !quiet || o.violation.is_some() {
                     print_outcome(c, o, json);
                 }

@@ -82,21 +82,30 @@ impl SweepReport {
     }
 }
 
-/// Runs every seed of `seeds` with `template`'s settings; `each` sees every outcome as
-/// it comes (for progress output).
+/// Runs every seed of `seeds` with `template`'s settings on every core; `each` sees
+/// every outcome in seed order (for progress output).
 pub fn sweep(
+    seeds: std::ops::Range<u64>,
+    template: &RunConfig,
+    each: impl FnMut(&RunConfig, &Outcome),
+) -> SweepReport {
+    let jobs = std::thread::available_parallelism().map_or(1, usize::from);
+    sweep_on(jobs, seeds, template, each)
+}
+
+/// [`sweep`] on `jobs` threads. Seeds are independent worlds, so the report, and the
+/// order in which `each` sees the outcomes, are the same for any number of threads;
+/// only the wall time differs. Every thread runs with the template's mutant (the
+/// driver's switch is one per process, held for the whole sweep).
+pub fn sweep_on(
+    jobs: usize,
     seeds: std::ops::Range<u64>,
     template: &RunConfig,
     mut each: impl FnMut(&RunConfig, &Outcome),
 ) -> SweepReport {
     let start = std::time::Instant::now();
     let mut report = SweepReport::default();
-    for seed in seeds {
-        let config = RunConfig {
-            seed,
-            ..template.clone()
-        };
-        let outcome = run(&config);
+    let mut record = |config: RunConfig, outcome: Outcome| {
         report.seeds += 1;
         report.ops += outcome.ops_done;
         report.irps += outcome.irps;
@@ -108,7 +117,60 @@ pub fn sweep(
         if outcome.violation.is_some() {
             report.failures.push((config, outcome));
         }
-    }
+    };
+    let config_of = |seed| RunConfig {
+        seed,
+        ..template.clone()
+    };
+    // A cross-checked oracle is switched on per thread: such a sweep stays on this one.
+    let jobs = if oracle::reference_on_here() {
+        1
+    } else {
+        jobs.max(1)
+    };
+    sim::with_mutant(template.mutant, || {
+        if jobs == 1 {
+            for seed in seeds.clone() {
+                let config = config_of(seed);
+                let outcome = sim::run_switched(&config);
+                record(config, outcome);
+            }
+            return;
+        }
+        let next_seed = std::sync::atomic::AtomicU64::new(seeds.start);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                let done_tx = done_tx.clone();
+                let (next_seed, config_of, end) = (&next_seed, &config_of, seeds.end);
+                scope.spawn(move || loop {
+                    let seed = next_seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if seed >= end {
+                        break;
+                    }
+                    let config = config_of(seed);
+                    let outcome = sim::run_switched(&config);
+                    if done_tx.send((config, outcome)).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(done_tx);
+            // Outcomes arrive in any order and are reported in seed order: what waits
+            // here is what finished ahead of the oldest seed still running (small:
+            // an outcome is a summary, not a world).
+            let mut waiting = std::collections::BTreeMap::new();
+            let mut due = seeds.start;
+            for (config, outcome) in done_rx {
+                waiting.insert(config.seed, (config, outcome));
+                while let Some((config, outcome)) = waiting.remove(&due) {
+                    record(config, outcome);
+                    due += 1;
+                }
+            }
+            debug_assert!(waiting.is_empty() && due == seeds.end.max(seeds.start));
+        });
+    });
     report.wall_secs = start.elapsed().as_secs_f64();
     report
 }

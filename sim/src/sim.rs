@@ -238,18 +238,17 @@ pub(crate) fn with_mutant<T>(mutant: Option<Mutant>, f: impl FnOnce() -> T) -> T
 pub fn run(config: &RunConfig) -> Outcome {
     // The driver's mutant switch is one per process: a mutated run has it to itself,
     // unmutated runs may share it (it stays `None` while any of them holds the lock).
-    let _guard = if config.mutant.is_some() {
-        Guard::Write(MUTANT_LOCK.write().unwrap_or_else(|e| e.into_inner()))
-    } else {
-        Guard::Read(MUTANT_LOCK.read().unwrap_or_else(|e| e.into_inner()))
-    };
-    rehydrate_driver::mutants::set(config.mutant);
+    with_mutant(config.mutant, || run_switched(config))
+}
+
+/// [`run`] for a caller that holds the mutant switch set to `config.mutant` (see
+/// [`with_mutant`]): the sweep's workers, which share one setting.
+pub(crate) fn run_switched(config: &RunConfig) -> Outcome {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut world = World::new(config);
         world.run();
         world.outcome(config.seed)
     }));
-    rehydrate_driver::mutants::set(None);
     result.unwrap_or_else(|panic| {
         let message = panic_message(&panic);
         Outcome {

@@ -106,6 +106,40 @@ fn a_seed_replays_exactly_and_different_seeds_differ() {
     assert_ne!(one.trace, run(&config(2, Faults::all(), OPS, None)).trace);
 }
 
+#[test]
+fn a_sweep_on_several_threads_reports_what_one_thread_does_in_seed_order() {
+    // With a mutant, so the threads must each run the mutated driver to agree.
+    let template = config(
+        0,
+        Faults::all(),
+        OPS,
+        Some(Mutant::MarkBeforeLowerWriteCompletes),
+    );
+    let outcomes = |jobs| {
+        let mut seen = Vec::new();
+        let report = rehydrate_sim::sweep_on(jobs, 0..12, &template, |c, o| {
+            assert_eq!(c.seed, o.seed);
+            seen.push(o.clone());
+        });
+        assert_eq!(report.seeds, 12);
+        assert_eq!(
+            report.failures.len(),
+            seen.iter().filter(|o| o.violation.is_some()).count()
+        );
+        seen
+    };
+    let alone = outcomes(1);
+    assert_eq!(
+        alone.iter().map(|o| o.seed).collect::<Vec<_>>(),
+        (0..12).collect::<Vec<_>>()
+    );
+    assert!(
+        alone.iter().any(|o| o.violation.is_some()),
+        "the mutant is caught in these seeds, so the comparison covers violations"
+    );
+    assert_eq!(outcomes(3), alone);
+}
+
 /// Runs `mutant` over seeds until one fails; the failure must come from a rule (not a
 /// panic) and the real driver must pass that seed.
 fn caught_within(mutant: Mutant, faults: Faults, ops: u64, bound: u64) -> u64 {

@@ -43,6 +43,12 @@ mod ops;
 #[cfg_attr(not(test), allow(dead_code))]
 mod reference;
 
+/// True when oracles made on this thread now are cross-checked against the reference
+/// (a switch per thread, for the tests).
+pub fn reference_on_here() -> bool {
+    reference::on_for_new_oracles()
+}
+
 use std::ops::Range;
 
 use rehydrate_driver::Status;

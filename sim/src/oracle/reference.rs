@@ -30,7 +30,8 @@ thread_local! {
     static CROSS_CHECK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// True when oracles made now on this thread are to be cross-checked.
+/// True when oracles made now on this thread are to be cross-checked (also what
+/// `crate::oracle::reference_on_here` says).
 pub fn on_for_new_oracles() -> bool {
     CROSS_CHECK.with(Cell::get)
 }
