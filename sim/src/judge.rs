@@ -161,12 +161,9 @@ pub fn check_progress(wdf: &SimWdf, p: &Progress<'_>) -> Result<(), String> {
     let now = wdf.k.now_ns();
     let rs = oracle.region_sectors();
     let volume = oracle.sectors();
-    let held_ops = || {
-        oracle
-            .live()
-            .map(|(_, o)| o)
-            .filter(|o| o.held && !o.forwarded)
-    };
+    // Called after every step: only the ops in flight are walked (in the table's
+    // order, which the seed fixes, so the first op reported is the same each run).
+    let held_ops = || oracle.live_unordered().filter(|o| o.held && !o.forwarded);
     let mut held_count = 0u64;
     for op in held_ops() {
         held_count += 1;

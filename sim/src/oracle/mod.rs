@@ -211,6 +211,12 @@ impl Oracle {
         self.ops.live()
     }
 
+    /// Every op in flight, in no order (cheaper than [`Oracle::live`]: it walks only
+    /// the ops in flight, not every slot).
+    pub fn live_unordered(&self) -> impl Iterator<Item = &Op> + '_ {
+        self.ops.live_unordered()
+    }
+
     /// May the file system issue a request on these sectors now? (See [`Ops::may_issue`].)
     pub fn may_issue(&self, sector: u64, count: u64) -> bool {
         self.ops.may_issue(sector, count)
