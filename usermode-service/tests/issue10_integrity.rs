@@ -21,10 +21,16 @@ fn url(port: u16, export: &str) -> String {
     format!("nbd://127.0.0.1:{port}/{export}")
 }
 
-/// `DIR/a.img` (random, a zero quarter) backed up as `sys` into `DIR/store`, served.
+/// `DIR/IMG` (random, a zero quarter) backed up as `sys` into `store`; its bytes.
+fn backed_up(dir: &Path, img: &str, store: &Path) -> Vec<u8> {
+    let data = make_image(&dir.join(img), IMAGE_BYTES);
+    backup(&dir.join(img), store, "sys");
+    data
+}
+
+/// `DIR/a.img` backed up as `sys` into `DIR/store`, served.
 fn served_image(dir: &Path) -> (Vec<u8>, Proc) {
-    let data = make_image(&dir.join("a.img"), IMAGE_BYTES);
-    backup(&dir.join("a.img"), &dir.join("store"), "sys");
+    let data = backed_up(dir, "a.img", &dir.join("store"));
     (data, serve(&dir.join("store")))
 }
 
@@ -46,8 +52,7 @@ fn item1_a_resume_after_a_new_backup_finishes_the_pinned_version() {
         dir.path().join("t"),
         dir.path().join("st"),
     );
-    let v1 = make_image(&dir.path().join("v1.img"), IMAGE_BYTES);
-    backup(&dir.path().join("v1.img"), &store, "sys");
+    let v1 = backed_up(dir.path(), "v1.img", &store);
     let server = serve(&store);
     start_and_kill(server.port, "sys", &target, &status);
 
@@ -70,8 +75,7 @@ fn item1_a_server_restarted_mid_restore_with_a_new_version_does_not_change_what_
         dir.path().join("t"),
         dir.path().join("st"),
     );
-    let v1 = make_image(&dir.path().join("v1.img"), IMAGE_BYTES);
-    backup(&dir.path().join("v1.img"), &store, "sys");
+    let v1 = backed_up(dir.path(), "v1.img", &store);
     let port = free_port();
     let server = serve_on(&store, port);
     // The outage lasts as long as a backup takes: on a loaded machine that can pass the
@@ -87,8 +91,7 @@ fn item1_a_server_restarted_mid_restore_with_a_new_version_does_not_change_what_
     );
     wait_restored(&status, 4 * MIB, &mut child);
     drop(server);
-    make_image(&dir.path().join("v2.img"), IMAGE_BYTES);
-    backup(&dir.path().join("v2.img"), &store, "sys");
+    backed_up(dir.path(), "v2.img", &store);
     let _server = serve_on(&store, port);
     let out = child.wait_with_output().unwrap();
     summary(&out);
@@ -107,8 +110,7 @@ fn item1_another_server_with_a_volume_of_the_same_name_and_size_is_refused() {
     drop(server);
 
     let other = dir.path().join("other");
-    make_image(&dir.path().join("b.img"), IMAGE_BYTES);
-    backup(&dir.path().join("b.img"), &other, "sys");
+    backed_up(dir.path(), "b.img", &other);
     let server = serve(&other);
     let meta = dir.path().join("t.rehydrate-meta");
     let before = std::fs::read(&meta).unwrap();
@@ -125,11 +127,9 @@ fn item1_a_reconnect_to_another_source_mid_restore_stops_the_restore() {
         dir.path().join("t"),
         dir.path().join("st"),
     );
-    make_image(&dir.path().join("a.img"), IMAGE_BYTES);
-    backup(&dir.path().join("a.img"), &store, "sys");
+    backed_up(dir.path(), "a.img", &store);
     let other = dir.path().join("other");
-    make_image(&dir.path().join("b.img"), IMAGE_BYTES);
-    backup(&dir.path().join("b.img"), &other, "sys");
+    backed_up(dir.path(), "b.img", &other);
     let port = free_port();
     let server = serve_on(&store, port);
     let mut child = spawn_restore(
