@@ -234,6 +234,12 @@ where
         other => {
             let detached = link.control(ControlCommand::Detach).await;
             match other {
+                // Complete: a driver gone before the detach (its volume removed the
+                // moment it was restored) lost nothing.
+                Ok(None) if matches!(detached, Err(LinkError::Closed { .. })) => {
+                    tracing::debug!("attach: restored; the driver was gone before the detach");
+                    Ok(())
+                }
                 Ok(None) => detached.map_err(SessionError::from),
                 Ok(Some(_)) => Err(SessionError::Stopped),
                 Err(e) => Err(e),

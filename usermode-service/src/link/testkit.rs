@@ -63,6 +63,11 @@ struct FakeDriver {
     /// `GET_MISSING`s still to fail with `INSUFFICIENT_RESOURCES`, as a driver short of
     /// memory would.
     pend_failures: u32,
+    /// Goes away (closes the link) right after it reported every region restored, as
+    /// a volume removed at that moment does.
+    leaves_when_restored: bool,
+    /// It has gone away.
+    gone: bool,
 }
 
 /// What the fake volume holds before anything is hydrated.
@@ -79,7 +84,12 @@ impl FakeDriver {
         loop {
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(r) => self.on_request(r),
+                    Some(r) => {
+                        self.on_request(r);
+                        if self.gone {
+                            return self.volume;
+                        }
+                    }
                     None => return self.volume,
                 },
                 Some(range) = wants.recv() => {
@@ -213,6 +223,7 @@ impl FakeDriver {
                 let n = counters.encode(&mut out).unwrap();
                 out.truncate(n);
                 r.complete(Status::SUCCESS, out);
+                self.gone = all && self.leaves_when_restored;
             }
         }
     }
@@ -258,23 +269,45 @@ pub fn start_failing_pends(pend_failures: u32) -> Harness {
     start_with(identity(), None, pend_failures)
 }
 
+/// As [`start`], with a driver that goes away as soon as it has reported every region
+/// restored.
+pub fn start_leaving_when_restored() -> Harness {
+    spawn(FakeDriver {
+        leaves_when_restored: true,
+        ..FakeDriver::new(identity(), None, 0)
+    })
+}
+
 /// A fake driver of the restore `identity`, or one that refused its volume.
 pub fn start_with(identity: Attach, refusal: Option<Refusal>, pend_failures: u32) -> Harness {
+    spawn(FakeDriver::new(identity, refusal, pend_failures))
+}
+
+impl FakeDriver {
+    fn new(identity: Attach, refusal: Option<Refusal>, pend_failures: u32) -> FakeDriver {
+        FakeDriver {
+            identity,
+            refusal,
+            state: DriverState::Detached,
+            wanted: VecDeque::new(),
+            parked: VecDeque::new(),
+            words: vec![0; (REGIONS / 64) as usize],
+            counters: StatusCounters::detached(REGIONS, None),
+            seen: mpsc::unbounded_channel().0,
+            volume: vec![VOLUME_FILL; VOLUME_BYTES as usize],
+            pend_failures,
+            leaves_when_restored: false,
+            gone: false,
+        }
+    }
+}
+
+/// Serves a new channel link with `driver`.
+fn spawn(mut driver: FakeDriver) -> Harness {
     let (link, requests) = channel();
     let (wants_tx, wants_rx) = mpsc::unbounded_channel();
     let (seen_tx, seen) = mpsc::unbounded_channel();
-    let driver = FakeDriver {
-        identity,
-        refusal,
-        state: DriverState::Detached,
-        wanted: VecDeque::new(),
-        parked: VecDeque::new(),
-        words: vec![0; (REGIONS / 64) as usize],
-        counters: StatusCounters::detached(REGIONS, None),
-        seen: seen_tx,
-        volume: vec![VOLUME_FILL; VOLUME_BYTES as usize],
-        pend_failures,
-    };
+    driver.seen = seen_tx;
     let volume = tokio::spawn(driver.serve(requests, wants_rx));
     Harness {
         link,

@@ -9,7 +9,8 @@ use rehydrate_driver::Geometry;
 
 use super::*;
 use crate::link::testkit::{
-    identity, start, start_failing_pends, Seen, REGION_BYTES, VOLUME_BYTES, VOLUME_FILL,
+    identity, start, start_failing_pends, start_leaving_when_restored, Seen, REGION_BYTES,
+    VOLUME_BYTES, VOLUME_FILL,
 };
 use crate::source::MemSource;
 
@@ -84,6 +85,30 @@ async fn attaches_first_keeps_requests_pended_and_restores_the_volume_byte_for_b
     let counters = report.counters.expect("the driver's counters were read");
     assert_eq!(counters.state, DriverState::AllRestored);
     assert_eq!(report.progress.restored_bytes, VOLUME_BYTES);
+}
+
+#[tokio::test]
+async fn a_driver_gone_just_after_it_said_all_restored_ends_the_session_well() {
+    // The volume goes away between the status that says complete and the detach that
+    // follows it: the restore is complete, so the detach finding no driver is no error.
+    let h = start_leaving_when_restored();
+    let source = Arc::new(MemSource::new(image()));
+    let report = run(
+        h.link.clone(),
+        source,
+        config(2),
+        no_status(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.progress.restored_bytes, VOLUME_BYTES);
+    assert_eq!(
+        report.counters.map(|c| c.state),
+        Some(DriverState::AllRestored)
+    );
+    drop(h.link);
+    assert!(h.volume.await.unwrap() == image());
 }
 
 #[tokio::test]
