@@ -22,6 +22,10 @@
 //!   record up to it), is the volume as it was when the point was offered, sector by
 //!   sector (sectors under a write in flight may be either, and so may sectors whose
 //!   newest record is a trim: a trim leaves them undefined);
+//! * `point-restore`: with the journal on disk, every point that becomes durable and
+//!   listed, restored from the segment files through the backup server's own point map
+//!   (the epoch's base, then the epoch's records up to it, read back from disk), is the
+//!   volume as it was when the point was offered (the same exceptions);
 //! * `listed-point`: every point the journal lists (a flush or mark outside a gap) was
 //!   offered by the capture;
 //! * `sync-durable`: in sync mode a write is answered only once its record is durable;
@@ -30,11 +34,11 @@
 //! * `torn-tail`: with the journal on disk, an append torn by a kill is never applied:
 //!   reopened, the journal ends at the acknowledged head.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use rehydrate_driver::abi::{CaptureRecord, RecordBatch, RecordFlags, RecordKind};
 
-use crate::journal_store::DiskJournal;
+use crate::journal_store::{DiskJournal, Restored};
 use rehydrate_driver::capture::CaptureMode;
 
 /// A sector a point may hold either way: a write over it was in flight.
@@ -110,6 +114,8 @@ pub struct JournalStats {
     pub points_checked: u64,
     /// Points listed by the durable journal.
     pub points_listed: u64,
+    /// Listed points restored from the journal on disk and checked.
+    pub points_restored: u64,
     /// Gaps begun.
     pub gaps: u64,
     /// Epochs (boots with capture).
@@ -128,6 +134,7 @@ impl JournalStats {
         self.records += o.records;
         self.points_checked += o.points_checked;
         self.points_listed += o.points_listed;
+        self.points_restored += o.points_restored;
         self.gaps += o.gaps;
         self.epochs += o.epochs;
         self.losses += o.losses;
@@ -138,9 +145,10 @@ impl JournalStats {
     /// One line for reports.
     pub fn line(&self) -> String {
         format!(
-            "points_checked={} points_listed={} records={} gaps={} epochs={} losses={} sync_answers={} torn_appends={}",
+            "points_checked={} points_listed={} points_restored={} records={} gaps={} epochs={} losses={} sync_answers={} torn_appends={}",
             self.points_checked,
             self.points_listed,
+            self.points_restored,
             self.records,
             self.gaps,
             self.epochs,
@@ -171,6 +179,17 @@ pub struct JournalSink {
     durable_last_data_seq: u64,
     /// Points the capture offered in this epoch.
     offered: BTreeSet<u64>,
+    /// With the journal on disk: the volume when each offered point of this epoch was
+    /// offered, until the point is listed and restored.
+    offered_volumes: BTreeMap<u64, Vec<u64>>,
+    /// The epoch's base and its first sequence (what a point of it is restored over).
+    epoch_base: Vec<u64>,
+    epoch_first_seq: u64,
+    /// The journal on disk was inside a gap when power was lost. The one journal of a
+    /// run holds every epoch, so on disk that gap lasts until a gap of this epoch ends;
+    /// `rehydrate protect` would begin a new journal over a new base here instead.
+    /// Points in it are not restored.
+    disk_gap_carried: bool,
     /// Application tags made durable (sync mode's rule).
     durable_tags: HashSet<u64>,
     /// The durable records in the backup server's segment files, when kept on disk.
@@ -195,6 +214,10 @@ impl JournalSink {
             taken_last_data_seq: 0,
             durable_last_data_seq: 0,
             offered: BTreeSet::new(),
+            offered_volumes: BTreeMap::new(),
+            epoch_base: Vec::new(),
+            epoch_first_seq: 1,
+            disk_gap_carried: false,
             durable_tags: HashSet::new(),
             disk: None,
             stats: JournalStats::default(),
@@ -231,10 +254,14 @@ impl JournalSink {
         self.durable_trimmed = vec![false; base.len()];
         self.taken_trimmed = vec![false; base.len()];
         self.durable_image = base.clone();
+        self.epoch_base.clone_from(&base);
+        self.epoch_first_seq = self.durable_seq + 1;
+        self.disk_gap_carried |= self.durable_in_gap;
         self.taken_image = base;
         self.durable_in_gap = false;
         self.taken_in_gap = false;
         self.offered.clear();
+        self.offered_volumes.clear();
         self.stats.epochs += 1;
     }
 
@@ -343,6 +370,7 @@ impl JournalSink {
                 debug_assert_eq!(Some(head), self.received.last().map(|r| r.seq));
             }
         }
+        let mut listed = Vec::new();
         for r in std::mem::take(&mut self.received) {
             self.stats.records += 1;
             match r.kind {
@@ -368,9 +396,14 @@ impl JournalSink {
                     self.durable_in_gap = true;
                     self.stats.gaps += 1;
                 }
-                RecordKind::GapEnd => self.durable_in_gap = false,
+                RecordKind::GapEnd => {
+                    self.durable_in_gap = false;
+                    // On disk too, this ends whatever gap was open.
+                    self.disk_gap_carried = false;
+                }
                 RecordKind::Flush | RecordKind::Mark if !self.durable_in_gap => {
                     self.stats.points_listed += 1;
+                    listed.push(r.seq);
                     if !self.offered.contains(&r.seq) {
                         return Err(violation(
                             "listed-point",
@@ -385,6 +418,7 @@ impl JournalSink {
             }
             self.durable_seq = r.seq;
         }
+        self.check_restored(&listed)?;
         Ok(self.durable_seq)
     }
 
@@ -432,6 +466,71 @@ impl JournalSink {
             ));
         }
         self.stats.points_checked += 1;
+        if self.disk.is_some() {
+            self.offered_volumes.insert(seq, volume.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Restores `points` (just made durable and listed) from the journal on disk and
+    /// compares each with the volume when it was offered.
+    fn check_restored(&mut self, points: &[u64]) -> Result<(), JournalViolation> {
+        let Some(disk) = self.disk.as_ref() else {
+            return Ok(());
+        };
+        if points.is_empty() || self.disk_gap_carried {
+            return Ok(());
+        }
+        let journal = disk.reader().map_err(|e| violation("point-restore", e))?;
+        for &seq in points {
+            let Some(want) = self.offered_volumes.remove(&seq) else {
+                continue;
+            };
+            let got = DiskJournal::restore_point(
+                &journal,
+                self.epoch_first_seq..=seq,
+                seq,
+                want.len() as u64,
+            )
+            .map_err(|e| violation("point-restore", e))?;
+            let differs = want.iter().zip(&got).enumerate().find(|(s, (&w, &g))| {
+                let base = self.epoch_base.get(*s).copied();
+                match g {
+                    _ if w == ANY => false,
+                    // A trim leaves its sectors undefined.
+                    Restored::Zero => false,
+                    Restored::Base => base != Some(w),
+                    Restored::Tag(t) => t != w,
+                }
+            });
+            if let Some((s, (&w, &g))) = differs {
+                let restored = match g {
+                    Restored::Tag(t) => crate::data::describe(t),
+                    Restored::Base => {
+                        format!("the base's {}", crate::data::describe(self.epoch_base[s]))
+                    }
+                    Restored::Zero => "zeros".to_string(),
+                };
+                return Err(violation(
+                    "point-restore",
+                    format!(
+                        "point {seq} restored from the journal on disk reads sector {s} as {restored} but the volume held {} when it was offered",
+                        crate::data::describe(w)
+                    ),
+                ));
+            }
+            if got.len() != want.len() {
+                return Err(violation(
+                    "point-restore",
+                    format!(
+                        "point {seq} restored {} sectors of {}",
+                        got.len(),
+                        want.len()
+                    ),
+                ));
+            }
+            self.stats.points_restored += 1;
+        }
         Ok(())
     }
 
@@ -528,6 +627,41 @@ mod tests {
         assert_eq!(e.rule, "point-content");
         assert_eq!(j.make_durable().unwrap(), 2);
         assert_eq!(j.stats().points_listed, 1);
+    }
+
+    #[test]
+    fn listed_points_are_restored_from_disk_and_a_difference_is_named() {
+        let mut j = JournalSink::new(CaptureMode::Async);
+        j.keep_on_disk(8 * 512).unwrap();
+        j.new_epoch(vec![7; 8]);
+        let data = tags_to_bytes(&[1, 2]);
+        j.take(&batch(&[write(1, 2, &[1, 2], &data), flush(2)]))
+            .unwrap();
+        j.check_point(2, &[7, 7, 1, 2, 7, 7, 7, ANY]).unwrap();
+        assert_eq!(j.make_durable().unwrap(), 2);
+        assert_eq!(j.stats().points_restored, 1);
+
+        // A second epoch: its points are restored over its own base, not the first's.
+        j.new_epoch(vec![9; 8]);
+        let data = tags_to_bytes(&[4]);
+        j.take(&batch(&[write(3, 0, &[4], &data), flush(4)]))
+            .unwrap();
+        j.check_point(4, &[4, 9, 9, 9, 9, 9, 9, 9]).unwrap();
+        // What the volume held at the offer, as the check keeps it, differs from what
+        // the journal restores in one sector of the base and one written sector.
+        j.offered_volumes.get_mut(&4).unwrap()[5] = 8;
+        let e = j.make_durable().unwrap_err();
+        assert_eq!(e.rule, "point-restore");
+        assert!(e.detail.contains("sector 5 as the base's"), "{}", e.detail);
+        j.take(&batch(&[flush(5)])).unwrap();
+        j.check_point(5, &[4, 9, 9, 9, 9, 9, 9, 9]).unwrap();
+        j.offered_volumes.get_mut(&5).unwrap()[0] = 3;
+        let e = j.make_durable().unwrap_err();
+        assert!(
+            e.detail.contains("point 5") && e.detail.contains("sector 0"),
+            "{}",
+            e.detail
+        );
     }
 
     #[test]

@@ -11,12 +11,24 @@
 
 use std::path::Path;
 
-use rehydrate_backup::journal::format::{RECORD_CHECKSUM_AT, RECORD_HEADER_BYTES};
+use rehydrate_backup::journal::format::{Kind, RECORD_CHECKSUM_AT, RECORD_HEADER_BYTES};
+use rehydrate_backup::journal::map::{PointMap, Source};
 use rehydrate_backup::journal::writer::{JournalBase, JournalWriter};
 use rehydrate_backup::journal::Journal;
 use rehydrate_backup::name::VolumeName;
 use rehydrate_driver::abi::CaptureRecord;
 use rehydrate_service::protect::pump::journal_record;
+
+/// A sector of a point restored from the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// The epoch's base: no record up to the point wrote it.
+    Base,
+    /// The tag a write record left (first 8 bytes of the sector).
+    Tag(u64),
+    /// A zero record (a trim or write-zeroes) left it.
+    Zero,
+}
 
 /// Segments never fill up in a simulated run.
 const SEGMENT_MAX_BYTES: u64 = 1 << 40;
@@ -114,6 +126,73 @@ impl DiskJournal {
         self.writer = writer;
         self.end = segment_len(self.dir.path(), &self.base);
         Ok(head_of(&journal))
+    }
+}
+
+impl DiskJournal {
+    /// The journal as a reader opens it from the segment files now.
+    pub fn reader(&self) -> Result<Journal, String> {
+        Journal::open(self.dir.path(), &self.base.volume, self.base.version)
+            .map_err(|e| format!("journal open to restore points: {e}"))
+    }
+
+    /// Restores point `point` of `journal` (see [`DiskJournal::reader`]) the way `rehydrate serve` serves one: the journal opened
+    /// from its segment files, the point's map built by the backup server's own
+    /// [`PointMap`] from the records in `epoch` (the records of earlier epochs are over
+    /// another base), and each of `sectors` read from where the map says.
+    pub fn restore_point(
+        journal: &Journal,
+        epoch: std::ops::RangeInclusive<u64>,
+        point: u64,
+        sectors: u64,
+    ) -> Result<Vec<Restored>, String> {
+        if journal.point(point).is_none() {
+            return Err(format!("the journal on disk does not list point {point}"));
+        }
+        let mut map = PointMap::default();
+        for (i, e) in journal.entries().iter().enumerate() {
+            if e.seq > point {
+                break;
+            }
+            if !epoch.contains(&e.seq) {
+                continue;
+            }
+            let source = match e.kind {
+                Kind::Write => Source::Data {
+                    segment: journal.entry_segment(i),
+                    at: e.payload_at,
+                },
+                Kind::Zero => Source::Zero,
+                _ => continue,
+            };
+            map.insert(e.offset..e.offset + e.len, source);
+        }
+        let files = journal.files();
+        let sector_bytes = crate::journal::SECTOR_BYTES as u64;
+        let mut out = Vec::with_capacity(sectors as usize);
+        for (range, source) in map.lookup(0..sectors * sector_bytes) {
+            let count = (range.end - range.start) / sector_bytes;
+            for k in 0..count {
+                out.push(match source {
+                    None => Restored::Base,
+                    Some(Source::Zero) => Restored::Zero,
+                    Some(Source::Data { segment, at }) => {
+                        let file = files
+                            .get(segment as usize)
+                            .ok_or_else(|| format!("point {point}: no segment {segment}"))?;
+                        let mut tag = [0u8; 8];
+                        rehydrate_nbd::PositionalIo::read_exact_at(
+                            file.as_ref(),
+                            &mut tag,
+                            at + k * sector_bytes,
+                        )
+                        .map_err(|e| format!("point {point}: reading the journal: {e}"))?;
+                        Restored::Tag(u64::from_le_bytes(tag))
+                    }
+                });
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -3,7 +3,8 @@
 //! power losses, and the journal's rules (`src/journal.rs`) hold in both modes with
 //! every fault; each write-capture mutant is caught by a seed the real driver passes.
 //! Half the runs keep the journal in the backup server's segment files, where every
-//! loss tears an append that must not be applied on reopening.
+//! loss tears an append that must not be applied on reopening, and every listed point
+//! is restored from those files and compared with the volume at its offer.
 
 use rehydrate_driver::capture::CaptureMode;
 use rehydrate_driver::mutants::Mutant;
@@ -58,6 +59,10 @@ fn async_journaling_with_every_fault_finds_no_violation_and_checks_points_after_
         stats.torn_appends > 0,
         "kills tear appends on disk: {stats:?}"
     );
+    assert!(
+        stats.points_restored >= SEEDS / 4,
+        "listed points are restored from the journal on disk: {stats:?}"
+    );
 }
 
 #[test]
@@ -66,6 +71,7 @@ fn sync_journaling_with_every_fault_finds_no_violation_and_answers_only_durable_
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(stats.points_checked >= SEEDS, "{stats:?}");
     assert!(stats.sync_answers > 10 * SEEDS, "{stats:?}");
+    assert!(stats.points_restored >= SEEDS / 4, "{stats:?}");
 }
 
 #[test]
