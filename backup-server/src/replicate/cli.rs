@@ -1,6 +1,8 @@
 //! `replicate`, `replicate status` and `receive`: arguments (clap derive) and the
 //! functions that run them, for the `rehydrate` and `rehydrate-backup` binaries.
 
+use std::path::PathBuf;
+
 use clap::{Args, Subcommand};
 
 use super::receive::run_receive;
@@ -17,7 +19,8 @@ use crate::store::ChunkStore;
 pub const EXIT_PARTIAL: u8 = 3;
 
 /// `rehydrate replicate --help`.
-pub const REPLICATE_HELP: &str = "Send the versions a receiving store lacks to `rehydrate receive`, \
+pub const REPLICATE_HELP: &str =
+    "Send the versions a receiving store lacks to `rehydrate receive`, \
 volume by volume, parent first: first the change manifest, then only the chunks the receiver \
 is missing. A version becomes visible at the receiver only once all its chunks and its parent \
 are there, so a cut link or a crash never leaves half a version; run the same command again \
@@ -27,8 +30,13 @@ committed; 3 when the session ended with some volumes pending or failed (the oth
 committed; stderr names each); 1 on an error (nothing answered, or the session broke off: \
 run again to resume).\n\n`rehydrate replicate status --store STORE [--json]` shows a \
 receiving store's pending sessions: the versions waiting, chunks arrived, chunks missing.\n\n\
+Over an untrusted network, give the receiver a certificate (--tls-cert, --tls-key) and the CA \
+of the senders it accepts (--tls-client-ca), and the sender the CA that signed the receiver's \
+certificate (--tls-ca) and a certificate of its own (--tls-cert, --tls-key).\n\n\
 Examples:\n  rehydrate receive --store /srv/copy --listen 0.0.0.0:10810\n  rehydrate replicate \
---from /var/backups --to copyhost:10810 --volume sys\n  rehydrate replicate status --store /srv/copy";
+--from /var/backups --to copyhost:10810 --volume sys\n  rehydrate replicate --from \
+/var/backups --to copyhost:10810 --tls-ca ca.pem --tls-cert site-a.pem --tls-key site-a.key\n  \
+rehydrate replicate status --store /srv/copy";
 
 /// `rehydrate receive --help`.
 pub const RECEIVE_HELP: &str = "Receive versions that `rehydrate replicate` sends into a store (a \
@@ -61,6 +69,16 @@ pub struct ReplicateArgs {
     /// Print the summary as one JSON object instead of the `replicate:` line.
     #[arg(long)]
     pub json: bool,
+    /// Speak TLS to the receiver and trust the certificate this CA signed (PEM); the
+    /// certificate must name the host of --to.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM) to a receiver that asks for one.
+    #[arg(long, value_name = "PEM", requires = "tls_ca", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `replicate`'s subcommands.
@@ -90,6 +108,17 @@ pub struct ReceiveArgs {
     /// The address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10810")]
     pub listen: String,
+    /// Receive over TLS with this certificate (chain, PEM); TLS is then required of
+    /// every sender.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept only senders presenting a certificate this CA signed (PEM): who may send
+    /// versions into the store.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 fn parse_volume(s: &str) -> Result<VolumeName, String> {
@@ -162,11 +191,22 @@ impl ReplicateArgs {
             return Err(BackupError::Internal("--from and --to are required".into()));
         };
         let store = ChunkStore::open(&from, false)?;
+        let tls = match &self.tls_ca {
+            None => None,
+            Some(ca) => Some(
+                rehydrate_nbd::ClientTls::from_pem_files(
+                    ca,
+                    self.tls_cert.as_deref().zip(self.tls_key.as_deref()),
+                )
+                .map_err(BackupError::Tls)?,
+            ),
+        };
         let options = Options {
             to,
             volumes: self.volumes,
             window_bytes: self.window,
             progress: !self.json,
+            tls,
         };
         let report = replicate(&store, &options).await?;
         let o = &report.outcome;
@@ -192,7 +232,14 @@ impl ReplicateArgs {
 impl ReceiveArgs {
     /// Run `receive` until Ctrl-C or SIGTERM.
     pub async fn run(self) -> Result<(), BackupError> {
-        run_receive(&self.store, &self.listen).await
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                rehydrate_nbd::ServerTls::from_pem_files(cert, key, self.tls_client_ca.as_deref())
+                    .map_err(BackupError::Tls)?,
+            ),
+            _ => None,
+        };
+        run_receive(&self.store, &self.listen, tls).await
     }
 }
 

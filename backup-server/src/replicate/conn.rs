@@ -1,4 +1,5 @@
-//! A framed connection over TCP for the tokio shells: a reader task that turns the byte
+//! A framed connection over TCP (or TLS over TCP) for the tokio shells: a reader task
+//! that turns the byte
 //! stream into decoded messages (bounded channel, so a slow consumer slows the peer), and
 //! a writer that counts the bytes it puts on the wire. Generic over the protocol's
 //! message type ([`Wire`]): replication uses it with its `Message`, a later protocol
@@ -6,8 +7,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -73,11 +73,31 @@ pub async fn read_message<M: Wire>(r: &mut (impl AsyncRead + Unpin)) -> Result<M
 /// The receiving side of a connection: decoded messages, or the error that ended them.
 pub type Incoming<M> = mpsc::Receiver<Result<M, ConnError>>;
 
+/// A connection's bytes: TCP, or TLS over TCP.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Duplex for T {}
+
 /// Split `stream`: a task reads messages into a channel of `buffer` entries; the returned
 /// writer sends.
 pub fn split<M: Wire>(stream: TcpStream, buffer: usize) -> (Incoming<M>, Writer) {
     let _ = stream.set_nodelay(true);
-    let (mut read, write) = stream.into_split();
+    let (read, write) = stream.into_split();
+    halves(read, Box::new(write), buffer)
+}
+
+/// [`split`] for any stream (a TLS session over a TCP stream whose `TCP_NODELAY` the
+/// caller has set).
+pub fn split_duplex<M: Wire>(stream: impl Duplex, buffer: usize) -> (Incoming<M>, Writer) {
+    let (read, write) = tokio::io::split(stream);
+    halves(read, Box::new(write), buffer)
+}
+
+fn halves<M: Wire>(
+    mut read: impl AsyncRead + Send + Unpin + 'static,
+    write: Box<dyn AsyncWrite + Send + Unpin>,
+    buffer: usize,
+) -> (Incoming<M>, Writer) {
     let (tx, rx) = mpsc::channel(buffer.max(1));
     tokio::spawn(async move {
         loop {
@@ -103,7 +123,7 @@ pub fn split<M: Wire>(stream: TcpStream, buffer: usize) -> (Incoming<M>, Writer)
 
 /// The sending side of a connection.
 pub struct Writer {
-    write: OwnedWriteHalf,
+    write: Box<dyn AsyncWrite + Send + Unpin>,
     bytes_sent: u64,
     buf: Vec<u8>,
 }

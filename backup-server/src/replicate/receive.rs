@@ -3,10 +3,12 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
+use rehydrate_nbd::ServerTls;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::error::ReplicateError;
@@ -29,10 +31,16 @@ const LOCK_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(50)
 /// Chunks checked at once when looking for chunks already in the store.
 const CHECK_IN_FLIGHT: usize = 8;
 
-/// Accept sessions on `listener` into `store` until `shutdown` completes.
+/// How long a sender may take over the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accept sessions on `listener` into `store` until `shutdown` completes; over TLS when
+/// `tls` is given (and then only from senders whose certificate its client CA signed,
+/// when it has one).
 pub async fn receive_on(
     listener: TcpListener,
     store: ChunkStore,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BackupError> {
     if store.local_root().is_none() {
@@ -47,8 +55,38 @@ pub async fn receive_on(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let store = store.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        match session(stream, store, store_id).await {
+                        let _ = stream.set_nodelay(true);
+                        let ended = match tls {
+                            None if speaks_tls(&stream).await => {
+                                tracing::warn!(
+                                    %peer,
+                                    "refused: the sender speaks TLS and this receiver has no --tls-cert"
+                                );
+                                return;
+                            }
+                            None => session(stream, store, store_id).await,
+                            Some(tls) => {
+                                let secure =
+                                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
+                                match secure {
+                                    Ok(Ok((stream, who))) => {
+                                        tracing::info!(%peer, client = ?who.common_name, "TLS session");
+                                        session(stream, store, store_id).await
+                                    }
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(%peer, error = %e, "refused: TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::warn!(%peer, "refused: no TLS handshake in time");
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        match ended {
                             Ok(()) => tracing::info!(%peer, "session ended"),
                             Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
                         }
@@ -60,6 +98,17 @@ pub async fn receive_on(
     }
 }
 
+/// Whether the first bytes `stream` sent are a TLS handshake record (type 22, version
+/// 3.x). A frame cannot start so: its first four bytes are a little-endian length, and
+/// a hello of 0x??0316 bytes (200 KiB and more) would be far past what a hello holds.
+/// Answering such a sender by closing at once spares it a wait for a server hello that
+/// never comes.
+async fn speaks_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 2];
+    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    matches!(peeked, Ok(Ok(2))) && first == [0x16, 0x03]
+}
+
 /// What a chunk-storing task found.
 enum Stored {
     Written(ChunkHash, u64),
@@ -69,7 +118,7 @@ enum Stored {
 
 /// Run one session to its end.
 pub async fn session(
-    stream: TcpStream,
+    stream: impl conn::Duplex,
     store: ChunkStore,
     store_id: [u8; 16],
 ) -> Result<(), ReplicateError> {
@@ -77,7 +126,7 @@ pub async fn session(
         .local_root()
         .ok_or(ReplicateError::NotLocal)?
         .to_owned();
-    let (mut incoming, mut writer) = conn::split(stream, 4);
+    let (mut incoming, mut writer) = conn::split_duplex(stream, 4);
     let mut core = Receiver::new(store_id);
     let (stored_tx, mut stored_rx) = mpsc::unbounded_channel();
     let mut storing = 0usize;
@@ -400,7 +449,11 @@ fn sync_and_record(
 }
 
 /// Accept sessions on `listen` into the store at `store` until Ctrl-C or SIGTERM.
-pub async fn run_receive(store: &str, listen: &str) -> Result<(), BackupError> {
+pub async fn run_receive(
+    store: &str,
+    listen: &str,
+    tls: Option<ServerTls>,
+) -> Result<(), BackupError> {
     let store = ChunkStore::open(store, true)?;
     let listener = TcpListener::bind(listen)
         .await
@@ -409,7 +462,21 @@ pub async fn run_receive(store: &str, listen: &str) -> Result<(), BackupError> {
             source,
         })?;
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "listening for replication");
+        if tls.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "receiving without TLS on a non-loopback address: anyone who can reach it \
+                 can send versions into this store, in clear text (use --tls-cert, --tls-key \
+                 and --tls-client-ca)"
+            );
+        }
+        tracing::info!(%addr, tls = tls.is_some(), "listening for replication");
     }
-    receive_on(listener, store, crate::cli::shutdown_signal()).await
+    receive_on(
+        listener,
+        store,
+        tls.map(Arc::new),
+        crate::cli::shutdown_signal(),
+    )
+    .await
 }

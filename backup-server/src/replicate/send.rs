@@ -40,6 +40,16 @@ pub struct Options {
     pub window_bytes: u64,
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Speak TLS to the receiver, checking its certificate against the host of `to`.
+    pub tls: Option<rehydrate_nbd::ClientTls>,
+}
+
+/// The host of `HOST:PORT` (`[v6]:PORT` too): what the receiver's certificate must name.
+fn host_of(to: &str) -> &str {
+    let host = to.rsplit_once(':').map_or(to, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 /// Load every version index of the volumes to send.
@@ -89,7 +99,21 @@ pub async fn replicate(store: &ChunkStore, options: &Options) -> Result<Report, 
     // Enough room for every acknowledgement a full window can cause, so reading them
     // never waits for the writer (which may be waiting for the window to open).
     let buffer = (options.window_bytes / MIN_FRAME_WEIGHT_BYTES) as usize + 64;
-    let (mut incoming, mut writer) = conn::split(stream, buffer);
+    let (mut incoming, mut writer) = match &options.tls {
+        None => conn::split(stream, buffer),
+        Some(tls) => {
+            let _ = stream.set_nodelay(true);
+            let tls = tls
+                .clone()
+                .with_server_name(host_of(&options.to))
+                .map_err(BackupError::Tls)?;
+            let secure = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(stream, None))
+                .await
+                .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(BackupError::Tls)?;
+            conn::split_duplex(secure, buffer)
+        }
+    };
     let mut core = Sender::new(store_id, local, options.window_bytes);
     let (read_tx, mut read_rx) = mpsc::unbounded_channel();
     let mut reading = 0usize;

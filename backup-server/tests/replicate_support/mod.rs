@@ -78,10 +78,16 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(store: &Path, port: u16, log: &Path) -> Self {
+        Self::start_with(store, port, log, &[])
+    }
+
+    /// As [`Receiver::start`], with `extra` arguments.
+    pub fn start_with(store: &Path, port: u16, log: &Path, extra: &[&str]) -> Self {
         let child = bin()
             .args(["receive", "--store"])
             .arg(store)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env("REHYDRATE_LOG", "info")
             .stderr(
                 std::fs::OpenOptions::new()
