@@ -41,7 +41,7 @@ use crate::faults::Faults;
 use oracle::DrViolation;
 
 /// What a seed drew.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DrShape {
     /// Regions of the volume.
     pub regions: u64,
@@ -56,7 +56,7 @@ pub struct DrShape {
 }
 
 /// What a run did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DrCounters {
     /// Client requests issued (primary writes and flushes, DR reads).
     pub ops: u64,
@@ -261,26 +261,15 @@ fn print_outcome(o: &DrOutcome, args: &DrSweepArgs) {
         .as_ref()
         .map_or_else(|| "ok".to_string(), |v| v.to_string());
     if args.json {
-        println!(
-            "{{\"seed\":{},\"ops\":{},\"writes\":{},\"reads_checked\":{},\"primary_crashes\":{},\"dr_crashes\":{},\"kills\":{},\"cuts\":{},\"sessions\":{},\"frames_lost\":{},\"fetches\":{},\"sim_ns\":{},\"regions\":{},\"region_size_bytes\":{},\"ok\":{},\"result\":{:?},\"replay\":{:?}}}",
-            o.seed,
-            c.ops,
-            c.writes,
-            c.reads_checked,
-            c.primary_crashes,
-            c.dr_crashes,
-            c.kills,
-            c.cuts,
-            c.sessions,
-            c.frames_lost,
-            c.fetches,
-            c.sim_ns,
-            o.shape.regions,
-            o.shape.region_size_bytes,
-            o.violation.is_none(),
-            result,
-            replay(o, args)
-        );
+        let line = serde_json::json!({
+            "seed": o.seed,
+            "ok": o.violation.is_none(),
+            "result": result,
+            "counters": c,
+            "shape": o.shape,
+            "replay": replay(o, args),
+        });
+        println!("{line}");
     } else {
         println!(
             "seed={} ops={} writes={} reads_checked={} crashes={}/{} kills={} cuts={} frames_lost={} fetches={} sim_time={:.3}s regions={}x{} result={}",

@@ -278,7 +278,7 @@ impl World {
             history: History::new(&initial),
             last_point: 0,
             session_floor: 0,
-            next_tag: 1,
+            next_tag: 1 << 32, // far from the initial tags
             next_op: 1,
             hot_sector: 0,
             quiet_since_ns: None,
@@ -453,16 +453,14 @@ impl World {
         let len = 1 + self.rng.below(24).min(sectors - 1);
         let sector = self.place(len) as usize;
         let zero = self.rng.below(12) == 0;
+        // Fresh tags, one a sector, so a read names the writes it saw.
+        let first_tag = self.next_tag;
         let tags: Vec<u64> = (0..len)
-            .map(|_| {
-                if zero {
-                    0
-                } else {
-                    self.next_tag += 1;
-                    self.next_tag
-                }
-            })
+            .map(|k| if zero { 0 } else { first_tag + k })
             .collect();
+        if !zero {
+            self.next_tag += len;
+        }
         let ticket = self
             .primary
             .begin_write(sector as u64 * SECTOR_BYTES, len * SECTOR_BYTES)
