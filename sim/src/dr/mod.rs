@@ -12,7 +12,7 @@
 //! | `cache`, `torn` | both devices cache writes; power loss keeps, loses or tears them |
 //! | `power-loss` | the primary or the DR site loses power and restarts |
 //! | `service-kill` | the primary's or the DR's process dies and restarts (the device keeps its cache) |
-//! | `media` | local writes and region reads fail, on either site |
+//! | `media` | the primary's region reads and the DR's local writes fail (see `PRIMARY_WRITE_FAILURES`) |
 //! | `link-drop` | a frame is lost: the receiver's sequence check (or a timeout) ends the session |
 //! | `link-reorder` | frames are delayed a lot (never reordered inside a session) |
 //! | `link-disconnect` | the connection breaks; a new session resumes |
@@ -143,7 +143,7 @@ pub fn run_seed(seed: u64, ops: u64, faults: Faults, mutant: Option<Mutant>) -> 
                     .unwrap_or_default();
                 Some(DrViolation {
                     rule: "panic",
-                    time_ns: 0,
+                    time_ns: world.now_ns(),
                     detail: message,
                 })
             }

@@ -36,10 +36,12 @@ const SECTOR_BYTES: u64 = 512;
 const QUIET_CAP_NS: u64 = 120_000_000_000;
 /// How long a lost frame goes unnoticed before the connection times out.
 const LOSS_TIMEOUT_NS: u64 = 5_000_000;
-/// Failed primary writes are not injected: the sender trips its own assertion when a
-/// write fails while a region read for sending waits behind it (the failure clears the
-/// region from the sent map under the read). `--faults media` fails region reads and
-/// the DR's local writes only.
+/// Failed primary writes are not injected yet: when a write fails while a region read
+/// for sending waits behind it in the gate, the failure clears the region from the sent
+/// map under the read; the read's data is then streamed for an unsent region (a debug
+/// build trips the sender's assertion, a release build serves reads that are not as of
+/// one point: 4 of seeds 0..200 at 2,000 requests with this switch on). `--faults
+/// media` fails region reads and the DR's local writes only.
 const PRIMARY_WRITE_FAILURES: bool = false;
 
 /// Something scheduled to happen.
@@ -351,7 +353,6 @@ impl World {
                 self.check_quiet()?;
             }
         }
-        self.counters.sim_ns = self.now_ns;
         Ok(())
     }
 
@@ -1058,8 +1059,14 @@ impl World {
         self.dr = Secondary::new(self.tun.dr, binding, present, generation);
     }
 
-    /// Fetches asked over the run.
+    /// Simulated time now.
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    /// Fetches asked over the run, and where simulated time stopped.
     pub(crate) fn finish_counters(&mut self) {
         self.counters.fetches += self.dr.counters().fetches;
+        self.counters.sim_ns = self.now_ns;
     }
 }
