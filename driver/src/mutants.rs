@@ -116,8 +116,9 @@ impl Mutant {
     ];
 
     /// The disaster-recovery mutants (technique T5): caught by the two-site model test
-    /// in `rehydrate_driver::dr`; they join [`Mutant::ALL`] once the simulator runs two
-    /// sites.
+    /// in `rehydrate_driver::dr` and by the simulator's two-site sweep
+    /// (`rehydrate-sim dr-sweep`), which [`Mutant::ALL`]'s single-machine sweeps do not
+    /// run.
     pub const DR: [Mutant; 4] = [
         Mutant::MarkSentAfterRead,
         Mutant::FetchReplyOutOfOrder,

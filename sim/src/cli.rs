@@ -4,6 +4,7 @@
 //! rehydrate-sim run   --seed N [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--check-determinism] [--json]
 //! rehydrate-sim sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--journal sync|async] [--jobs N] [--json]
 //! rehydrate-sim overlay-sweep --seeds A..B [--ops N] [--mutant NAME]
+//! rehydrate-sim dr-sweep --seeds A..B [--ops N] [--faults LIST] [--mutant NAME] [--quiet] [--json]
 //! rehydrate-sim demo [--size 256MiB] [--seed N] [--keep] [--status-file PATH] [--json]
 //! ```
 //! `demo` ends with `demo: ok size=... secs=...` or `demo: FAILED <reason>`.
@@ -55,6 +56,10 @@ pub enum Command {
     /// Run the overlay mode (T2) on a range of seeds with every fault and count
     /// violations; ends with `overlay-sweep: seeds=K ops=N violations=V`.
     OverlaySweep(crate::overlay::OverlaySweepArgs),
+    /// Run disaster recovery (T5) on a range of seeds: a primary and a DR site in one
+    /// world, joined by an ordered, lossy link, with crashes of either side and cuts;
+    /// ends with `dr-sweep: seeds=K ops=N violations=V ...`.
+    DrSweep(crate::dr::DrSweepArgs),
 }
 
 /// Settings shared by `run` and `sweep`.
@@ -166,8 +171,7 @@ fn parse_mutant(s: &str) -> Result<Mutant, String> {
             m.name()
         )),
         Some(m) if Mutant::DR.contains(&m) => Err(format!(
-            "mutant {} is a disaster-recovery mutant: the simulator does not run two sites \
-             (the two-site model test catches it)",
+            "mutant {} is a disaster-recovery mutant: run it with dr-sweep",
             m.name()
         )),
         Some(m) => Ok(m),
@@ -278,6 +282,7 @@ fn print_outcome(config: &RunConfig, o: &Outcome, json: bool) {
 pub fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::OverlaySweep(args) => crate::overlay::run(&args),
+        Command::DrSweep(args) => crate::dr::run(&args),
         Command::Demo(args) if args.write_image.is_some() => crate::demo::write_image_only(&args)
             .map_err(|e| {
                 println!("demo: FAILED {e}");
@@ -436,10 +441,41 @@ mod tests {
         for m in Mutant::OVERLAY.into_iter().chain(Mutant::DR) {
             let refused = sweep_with(m, &[]).unwrap_err().to_string();
             assert!(
-                refused.contains("overlay-sweep") || refused.contains("two sites"),
+                refused.contains("overlay-sweep") || refused.contains("dr-sweep"),
                 "{refused}"
             );
         }
+    }
+
+    #[test]
+    fn dr_sweep_takes_the_dr_mutants_and_refuses_the_others_in_one_line() {
+        let dr_sweep = |more: &[&str]| {
+            let args = [&["rehydrate-sim", "dr-sweep", "--seeds", "0..3"][..], more].concat();
+            Cli::try_parse_from(args)
+        };
+        let Command::DrSweep(a) = dr_sweep(&["--quiet", "--json"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.seeds, 0..3);
+        assert_eq!(
+            (a.ops, a.faults, a.mutant),
+            (2_000, crate::Faults::all(), None)
+        );
+        assert!(a.quiet && a.json);
+        for m in Mutant::DR {
+            let Command::DrSweep(a) = dr_sweep(&["--mutant", m.name()]).unwrap().command else {
+                panic!()
+            };
+            assert_eq!(a.mutant, Some(m));
+        }
+        for m in Mutant::ALL.into_iter().chain(Mutant::OVERLAY) {
+            let refused = dr_sweep(&["--mutant", m.name()]).unwrap_err().to_string();
+            assert!(
+                refused.contains("not a disaster-recovery mutant"),
+                "{refused}"
+            );
+        }
+        assert!(dr_sweep(&["--faults", "bogus"]).is_err());
     }
 
     #[test]

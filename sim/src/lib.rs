@@ -22,6 +22,7 @@ pub mod content;
 pub mod data;
 pub mod demo;
 pub mod device;
+pub mod dr;
 pub mod faults;
 pub mod irp;
 pub mod journal;

@@ -128,6 +128,9 @@ enum Op {
         session: u64,
         seq: u64,
         offset: u64,
+        /// Byte length (kept when `data` is taken: a failed write drops every region
+        /// it touched).
+        len: u64,
         region: Option<u64>,
         data: Option<LocalData>,
     },
@@ -402,6 +405,7 @@ impl Secondary {
             session,
             seq,
             offset,
+            len,
             region,
             data,
         } = op
@@ -419,8 +423,7 @@ impl Secondary {
         if !ok {
             // The bytes there are unknown: drop the regions and end the session before
             // anything past this item is acknowledged.
-            let r = g.region_of(offset);
-            self.drop_regions(region.map_or(r..r + 1, |r| r..r + 1));
+            self.drop_regions(region.map_or(g.regions_touched(offset, len), |r| r..r + 1));
             self.session = None;
             return Err(DrError::LocalWriteFailed { offset });
         }
@@ -644,6 +647,7 @@ impl Secondary {
                 session,
                 seq,
                 offset,
+                len,
                 region,
                 data: Some(data),
             },

@@ -279,3 +279,33 @@ fn promotion_is_refused_while_regions_are_missing_unless_forced() {
     assert_eq!(s.promote(true), Ok(8));
     assert_eq!(s.attach(1, binding()), Err(DrError::Promoted));
 }
+
+#[test]
+fn a_failed_replicated_write_drops_every_region_it_touched() {
+    let mut s = Secondary::new(
+        SecondaryConfig::new(geometry()),
+        Some(binding()),
+        Bits::full(8),
+        1,
+    );
+    s.attach(1, binding()).unwrap();
+    s.received(item(1, ItemBody::Ready)).unwrap();
+    // Three sectors across the border of regions 2 and 3.
+    let write = ItemBody::Write {
+        offset: 3 * 4096 - 512,
+        data: vec![7; 1536],
+    };
+    s.received(item(2, write)).unwrap();
+    let Some(SecondaryAction::WriteLocal { ticket, .. }) = s.poll_action() else {
+        panic!()
+    };
+    assert_eq!(
+        s.local_write_done(ticket, false),
+        Err(DrError::LocalWriteFailed {
+            offset: 3 * 4096 - 512
+        })
+    );
+    // Either region may hold any mix of old and new sectors now.
+    assert!(!s.present().get(2) && !s.present().get(3));
+    assert!(s.present().get(1) && s.present().get(4));
+}
