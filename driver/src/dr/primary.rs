@@ -516,6 +516,12 @@ impl Primary {
 
     /// The region read named `ticket` finished: `Some(bytes)`, or `None` when it failed.
     pub fn region_read(&mut self, ticket: ReadTicket, data: Option<&[u8]>) {
+        self.region_read_owned(ticket, data.map(<[u8]>::to_vec));
+    }
+
+    /// [`Primary::region_read`] with the shell's buffer, which the stream item keeps
+    /// (no copy of the region).
+    pub fn region_read_owned(&mut self, ticket: ReadTicket, data: Option<Vec<u8>>) {
         let (sid, region) = self
             .reads
             .remove(&ticket.0)
@@ -543,7 +549,7 @@ impl Primary {
                 self.enqueue(
                     ItemBody::RegionData {
                         region,
-                        data: bytes.to_vec(),
+                        data: bytes,
                     },
                     region..region + 1,
                 );

@@ -326,8 +326,7 @@ fn perform(
             len,
             ..
         } => {
-            let data = volume.read(offset, len).ok();
-            core.region_read(ticket, data.as_deref());
+            core.region_read_owned(ticket, volume.read(offset, len).ok());
         }
         PrimaryAction::Commit(t) => committer.start(core, t),
     }

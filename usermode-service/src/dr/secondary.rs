@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rehydrate_backup::replicate::conn::ConnError;
 use rehydrate_driver::dr::bits::Bits;
 use rehydrate_driver::dr::secondary::{CommitTicket, Secondary, SecondaryAction, SecondaryConfig};
 use rehydrate_driver::dr::wire::PAYLOAD_MAX_BYTES;
@@ -28,6 +29,8 @@ use crate::restore::live::serve::stop_requested;
 
 /// How often what was applied is made durable and acknowledged.
 const ACK_EVERY: Duration = Duration::from_millis(100);
+/// Frames taken from the link at most per wake-up of the core task.
+const FRAMES_PER_WAKE: usize = 64;
 
 struct Attach {
     peer: Peer,
@@ -149,12 +152,17 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
             }
             f = async { volume::next_frame(&mut link.as_mut().expect("guarded").incoming).await },
                 if link.is_some() && site.core.has_room(PAYLOAD_MAX_BYTES as u64 + 64) => {
-                let ended = match f {
-                    Ok(Frame::Dr(m)) => site.core.received(m).err().map(|e| e.to_string()),
-                    Ok(Frame::Error(reason)) => Some(format!("the primary ended the session: {reason}")),
-                    Ok(Frame::Hello(_)) => Some("a second hello".into()),
-                    Err(e) => Some(e.to_string()),
-                };
+                let mut ended = site.take_frame(f);
+                // Whatever else already arrived goes in before the stream is applied, so
+                // one wake-up applies a batch rather than a frame.
+                let incoming = &mut link.as_mut().expect("guarded").incoming;
+                for _ in 0..FRAMES_PER_WAKE {
+                    if ended.is_some() || !site.core.has_room(PAYLOAD_MAX_BYTES as u64 + 64) {
+                        break;
+                    }
+                    let Ok(f) = incoming.try_recv() else { break };
+                    ended = site.take_frame(f);
+                }
                 if let Some(why) = ended {
                     tracing::warn!(%why, "dr secondary: session ended");
                     site.core.detach();
@@ -192,6 +200,16 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
 }
 
 impl Site {
+    /// Hands a frame from the primary to the core; why the session ends, if it does.
+    fn take_frame(&mut self, f: Result<Frame, ConnError>) -> Option<String> {
+        match f {
+            Ok(Frame::Dr(m)) => self.core.received(m).err().map(|e| e.to_string()),
+            Ok(Frame::Error(reason)) => Some(format!("the primary ended the session: {reason}")),
+            Ok(Frame::Hello(_)) => Some("a second hello".into()),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     /// Answers a primary's hello: a session, or a refusal said to the primary.
     async fn attach(&mut self, a: Attach) -> Option<Peer> {
         match self.core.attach(a.session, a.binding) {
