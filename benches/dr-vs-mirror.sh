@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Copy-on-read disaster recovery (T5) against QEMU's mirror on the same volume, all on
 # loopback, with the ratios the issue asks for:
-#  1. initial sync time: `rehydrate dr primary` → `dr secondary` until every region is
-#     durably at the DR site, against qemu-storage-daemon's blockdev-mirror
-#     (copy-mode=background) to an NBD target (qemu-nbd) until the job is ready;
-#     ratio = mirror secs / ours (the issue wants ≥ 0.9);
+#  1. initial sync time: `rehydrate dr primary` → `dr secondary` from the primary's
+#     session start until every region is durably at the DR site (both instants from
+#     the primary's log), against qemu-storage-daemon's blockdev-mirror
+#     (copy-mode=background) to an NBD target (qemu-nbd) from the blockdev-mirror
+#     command until BLOCK_JOB_READY; ratio = mirror secs / ours (the issue wants ≥ 0.9).
+#     Both source copies are flushed first, so neither pays for writing back the copy
+#     this script just made; the wall time of ours with process start-up and status
+#     polling is printed beside;
 #  2. primary write p99 during the sync: fio random 4 KiB writes (iodepth 1) on the
 #     primary's export while the sync runs, against the same fio on qemu-storage-daemon's
 #     NBD export of the source while a copy-mode=write-blocking mirror runs; ratio =
@@ -23,11 +27,12 @@ cd "$work"
 head -c $((SIZE << 20)) /dev/urandom > src.img
 
 start_pair() { # EXTRA_PRIMARY_ARGS...: fresh DR copy, primary from a copy of src.img
-    rm -f p.img p.img.dr-meta d.img d.img.dr-meta; cp src.img p.img
+    rm -f p.img p.img.dr-meta d.img d.img.dr-meta; cp src.img p.img; sync p.img
     L=$(free_port); DE=$(free_port); PE=$(free_port)
     $R dr secondary --target d.img --listen 127.0.0.1:$L --export 127.0.0.1:$DE 2>/dev/null & pids+=($!); SEC=$!
     wait_port $L
-    $R dr primary --target p.img --export 127.0.0.1:$PE --peer 127.0.0.1:$L "$@" 2>/dev/null & pids+=($!); PRI=$!
+    RUST_LOG=warn,rehydrate_service::dr::primary=info \
+        $R dr primary --target p.img --export 127.0.0.1:$PE --peer 127.0.0.1:$L "$@" 2>primary.log & pids+=($!); PRI=$!
     wait_port $PE; wait_port $DE
 }
 stop_pair() { kill $PRI $SEC 2>/dev/null; wait $PRI $SEC 2>/dev/null || true; }
@@ -68,7 +73,7 @@ PY
 }
 
 mirror_start() { # MODE: qemu-storage-daemon mirroring src copy to a qemu-nbd target; prints nothing
-    rm -f q.img t.img; cp src.img q.img; truncate -s $((SIZE << 20)) t.img
+    rm -f q.img t.img; cp src.img q.img; sync q.img; truncate -s $((SIZE << 20)) t.img
     TP=$(free_port); QE=$(free_port)
     qemu-nbd -f raw -b 127.0.0.1 -p $TP -x t --persistent t.img & pids+=($!); QNBD=$!
     wait_port $TP
@@ -88,12 +93,24 @@ mirror_stop() { kill $QSD $QNBD 2>/dev/null; wait $QSD $QNBD 2>/dev/null || true
 # 1. Initial sync time.
 t0=$(now); start_pair
 until complete; do sleep 0.05; done
-ours_sync=$(since $t0); stop_pair
+ours_wall=$(since $t0); stop_pair
 cmp -s p.img d.img || { echo "bench: the DR copy differs from the primary" >&2; exit 1; }
+# From the session's start to "every region is durably at the DR site", in the log's
+# RFC 3339 timestamps.
+ours_sync=$(python3 - primary.log <<'PY'
+import datetime, sys
+def at(line):
+    return datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+lines = open(sys.argv[1]).read().splitlines()
+start = next(at(l) for l in lines if "session with the DR site" in l)
+end = next(at(l) for l in lines if "durably at the DR site" in l)
+print("%.3f" % (end - start))
+PY
+)
 mirror_start background
 mirror_sync=$(qmp qmp.sock BLOCK_JOB_READY "${MIRROR_CMDS[@]}"); mirror_stop
-printf 'initial sync %s MiB: ours %.2f s, blockdev-mirror (background) %.2f s, ratio mirror/ours %.2f (want >= 0.9)\n' \
-    $SIZE $ours_sync $mirror_sync $(echo "$mirror_sync / $ours_sync" | bc -l)
+printf 'initial sync %s MiB: ours %.2f s (wall with start-up and polling %.2f s), blockdev-mirror (background) %.2f s, ratio mirror/ours %.2f (want >= 0.9)\n' \
+    $SIZE $ours_sync $ours_wall $mirror_sync $(echo "$mirror_sync / $ours_sync" | bc -l)
 
 # 2. Primary write p99 during the sync (the sync slowed so it runs for the whole fio).
 start_pair --sync-rate $(( (SIZE << 20) / (SECS * 2) ))

@@ -52,6 +52,44 @@ impl PrimaryConfig {
     }
 }
 
+/// The activity set: extents of regions the application writes now, whose durable sent
+/// marks are kept clear so a write to them never waits for a commit.
+///
+/// # Why this is safe, and why it is needed
+/// A durable sent mark says the DR durably holds the region's current data. A write to
+/// a region whose mark may be durable must wait until a commit cleared the mark (the
+/// primary's volume keeps the write even when the process dies, so a restart trusting
+/// the mark would never send it); that wait is one metadata write. Streaming the write
+/// does not help: the DR acknowledges it only later. Clearing a mark, or not setting
+/// one, is always safe: the region is only sent again after a crash. So the first write
+/// to an extent clears the marks of the whole extent in one commit, and no commit sets
+/// marks in it again until it went `cool_after_ticks` commit requests unwritten; at most
+/// `extents_max` extents are hot (the one written longest ago cools first). Random
+/// writes then wait for a commit once per extent, not once per region and commit
+/// interval; the price is that a crash resends at most the hot extents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotExtents {
+    /// Regions per extent.
+    pub extent_regions: u64,
+    /// Extents hot at once.
+    pub extents_max: usize,
+    /// Commit requests (the shell's commit timer) without a write before an extent
+    /// cools and its marks may be set again.
+    pub cool_after_ticks: u64,
+}
+
+impl HotExtents {
+    /// Extents of `extent_bytes` (at least one region of `geometry`).
+    pub fn new(geometry: Geometry, extent_bytes: u64, extents_max: usize, ticks: u64) -> Self {
+        let region = u64::from(geometry.region_size_bytes());
+        HotExtents {
+            extent_regions: (extent_bytes / region).max(1),
+            extents_max: extents_max.max(1),
+            cool_after_ticks: ticks,
+        }
+    }
+}
+
 /// A client write the sender knows about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WriteTicket(pub u64);
@@ -176,6 +214,12 @@ pub struct Primary {
     /// Bytes the background sync may still read (`None`: no limit); fetched regions
     /// do not count.
     sync_budget_bytes: Option<u64>,
+    /// The activity set's shape (`None`: every region on its own, no cooling wait).
+    hot_config: Option<HotExtents>,
+    /// Hot extents and the commit request count at their last write.
+    hot: BTreeMap<u64, u64>,
+    /// Commit requests so far (the activity set's clock).
+    ticks: u64,
 }
 
 impl Primary {
@@ -201,7 +245,42 @@ impl Primary {
             next_ticket: 1,
             counters: PrimaryCounters::default(),
             sync_budget_bytes: None,
+            hot_config: None,
+            hot: BTreeMap::new(),
+            ticks: 0,
         }
+    }
+
+    /// Keeps the durable marks of recently written extents clear ([`HotExtents`]).
+    pub fn set_hot_extents(&mut self, hot: HotExtents) {
+        assert!(hot.extent_regions > 0 && hot.extents_max > 0);
+        self.hot_config = Some(hot);
+    }
+
+    /// True when `region` lies in a hot extent (no commit sets its durable mark).
+    pub fn is_hot(&self, region: u64) -> bool {
+        self.hot_config
+            .is_some_and(|h| self.hot.contains_key(&(region / h.extent_regions)))
+    }
+
+    /// Makes the extents of `regions` hot now, cooling the coldest beyond the bound.
+    fn heat(&mut self, regions: Range<u64>) {
+        let Some(h) = self.hot_config else { return };
+        if regions.is_empty() {
+            return;
+        }
+        for e in regions.start / h.extent_regions..=(regions.end - 1) / h.extent_regions {
+            self.hot.insert(e, self.ticks);
+        }
+        while self.hot.len() > h.extents_max {
+            let (&coldest, _) = self
+                .hot
+                .iter()
+                .min_by_key(|(_, &t)| t)
+                .expect("over a positive bound");
+            self.hot.remove(&coldest);
+        }
+        debug_assert!(self.hot.len() <= h.extents_max);
     }
 
     /// Limits the background sync: from now on it reads only bytes granted with
@@ -280,6 +359,7 @@ impl Primary {
         self.config.geometry.check(offset, len)?;
         let id = self.ticket();
         let regions = self.regions(offset, len);
+        self.heat(regions.clone());
         let mut needs_clear = false;
         for r in regions.clone() {
             *self.busy.entry(r).or_default() += 1;
@@ -436,6 +516,12 @@ impl Primary {
 
     /// The region read named `ticket` finished: `Some(bytes)`, or `None` when it failed.
     pub fn region_read(&mut self, ticket: ReadTicket, data: Option<&[u8]>) {
+        self.region_read_owned(ticket, data.map(<[u8]>::to_vec));
+    }
+
+    /// [`Primary::region_read`] with the shell's buffer, which the stream item keeps
+    /// (no copy of the region).
+    pub fn region_read_owned(&mut self, ticket: ReadTicket, data: Option<Vec<u8>>) {
         let (sid, region) = self
             .reads
             .remove(&ticket.0)
@@ -463,10 +549,21 @@ impl Primary {
                 self.enqueue(
                     ItemBody::RegionData {
                         region,
-                        data: bytes.to_vec(),
+                        data: bytes,
                     },
                     region..region + 1,
                 );
+                // The last region of the sync: ask the DR to make everything durable
+                // now, so the sync's end is acknowledged without waiting for the DR's
+                // timer (a flush item only asks for a commit).
+                if self.sent.is_full()
+                    && self
+                        .session
+                        .as_ref()
+                        .is_some_and(|s| s.reads_in_flight == 0)
+                {
+                    self.enqueue(ItemBody::Flush, 0..0);
+                }
             }
             None => self.unsend(region),
         }
@@ -562,6 +659,11 @@ impl Primary {
                 s.acked_seq = durable_seq;
                 let acked = durable_seq;
                 s.pending.retain(|_, p| p.queued > 0 || p.last_seq > acked);
+                // The acknowledgement that ends the initial sync is committed at once
+                // rather than at the next timer tick.
+                if s.pending.is_empty() && self.sent.is_full() && !self.committed.is_full() {
+                    self.commit_wanted = true;
+                }
                 Ok(())
             }
             Message::Fetch { region } => {
@@ -578,9 +680,15 @@ impl Primary {
         }
     }
 
-    /// Asks for a commit of the durable sent map (a timer, or after acknowledgements).
+    /// Asks for a commit of the durable sent map: the shell's commit timer. It is also
+    /// the activity set's clock: extents unwritten for `cool_after_ticks` requests cool.
     pub fn request_commit(&mut self) {
         self.commit_wanted = true;
+        self.ticks += 1;
+        if let Some(h) = self.hot_config {
+            let now = self.ticks;
+            self.hot.retain(|_, &mut t| now - t < h.cool_after_ticks);
+        }
     }
 
     /// True when the commit named `ticket` sets marks, so the volume must be flushed
@@ -670,8 +778,9 @@ impl Primary {
                 .any(|w| matches!(w.stage, Stage::HeldForCommit));
             let mut map = Bits::new(regions);
             for r in 0..regions {
-                let keep = self.committed.get(r) && !self.busy.contains_key(&r);
-                if keep || (!held && self.clean(r)) {
+                let hot = self.is_hot(r);
+                let keep = self.committed.get(r) && !self.busy.contains_key(&r) && !hot;
+                if keep || (!held && !hot && self.clean(r)) {
                     map.set(r);
                 }
             }

@@ -4,7 +4,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::bits::Bits;
-use super::primary::{Primary, PrimaryAction, PrimaryConfig, Written};
+use super::primary::{HotExtents, Primary, PrimaryAction, PrimaryConfig, Written};
 use super::secondary::{Secondary, SecondaryAction, SecondaryConfig};
 use super::wire::{Item, ItemBody, Message};
 use super::{Binding, DrError};
@@ -98,6 +98,92 @@ fn a_write_to_a_durably_sent_region_waits_for_the_commit_that_clears_it() {
     p.commit_done(t, true);
     assert!(!p.committed().get(1));
     assert_eq!(actions(&mut p), vec![PrimaryAction::DispatchWrite(w)]);
+}
+
+/// Runs a session until every region was read, sent and acknowledged durable.
+fn sync_all(p: &mut Primary) {
+    loop {
+        let reads: Vec<_> = actions(p)
+            .into_iter()
+            .filter_map(|a| match a {
+                PrimaryAction::ReadRegion { ticket, .. } => Some(ticket),
+                _ => None,
+            })
+            .collect();
+        if reads.is_empty() {
+            break;
+        }
+        for t in reads {
+            p.region_read(t, Some(&[7; 4096]));
+        }
+    }
+    let n = sends(p).len() as u64;
+    p.received(Message::Ack { durable_seq: n }).unwrap();
+}
+
+fn commit(p: &mut Primary) -> Option<super::primary::CommitTicket> {
+    actions(p).into_iter().find_map(|a| match a {
+        PrimaryAction::Commit(t) => Some(t),
+        _ => None,
+    })
+}
+
+#[test]
+fn the_acknowledgement_that_ends_the_sync_is_committed_without_waiting_for_the_timer() {
+    let mut p = Primary::new(PrimaryConfig::new(geometry()), Bits::new(8));
+    p.start_session(1);
+    sync_all(&mut p);
+    let t = commit(&mut p).expect("a commit right after the last acknowledgement");
+    assert!(p.commit_map(t).is_full() && p.commit_needs_data_flush(t));
+    p.commit_done(t, true);
+    assert!(p.is_synced());
+}
+
+#[test]
+fn a_write_clears_the_marks_of_its_whole_extent_and_later_writes_there_do_not_wait() {
+    let mut p = Primary::new(PrimaryConfig::new(geometry()), Bits::full(8));
+    p.set_hot_extents(HotExtents::new(geometry(), 4 * 4096, 8, 2));
+    let w = p.begin_write(4096, 512).unwrap();
+    let t = commit(&mut p).expect("the write waits for a commit");
+    let map = p.commit_map(t);
+    assert!((0..4).all(|r| !map.get(r)) && (4..8).all(|r| map.get(r)));
+    p.commit_done(t, true);
+    assert_eq!(actions(&mut p), vec![PrimaryAction::DispatchWrite(w)]);
+    p.write_completed(w, Written::Bytes(&[1; 512]), true);
+    // Another region of the same extent: no mark to clear, no wait.
+    let w2 = p.begin_write(3 * 4096, 512).unwrap();
+    assert_eq!(actions(&mut p), vec![PrimaryAction::DispatchWrite(w2)]);
+    p.write_completed(w2, Written::Bytes(&[2; 512]), true);
+    // The other extent's marks still stand: a write there waits.
+    let w3 = p.begin_write(5 * 4096, 512).unwrap();
+    assert!(commit(&mut p).is_some());
+    assert!(p.write_offset(w3).is_some());
+    assert_eq!(p.counters().writes_held_for_commit, 2);
+}
+
+#[test]
+fn a_hot_extent_gets_no_durable_marks_until_it_cooled() {
+    let mut p = Primary::new(PrimaryConfig::new(geometry()), Bits::new(8));
+    p.set_hot_extents(HotExtents::new(geometry(), 4 * 4096, 8, 2));
+    let w = p.begin_write(0, 512).unwrap();
+    assert_eq!(actions(&mut p), vec![PrimaryAction::DispatchWrite(w)]);
+    p.write_completed(w, Written::Bytes(&[1; 512]), true);
+    p.start_session(1);
+    sync_all(&mut p);
+    // Everything is acknowledged, but extent 0 was written one tick ago: only extent 1
+    // is marked.
+    let t = commit(&mut p).expect("a commit after the last acknowledgement");
+    assert!((0..4).all(|r| !p.commit_map(t).get(r)) && (4..8).all(|r| p.commit_map(t).get(r)));
+    p.commit_done(t, true);
+    assert!(p.is_hot(0) && !p.is_synced());
+    p.request_commit();
+    assert!(p.is_hot(0), "one tick unwritten is not enough");
+    let _ = commit(&mut p).map(|t| p.commit_done(t, true));
+    p.request_commit();
+    assert!(!p.is_hot(0));
+    let t = commit(&mut p).expect("the cooled extent is marked");
+    p.commit_done(t, true);
+    assert!(p.is_synced());
 }
 
 #[test]

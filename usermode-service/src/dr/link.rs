@@ -58,8 +58,17 @@ impl Wire for Frame {
                 session::ERROR
             }
             Frame::Dr(m) => {
-                m.encode_payload(&mut p);
-                m.kind()
+                // Straight into `out` (region data is most of the stream: one copy
+                // fewer than building the payload apart), in the layout
+                // `frame::encode_into` writes: length of kind + payload, kind, payload.
+                let start = out.len();
+                out.extend_from_slice(&[0; 4]);
+                out.push(m.kind());
+                m.encode_payload(out);
+                let len = out.len() - start - 4;
+                assert!(len <= frame::MAX_FRAME_BYTES, "DR frame of {len} bytes");
+                out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+                return;
             }
         };
         frame::encode_into(kind, &p, out);

@@ -5,10 +5,13 @@
 //! actions on the volume; a connector task keeps a session with the DR site.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rehydrate_driver::dr::primary::{Primary, PrimaryAction, PrimaryConfig, Written};
+use rehydrate_driver::dr::primary::{
+    CommitTicket, HotExtents, Primary, PrimaryAction, PrimaryConfig, Written,
+};
 use rehydrate_driver::dr::Binding;
 use rehydrate_nbd::ExportError;
 use tokio::net::TcpStream;
@@ -23,6 +26,11 @@ use crate::restore::live::serve::stop_requested;
 
 /// How often the durable sent map catches up with acknowledgements.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// The activity set (see `HotExtents`): 4 MiB extents, as many as cover 4 GiB, cooled
+/// after 2 s unwritten. A crash resends at most that much.
+const HOT_EXTENT_BYTES: u64 = 4 << 20;
+const HOT_EXTENTS_MAX: usize = 1024;
+const HOT_COOL_TICKS: u64 = 10;
 /// How often the background sync gets its share of `--sync-rate`.
 const GRANT_EVERY: Duration = Duration::from_millis(20);
 /// Wait between attempts to reach the DR site.
@@ -42,7 +50,7 @@ struct PendingWrite {
 
 /// Runs the primary until SIGINT/SIGTERM or a refusal by the DR site.
 pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
-    let volume = Volume::open(&args.target)?;
+    let volume = Arc::new(Volume::open(&args.target)?);
     let meta_path = args
         .metadata
         .clone()
@@ -84,6 +92,12 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
     let binding = meta.core_binding().expect("a primary is always bound");
     let geometry = meta.geometry;
     let mut core = Primary::new(PrimaryConfig::new(geometry), meta.map.clone());
+    core.set_hot_extents(HotExtents::new(
+        geometry,
+        HOT_EXTENT_BYTES,
+        HOT_EXTENTS_MAX,
+        HOT_COOL_TICKS,
+    ));
     core.limit_sync(args.sync_rate.is_some());
     let mut grants = tokio::time::interval(GRANT_EVERY);
     let listener = bind(&args.export).await?;
@@ -106,12 +120,12 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
     let mut tick = tokio::time::interval(COMMIT_EVERY);
     let mut synced_said = core.is_synced();
     let mut stop = Box::pin(stop_requested());
-    let store_meta = |map: &rehydrate_driver::dr::bits::Bits| {
-        Meta {
-            map: map.clone(),
-            ..meta.clone()
-        }
-        .store(&meta_path)
+    let (commits_tx, mut commits) = mpsc::unbounded_channel::<(CommitTicket, bool)>();
+    let committer = Committer {
+        volume: volume.clone(),
+        meta: meta.clone(),
+        path: meta_path.clone().into(),
+        done: commits_tx,
     };
     let mut outbox_full = false;
     loop {
@@ -148,6 +162,10 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                     let _ = connect_tx.send(());
                 }
             }
+            c = commits.recv() => {
+                let (t, ok) = c.expect("the committer holds a sender");
+                core.commit_done(t, ok);
+            }
             _ = tick.tick() => core.request_commit(),
             _ = grants.tick(), if args.sync_rate.is_some() => {
                 let rate = u64::from(args.sync_rate.unwrap_or(0));
@@ -169,7 +187,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
             let mut progress = false;
             while let Some(a) = core.poll_action() {
                 progress = true;
-                perform(&mut core, &volume, &mut writes, a, &store_meta);
+                perform(&mut core, &volume, &mut writes, a, &committer);
             }
             outbox_full = false;
             if let Some(peer) = link.as_ref() {
@@ -280,7 +298,7 @@ fn perform(
     volume: &Volume,
     writes: &mut HashMap<u64, PendingWrite>,
     action: PrimaryAction,
-    store_meta: &impl Fn(&rehydrate_driver::dr::bits::Bits) -> Result<(), meta::MetaError>,
+    committer: &Committer,
 ) {
     match action {
         PrimaryAction::DispatchWrite(t) => {
@@ -308,17 +326,40 @@ fn perform(
             len,
             ..
         } => {
-            let data = volume.read(offset, len).ok();
-            core.region_read(ticket, data.as_deref());
+            core.region_read_owned(ticket, volume.read(offset, len).ok());
         }
-        PrimaryAction::Commit(t) => {
-            let flushed = !core.commit_needs_data_flush(t) || volume.sync().is_ok();
-            let ok = flushed && store_meta(core.commit_map(t)).is_ok();
+        PrimaryAction::Commit(t) => committer.start(core, t),
+    }
+}
+
+/// Runs commits of the durable sent map on a blocking thread, so client writes and the
+/// sync go on during the flush and the metadata write; the result comes back on
+/// `done`. The core has one commit in flight at most and holds every write to a region
+/// the commit may mark until it finished, so nothing the flush must cover is written
+/// meanwhile: the map was computed from writes that had completed, and they completed
+/// before the flush starts here.
+struct Committer {
+    volume: Arc<Volume>,
+    meta: Meta,
+    path: Arc<std::path::Path>,
+    done: mpsc::UnboundedSender<(CommitTicket, bool)>,
+}
+
+impl Committer {
+    fn start(&self, core: &Primary, t: CommitTicket) {
+        let flush = core.commit_needs_data_flush(t);
+        let meta = Meta {
+            map: core.commit_map(t).clone(),
+            ..self.meta.clone()
+        };
+        let (volume, path, done) = (self.volume.clone(), self.path.clone(), self.done.clone());
+        tokio::task::spawn_blocking(move || {
+            let ok = (!flush || volume.sync().is_ok()) && meta.store(&path).is_ok();
             if !ok {
                 tracing::warn!("dr primary: the durable sent map could not be written");
             }
-            core.commit_done(t, ok);
-        }
+            let _ = done.send((t, ok));
+        });
     }
 }
 

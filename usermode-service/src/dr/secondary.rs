@@ -6,11 +6,13 @@
 //! primary that attaches and binds to it; any other primary or volume is refused.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rehydrate_backup::replicate::conn::ConnError;
 use rehydrate_driver::dr::bits::Bits;
-use rehydrate_driver::dr::secondary::{Secondary, SecondaryAction, SecondaryConfig};
+use rehydrate_driver::dr::secondary::{CommitTicket, Secondary, SecondaryAction, SecondaryConfig};
 use rehydrate_driver::dr::wire::PAYLOAD_MAX_BYTES;
 use rehydrate_driver::dr::{Binding, LocalData};
 use rehydrate_driver::Geometry;
@@ -27,6 +29,8 @@ use crate::restore::live::serve::stop_requested;
 
 /// How often what was applied is made durable and acknowledged.
 const ACK_EVERY: Duration = Duration::from_millis(100);
+/// Frames taken from the link at most per wake-up of the core task.
+const FRAMES_PER_WAKE: usize = 64;
 
 struct Attach {
     peer: Peer,
@@ -34,12 +38,17 @@ struct Attach {
     session: u64,
 }
 
+/// A finished commit: its ticket and the metadata it wrote, or `None` when it failed.
+type CommitResult = (CommitTicket, Option<Meta>);
+
 struct Site {
     core: Secondary,
-    volume: Volume,
+    /// Shared with the commit running on a blocking thread.
+    volume: Arc<Volume>,
     meta: Meta,
-    meta_path: std::path::PathBuf,
+    meta_path: Arc<std::path::Path>,
     reads: HashMap<u64, oneshot::Sender<Result<Bytes, ExportError>>>,
+    commits: mpsc::UnboundedSender<CommitResult>,
 }
 
 /// Runs the DR site until SIGINT/SIGTERM.
@@ -114,12 +123,14 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
         format!("DR copy in {}", args.target.display()),
     );
     tracing::info!(export = %args.export, listen = %args.listen, "dr secondary: serving");
+    let (commits_tx, mut commits) = mpsc::unbounded_channel::<CommitResult>();
     let mut site = Site {
         core,
-        volume,
+        volume: Arc::new(volume),
         meta,
-        meta_path,
+        meta_path: meta_path.into(),
         reads: HashMap::new(),
+        commits: commits_tx,
     };
     let mut link: Option<Peer> = None;
     if let Some(a) = pending_first.take() {
@@ -141,17 +152,30 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
             }
             f = async { volume::next_frame(&mut link.as_mut().expect("guarded").incoming).await },
                 if link.is_some() && site.core.has_room(PAYLOAD_MAX_BYTES as u64 + 64) => {
-                let ended = match f {
-                    Ok(Frame::Dr(m)) => site.core.received(m).err().map(|e| e.to_string()),
-                    Ok(Frame::Error(reason)) => Some(format!("the primary ended the session: {reason}")),
-                    Ok(Frame::Hello(_)) => Some("a second hello".into()),
-                    Err(e) => Some(e.to_string()),
-                };
+                let mut ended = site.take_frame(f);
+                // Whatever else already arrived goes in before the stream is applied, so
+                // one wake-up applies a batch rather than a frame.
+                let incoming = &mut link.as_mut().expect("guarded").incoming;
+                for _ in 0..FRAMES_PER_WAKE {
+                    if ended.is_some() || !site.core.has_room(PAYLOAD_MAX_BYTES as u64 + 64) {
+                        break;
+                    }
+                    let Ok(f) = incoming.try_recv() else { break };
+                    ended = site.take_frame(f);
+                }
                 if let Some(why) = ended {
                     tracing::warn!(%why, "dr secondary: session ended");
                     site.core.detach();
                     link = None;
                 }
+            }
+            c = commits.recv() => {
+                let (t, stored) = c.expect("the site holds a sender");
+                let ok = stored.is_some();
+                if let Some(m) = stored {
+                    site.meta = m;
+                }
+                site.core.commit_done(t, ok);
             }
             _ = tick.tick() => site.core.tick(),
             _ = &mut stop => break,
@@ -176,6 +200,16 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
 }
 
 impl Site {
+    /// Hands a frame from the primary to the core; why the session ends, if it does.
+    fn take_frame(&mut self, f: Result<Frame, ConnError>) -> Option<String> {
+        match f {
+            Ok(Frame::Dr(m)) => self.core.received(m).err().map(|e| e.to_string()),
+            Ok(Frame::Error(reason)) => Some(format!("the primary ended the session: {reason}")),
+            Ok(Frame::Hello(_)) => Some("a second hello".into()),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     /// Answers a primary's hello: a session, or a refusal said to the primary.
     async fn attach(&mut self, a: Attach) -> Option<Peer> {
         match self.core.attach(a.session, a.binding) {
@@ -266,6 +300,10 @@ impl Site {
                 }
             }
             SecondaryAction::Commit(t) => {
+                // The flush and the metadata write run on a blocking thread so the
+                // stream keeps being applied meanwhile. Every item the state counts
+                // as applied was written before this point, so the flush covers it;
+                // writes applied later are only in a later commit's state.
                 let state = self.core.commit_state(t);
                 let meta = Meta {
                     map: state.present.clone(),
@@ -273,13 +311,18 @@ impl Site {
                     binding: state.binding.map(|b| (b.primary_id, b.volume_id)),
                     ..self.meta.clone()
                 };
-                let ok = self.volume.sync().is_ok() && meta.store(&self.meta_path).is_ok();
-                if ok {
-                    self.meta = meta;
-                } else {
-                    tracing::warn!("dr secondary: the present map could not be written");
-                }
-                self.core.commit_done(t, ok);
+                let (volume, path, done) = (
+                    self.volume.clone(),
+                    self.meta_path.clone(),
+                    self.commits.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    let ok = volume.sync().is_ok() && meta.store(&path).is_ok();
+                    if !ok {
+                        tracing::warn!("dr secondary: the present map could not be written");
+                    }
+                    let _ = done.send((t, ok.then_some(meta)));
+                });
             }
         }
         Ok(())
