@@ -16,7 +16,7 @@
 //! instead of waiting. Operations in the gate ≤ `ops_max`; region reads in flight ≤
 //! `sync_reads_max`; fetch requests queued ≤ one per region.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use core::ops::Range;
 
@@ -205,6 +205,9 @@ pub struct Primary {
     session: Option<Session>,
     writes: BTreeMap<u64, WriteState>,
     reads: BTreeMap<u64, (u64, u64)>,
+    /// Region reads whose region a failed write dropped from S while they waited behind
+    /// it: what they read is not streamed (the sync reads the region again, marked first).
+    spoiled_reads: BTreeSet<u64>,
     /// Client writes between `begin_write` and completion, per region.
     busy: BTreeMap<u64, u32>,
     gate: Gate,
@@ -239,6 +242,7 @@ impl Primary {
             session: None,
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
+            spoiled_reads: BTreeSet::new(),
             busy: BTreeMap::new(),
             gate: Gate::new(config.ops_max),
             actions: VecDeque::new(),
@@ -460,6 +464,13 @@ impl Primary {
             for r in sent {
                 self.unsend(r);
                 self.enqueue(ItemBody::Invalidate { first: r, count: 1 }, r..r + 1);
+                // A read for sending of the region waits behind this write (the gate
+                // orders it after): the region is no longer in S under it.
+                for (&id, &(read_sid, region)) in &self.reads {
+                    if read_sid == sid && region == r {
+                        self.spoiled_reads.insert(id);
+                    }
+                }
             }
             return;
         }
@@ -527,6 +538,7 @@ impl Primary {
             .remove(&ticket.0)
             .unwrap_or_else(|| panic!("region read {ticket:?} is unknown"));
         self.gate.finish(ticket.0);
+        let spoiled = self.spoiled_reads.remove(&ticket.0);
         let Some(s) = self.session.as_mut() else {
             return;
         };
@@ -534,6 +546,10 @@ impl Primary {
             return;
         }
         s.reads_in_flight -= 1;
+        if spoiled {
+            debug_assert!(!self.sent.get(region) || mutants::any());
+            return;
+        }
         match data {
             Some(bytes) => {
                 assert_eq!(

@@ -87,6 +87,59 @@ fn a_region_is_marked_before_its_read_and_later_writes_are_streamed() {
 }
 
 #[test]
+fn a_read_for_sending_behind_a_failed_write_is_dropped_and_the_region_is_read_again() {
+    let mut p = Primary::new(PrimaryConfig::new(geometry()), Bits::new(8));
+    p.start_session(1);
+    // The sync marks region 0 and reads it behind a write already dispatched there.
+    let w = p.begin_write(0, 512).unwrap();
+    assert!(actions(&mut p).contains(&PrimaryAction::DispatchWrite(w)));
+    assert!(p.sent().get(0));
+    // The write fails: what region 0 holds is unknown, so it leaves S under the read.
+    p.write_completed(w, Written::Bytes(&[1; 512]), false);
+    assert!(!p.sent().get(0));
+    let region0_reads = |a: &[PrimaryAction]| -> Vec<_> {
+        a.iter()
+            .filter_map(|x| match x {
+                PrimaryAction::ReadRegion {
+                    ticket, region: 0, ..
+                } => Some(*ticket),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = region0_reads(&actions(&mut p));
+    let [spoiled] = first[..] else {
+        panic!("the waiting read starts: {first:?}")
+    };
+    p.region_read(spoiled, Some(&[1; 4096]));
+    // Its bytes are not streamed; the sync marks the region again and reads it anew.
+    let again = region0_reads(&actions(&mut p));
+    let [fresh] = again[..] else {
+        panic!("region 0 is read again: {again:?}")
+    };
+    assert!(p.sent().get(0));
+    p.region_read(fresh, Some(&[2; 4096]));
+    let items = sends(&mut p);
+    let data: Vec<&ItemBody> = items
+        .iter()
+        .filter(|b| matches!(b, ItemBody::RegionData { region: 0, .. }))
+        .collect();
+    assert!(
+        matches!(data[..], [ItemBody::RegionData { data, .. }] if data[0] == 2),
+        "only the read after the failure is streamed: {items:?}"
+    );
+    let invalidate = items
+        .iter()
+        .position(|b| matches!(b, ItemBody::Invalidate { first: 0, .. }))
+        .expect("the DR is told region 0 is not to be trusted");
+    let sent = items
+        .iter()
+        .position(|b| matches!(b, ItemBody::RegionData { region: 0, .. }))
+        .unwrap();
+    assert!(invalidate < sent, "{items:?}");
+}
+
+#[test]
 fn a_write_to_a_durably_sent_region_waits_for_the_commit_that_clears_it() {
     let mut p = Primary::new(PrimaryConfig::new(geometry()), Bits::full(8));
     let w = p.begin_write(4096, 512).unwrap();

@@ -12,7 +12,7 @@
 //! | `cache`, `torn` | both devices cache writes; power loss keeps, loses or tears them |
 //! | `power-loss` | the primary or the DR site loses power and restarts |
 //! | `service-kill` | the primary's or the DR's process dies and restarts (the device keeps its cache) |
-//! | `media` | the primary's region reads and the DR's local writes fail (see `PRIMARY_WRITE_FAILURES`) |
+//! | `media` | the primary's writes and region reads and the DR's local writes fail |
 //! | `link-drop` | a frame is lost: the receiver's sequence check (or a timeout) ends the session |
 //! | `link-reorder` | frames are delayed a lot (never reordered inside a session) |
 //! | `link-disconnect` | the connection breaks; a new session resumes |

@@ -17,7 +17,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use rehydrate_driver::dr::bits::Bits;
-use rehydrate_driver::dr::primary::{self, Primary, PrimaryAction, PrimaryConfig, Written};
+use rehydrate_driver::dr::primary::{
+    self, HotExtents, Primary, PrimaryAction, PrimaryConfig, Written,
+};
 use rehydrate_driver::dr::secondary::{self, Secondary, SecondaryAction, SecondaryConfig};
 use rehydrate_driver::dr::testing::{sector_bytes, sector_tags};
 use rehydrate_driver::dr::wire::{ItemBody, Message};
@@ -36,13 +38,6 @@ const SECTOR_BYTES: u64 = 512;
 const QUIET_CAP_NS: u64 = 120_000_000_000;
 /// How long a lost frame goes unnoticed before the connection times out.
 const LOSS_TIMEOUT_NS: u64 = 5_000_000;
-/// Failed primary writes are not injected yet: when a write fails while a region read
-/// for sending waits behind it in the gate, the failure clears the region from the sent
-/// map under the read; the read's data is then streamed for an unsent region (a debug
-/// build trips the sender's assertion, a release build serves reads that are not as of
-/// one point: 4 of seeds 0..200 at 2,000 requests with this switch on). `--faults
-/// media` fails region reads and the DR's local writes only.
-const PRIMARY_WRITE_FAILURES: bool = false;
 
 /// Something scheduled to happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,6 +120,8 @@ struct Tunables {
     sync_grant_bytes: Option<u64>,
     primary: PrimaryConfig,
     dr: SecondaryConfig,
+    /// The primary's hot extents (`rehydrate dr primary` runs with them), or none.
+    hot: Option<HotExtents>,
 }
 
 pub(crate) struct World {
@@ -227,6 +224,11 @@ impl World {
                 items_in_flight_max: rng.range(1, 3) as usize,
                 ops_max: 64,
             },
+            hot: rng.coin().then(|| HotExtents {
+                extent_regions: rng.range(1, 8),
+                extents_max: rng.range(1, 4) as usize,
+                cool_after_ticks: rng.range(1, 12),
+            }),
         };
         let link = SiteLink::new(LinkConfig {
             latency_ns: rng.range(50_000, 2_000_000),
@@ -302,6 +304,9 @@ impl World {
     /// the seed drew a limit (and the run is not quiet yet).
     fn new_primary(&self, committed: Bits) -> Primary {
         let mut p = Primary::new(self.tun.primary, committed);
+        if let Some(hot) = self.tun.hot {
+            p.set_hot_extents(hot);
+        }
         p.limit_sync(self.tun.sync_grant_bytes.is_some() && !self.quiet());
         p
     }
@@ -704,8 +709,10 @@ impl World {
                 } else {
                     Written::Bytes(&bytes)
                 };
-                if PRIMARY_WRITE_FAILURES && self.media_error() {
-                    // A failed write may have changed any of its sectors.
+                if self.media_error() {
+                    // A failed write may have changed any of its sectors: its regions
+                    // leave the sent map, and a region read waiting behind it is not
+                    // streamed.
                     let landed: Vec<bool> = tags.iter().map(|_| self.rng.coin()).collect();
                     self.land_primary(sector, &tags, &landed);
                     self.counters.media_errors += 1;
