@@ -340,6 +340,48 @@ mod tests {
     }
 
     #[test]
+    fn writes_past_the_writeback_window_all_land() {
+        // More than the window, in pieces that come out of order: the oldest batches
+        // are waited for and dropped from the cache while later ones are written.
+        const PIECE: usize = 1 << 20;
+        let pieces = (WRITEBACK_WINDOW_BYTES as usize / PIECE) * 2 + 4;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let size = (pieces * PIECE) as u64;
+        let mut target = Target::create(&path, size).unwrap();
+        target.fit(size, false).unwrap();
+        let target = Arc::new(target);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Arc::new(BufferPool::new(PIECE, 4));
+        let writer =
+            Writer::start(Arc::clone(&target), Arc::clone(&pool), done_tx.clone()).unwrap();
+        // Each pair swapped (`pieces` is even): every piece once, out of order.
+        let order = (0..pieces).map(|i| i ^ 1);
+        for i in order {
+            writer.submit(
+                Job::Write {
+                    lower: i as u64,
+                    offset: (i * PIECE) as u64,
+                    data: Bytes::from(vec![i as u8; PIECE]),
+                },
+                &done_tx,
+            );
+        }
+        drop(writer);
+        drop(done_tx);
+        let mut done = 0;
+        while let Ok((_, status)) = done_rx.try_recv() {
+            assert_eq!(status, Status::SUCCESS);
+            done += 1;
+        }
+        assert_eq!(done, pieces, "each job completed once");
+        let bytes = std::fs::read(&path).unwrap();
+        for (i, piece) in bytes.chunks(PIECE).enumerate() {
+            assert!(piece.iter().all(|&b| b == i as u8), "piece {i}");
+        }
+    }
+
+    #[test]
     fn the_window_gives_up_its_oldest_spans_only_past_its_bound() {
         let mut w = Window::default();
         w.push(0, 10);
