@@ -8,6 +8,9 @@
 #
 #   benches/restore-memory.sh [SIZES_GIB="1 8"] [DATA_MIB=512] [RUNS=3]
 #
+# REHYDRATE_BIN names a built `rehydrate` to measure instead of building this tree's
+# (to compare two builds under the same conditions).
+#
 # Needs qemu-utils (qemu-nbd) and GNU time (/usr/bin/time).
 set -euo pipefail
 
@@ -18,8 +21,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 [ -x /usr/bin/time ] || { echo "bench: /usr/bin/time is missing (apt-get install -y time)" >&2; exit 1; }
 command -v qemu-nbd >/dev/null || { echo "bench: qemu-nbd is missing" >&2; exit 1; }
-(cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p rehydrate-service --bin rehydrate)
-rehydrate=$target_dir/release/rehydrate
+if [ -n "${REHYDRATE_BIN:-}" ]; then
+    rehydrate=$REHYDRATE_BIN
+else
+    (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p rehydrate-service --bin rehydrate)
+    rehydrate=$target_dir/release/rehydrate
+fi
 
 work=$(mktemp -d)
 server=""

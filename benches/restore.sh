@@ -17,6 +17,9 @@
 #
 #   benches/restore.sh [RUNS=5] [SIZES_MIB="1024 4096"]
 #
+# REHYDRATE_BIN names a built `rehydrate` to measure instead of building this tree's
+# (to compare two builds under the same conditions).
+#
 # Needs qemu-utils (qemu-nbd, qemu-img), libnbd-bin (nbdcopy), util-linux (fallocate).
 # TMPDIR picks where the image and the copies go (a disk measures the I/O, a tmpfs the
 # rest); it needs twice the largest size free.
@@ -29,8 +32,12 @@ target_dir=${CARGO_TARGET_DIR:-$root/target}
 for tool in qemu-nbd qemu-img nbdcopy fallocate python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
 done
-(cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p rehydrate-service --bin rehydrate)
-rehydrate=$target_dir/release/rehydrate
+if [ -n "${REHYDRATE_BIN:-}" ]; then
+    rehydrate=$REHYDRATE_BIN
+else
+    (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p rehydrate-service --bin rehydrate)
+    rehydrate=$target_dir/release/rehydrate
+fi
 
 work=$(mktemp -d)
 server=""

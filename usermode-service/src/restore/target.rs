@@ -232,12 +232,21 @@ impl Target {
     }
 
     /// Asks the kernel to start writing `[offset, offset + len)` out now, without
-    /// waiting (`POSIX_FADV_DONTNEED` starts writeback of dirty pages; pages still
-    /// being written stay cached). A hint: a failure changes nothing.
+    /// waiting. A hint: a failure changes nothing.
     pub fn start_writeback(&self, offset: u64, len: u64) {
         let len = self.clipped(offset, len);
         if let Some(len) = std::num::NonZeroU64::new(len) {
             super::target_os::start_writeback(&self.file, offset, len);
+        }
+    }
+
+    /// Waits until `[offset, offset + len)` is written out, then lets its pages leave
+    /// the page cache. Not durability (the caller's `fdatasync` is): a hint that keeps
+    /// the cache a restore fills small and its pages reused. A failure changes nothing.
+    pub fn settle(&self, offset: u64, len: u64) {
+        let len = self.clipped(offset, len);
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            super::target_os::settle(&self.file, offset, len);
         }
     }
 
@@ -454,6 +463,8 @@ mod tests {
         let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         t.write_vectored_at(0, &slices).unwrap();
         t.start_writeback(0, 8192);
+        // Written out and dropped from the cache: still the same bytes.
+        t.settle(0, 8192);
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(bytes.len(), 5000);
         assert_eq!(&bytes[..2048], &[1; 2048][..]);

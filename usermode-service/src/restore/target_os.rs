@@ -81,15 +81,73 @@ pub(super) fn pwritev(
 }
 
 /// Asks the kernel to start writing `[offset, offset + len)` out now without waiting
-/// (`POSIX_FADV_DONTNEED` starts writeback of dirty pages). A hint; nothing elsewhere.
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). A hint; nothing elsewhere.
 pub(super) fn start_writeback(file: &File, offset: u64, len: std::num::NonZeroU64) {
     #[cfg(target_os = "linux")]
     {
-        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
+        let _ = writeback::sync_range(file, offset, len, writeback::Wait::No);
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = (file, offset, len);
+    }
+}
+
+/// Waits until `[offset, offset + len)` is written out (`sync_file_range` with both
+/// waits: the device has it, not necessarily its cache, so this never stands in for
+/// `fdatasync`), then drops its pages from the page cache (`POSIX_FADV_DONTNEED`), so
+/// the next writes reuse them instead of growing the cache. A hint; nothing elsewhere.
+pub(super) fn settle(file: &File, offset: u64, len: std::num::NonZeroU64) {
+    #[cfg(target_os = "linux")]
+    {
+        if writeback::sync_range(file, offset, len, writeback::Wait::Yes).is_ok() {
+            let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len);
+    }
+}
+
+/// `sync_file_range(2)`, which rustix does not offer.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod writeback {
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+
+    /// Whether to wait for the range's writeback, before and after starting it.
+    pub(super) enum Wait {
+        No,
+        Yes,
+    }
+
+    pub(super) fn sync_range(
+        file: &File,
+        offset: u64,
+        len: std::num::NonZeroU64,
+        wait: Wait,
+    ) -> std::io::Result<()> {
+        let flags = match wait {
+            Wait::No => libc::SYNC_FILE_RANGE_WRITE,
+            Wait::Yes => {
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER
+            }
+        };
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len.get())) else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        // SAFETY: plain integers and a file descriptor that `file` keeps open for the
+        // call; the kernel touches no memory of ours.
+        let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 }
 

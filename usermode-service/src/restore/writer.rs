@@ -3,15 +3,24 @@
 //!
 //! It takes every job queued when it wakes (up to [`BATCH_BYTES_MAX`]), sorts them by
 //! offset and writes each run of adjacent ones with one `pwritev`, so the target sees
-//! few, large, mostly sequential writes however the fetches completed. After each batch
-//! it asks the kernel to start writing the batch out ([`Target::start_writeback`]):
-//! the engine's periodic `fdatasync` and the last one then find little left to do,
-//! instead of the whole restore's dirty data at the end.
+//! few, large, mostly sequential writes however the fetches completed.
+//!
+//! Writeback window: after each batch it asks the kernel to start writing the batch
+//! out ([`Target::start_writeback`]), and once more than [`WRITEBACK_WINDOW_BYTES`]
+//! were written since, it waits for the oldest batch's writeback to end and drops its
+//! pages from the page cache ([`Target::settle`]). So the page cache a restore fills
+//! stays within the window however large the volume: the next writes reuse those pages
+//! rather than taking fresh memory for each (on a virtual machine whose free memory
+//! goes back to the host, copying into fresh pages cost most of a restore's time), the
+//! disk writes all along instead of at the end, and the engine's periodic `fdatasync`
+//! and the last one find little left to do. The wait paces the writer to the disk,
+//! and through the bounded fetch buffers the fetching too, as `nbdcopy` does.
 //!
 //! A job's completion is sent (its `LowerId` and status, for the engine's
 //! `LowerCompleted`) only after its write returned and its buffer was let go, so the
-//! shell can take the buffer back for reuse.
+//! shell can take the buffer back for reuse; before any waiting for writeback.
 
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,6 +38,9 @@ use super::target::Target;
 pub const BATCH_BYTES_MAX: u64 = 16 << 20;
 /// Most jobs in one batch.
 pub const BATCH_JOBS_MAX: usize = 1024;
+/// Bytes written whose writeback may still be going on (and whose pages stay cached)
+/// before the writer waits for the oldest: a few batches, enough to keep the disk busy.
+pub const WRITEBACK_WINDOW_BYTES: u64 = 32 << 20;
 
 /// One hydrate write the engine asked for.
 #[derive(Debug)]
@@ -127,6 +139,7 @@ fn run(
 ) {
     let mut batch: Vec<Job> = Vec::new();
     let mut results: Vec<(LowerId, Status)> = Vec::new();
+    let mut window = Window::default();
     while let Ok(first) = rx.recv() {
         let mut bytes = first.len();
         batch.push(first);
@@ -139,7 +152,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        write_batch(target, &mut batch, &mut results);
+        let span = write_batch(target, &mut batch, &mut results);
         // Buffers are let go before their completions are sent (see the module comment);
         // the last holder of a whole fetch buffer gives it back for reuse.
         for job in batch.drain(..) {
@@ -150,12 +163,50 @@ fn run(
         for r in results.drain(..) {
             let _ = done.send(r);
         }
+        if let Some((offset, len)) = span {
+            target.start_writeback(offset, len);
+            window.push(offset, len);
+            while let Some((offset, len)) = window.pop_over(WRITEBACK_WINDOW_BYTES) {
+                target.settle(offset, len);
+            }
+        }
+    }
+}
+
+/// The spans written whose writeback may still be going on, oldest first.
+#[derive(Debug, Default)]
+struct Window {
+    spans: VecDeque<(u64, u64)>,
+    /// The sum of the spans' lengths.
+    bytes: u64,
+}
+
+impl Window {
+    fn push(&mut self, offset: u64, len: u64) {
+        self.spans.push_back((offset, len));
+        self.bytes += len;
+    }
+
+    /// The oldest span, taken out, while the window holds more than `max_bytes`.
+    fn pop_over(&mut self, max_bytes: u64) -> Option<(u64, u64)> {
+        if self.bytes <= max_bytes {
+            return None;
+        }
+        let (offset, len) = self.spans.pop_front()?;
+        self.bytes -= len;
+        debug_assert_eq!(self.spans.is_empty(), self.bytes == 0);
+        Some((offset, len))
     }
 }
 
 /// Writes the jobs, runs of adjacent writes with one call each; appends each job's
-/// completion to `results`.
-fn write_batch(target: &Target, batch: &mut [Job], results: &mut Vec<(LowerId, Status)>) {
+/// completion to `results`. Returns the span the data writes covered (offset, length),
+/// if any: what to write out.
+fn write_batch(
+    target: &Target,
+    batch: &mut [Job],
+    results: &mut Vec<(LowerId, Status)>,
+) -> Option<(u64, u64)> {
     batch.sort_unstable_by_key(Job::offset);
     let (mut span_start, mut span_end) = (u64::MAX, 0u64);
     let mut i = 0;
@@ -199,9 +250,7 @@ fn write_batch(target: &Target, batch: &mut [Job], results: &mut Vec<(LowerId, S
         results.extend(run.iter().map(|job| (job.lower(), status)));
         i = j;
     }
-    if span_start < span_end {
-        target.start_writeback(span_start, span_end - span_start);
-    }
+    (span_start < span_end).then(|| (span_start, span_end - span_start))
 }
 
 #[cfg(test)]
@@ -291,6 +340,62 @@ mod tests {
     }
 
     #[test]
+    fn writes_past_the_writeback_window_all_land() {
+        // More than the window, in pieces that come out of order: the oldest batches
+        // are waited for and dropped from the cache while later ones are written.
+        const PIECE: usize = 1 << 20;
+        let pieces = (WRITEBACK_WINDOW_BYTES as usize / PIECE) * 2 + 4;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let size = (pieces * PIECE) as u64;
+        let mut target = Target::create(&path, size).unwrap();
+        target.fit(size, false).unwrap();
+        let target = Arc::new(target);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Arc::new(BufferPool::new(PIECE, 4));
+        let writer =
+            Writer::start(Arc::clone(&target), Arc::clone(&pool), done_tx.clone()).unwrap();
+        // Each pair swapped (`pieces` is even): every piece once, out of order.
+        let order = (0..pieces).map(|i| i ^ 1);
+        for i in order {
+            writer.submit(
+                Job::Write {
+                    lower: i as u64,
+                    offset: (i * PIECE) as u64,
+                    data: Bytes::from(vec![i as u8; PIECE]),
+                },
+                &done_tx,
+            );
+        }
+        drop(writer);
+        drop(done_tx);
+        let mut done = 0;
+        while let Ok((_, status)) = done_rx.try_recv() {
+            assert_eq!(status, Status::SUCCESS);
+            done += 1;
+        }
+        assert_eq!(done, pieces, "each job completed once");
+        let bytes = std::fs::read(&path).unwrap();
+        for (i, piece) in bytes.chunks(PIECE).enumerate() {
+            assert!(piece.iter().all(|&b| b == i as u8), "piece {i}");
+        }
+    }
+
+    #[test]
+    fn the_window_gives_up_its_oldest_spans_only_past_its_bound() {
+        let mut w = Window::default();
+        w.push(0, 10);
+        w.push(100, 10);
+        assert_eq!(w.pop_over(20), None, "at the bound: nothing to wait for");
+        w.push(50, 5);
+        assert_eq!(w.pop_over(20), Some((0, 10)), "the oldest first");
+        assert_eq!(w.pop_over(20), None);
+        assert_eq!(w.pop_over(0), Some((100, 10)));
+        assert_eq!(w.pop_over(0), Some((50, 5)));
+        assert_eq!(w.pop_over(0), None, "empty");
+    }
+
+    #[test]
     fn a_batch_is_written_in_offset_order_with_a_result_per_job() {
         let dir = tempfile::tempdir().unwrap();
         let mut target = Target::create(&dir.path().join("t"), 3 * 4096).unwrap();
@@ -304,7 +409,8 @@ mod tests {
             })
             .collect();
         let mut results = Vec::new();
-        write_batch(&target, &mut batch, &mut results);
+        let span = write_batch(&target, &mut batch, &mut results);
+        assert_eq!(span, Some((0, 3 * 4096)), "the span the writes covered");
         assert_eq!(
             batch.iter().map(Job::offset).collect::<Vec<_>>(),
             [0, 4096, 8192]
