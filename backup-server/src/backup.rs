@@ -131,6 +131,7 @@ pub async fn backup(
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     let (file, size_bytes) = open_source(source)?;
+    crate::os::will_read_sequentially(&file);
     let chunk_count = options.chunk_size.chunk_count(size_bytes);
     let chunks = vec![ChunkRef::Zero; chunk_len(chunk_count)?];
     let plan = Plan {
