@@ -62,9 +62,18 @@ sync "$IMG"
 echo "image: $SIZE_MIB MiB of random data, $RUNS runs each, in $WORK"
 
 cp_s=$(time_runs "rm -f $WORK/copy.raw" "cp $IMG $WORK/copy.raw")
-cp_sync_s=$(time_runs "rm -f $WORK/copy.raw" "cp $IMG $WORK/copy.raw && sync $WORK/copy.raw")
-rm -f "$WORK/copy.raw"
-first_s=$(time_runs "rm -rf $WORK/store; sync" "$BIN backup $IMG --store $WORK/store --volume bench")
+# cp + fsync and the first backup in turn, round by round, so a machine shared with other
+# work slows each alike.
+once() { local t0; t0=$(now); eval "$1" >/dev/null; echo "$(now) - $t0" | bc -l; }
+cp_sync_all=(); first_all=()
+for _ in $(seq "$RUNS"); do
+    rm -f "$WORK/copy.raw"; sync
+    cp_sync_all+=("$(once "cp $IMG $WORK/copy.raw && sync $WORK/copy.raw")")
+    rm -f "$WORK/copy.raw"; rm -rf "$WORK/store"; sync
+    first_all+=("$(once "$BIN backup $IMG --store $WORK/store --volume bench")")
+done
+cp_sync_s=$(printf '%s\n' "${cp_sync_all[@]}" | median)
+first_s=$(printf '%s\n' "${first_all[@]}" | median)
 again_s=$(time_runs ":" "$BIN backup $IMG --store $WORK/store --volume bench")
 
 echo "cp:               ${cp_s}s ($(rate "$cp_s") MiB/s)"

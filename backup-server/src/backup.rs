@@ -36,6 +36,10 @@ use crate::store::{ChunkCheck, ChunkStore, PutOutcome};
 /// store writes wait; memory use is this times the chunk size (at most 128 MiB).
 pub const IN_FLIGHT_CHUNKS: usize = 16;
 
+/// New chunks whose files are fsynced together in the background while the backup goes
+/// on (their directories wait for the end: one fsync each, however many chunks).
+const SYNC_BATCH_CHUNKS: usize = 64;
+
 /// How to back up.
 #[derive(Clone, Debug)]
 pub struct BackupOptions {
@@ -127,6 +131,7 @@ pub async fn backup(
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     let (file, size_bytes) = open_source(source)?;
+    crate::os::will_read_sequentially(&file);
     let chunk_count = options.chunk_size.chunk_count(size_bytes);
     let chunks = vec![ChunkRef::Zero; chunk_len(chunk_count)?];
     let plan = Plan {
@@ -136,6 +141,7 @@ pub async fn backup(
         unread_zero: 0,
         unread_data: 0,
         incremental_from: None,
+        base: None,
     };
     run(store, source, file, size_bytes, options, plan, started).await
 }
@@ -176,6 +182,16 @@ pub(crate) struct Plan {
     pub unread_data: u64,
     /// The version the unread chunks come from (incremental), for the summary.
     pub incremental_from: Option<u32>,
+    /// That version's index as stored (incremental), looked at again once the unread
+    /// chunks are announced.
+    pub base: Option<BaseIndex>,
+}
+
+/// The stored index an incremental backup takes its unread chunks from.
+pub(crate) struct BaseIndex {
+    pub volume: VolumeName,
+    pub version: u32,
+    pub index_bytes: Bytes,
 }
 
 /// The pipeline both kinds of backup run: reads, hashes and stores the planned chunks,
@@ -210,8 +226,16 @@ pub(crate) async fn run(
 }
 
 /// Announces the stored chunks a plan takes without reading them (an incremental
-/// backup's unchanged chunks, named by its base version). One that a running gc
-/// condemned must still exist once that gc ends, else the base lost it under us.
+/// backup's unchanged chunks, named by its base version), then makes sure no gc can
+/// have deleted one of them.
+///
+/// Why one look at the base index suffices rather than one existence check per chunk:
+/// a gc deletes a chunk only if neither of its two looks at indexes and announcements
+/// found it referenced. The base index was there when the plan was made and is still
+/// there, byte for byte, after the announcement is visible; an index never comes back
+/// once forgotten, so it was there throughout. A gc whose look fell before the
+/// announcement saw the index; one whose look came after saw the announcement. Only a
+/// chunk a running gc had already condemned needs its own check, after that gc ends.
 async fn announce_unread(
     store: &ChunkStore,
     marks: &Announcer,
@@ -229,20 +253,28 @@ async fn announce_unread(
             _ => None,
         })
         .collect();
-    // One announcement for all of them, then one existence check each (in parallel): a
-    // gc that condemned one must have ended, and the chunk must still be there.
-    for hash in marks.announce_all(unread.clone()).await? {
+    // One announcement for all of them; a gc that condemned one must have ended, and
+    // the chunk must still be there.
+    for hash in marks.announce_all(unread).await? {
         marks.wait_for_gc(&hash).await?;
-    }
-    let mut checks = futures::stream::iter(unread)
-        .map(|hash| async move { (hash, store.has_chunk(&hash).await) })
-        .buffer_unordered(32);
-    while let Some((hash, has)) = checks.next().await {
-        if !has? {
+        if !store.has_chunk(&hash).await? {
             return Err(BackupError::Internal(format!(
                 "chunk {hash} of the base version was deleted by a gc while this backup \
                  started; back up again (in full)"
             )));
+        }
+    }
+    if let Some(base) = &plan.base {
+        match store.read_index_bytes(&base.volume, base.version).await {
+            Ok(now) if now == base.index_bytes => {}
+            Ok(_) | Err(BackupError::VersionNotFound { .. }) => {
+                return Err(BackupError::Internal(format!(
+                    "version {} of {} was forgotten while this backup started; back up \
+                     again (in full)",
+                    base.version, base.volume
+                )))
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -282,6 +314,7 @@ async fn run_announcing(
         unread_zero,
         unread_data,
         incremental_from,
+        base: _,
     } = plan;
     debug_assert_eq!(read_count + unread_zero + unread_data, chunk_count);
     let mut summary = BackupSummary {
@@ -303,6 +336,10 @@ async fn run_announcing(
     // Chunks not read keep the base's entry: zero markers, or chunks stored before.
     progress.inc((unread_zero + unread_data) * chunk_size.bytes());
     let mut written = Vec::new();
+    // Files fsynced in the background while reading goes on, a batch at a time, so the
+    // wait before publishing is only for the last batch and the directories.
+    let mut syncing = tokio::task::JoinSet::new();
+    let mut unsynced = 0;
     let mut results = futures::stream::iter(read)
         .map(|i| {
             let (file, path, seen, store) = (
@@ -357,6 +394,12 @@ async fn run_announcing(
                 *slot = ChunkRef::Data(hash);
             }
         }
+        if written.len() - unsynced >= SYNC_BATCH_CHUNKS {
+            let batch = written[unsynced..].to_vec();
+            unsynced = written.len();
+            let store = store.clone();
+            syncing.spawn(async move { store.sync_chunk_files(&batch).await });
+        }
         progress.inc(len as u64);
     }
     drop(results);
@@ -365,8 +408,16 @@ async fn run_announcing(
         chunk_count
     );
 
-    // Durable before any index can name them (their writeback began as each was stored).
-    store.sync_chunks(written).await?;
+    // Durable before any index can name them (their writeback began as each was
+    // stored): the files of the last batch and every directory, together.
+    while let Some(synced) = syncing.join_next().await {
+        synced.map_err(|e| BackupError::Internal(e.to_string()))??;
+    }
+    let (files, dirs) = futures::join!(
+        store.sync_chunk_files(&written[unsynced..]),
+        store.sync_chunk_dirs(&written)
+    );
+    files.and(dirs)?;
     let index = Index {
         volume_size_bytes: size_bytes,
         chunk_size,
@@ -399,19 +450,22 @@ async fn back_up_chunk(
     marks: &Announcer,
 ) -> Result<Fate, BackupError> {
     let mut buf = pool.take(len);
-    let data =
-        tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf, offset).map(|()| buf))
-            .await
-            .map_err(|e| BackupError::Internal(e.to_string()))?
-            .map_err(|e| BackupError::Source {
-                path: path.to_owned(),
-                source: e,
-            })?;
-    let (data, hash) = crate::cpu::run(move || {
-        let hash = (!chunk::is_zero(&data)).then(|| ChunkHash::of(&data));
-        (data, hash)
+    // Read, zero check and hash on the thread that read: one hop instead of two per
+    // chunk (and no wait for a CPU-pool thread between them). At most
+    // IN_FLIGHT_CHUNKS such threads hash at once, so the cores are not oversubscribed
+    // by much.
+    let (data, hash) = tokio::task::spawn_blocking(move || {
+        file.read_exact_at(&mut buf, offset).map(|()| {
+            let hash = (!chunk::is_zero(&buf)).then(|| ChunkHash::of(&buf));
+            (buf, hash)
+        })
     })
-    .await?;
+    .await
+    .map_err(|e| BackupError::Internal(e.to_string()))?
+    .map_err(|e| BackupError::Source {
+        path: path.to_owned(),
+        source: e,
+    })?;
     let Some(hash) = hash else {
         pool.give(data);
         return Ok(Fate::Zero);
@@ -437,18 +491,20 @@ async fn back_up_chunk(
         }
         ChunkCheck::Damaged(reason) => Some(reason),
     };
-    let encoded = crate::cpu::run(move || chunk::encode(Bytes::from(data))).await?;
-    let stored = encoded.stored_len();
     if let Some(reason) = damage {
+        let encoded = crate::cpu::run(move || chunk::encode(Bytes::from(data))).await?;
+        let stored = encoded.stored_len();
         // The source's bytes hash to the chunk's name: they are the good copy.
         tracing::warn!(chunk = %hash, %reason, "backup: replacing a damaged chunk");
         store.replace_chunk(&hash, encoded).await?;
         return Ok(Fate::Repaired(hash, stored));
     }
-    Ok(match store.put_chunk(&hash, encoded).await? {
-        PutOutcome::Written => Fate::Written(hash, stored),
-        PutOutcome::AlreadyStored => Fate::Reused(hash),
-    })
+    Ok(
+        match store.encode_and_put(&hash, Bytes::from(data)).await? {
+            (PutOutcome::Written, stored) => Fate::Written(hash, stored),
+            (PutOutcome::AlreadyStored, _) => Fate::Reused(hash),
+        },
+    )
 }
 
 /// Chunk buffers for reuse. Chunks that need no storing (zero, or already stored: all
@@ -578,6 +634,62 @@ mod tests {
             &store.get_chunk(&last, 1000).await.unwrap()[..],
             &data[5 * 65536..]
         );
+    }
+
+    /// A plan that takes every chunk of version 1 unread, as an incremental backup with
+    /// nothing changed does.
+    async fn unread_plan(store: &ChunkStore, volume: &VolumeName) -> Plan {
+        let index_bytes = store.read_index_bytes(volume, 1).await.unwrap();
+        let index = Index::decode(&index_bytes).unwrap();
+        let zero = index
+            .chunks
+            .iter()
+            .filter(|c| **c == ChunkRef::Zero)
+            .count() as u64;
+        Plan {
+            unread_zero: zero,
+            unread_data: index.chunks.len() as u64 - zero,
+            chunks: index.chunks,
+            read: Box::new(std::iter::empty()),
+            read_count: 0,
+            incremental_from: Some(1),
+            base: Some(BaseIndex {
+                volume: volume.clone(),
+                version: 1,
+                index_bytes,
+            }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unread_chunks_count_only_while_their_base_index_is_still_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("store").to_str().unwrap(), true).unwrap();
+        let image = dir.path().join("img");
+        std::fs::write(&image, vec![3u8; 3 * 65536]).unwrap();
+        let opts = options("vol");
+        backup(&store, &image, &opts).await.unwrap();
+        let run_plan = |plan| {
+            let (file, size) = open_source(&image).unwrap();
+            run(&store, &image, file, size, &opts, plan, Instant::now())
+        };
+
+        // The base still there: a new version naming its chunks, nothing read.
+        let again = run_plan(unread_plan(&store, &opts.volume).await)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.version, again.read_bytes, again.reused_chunks),
+            (2, 0, 3)
+        );
+
+        // Forgotten after the plan was made (a gc may then have taken its chunks): no
+        // version is published.
+        let plan = unread_plan(&store, &opts.volume).await;
+        std::fs::remove_file(dir.path().join("store/volumes/vol/versions/00000001.idx")).unwrap();
+        let err = run_plan(plan).await.unwrap_err();
+        assert!(err.to_string().contains("forgotten"), "{err}");
+        assert_eq!(store.versions(&opts.volume).await.unwrap(), vec![2]);
     }
 
     #[tokio::test]

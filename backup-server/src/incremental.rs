@@ -11,10 +11,10 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::backup::{chunk_len, open_source, run, BackupOptions, BackupSummary, Plan};
+use crate::backup::{chunk_len, open_source, run, BackupOptions, BackupSummary, BaseIndex, Plan};
 use crate::error::BackupError;
-use crate::index::ChunkRef;
-use crate::store::ChunkStore;
+use crate::index::{ChunkRef, Index};
+use crate::store::{version_path, ChunkStore};
 
 /// What changed since which version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,13 +102,17 @@ pub async fn backup_changes(
 ) -> Result<BackupSummary, IncrementalError> {
     let started = Instant::now();
     let version = changes.base_version;
-    let base = match store.read_index(&options.volume, version).await {
-        Ok(index) => index,
+    let index_bytes = match store.read_index_bytes(&options.volume, version).await {
+        Ok(bytes) => bytes,
         Err(BackupError::VersionNotFound { .. }) => {
             return Err(IncrementalError::Base(BaseError::Missing { version }))
         }
         Err(e) => return Err(e.into()),
     };
+    let base = Index::decode(&index_bytes).map_err(|source| BackupError::Index {
+        path: version_path(&options.volume, version).to_string(),
+        source,
+    })?;
     let checksum = base
         .checksum()
         .map_err(|e| BackupError::Internal(e.to_string()))?;
@@ -152,6 +156,11 @@ pub async fn backup_changes(
         unread_zero,
         unread_data,
         incremental_from: Some(version),
+        base: Some(BaseIndex {
+            volume: options.volume.clone(),
+            version,
+            index_bytes,
+        }),
     };
     Ok(run(store, source, file, size_bytes, options, plan, started).await?)
 }

@@ -30,6 +30,7 @@ pub mod incremental;
 pub mod index;
 pub mod journal;
 pub mod keep;
+mod local_chunk;
 pub mod location;
 pub mod marks;
 pub mod name;

@@ -44,6 +44,20 @@ pub(crate) fn start_writeback(file: &File) {
     }
 }
 
+/// Tells the kernel `file` is about to be read from start to end once
+/// (`POSIX_FADV_SEQUENTIAL`: a larger readahead window), so reads of a cold source find
+/// their data already on its way. Only a hint; Windows has no counterpart worth calling.
+pub(crate) fn will_read_sequentially(file: &File) {
+    #[cfg(unix)]
+    {
+        let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
+    }
+    #[cfg(windows)]
+    {
+        let _ = file;
+    }
+}
+
 /// Completes on SIGTERM (Unix); never on Windows, where Ctrl-C is the only signal.
 pub(crate) async fn terminated() {
     #[cfg(unix)]

@@ -10,8 +10,9 @@
 //! Nothing is ever overwritten. Chunks and indexes are written with put-if-not-exists
 //! (`PutMode::Create`): a local store writes a temporary file and hard-links it into
 //! place, an object store commits the object whole, so a half-written object is never
-//! visible under its name. A local store also fsyncs each new chunk, then the
-//! directories, before the index that names them is published, and the index after.
+//! visible under its name. A local store also fsyncs each new chunk and the
+//! directories holding them (all at once) before the index that names them is
+//! published, and the index after.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -28,8 +29,9 @@ use crate::index::Index;
 use crate::location::StoreLocation;
 use crate::name::{VolumeName, MAX_VERSION, VERSION_DIGITS};
 
-/// Files fsynced at once before a publish.
-const SYNC_IN_FLIGHT: usize = 16;
+/// Files and directories fsynced at once before a publish: enough that most share one
+/// journal commit.
+const SYNC_IN_FLIGHT: usize = 64;
 /// How many version numbers one publish tries before giving up under contention.
 const MAX_PUBLISH_ATTEMPTS: u32 = 64;
 
@@ -160,20 +162,34 @@ impl ChunkStore {
         verify: bool,
     ) -> Result<ChunkCheck, BackupError> {
         let path = hash.path();
-        let size = match self.objects.head(&path).await {
-            Ok(meta) => meta.size,
-            Err(object_store::Error::NotFound { .. }) => return Ok(ChunkCheck::Missing),
-            Err(e) => return Err(BackupError::store(&path, e)),
-        };
-        let encoding = if size == 0 {
-            None
-        } else {
-            self.objects
-                .get_range(&path, 0..1)
+        let (size, encoding) = if let Some(root) = &self.local_root {
+            // Size and first byte in one blocking call (a re-backup asks for every chunk).
+            let file = root.join(path.as_ref());
+            match tokio::task::spawn_blocking(move || crate::local_chunk::head(&file))
                 .await
-                .map_err(|e| BackupError::store(&path, e))?
-                .first()
-                .copied()
+                .map_err(|e| BackupError::Internal(e.to_string()))?
+            {
+                Ok(Some(found)) => found,
+                Ok(None) => return Ok(ChunkCheck::Missing),
+                Err(e) => return Err(local_error(&path, e)),
+            }
+        } else {
+            let size = match self.objects.head(&path).await {
+                Ok(meta) => meta.size,
+                Err(object_store::Error::NotFound { .. }) => return Ok(ChunkCheck::Missing),
+                Err(e) => return Err(BackupError::store(&path, e)),
+            };
+            let encoding = if size == 0 {
+                None
+            } else {
+                self.objects
+                    .get_range(&path, 0..1)
+                    .await
+                    .map_err(|e| BackupError::store(&path, e))?
+                    .first()
+                    .copied()
+            };
+            (size, encoding)
         };
         let plausible = match encoding {
             Some(chunk::ENCODING_RAW) => size == len as u64 + 1,
@@ -235,6 +251,28 @@ impl ChunkStore {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyStored),
             Err(e) => Err(BackupError::store(&path, e)),
         }
+    }
+
+    /// Encode a chunk's bytes (see [`chunk::encode`]) and store them under `hash` unless
+    /// present; what happened and the stored size in bytes. A local store does it all in
+    /// one blocking call ([`crate::local_chunk`]); an object store compresses on the CPU
+    /// pool and puts.
+    pub async fn encode_and_put(
+        &self,
+        hash: &ChunkHash,
+        data: Bytes,
+    ) -> Result<(PutOutcome, u64), BackupError> {
+        let Some(root) = &self.local_root else {
+            let encoded = crate::cpu::run(move || chunk::encode(data)).await?;
+            let stored = encoded.stored_len();
+            return Ok((self.put_chunk(hash, encoded).await?, stored));
+        };
+        let path = hash.path();
+        let file = root.join(path.as_ref());
+        tokio::task::spawn_blocking(move || crate::local_chunk::put(&file, data))
+            .await
+            .map_err(|e| BackupError::Internal(e.to_string()))?
+            .map_err(|e| local_error(&path, e))
     }
 
     /// Fetch chunk `hash`, expected to be `expected_len` bytes, verified against its name.
@@ -357,7 +395,10 @@ impl ChunkStore {
             source,
         })?;
         let payload = PutPayload::from(Bytes::from(encoded));
-        let mut next = self.latest_version(volume).await?.unwrap_or(0);
+        // The newest version when the backup began is the first guess (no listing); the
+        // first number found taken sends us to the newest there is now.
+        let mut next = index.parent_version;
+        let mut listed = false;
         for _ in 0..MAX_PUBLISH_ATTEMPTS {
             next = next
                 .checked_add(1)
@@ -373,10 +414,7 @@ impl ChunkStore {
                     // Published: the version is visible from here on, so the backup has
                     // succeeded. A failed fsync is reported, not turned into a failure
                     // a script would retry (and so publish the volume twice).
-                    let synced = match self.sync_file(&path).await {
-                        Ok(()) => self.sync_dirs([path]).await,
-                        Err(e) => Err(e),
-                    };
+                    let synced = self.sync_all(&[path], true, true).await;
                     if let Err(e) = synced {
                         tracing::error!(%volume, version = next, %e, "version published, but making it durable failed; it may not survive a power loss");
                     }
@@ -384,6 +422,10 @@ impl ChunkStore {
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {
                     tracing::debug!(%volume, version = next, "version taken by a concurrent backup, trying the next");
+                    if !listed {
+                        listed = true;
+                        next = next.max(self.latest_version(volume).await?.unwrap_or(0));
+                    }
                 }
                 Err(e) => return Err(BackupError::store(&path, e)),
             }
@@ -394,19 +436,32 @@ impl ChunkStore {
         })
     }
 
-    /// Make newly written chunks durable (local stores only): fsync each file, several
-    /// at once so the file system can batch its journal commits, then their directories.
-    /// Call before publishing an index that names them.
+    /// Make newly written chunks durable (local stores only): fsync each file and the
+    /// directories holding them, all at once. Call before publishing an index that
+    /// names them.
+    ///
+    /// Why all at once: each fsync that finds the journal already committed still sends
+    /// the device a cache flush of its own (milliseconds on most disks), while fsyncs
+    /// in flight together share one journal commit and its flush. Order among them
+    /// does not matter: the entries are in place already, and the only rule is that
+    /// all of them are durable before the index that names the chunks is published.
     pub async fn sync_chunks(&self, hashes: Vec<ChunkHash>) -> Result<(), BackupError> {
-        if self.local_root.is_none() {
-            return Ok(());
-        }
         let paths: Vec<Path> = hashes.iter().map(ChunkHash::path).collect();
-        futures::stream::iter(paths.iter().map(|p| self.sync_file(p)))
-            .buffer_unordered(SYNC_IN_FLIGHT)
-            .try_collect::<()>()
-            .await?;
-        self.sync_dirs(paths).await
+        self.sync_all(&paths, true, true).await
+    }
+
+    /// The first half of [`ChunkStore::sync_chunks`], for a backup to overlap with its
+    /// reading: fsync the chunks' files (not their directories) now.
+    pub async fn sync_chunk_files(&self, hashes: &[ChunkHash]) -> Result<(), BackupError> {
+        let paths: Vec<Path> = hashes.iter().map(ChunkHash::path).collect();
+        self.sync_all(&paths, true, false).await
+    }
+
+    /// The second half: fsync the directories holding the chunks (whose files
+    /// [`ChunkStore::sync_chunk_files`] synced).
+    pub async fn sync_chunk_dirs(&self, hashes: &[ChunkHash]) -> Result<(), BackupError> {
+        let paths: Vec<Path> = hashes.iter().map(ChunkHash::path).collect();
+        self.sync_all(&paths, false, true).await
     }
 
     /// Ask the kernel to start writing a new local file out now (without waiting), so
@@ -424,42 +479,40 @@ impl ChunkStore {
         .await;
     }
 
-    /// fsync one object's file (local stores only).
-    async fn sync_file(&self, path: &Path) -> Result<(), BackupError> {
+    /// fsync `paths` themselves when `files`, and when `dirs` the directories holding
+    /// them and their parents up to the root, [`SYNC_IN_FLIGHT`] at a time (see
+    /// [`ChunkStore::sync_chunks`] for why together). Local stores only.
+    async fn sync_all(&self, paths: &[Path], files: bool, dirs: bool) -> Result<(), BackupError> {
         let Some(root) = &self.local_root else {
             return Ok(());
         };
-        let file = root.join(path.as_ref());
-        tokio::task::spawn_blocking(move || {
-            crate::os::sync_file(&file).map_err(|source| BackupError::Sync { path: file, source })
-        })
-        .await
-        .map_err(|e| BackupError::Internal(e.to_string()))?
-    }
-
-    /// fsync the directories holding `paths` and their parents up to the root (local only).
-    async fn sync_dirs(&self, paths: impl IntoIterator<Item = Path>) -> Result<(), BackupError> {
-        let Some(root) = &self.local_root else {
-            return Ok(());
-        };
-        let mut dirs = BTreeSet::new();
-        for path in paths {
+        let mut parents = BTreeSet::new();
+        for path in paths.iter().filter(|_| dirs) {
             let mut dir = root.join(path.as_ref());
             while dir.pop() && dir.starts_with(root) {
-                dirs.insert(dir.clone());
+                parents.insert(dir.clone());
             }
         }
-        tokio::task::spawn_blocking(move || {
-            // Deepest first, so each parent is synced after the entries it gained.
-            dirs.iter().rev().try_for_each(|dir| {
-                crate::os::sync_dir(dir).map_err(|source| BackupError::Sync {
-                    path: dir.clone(),
-                    source,
+        let mut targets: Vec<(PathBuf, bool)> = Vec::with_capacity(paths.len() + parents.len());
+        if files {
+            targets.extend(paths.iter().map(|p| (root.join(p.as_ref()), false)));
+        }
+        targets.extend(parents.into_iter().map(|d| (d, true)));
+        futures::stream::iter(targets)
+            .map(|(path, is_dir)| {
+                tokio::task::spawn_blocking(move || {
+                    let synced = if is_dir {
+                        crate::os::sync_dir(&path)
+                    } else {
+                        crate::os::sync_file(&path)
+                    };
+                    synced.map_err(|source| BackupError::Sync { path, source })
                 })
             })
-        })
-        .await
-        .map_err(|e| BackupError::Internal(e.to_string()))?
+            .buffer_unordered(SYNC_IN_FLIGHT)
+            .map(|joined| joined.map_err(|e| BackupError::Internal(e.to_string()))?)
+            .try_collect::<()>()
+            .await
     }
 }
 
@@ -525,8 +578,7 @@ impl ChunkStore {
             .await
         {
             Ok(_) => {
-                self.sync_file(&path).await?;
-                self.sync_dirs([path]).await?;
+                self.sync_all(&[path], true, true).await?;
                 Ok(id)
             }
             Err(object_store::Error::AlreadyExists { .. }) => {
@@ -610,10 +662,18 @@ impl ChunkStore {
             }
             Err(e) => return Err(BackupError::store(&path, e)),
         };
-        self.sync_file(&path).await?;
-        self.sync_dirs([path]).await?;
+        self.sync_all(&[path], true, true).await?;
         Ok(outcome)
     }
+}
+
+/// A local store's I/O error, as the object store's own would read.
+fn local_error(path: &Path, e: std::io::Error) -> BackupError {
+    let source = object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(e),
+    };
+    BackupError::store(path, source)
 }
 
 fn versions_dir(volume: &VolumeName) -> Path {
