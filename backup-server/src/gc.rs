@@ -89,25 +89,11 @@ struct References {
 impl References {
     /// Read every index and every live announcement not read yet.
     async fn update(&mut self, store: &ChunkStore, expiry: Duration) -> Result<(), BackupError> {
-        for volume in store.volumes().await? {
-            for version in store.versions(&volume).await? {
-                let path = crate::store::version_path(&volume, version);
-                if !self.indexes_read.insert(path) {
-                    continue;
-                }
-                match store.read_index(&volume, version).await {
-                    Ok(index) => self
-                        .chunks
-                        .extend(index.chunks.iter().filter_map(|c| match c {
-                            ChunkRef::Data(h) => Some(*h),
-                            ChunkRef::Zero => None,
-                        })),
-                    // Forgotten since it was listed: it references nothing any more.
-                    Err(BackupError::VersionNotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        // Announcements first, then indexes. A backup withdraws its announcements
+        // only after its index is published, so a chunk it announced is seen either
+        // here or in an index listed below. The other order has a hole: an index
+        // published just after the indexes were listed, its announcements withdrawn
+        // just before they are, and the chunk seen in neither.
         let objects = store.objects();
         let root = marks::pending_root();
         let listed: Vec<ObjectMeta> = objects
@@ -143,6 +129,25 @@ impl References {
                 if let Some(hashes) = marks::read(&**objects, &meta.location, PENDING_MAGIC).await?
                 {
                     self.chunks.extend(hashes);
+                }
+            }
+        }
+        for volume in store.volumes().await? {
+            for version in store.versions(&volume).await? {
+                let path = crate::store::version_path(&volume, version);
+                if !self.indexes_read.insert(path) {
+                    continue;
+                }
+                match store.read_index(&volume, version).await {
+                    Ok(index) => self
+                        .chunks
+                        .extend(index.chunks.iter().filter_map(|c| match c {
+                            ChunkRef::Data(h) => Some(*h),
+                            ChunkRef::Zero => None,
+                        })),
+                    // Forgotten since it was listed: it references nothing any more.
+                    Err(BackupError::VersionNotFound { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }

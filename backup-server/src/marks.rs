@@ -11,9 +11,12 @@
 //!   the store has the chunk, then reads `gc/condemned`; if a running gc condemned the
 //!   chunk, the backup waits for that gc to end and checks again (storing the chunk if
 //!   it is gone). It deletes its `pending/ID/` objects after publishing its index.
-//! - `gc` lists chunks, indexes and live pending hashes, writes the unreferenced chunks
-//!   to `gc/condemned` (create-if-not-exists: one gc at a time), lists indexes and
-//!   pending hashes *again*, and deletes only the condemned chunks still unreferenced.
+//! - `gc` lists chunks, live pending hashes and indexes, writes the unreferenced chunks
+//!   to `gc/condemned` (create-if-not-exists: one gc at a time), lists pending hashes
+//!   and indexes *again*, and deletes only the condemned chunks still unreferenced.
+//!   Pending hashes are listed before indexes each time: a backup deletes its pending
+//!   objects only after publishing its index, so what a listing of pending objects
+//!   misses, the later listing of indexes finds.
 //!
 //! Either the backup's announcement came before gc's second listing (gc sees it and
 //! spares the chunk) or after gc's condemned list was written (the backup sees the

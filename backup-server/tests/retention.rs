@@ -202,6 +202,72 @@ fn gc_racing_backups_never_deletes_a_chunk_a_version_names() {
     }
 }
 
+/// The window the jittery race finds only by luck, forced: a backup announces a chunk
+/// just after gc first read the announcements (so gc condemns it), then publishes its
+/// index and withdraws the announcement while gc takes its final look. gc must still
+/// see the chunk referenced: its final look reads the announcements before the indexes,
+/// and a backup withdraws only after publishing.
+#[test]
+fn a_backup_publishing_during_gcs_final_look_keeps_the_chunk_it_announced() {
+    use object_store::ObjectStore;
+    use rehydrate_backup::index::{ChunkRef, Index};
+    use rehydrate_backup::marks::{encode, pending_root, PENDING_MAGIC};
+    use rehydrate_backup::{ChunkHash, ChunkSize, ChunkStore, VolumeName};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap());
+    // An orphan chunk (its versions forgotten) that the backup reuses.
+    let reused = ChunkHash::of(b"a chunk the backup finds already stored");
+    rt.block_on(local.put(&reused.path(), bytes::Bytes::from_static(b"x").into()))
+        .unwrap();
+    let announcement = pending_root().child("backup-b").child("00000001");
+    let index = Index {
+        volume_size_bytes: 64 << 10,
+        chunk_size: "64KiB".parse::<ChunkSize>().unwrap(),
+        parent_version: 0,
+        created_unix_secs: 0,
+        chunks: vec![ChunkRef::Data(reused)],
+    }
+    .encode()
+    .unwrap();
+    let volume = VolumeName::new("w").unwrap();
+    let objects = gc_race::Jittery::new(Arc::clone(&local), 1, 1)
+        .with_hook(gc_race::Hook {
+            prefix: "pending",
+            nth: 1,
+            puts: vec![(
+                announcement.clone(),
+                bytes::Bytes::from(encode(PENDING_MAGIC, &[reused])),
+            )],
+            deletes: vec![],
+        })
+        .with_hook(gc_race::Hook {
+            prefix: "volumes",
+            nth: 2,
+            puts: vec![(
+                rehydrate_backup::store::version_path(&volume, 1),
+                bytes::Bytes::from(index),
+            )],
+            deletes: vec![announcement],
+        });
+    let store = ChunkStore::from_object_store(Arc::new(objects), "hooked");
+    rt.block_on(rehydrate_backup::gc::gc(
+        &store,
+        false,
+        Duration::from_secs(3600),
+        &mut |_| {},
+    ))
+    .unwrap();
+    assert!(
+        root.join(reused.path().as_ref()).exists(),
+        "gc deleted the chunk that w@1, published during its final look, names"
+    );
+}
+
 /// A killed backup's announced chunks survive gc until its announcements expire; then
 /// gc deletes them and the announcements.
 #[test]

@@ -45,6 +45,45 @@ pub struct Jittery {
     inner: Arc<dyn ObjectStore>,
     rng: Mutex<Rng>,
     max_delay_us: u64,
+    hooks: Arc<Mutex<Vec<Hook>>>,
+}
+
+/// Store operations done by somebody else right after the `nth` listing (from 1) of
+/// `prefix` returned: another process acting in that precise window.
+pub struct Hook {
+    pub prefix: &'static str,
+    pub nth: usize,
+    pub puts: Vec<(Path, Bytes)>,
+    pub deletes: Vec<Path>,
+}
+
+/// Runs the hooks due now that a listing of `prefix` returned.
+async fn run_hooks(inner: &Arc<dyn ObjectStore>, hooks: &Mutex<Vec<Hook>>, prefix: Option<&Path>) {
+    let listed = prefix.map(Path::as_ref).unwrap_or_default().to_owned();
+    let due: Vec<Hook> = {
+        let mut hooks = hooks.lock().unwrap();
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < hooks.len() {
+            if hooks[i].prefix == listed {
+                hooks[i].nth -= 1;
+                if hooks[i].nth == 0 {
+                    due.push(hooks.remove(i));
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        due
+    };
+    for hook in due {
+        for (path, bytes) in hook.puts {
+            inner.put(&path, bytes.into()).await.unwrap();
+        }
+        for path in hook.deletes {
+            inner.delete(&path).await.unwrap();
+        }
+    }
 }
 
 impl Jittery {
@@ -53,7 +92,14 @@ impl Jittery {
             inner,
             rng: Mutex::new(Rng::new(seed)),
             max_delay_us,
+            hooks: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Runs `hook` when its listing returns.
+    pub fn with_hook(self, hook: Hook) -> Self {
+        self.hooks.lock().unwrap().push(hook);
+        self
     }
 
     fn delay(&self) -> Duration {
@@ -110,16 +156,25 @@ impl ObjectStore for Jittery {
     }
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         let (delay, listed) = (self.delay(), self.inner.list(prefix));
+        let (inner, hooks, prefix) = (
+            Arc::clone(&self.inner),
+            Arc::clone(&self.hooks),
+            prefix.cloned(),
+        );
         futures::stream::once(async move {
             tokio::time::sleep(delay).await;
-            listed
+            let all: Vec<Result<ObjectMeta>> = listed.collect().await;
+            run_hooks(&inner, &hooks, prefix.as_ref()).await;
+            futures::stream::iter(all)
         })
         .flatten()
         .boxed()
     }
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         self.pause().await;
-        self.inner.list_with_delimiter(prefix).await
+        let listed = self.inner.list_with_delimiter(prefix).await;
+        run_hooks(&self.inner, &self.hooks, prefix).await;
+        listed
     }
     async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
         self.pause().await;
