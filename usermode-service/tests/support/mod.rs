@@ -18,7 +18,20 @@ pub fn rehydrate(args: &[&str]) -> Command {
 
 /// Runs `rehydrate ARGS` to the end.
 pub fn run(args: &[&str]) -> Output {
-    rehydrate(args).output().expect("run rehydrate")
+    // Under wine (the Windows run of these tests) starting a process fails now and then
+    // on a loaded machine (ERROR_INTERNAL_ERROR from CreateProcess). Such a process
+    // never ran, so starting it again tests the same thing; an error that lasts is
+    // still reported.
+    let attempts = if cfg!(windows) { 3 } else { 1 };
+    let mut last = None;
+    for attempt in 0..attempts {
+        match rehydrate(args).output() {
+            Ok(out) => return out,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(200 * (attempt + 1)));
+    }
+    panic!("run rehydrate: {}", last.expect("at least one attempt"))
 }
 
 pub fn text(bytes: &[u8]) -> String {
