@@ -187,7 +187,7 @@ mod tests {
         };
         assert_eq!(
             (a.region_size, a.fetch_size, a.in_flight),
-            (64 << 10, 2 << 20, 8)
+            (64 << 10, 2 << 20, 4)
         );
         assert_eq!(
             a.metadata_path(),
