@@ -44,3 +44,23 @@ fn a_long_faulty_run_keeps_every_rule() {
     );
     assert!(totals.drops > 5 && totals.fetches > 20, "{totals:?}");
 }
+
+/// Frames lost last in a session, with none after them to show the loss: the harness
+/// waited for ever on these (the link's idle timeout must end such a session).
+#[test]
+fn frames_lost_last_in_a_session_end_it() {
+    for (seed, regions, steps, items) in [
+        (5_734_929_463_473_644_843, 3, 69, 3),
+        (4_566_130_726_330_536_027, 3, 103, 1),
+    ] {
+        let cfg = HarnessConfig {
+            regions,
+            steps,
+            faults: true,
+            dr_items_in_flight_max: items,
+        };
+        if let Err(v) = run(seed, cfg) {
+            panic!("seed {seed} {cfg:?}: {v:?}");
+        }
+    }
+}

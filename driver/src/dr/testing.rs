@@ -738,6 +738,12 @@ impl World {
                 && self.d_dev.is_empty()
                 && self.to_dr.is_empty()
                 && self.to_p.is_empty();
+            if drained && self.link_up && self.lost_in_session {
+                // The last frames of the session were lost and none followed to show
+                // it: the link's idle timeout ends the session, as a real link's does.
+                self.cut();
+                continue;
+            }
             if drained && self.primary.is_synced() && self.p_meta.is_full() {
                 if whole.is_none() {
                     // A whole-volume read once everything is there.
