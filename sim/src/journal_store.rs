@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use rehydrate_backup::journal::format::{Kind, RECORD_CHECKSUM_AT, RECORD_HEADER_BYTES};
+use rehydrate_backup::journal::format::{RECORD_CHECKSUM_AT, RECORD_HEADER_BYTES};
 use rehydrate_backup::journal::map::{PointMap, Source};
 use rehydrate_backup::journal::writer::{JournalBase, JournalWriter};
 use rehydrate_backup::journal::Journal;
@@ -146,27 +146,10 @@ impl DiskJournal {
         point: u64,
         sectors: u64,
     ) -> Result<Vec<Restored>, String> {
-        if journal.point(point).is_none() {
+        if journal.point(point).is_none() || !epoch.contains(&point) {
             return Err(format!("the journal on disk does not list point {point}"));
         }
-        let mut map = PointMap::default();
-        for (i, e) in journal.entries().iter().enumerate() {
-            if e.seq > point {
-                break;
-            }
-            if !epoch.contains(&e.seq) {
-                continue;
-            }
-            let source = match e.kind {
-                Kind::Write => Source::Data {
-                    segment: journal.entry_segment(i),
-                    at: e.payload_at,
-                },
-                Kind::Zero => Source::Zero,
-                _ => continue,
-            };
-            map.insert(e.offset..e.offset + e.len, source);
-        }
+        let map = PointMap::build_from(journal, epoch);
         let files = journal.files();
         let sector_bytes = crate::journal::SECTOR_BYTES as u64;
         let mut out = Vec::with_capacity(sectors as usize);

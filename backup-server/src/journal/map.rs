@@ -52,10 +52,19 @@ pub struct PointMap {
 impl PointMap {
     /// The map of point `seq` of `journal` (every data record up to it).
     pub fn build(journal: &Journal, seq: u64) -> PointMap {
+        PointMap::build_from(journal, 0..=seq)
+    }
+
+    /// The map of the data records of `journal` whose sequences lie in `seqs` (a point
+    /// over another base than the journal's first: the records since that base).
+    pub fn build_from(journal: &Journal, seqs: core::ops::RangeInclusive<u64>) -> PointMap {
         let mut map = PointMap::default();
         for (i, e) in journal.entries().iter().enumerate() {
-            if e.seq > seq {
+            if e.seq > *seqs.end() {
                 break;
+            }
+            if e.seq < *seqs.start() {
+                continue;
             }
             let source = match e.kind {
                 Kind::Write => Source::Data {
