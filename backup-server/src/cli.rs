@@ -52,6 +52,32 @@ pub struct BackupCommand {
     pub verify: bool,
 }
 
+/// The server side of TLS, as `serve` and `receive` take it.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsServerArgs {
+    /// Use TLS with this certificate (chain, PEM); TLS is then required of every client.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept only clients presenting a certificate this CA signed (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsServerArgs {
+    /// The TLS settings the flags ask for, if any.
+    pub fn server_tls(&self) -> Result<Option<rehydrate_nbd::ServerTls>, BackupError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        rehydrate_nbd::ServerTls::from_pem_files(cert, key, self.tls_client_ca.as_deref())
+            .map(Some)
+            .map_err(BackupError::Tls)
+    }
+}
+
 /// Serve every volume version in a store, read-only, over NBD.
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
@@ -64,17 +90,10 @@ pub struct ServeArgs {
     /// Size of the decompressed-chunk cache shared by all connections.
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size_arg)]
     pub cache_size: u64,
-    /// Serve over TLS with this certificate (chain, PEM); TLS is then required of every
-    /// client (NBD_OPT_STARTTLS before anything else).
-    #[arg(long, value_name = "PEM", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Require a client certificate signed by this CA (PEM); its common name (CN) is
-    /// the client's identity for --allow.
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
+    /// TLS, required of every client when given (NBD_OPT_STARTTLS before anything else);
+    /// a client certificate's common name (CN) is its identity for --allow.
+    #[command(flatten)]
+    pub tls: TlsServerArgs,
     /// Let clients whose certificate CN is CLIENT-CN (`*`: any) read the volumes matching
     /// NAME-GLOB (`*`, `?`). Repeatable; without any, every trusted client reads all.
     #[arg(
@@ -182,14 +201,13 @@ pub async fn run_serve(args: ServeArgs) -> Result<(), BackupError> {
     .await
 }
 
-/// The TLS settings `serve`'s flags ask for, if any.
+/// The TLS settings `serve`'s flags ask for, if any, with `--allow` deciding who reads
+/// what when client certificates are required.
 fn server_tls(args: &ServeArgs) -> Result<Option<rehydrate_nbd::ServerTls>, BackupError> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+    let Some(tls) = args.tls.server_tls()? else {
         return Ok(None);
     };
-    let tls = rehydrate_nbd::ServerTls::from_pem_files(cert, key, args.tls_client_ca.as_deref())
-        .map_err(BackupError::Tls)?;
-    Ok(Some(if args.tls_client_ca.is_some() {
+    Ok(Some(if args.tls.tls_client_ca.is_some() {
         tls.with_policy(Arc::new(AllowRules(args.allow.clone())))
     } else {
         tls

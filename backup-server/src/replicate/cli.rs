@@ -108,17 +108,10 @@ pub struct ReceiveArgs {
     /// The address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10810")]
     pub listen: String,
-    /// Receive over TLS with this certificate (chain, PEM); TLS is then required of
-    /// every sender.
-    #[arg(long, value_name = "PEM", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Accept only senders presenting a certificate this CA signed (PEM): who may send
-    /// versions into the store.
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
+    /// TLS, required of every sender when given; with --tls-client-ca only senders
+    /// presenting a certificate that CA signed may send versions into the store.
+    #[command(flatten)]
+    pub tls: crate::cli::TlsServerArgs,
 }
 
 fn parse_volume(s: &str) -> Result<VolumeName, String> {
@@ -232,14 +225,7 @@ impl ReplicateArgs {
 impl ReceiveArgs {
     /// Run `receive` until Ctrl-C or SIGTERM.
     pub async fn run(self) -> Result<(), BackupError> {
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                rehydrate_nbd::ServerTls::from_pem_files(cert, key, self.tls_client_ca.as_deref())
-                    .map_err(BackupError::Tls)?,
-            ),
-            _ => None,
-        };
-        run_receive(&self.store, &self.listen, tls).await
+        run_receive(&self.store, &self.listen, self.tls.server_tls()?).await
     }
 }
 
