@@ -276,6 +276,16 @@ fn dr() -> Secondary {
     Secondary::new(SecondaryConfig::new(geometry()), None, Bits::new(8), 0)
 }
 
+/// A DR site bound to [`binding`] that comes back with `present` at `generation`.
+fn bound_dr(present: Bits, generation: u64) -> Secondary {
+    Secondary::new(
+        SecondaryConfig::new(geometry()),
+        Some(binding()),
+        present,
+        generation,
+    )
+}
+
 fn item(seq: u64, body: ItemBody) -> Message {
     Message::Item(Item { seq, body })
 }
@@ -331,12 +341,7 @@ fn the_dr_refuses_a_gap_in_the_stream_and_bad_items() {
 fn a_read_waits_for_ready_then_fetches_and_is_served_after_the_data_lands() {
     let mut committed = Bits::new(8);
     committed.set(0);
-    let mut s = Secondary::new(
-        SecondaryConfig::new(geometry()),
-        Some(binding()),
-        committed,
-        3,
-    );
+    let mut s = bound_dr(committed, 3);
     // Region 0 is held from before a crash: not served until the primary spoke.
     let r = s.read(0, 8192).unwrap();
     assert_eq!(s.poll_action(), None);
@@ -393,12 +398,7 @@ fn a_read_waits_for_ready_then_fetches_and_is_served_after_the_data_lands() {
 
 #[test]
 fn dropping_regions_bumps_the_generation() {
-    let mut s = Secondary::new(
-        SecondaryConfig::new(geometry()),
-        Some(binding()),
-        Bits::full(8),
-        4,
-    );
+    let mut s = bound_dr(Bits::full(8), 4);
     s.attach(1, binding()).unwrap();
     s.received(item(1, ItemBody::Invalidate { first: 2, count: 1 }))
         .unwrap();
@@ -421,12 +421,7 @@ fn promotion_is_refused_while_regions_are_missing_unless_forced() {
 
 #[test]
 fn a_failed_replicated_write_drops_every_region_it_touched() {
-    let mut s = Secondary::new(
-        SecondaryConfig::new(geometry()),
-        Some(binding()),
-        Bits::full(8),
-        1,
-    );
+    let mut s = bound_dr(Bits::full(8), 1);
     s.attach(1, binding()).unwrap();
     s.received(item(1, ItemBody::Ready)).unwrap();
     // Three sectors across the border of regions 2 and 3.
