@@ -9,6 +9,11 @@
 #   nbdcopy null:      nbdcopy reading everything and writing nothing: what the network
 #                      path alone allows. The gap to it is what the restore costs above
 #                      moving the bytes (writing the file, making it durable, tracking).
+#   disk floor:        fio writing the image's data bytes (the holes left out) to a new
+#                      file sequentially, O_DIRECT, 4 MiB writes two at a time: what the
+#                      disk alone allows. A restore cannot end before its data is on
+#                      the disk, so on a fast network path this is its lower bound, and
+#                      that of nbdcopy + sync too.
 #
 # The image is random data with holes (16 MiB punched every 128 MiB, 1/8 of it), so
 # every tool can skip them through block status. The four commands run in turn, RUNS
@@ -20,7 +25,7 @@
 # REHYDRATE_BIN names a built `rehydrate` to measure instead of building this tree's
 # (to compare two builds under the same conditions).
 #
-# Needs qemu-utils (qemu-nbd, qemu-img), libnbd-bin (nbdcopy), util-linux (fallocate).
+# Needs qemu-utils (qemu-nbd, qemu-img), libnbd-bin (nbdcopy), util-linux (fallocate), fio.
 # TMPDIR picks where the image and the copies go (a disk measures the I/O, a tmpfs the
 # rest); it needs twice the largest size free.
 set -euo pipefail
@@ -29,7 +34,7 @@ runs=${1:-5}
 sizes=${2:-"1024 4096"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-for tool in qemu-nbd qemu-img nbdcopy fallocate python3; do
+for tool in qemu-nbd qemu-img nbdcopy fallocate fio python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
 done
 if [ -n "${REHYDRATE_BIN:-}" ]; then
@@ -58,12 +63,20 @@ restore() { rm -f "$work/out.rh" "$work/out.rh.rehydrate-meta"; secs "$rehydrate
 nbdcopy_sync() { local t; t=$(secs sh -c "nbdcopy '$url' '$work/out.nc' && sync '$work/out.nc'"); rm -f "$work/out.nc"; echo "$t"; }
 qemu_sync() { local t; t=$(secs sh -c "qemu-img convert -f raw -O raw '$url' '$work/out.qi' && sync '$work/out.qi'"); rm -f "$work/out.qi"; echo "$t"; }
 nbdcopy_null() { secs nbdcopy "$url" null:; }
+disk_floor() { # DATA_MIB
+    local t
+    t=$(secs fio --name=floor --filename="$work/out.floor" --rw=write --bs=4M --size="$1M" \
+        --direct=1 --ioengine=libaio --iodepth=2 --end_fsync=1)
+    rm -f "$work/out.floor"; echo "$t"
+}
 
 for size_mib in $sizes; do
     img=$work/image.raw
     head -c "$((size_mib << 20))" /dev/urandom >"$img"
+    data_mib=$size_mib
     for ((at = 64; at + 16 <= size_mib; at += 128)); do
         fallocate -p -o "$((at << 20))" -l "$((16 << 20))" "$img"
+        data_mib=$((data_mib - 16))
     done
     p=$(port)
     qemu-nbd --persistent --shared=16 -f raw -b 127.0.0.1 -p "$p" -x bench --read-only "$img" &
@@ -74,19 +87,20 @@ for size_mib in $sizes; do
     # One round unmeasured (page cache, connections), and the result checked.
     restore >/dev/null
     cmp "$img" "$work/out.rh" || { echo "bench: the restored image differs" >&2; exit 1; }
-    r=(); n=(); q=(); z=(); rn=(); rq=(); rz=()
+    r=(); n=(); q=(); z=(); f=(); rn=(); rq=(); rz=(); rf=()
     for ((i = 1; i <= runs; i++)); do
         r+=("$(restore)"); rm -f "$work/out.rh" "$work/out.rh.rehydrate-meta"
-        n+=("$(nbdcopy_sync)"); q+=("$(qemu_sync)"); z+=("$(nbdcopy_null)")
+        n+=("$(nbdcopy_sync)"); q+=("$(qemu_sync)"); z+=("$(nbdcopy_null)"); f+=("$(disk_floor "$data_mib")")
         rn+=("$(echo "${r[-1]} / ${n[-1]}" | bc -l)")
         rq+=("$(echo "${r[-1]} / ${q[-1]}" | bc -l)")
         rz+=("$(echo "${r[-1]} / ${z[-1]}" | bc -l)")
-        printf 'size %d MiB round %d: restore %.3fs  nbdcopy+sync %.3fs  qemu-img+sync %.3fs  nbdcopy null: %.3fs\n' \
-            "$size_mib" "$i" "${r[-1]}" "${n[-1]}" "${q[-1]}" "${z[-1]}"
+        rf+=("$(echo "${r[-1]} / ${f[-1]}" | bc -l)")
+        printf 'size %d MiB round %d: restore %.3fs  nbdcopy+sync %.3fs  qemu-img+sync %.3fs  nbdcopy null: %.3fs  disk floor %.3fs\n' \
+            "$size_mib" "$i" "${r[-1]}" "${n[-1]}" "${q[-1]}" "${z[-1]}" "${f[-1]}"
     done
     rm -f "$work/out.rh" "$work/out.rh.rehydrate-meta" "$work/out.nc" "$work/out.qi"
     kill "$server"; wait "$server" 2>/dev/null || true; server=""
-    printf 'bench: size_mib=%d runs=%d restore_secs=%.3f nbdcopy_sync_secs=%.3f qemu_img_sync_secs=%.3f nbdcopy_null_secs=%.3f ratio_vs_nbdcopy_sync=%.2f ratio_vs_qemu_img_sync=%.2f ratio_vs_nbdcopy_null=%.2f\n' \
-        "$size_mib" "$runs" "$(median "${r[@]}")" "$(median "${n[@]}")" "$(median "${q[@]}")" "$(median "${z[@]}")" \
-        "$(median "${rn[@]}")" "$(median "${rq[@]}")" "$(median "${rz[@]}")"
+    printf 'bench: size_mib=%d runs=%d restore_secs=%.3f nbdcopy_sync_secs=%.3f qemu_img_sync_secs=%.3f nbdcopy_null_secs=%.3f disk_floor_secs=%.3f ratio_vs_nbdcopy_sync=%.2f ratio_vs_qemu_img_sync=%.2f ratio_vs_nbdcopy_null=%.2f ratio_vs_disk_floor=%.2f\n' \
+        "$size_mib" "$runs" "$(median "${r[@]}")" "$(median "${n[@]}")" "$(median "${q[@]}")" "$(median "${z[@]}")" "$(median "${f[@]}")" \
+        "$(median "${rn[@]}")" "$(median "${rq[@]}")" "$(median "${rz[@]}")" "$(median "${rf[@]}")"
 done
