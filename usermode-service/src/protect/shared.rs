@@ -186,9 +186,47 @@ impl Protected {
         fua: bool,
     ) -> Result<(), ExportError> {
         let ticket = self.admit(offset, len, data.is_none()).await?;
+        let written = self.write_down(offset, len, data.as_ref(), fua).await;
+        let (done, in_gap) = {
+            let what = match &data {
+                Some(d) => WriteData::Bytes(d),
+                None => WriteData::Zeroes,
+            };
+            let mut capture = lock(&self.capture);
+            let done = capture.write_completed(ticket, what, written.is_ok(), now_unix_ns());
+            (done, capture.in_gap())
+        };
+        self.pump.wake();
+        // The read-back has work only in a gap (it also looks every RECHECK): waking it
+        // for every write costs a task switch per write.
+        if in_gap {
+            self.resync.notify_one();
+        }
+        written.map_err(ExportError::Io)?;
+        if let WriteDone::WhenDurable(seq) = done.map_err(capture_error)? {
+            self.wait_durable(seq).await?;
+        }
+        Ok(())
+    }
+
+    /// The write itself, on the target: in the page cache at once when that needs no
+    /// waiting ([`Target::write_at_now`]), else on a thread that may block. A hop to a
+    /// thread for every write cost most of a random 4 KiB write's time.
+    async fn write_down(
+        &self,
+        offset: u64,
+        len: u64,
+        data: Option<&Bytes>,
+        fua: bool,
+    ) -> std::io::Result<()> {
+        if let (Some(d), false) = (data, fua) {
+            if self.target.write_at_now(offset, d)? {
+                return Ok(());
+            }
+        }
         let target = Arc::clone(&self.target);
-        let payload = data.clone();
-        let written = tokio::task::spawn_blocking(move || {
+        let payload = data.cloned();
+        tokio::task::spawn_blocking(move || {
             match &payload {
                 Some(d) => target.write_at(offset, d),
                 None => target.zero(offset, len),
@@ -199,21 +237,7 @@ impl Protected {
             Ok::<(), std::io::Error>(())
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        let done = {
-            let what = match &data {
-                Some(d) => WriteData::Bytes(d),
-                None => WriteData::Zeroes,
-            };
-            lock(&self.capture).write_completed(ticket, what, written.is_ok(), now_unix_ns())
-        };
-        self.pump.wake();
-        self.resync.notify_one();
-        written.map_err(ExportError::Io)?;
-        if let WriteDone::WhenDurable(seq) = done.map_err(capture_error)? {
-            self.wait_durable(seq).await?;
-        }
-        Ok(())
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// Flushes the target; a completed flush makes a point (a mark with `label`): the
@@ -282,9 +306,17 @@ impl Protected {
 
     /// Reads `len` bytes at `offset` from the target.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, ExportError> {
+        // Cached data at once, as the live export does ([`Target::read_at_now`]).
+        let mut buf = vec![0u8; len as usize];
+        if self
+            .target
+            .read_at_now(offset, &mut buf)
+            .map_err(ExportError::Io)?
+        {
+            return Ok(Bytes::from(buf));
+        }
         let target = Arc::clone(&self.target);
         tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len as usize];
             target.read_at(offset, &mut buf).map(|()| Bytes::from(buf))
         })
         .await
