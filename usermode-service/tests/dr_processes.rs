@@ -324,3 +324,95 @@ fn a_dr_copy_refuses_another_primary_and_an_incomplete_copy_is_not_promoted() {
     .unwrap();
     assert!(one_line_error(&out).contains("promoted"));
 }
+
+#[test]
+fn one_process_per_volume_a_second_site_and_a_promotion_under_a_running_secondary_are_refused() {
+    let mut sites = Sites::new();
+    sites.start_secondary();
+    sites.start_primary(Some("1MiB"));
+    let began = present(&sites.wait_sync_began());
+    // Each must end at once with the reason; one that runs on is stopped and reported.
+    let in_use = |args: &[&str], what: &str| {
+        let mut child = rehydrate(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} was not refused: it kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let line = one_line_error(&child.wait_with_output().unwrap());
+        assert!(line.contains("in use by another process"), "{what}: {line}");
+    };
+
+    // A second DR site on the same volume, on ports of its own.
+    in_use(
+        &[
+            "dr",
+            "secondary",
+            "--target",
+            s(&sites.dr_img),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--export",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        "a second secondary",
+    );
+    // A second primary on the primary's volume.
+    in_use(
+        &[
+            "dr",
+            "primary",
+            "--target",
+            s(&sites.primary_img),
+            "--export",
+            &format!("127.0.0.1:{}", free_port()),
+            "--peer",
+            &format!("127.0.0.1:{}", sites.listen),
+        ],
+        "a second primary",
+    );
+    // A promotion, even forced, while the secondary runs: its next commit would undo it.
+    in_use(
+        &["dr", "promote", "--target", s(&sites.dr_img), "--force"],
+        "a promotion under a running secondary",
+    );
+    assert!(sites.status(&sites.dr_img).contains("promoted=false"));
+
+    // The running pair went on undisturbed.
+    let start = Instant::now();
+    while present(&sites.status(&sites.dr_img)) <= began {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the sync stopped after the refusals"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    qemu_io(&sites.primary_url(), &["write -P 0x3c 5M 64k", "flush"]);
+    // The DR copy serves it once the stream brought it (or a read fetched it).
+    let start = Instant::now();
+    loop {
+        let out = Command::new("qemu-io")
+            .args(["-r", "-f", "raw", "-c", "read -P 0x3c 5M 64k"])
+            .arg(sites.dr_url())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        if out.status.success() && !all.contains("Pattern verification failed") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the DR copy never served the primary's write: {all}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -45,6 +45,14 @@ pub enum DrRunError {
     /// Arguments or files that do not go together.
     #[error("{0}")]
     Usage(String),
+    /// Another process holds the site's volume.
+    #[error("{} is in use by another process ({}): one `rehydrate dr` process per volume; stop it first", path.display(), holder.map_or("its pid is unknown".to_string(), |pid| format!("pid {pid}")))]
+    Locked {
+        /// The volume.
+        path: PathBuf,
+        /// The pid holding the lock, when it can be told.
+        holder: Option<u32>,
+    },
     /// Promotion refused.
     #[error(
         "refused to promote: {missing} of {regions} regions are not at the DR site yet \
@@ -198,6 +206,9 @@ fn status(a: &SiteArgs) -> Result<String, DrRunError> {
 }
 
 fn promote(a: &SiteArgs) -> Result<String, DrRunError> {
+    // Held until the promotion is stored: a running secondary holds it and would undo
+    // the promotion with its next commit.
+    let _volume = volume::Volume::open(&a.target)?;
     let (mut m, path) = load(a)?;
     if m.role != Role::Secondary {
         return Err(DrRunError::Usage(format!(

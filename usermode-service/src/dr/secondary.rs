@@ -57,6 +57,11 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
         .metadata
         .clone()
         .unwrap_or_else(|| meta::default_path(&args.target));
+    // Locked before anything is written: one process per volume.
+    let mut volume = match meta_path.exists() {
+        true => Volume::open(&args.target)?,
+        false => Volume::open_or_create(&args.target)?,
+    };
     let listener = bind(&args.listen).await?;
     let export_listener = bind(&args.export).await?;
     let (attach_tx, mut attaches) = mpsc::unbounded_channel::<Attach>();
@@ -75,7 +80,7 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
             };
             let geometry = Geometry::new(a.binding.volume_size_bytes, a.binding.region_size_bytes)
                 .map_err(|e| DrRunError::Usage(format!("the primary's volume: {e}")))?;
-            Volume::create(&args.target, geometry.volume_size_bytes())?;
+            volume.set_size(geometry.volume_size_bytes())?;
             let m = Meta {
                 role: Role::Secondary,
                 geometry,
@@ -101,7 +106,6 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
             args.target.display()
         )));
     }
-    let volume = Volume::open(&args.target)?;
     if volume.size_bytes != meta.geometry.volume_size_bytes() {
         return Err(DrRunError::Usage(format!(
             "{} is {} bytes but its DR metadata says {}",

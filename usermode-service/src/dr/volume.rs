@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::link::Frame;
 use super::DrRunError;
+use crate::restore::lock::try_lock_exclusive;
 
 /// Largest zero buffer written at once.
 const ZERO_STEP_BYTES: u64 = 1 << 20;
@@ -23,8 +24,22 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Opens `path` read-write.
+    /// Opens `path` read-write and locks it for as long as the volume lives: one site
+    /// process (or promotion) per volume. Two secondaries on one volume would both write
+    /// it and replace each other's metadata; a promotion under a running secondary would
+    /// be undone by its next commit. The lock is on the volume, not on the metadata,
+    /// which is replaced by a rename at every commit.
     pub fn open(path: &Path) -> Result<Volume, DrRunError> {
+        Volume::open_locked(path, false)
+    }
+
+    /// Like [`Volume::open`], but creates an empty `path` if there is none (a fresh DR
+    /// site, sized by [`Volume::set_size`] once the first primary says how large).
+    pub fn open_or_create(path: &Path) -> Result<Volume, DrRunError> {
+        Volume::open_locked(path, true)
+    }
+
+    fn open_locked(path: &Path, create: bool) -> Result<Volume, DrRunError> {
         let io = |source| DrRunError::Io {
             what: format!("open {}", path.display()),
             source,
@@ -32,26 +47,28 @@ impl Volume {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .create(create)
+            .truncate(false)
             .open(path)
             .map_err(io)?;
+        try_lock_exclusive(&file).map_err(|holder| DrRunError::Locked {
+            path: path.to_owned(),
+            holder,
+        })?;
         let size_bytes = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(io)?;
         Ok(Volume { file, size_bytes })
     }
 
-    /// Creates (or extends) `path` to `size_bytes` and opens it.
-    pub fn create(path: &Path, size_bytes: u64) -> Result<Volume, DrRunError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .and_then(|f| f.set_len(size_bytes).map(|()| f))
+    /// Sets the volume's length to `size_bytes` (a fresh DR site's file).
+    pub fn set_size(&mut self, size_bytes: u64) -> Result<(), DrRunError> {
+        self.file
+            .set_len(size_bytes)
             .map_err(|source| DrRunError::Io {
-                what: format!("create {}", path.display()),
+                what: format!("size the DR volume to {size_bytes} bytes"),
                 source,
             })?;
-        Ok(Volume { file, size_bytes })
+        self.size_bytes = size_bytes;
+        Ok(())
     }
 
     /// Reads `len` bytes at `offset`.

@@ -21,10 +21,16 @@ use crate::error::ServiceError;
 
 /// Takes an exclusive lock on `file` (opened from `path`) or says who holds it.
 pub fn lock_exclusive(file: &File, path: &Path) -> Result<(), ServiceError> {
-    imp::lock_exclusive(file).map_err(|holder| ServiceError::Locked {
+    try_lock_exclusive(file).map_err(|holder| ServiceError::Locked {
         path: path.to_owned(),
         holder,
     })
+}
+
+/// Takes an exclusive lock on `file`, held as long as the file is open; `Err(holder pid,
+/// if known)` when another open file holds it.
+pub fn try_lock_exclusive(file: &File) -> Result<(), Option<u32>> {
+    imp::lock_exclusive(file)
 }
 
 #[cfg(unix)]
