@@ -1,15 +1,12 @@
 //! Each deliberate bug in write capture is caught by the capture's model (the rules in
 //! `rehydrate_driver::capture::testing`), within a bounded number of seeds that the real
-//! capture passes. Mutants are selected for the whole process, so the runs here are
-//! serialised and this file is its own test binary.
+//! capture passes (the loop is `mutant_support::caught`).
 
-use std::sync::Mutex;
+mod mutant_support;
 
 use rehydrate_driver::capture::testing::{ops_from_seed, run, HarnessConfig};
 use rehydrate_driver::capture::CaptureMode;
-use rehydrate_driver::mutants::{self, Mutant};
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+use rehydrate_driver::mutants::Mutant;
 
 fn config(seed: u64) -> HarnessConfig {
     HarnessConfig {
@@ -24,28 +21,17 @@ fn config(seed: u64) -> HarnessConfig {
     }
 }
 
-/// Runs `mutant` over `seeds`; every seed it fails must pass without it. Returns the
-/// rules that caught it.
+/// Runs `mutant` over `seeds` of 300 operations each; returns the rules that caught it.
 fn caught(mutant: Mutant, seeds: std::ops::Range<u64>) -> Vec<&'static str> {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rules = Vec::new();
-    for seed in seeds {
-        let c = config(seed);
-        let ops = ops_from_seed(seed, 300, c.sectors);
-        assert!(mutants::set(Some(mutant)), "the mutants feature is on");
-        let with = run(c, &ops);
-        mutants::set(None);
-        let Err(v) = with else { continue };
-        let without = run(c, &ops);
-        assert!(
-            without.is_ok(),
-            "{}: seed {seed} also fails without the mutant: {without:?}",
-            mutant.name()
-        );
-        rules.push(v.rule);
-    }
-    assert!(!rules.is_empty(), "mutant {} was not caught", mutant.name());
-    rules
+    mutant_support::caught(
+        mutant,
+        seeds,
+        |seed| {
+            let c = config(seed);
+            run(c, &ops_from_seed(seed, 300, c.sectors))
+        },
+        |v| v.rule,
+    )
 }
 
 #[test]

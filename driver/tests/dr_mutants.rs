@@ -1,18 +1,15 @@
 //! Each deliberate bug of disaster recovery (technique T5) is caught by the two-site
 //! model (`rehydrate_driver::dr::testing`) within a bounded number of seeds that the real
-//! cores pass. Mutants are selected for the whole process, so the runs here are
-//! serialised and this file is its own test binary.
+//! cores pass (the loop is `mutant_support::caught`).
 
-use std::sync::Mutex;
+mod mutant_support;
 
 use rehydrate_driver::dr::testing::{run, HarnessConfig};
-use rehydrate_driver::mutants::{self, Mutant};
+use rehydrate_driver::mutants::Mutant;
 
 /// The rules about data; a mutant caught by `progress` or `protocol` would be a harness
 /// problem, not the bug it plants.
 const DATA_RULES: [&str; 3] = ["read-point", "durable-sent", "quiet-equal"];
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn config(seed: u64) -> HarnessConfig {
     HarnessConfig {
@@ -23,27 +20,9 @@ fn config(seed: u64) -> HarnessConfig {
     }
 }
 
-/// Runs `mutant` over `seeds`; every seed it fails must pass without it. Returns the
-/// rules that caught it.
+/// Runs `mutant` over `seeds`; returns the rules that caught it.
 fn caught(mutant: Mutant, seeds: std::ops::Range<u64>) -> Vec<&'static str> {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rules = Vec::new();
-    for seed in seeds {
-        let c = config(seed);
-        assert!(mutants::set(Some(mutant)), "the mutants feature is on");
-        let with = run(seed, c);
-        mutants::set(None);
-        let Err(v) = with else { continue };
-        let without = run(seed, c);
-        assert!(
-            without.is_ok(),
-            "{}: seed {seed} also fails without the mutant: {without:?}",
-            mutant.name()
-        );
-        rules.push(v.rule);
-    }
-    assert!(!rules.is_empty(), "mutant {} was not caught", mutant.name());
-    rules
+    mutant_support::caught(mutant, seeds, |seed| run(seed, config(seed)), |v| v.rule)
 }
 
 #[test]
