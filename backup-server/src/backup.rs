@@ -25,6 +25,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rehydrate_nbd::PositionalIo;
 
 use crate::chunk::{self, ChunkHash};
+use crate::chunk_buf::BufferPool;
 use crate::error::BackupError;
 use crate::index::{ChunkRef, Index, MAX_VOLUME_BYTES};
 use crate::marks::Announcer;
@@ -305,7 +306,7 @@ async fn run_announcing(
     // Hashes handled by this run, so a chunk repeated within the image is looked up once.
     let seen: Arc<Mutex<HashSet<ChunkHash>>> = Arc::default();
     let path: Arc<PathBuf> = Arc::new(source.to_owned());
-    let pool = Arc::new(BufferPool::default());
+    let pool = Arc::new(BufferPool::new(chunk_size.bytes() as usize));
 
     let Plan {
         mut chunks,
@@ -492,50 +493,17 @@ async fn back_up_chunk(
         ChunkCheck::Damaged(reason) => Some(reason),
     };
     if let Some(reason) = damage {
-        let encoded = crate::cpu::run(move || chunk::encode(Bytes::from(data))).await?;
+        let encoded = crate::cpu::run(move || chunk::encode(data.into())).await?;
         let stored = encoded.stored_len();
         // The source's bytes hash to the chunk's name: they are the good copy.
         tracing::warn!(chunk = %hash, %reason, "backup: replacing a damaged chunk");
         store.replace_chunk(&hash, encoded).await?;
         return Ok(Fate::Repaired(hash, stored));
     }
-    Ok(
-        match store.encode_and_put(&hash, Bytes::from(data)).await? {
-            (PutOutcome::Written, stored) => Fate::Written(hash, stored),
-            (PutOutcome::AlreadyStored, _) => Fate::Reused(hash),
-        },
-    )
-}
-
-/// Chunk buffers for reuse. Chunks that need no storing (zero, or already stored: all
-/// of them in a re-backup) hand their buffer back, which spares the allocator's
-/// zero-filling and page faults: a quarter of a re-backup's time without it.
-#[derive(Default)]
-struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-impl BufferPool {
-    /// A buffer of exactly `len` bytes (contents unspecified).
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut buf = self
-            .free
-            .lock()
-            .ok()
-            .and_then(|mut f| f.pop())
-            .unwrap_or_default();
-        buf.resize(len, 0);
-        buf
-    }
-
-    /// Return a buffer; at most [`IN_FLIGHT_CHUNKS`] are kept.
-    fn give(&self, buf: Vec<u8>) {
-        if let Ok(mut free) = self.free.lock() {
-            if free.len() < IN_FLIGHT_CHUNKS {
-                free.push(buf);
-            }
-        }
-    }
+    Ok(match store.encode_and_put(&hash, data.into()).await? {
+        (PutOutcome::Written, stored) => Fate::Written(hash, stored),
+        (PutOutcome::AlreadyStored, _) => Fate::Reused(hash),
+    })
 }
 
 /// Paces reads to a byte rate: a chunk at `offset` may start once `offset / rate`
