@@ -7,9 +7,10 @@
 //! its buffers once, and spent a third of its CPU time in those faults and in unmapping
 //! the buffers at the end. The arena is one anonymous mapping of
 //! [`crate::backup::IN_FLIGHT_CHUNKS`] slots, advised as huge pages: a slot's first use
-//! faults in 2 MiB at once, and only the pages touched ever take memory. When the arena
-//! cannot be had (another OS, a refused mapping) or every slot is out, buffers come
-//! from the heap and are kept for reuse, as before.
+//! faults in 2 MiB at once, and only the pages touched ever take memory (where memory
+//! is too fragmented for a huge page, the kernel backs the slot with small pages). When
+//! the arena cannot be had (another OS, a refused mapping) or every slot is out, buffers
+//! come from the heap and are kept for reuse, as before.
 //!
 //! Soundness of the arena: each slot index is out to at most one [`ChunkBuf`] at a time
 //! (taken from and returned to the free list under its lock), so the slices handed out
