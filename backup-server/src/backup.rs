@@ -25,6 +25,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rehydrate_nbd::PositionalIo;
 
 use crate::chunk::{self, ChunkHash};
+use crate::chunk_buf::BufferPool;
 use crate::error::BackupError;
 use crate::index::{ChunkRef, Index, MAX_VOLUME_BYTES};
 use crate::marks::Announcer;
@@ -208,15 +209,10 @@ pub(crate) async fn run(
     started: Instant,
 ) -> Result<BackupSummary, BackupError> {
     let marks = Arc::new(Announcer::new(store));
-    let result = match announce_unread(store, &marks, &plan).await {
-        Ok(()) => {
-            run_announcing(
-                store, source, file, size_bytes, options, plan, started, &marks,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let result = run_announcing(
+        store, source, file, size_bytes, options, plan, started, &marks,
+    )
+    .await;
     // Withdraw the announcements whatever happened: after publishing they are no longer
     // needed, after a failure nothing will publish. One left behind only delays a gc.
     if let Err(e) = marks.finish().await {
@@ -236,23 +232,18 @@ pub(crate) async fn run(
 /// once forgotten, so it was there throughout. A gc whose look fell before the
 /// announcement saw the index; one whose look came after saw the announcement. Only a
 /// chunk a running gc had already condemned needs its own check, after that gc ends.
+///
+/// It runs beside the reading of the changed chunks (nothing read depends on it) and
+/// ends before the index is published, which is all the argument needs.
 async fn announce_unread(
     store: &ChunkStore,
     marks: &Announcer,
-    plan: &Plan,
+    unread: Vec<ChunkHash>,
+    base: Option<BaseIndex>,
 ) -> Result<(), BackupError> {
-    if plan.unread_data == 0 {
+    if unread.is_empty() {
         return Ok(());
     }
-    let mut seen = HashSet::new();
-    let unread: Vec<ChunkHash> = plan
-        .chunks
-        .iter()
-        .filter_map(|chunk| match chunk {
-            ChunkRef::Data(hash) if seen.insert(*hash) => Some(*hash),
-            _ => None,
-        })
-        .collect();
     // One announcement for all of them; a gc that condemned one must have ended, and
     // the chunk must still be there.
     for hash in marks.announce_all(unread).await? {
@@ -264,7 +255,7 @@ async fn announce_unread(
             )));
         }
     }
-    if let Some(base) = &plan.base {
+    if let Some(base) = &base {
         match store.read_index_bytes(&base.volume, base.version).await {
             Ok(now) if now == base.index_bytes => {}
             Ok(_) | Err(BackupError::VersionNotFound { .. }) => {
@@ -291,36 +282,44 @@ async fn run_announcing(
     started: Instant,
     marks: &Arc<Announcer>,
 ) -> Result<BackupSummary, BackupError> {
-    let file = Arc::new(file);
     let chunk_size = options.chunk_size;
     let chunk_count = chunk_size.chunk_count(size_bytes);
     debug_assert_eq!(plan.chunks.len() as u64, chunk_count);
-    let parent_version = store.latest_version(&options.volume).await?.unwrap_or(0);
-
-    let progress = progress_bar(options.progress, size_bytes);
-    let throttle = options.rate_limit_bytes_per_sec.map(|rate| Throttle {
-        rate,
-        started: Instant::now(),
-    });
-    // Hashes handled by this run, so a chunk repeated within the image is looked up once.
-    let seen: Arc<Mutex<HashSet<ChunkHash>>> = Arc::default();
-    let path: Arc<PathBuf> = Arc::new(source.to_owned());
-    let pool = Arc::new(BufferPool::default());
-
     let Plan {
-        mut chunks,
+        chunks,
         read,
         read_count,
         unread_zero,
         unread_data,
         incremental_from,
-        base: _,
+        base,
     } = plan;
     debug_assert_eq!(read_count + unread_zero + unread_data, chunk_count);
-    let mut summary = BackupSummary {
+    // The stored chunks the plan takes unread, once each (a full backup has none).
+    let mut seen = HashSet::new();
+    let unread: Vec<ChunkHash> = chunks
+        .iter()
+        .filter(|_| unread_data > 0)
+        .filter_map(|chunk| match chunk {
+            ChunkRef::Data(hash) if seen.insert(*hash) => Some(*hash),
+            _ => None,
+        })
+        .collect();
+    // Needed only to publish, so they run while the chunks are read: the unread
+    // chunks' announcement (see `announce_unread`) and the newest version, which
+    // becomes the new one's parent.
+    let before_publish = async {
+        let (announced, latest) = futures::join!(
+            announce_unread(store, marks, unread, base),
+            store.latest_version(&options.volume)
+        );
+        announced?;
+        Ok::<u32, BackupError>(latest?.unwrap_or(0))
+    };
+    let summary = BackupSummary {
         volume: options.volume.to_string(),
         version: 0,
-        parent_version,
+        parent_version: 0,
         bytes: size_bytes,
         chunk_size_bytes: chunk_size.bytes(),
         new_chunks: 0,
@@ -333,8 +332,62 @@ async fn run_announcing(
         stored_bytes: 0,
         secs: 0.0,
     };
+    let progress = progress_bar(options.progress, size_bytes);
     // Chunks not read keep the base's entry: zero markers, or chunks stored before.
     progress.inc((unread_zero + unread_data) * chunk_size.bytes());
+    let reading = read_chunks(
+        store, source, file, size_bytes, options, read, chunks, summary, &progress, marks,
+    );
+    let (parent_version, read) = futures::join!(before_publish, reading);
+    let (chunks, mut summary) = read?;
+    summary.parent_version = parent_version?;
+
+    let index = Index {
+        volume_size_bytes: size_bytes,
+        chunk_size,
+        parent_version: summary.parent_version,
+        created_unix_secs: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        chunks,
+    };
+    summary.index_checksum = index
+        .checksum()
+        .map_err(|e| BackupError::Internal(e.to_string()))?;
+    summary.version = store.publish(&options.volume, &index).await?;
+    progress.finish_and_clear();
+    summary.secs = started.elapsed().as_secs_f64();
+    tracing::info!(%summary, stored_bytes = summary.stored_bytes, secs = summary.secs, "backup published");
+    Ok(summary)
+}
+
+/// Reads, hashes and stores the chunks `read` names, fills their entries of `chunks`
+/// and counts them in `summary`; returns once every chunk stored is durable (locally:
+/// synced, files and directories).
+#[allow(clippy::too_many_arguments)]
+async fn read_chunks(
+    store: &ChunkStore,
+    source: &Path,
+    file: File,
+    size_bytes: u64,
+    options: &BackupOptions,
+    read: Box<dyn Iterator<Item = u64> + Send>,
+    mut chunks: Vec<ChunkRef>,
+    mut summary: BackupSummary,
+    progress: &ProgressBar,
+    marks: &Arc<Announcer>,
+) -> Result<(Vec<ChunkRef>, BackupSummary), BackupError> {
+    let file = Arc::new(file);
+    let chunk_size = options.chunk_size;
+    let chunk_count = chunk_size.chunk_count(size_bytes);
+    let throttle = options.rate_limit_bytes_per_sec.map(|rate| Throttle {
+        rate,
+        started: Instant::now(),
+    });
+    // Hashes handled by this run, so a chunk repeated within the image is looked up once.
+    let seen: Arc<Mutex<HashSet<ChunkHash>>> = Arc::default();
+    let path: Arc<PathBuf> = Arc::new(source.to_owned());
+    let pool = Arc::new(BufferPool::new(chunk_size.bytes() as usize));
     let mut written = Vec::new();
     // Files fsynced in the background while reading goes on, a batch at a time, so the
     // wait before publishing is only for the last batch and the directories.
@@ -418,23 +471,7 @@ async fn run_announcing(
         store.sync_chunk_dirs(&written)
     );
     files.and(dirs)?;
-    let index = Index {
-        volume_size_bytes: size_bytes,
-        chunk_size,
-        parent_version,
-        created_unix_secs: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        chunks,
-    };
-    summary.index_checksum = index
-        .checksum()
-        .map_err(|e| BackupError::Internal(e.to_string()))?;
-    summary.version = store.publish(&options.volume, &index).await?;
-    progress.finish_and_clear();
-    summary.secs = started.elapsed().as_secs_f64();
-    tracing::info!(%summary, stored_bytes = summary.stored_bytes, secs = summary.secs, "backup published");
-    Ok(summary)
+    Ok((chunks, summary))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -492,50 +529,17 @@ async fn back_up_chunk(
         ChunkCheck::Damaged(reason) => Some(reason),
     };
     if let Some(reason) = damage {
-        let encoded = crate::cpu::run(move || chunk::encode(Bytes::from(data))).await?;
+        let encoded = crate::cpu::run(move || chunk::encode(data.into())).await?;
         let stored = encoded.stored_len();
         // The source's bytes hash to the chunk's name: they are the good copy.
         tracing::warn!(chunk = %hash, %reason, "backup: replacing a damaged chunk");
         store.replace_chunk(&hash, encoded).await?;
         return Ok(Fate::Repaired(hash, stored));
     }
-    Ok(
-        match store.encode_and_put(&hash, Bytes::from(data)).await? {
-            (PutOutcome::Written, stored) => Fate::Written(hash, stored),
-            (PutOutcome::AlreadyStored, _) => Fate::Reused(hash),
-        },
-    )
-}
-
-/// Chunk buffers for reuse. Chunks that need no storing (zero, or already stored: all
-/// of them in a re-backup) hand their buffer back, which spares the allocator's
-/// zero-filling and page faults: a quarter of a re-backup's time without it.
-#[derive(Default)]
-struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-impl BufferPool {
-    /// A buffer of exactly `len` bytes (contents unspecified).
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut buf = self
-            .free
-            .lock()
-            .ok()
-            .and_then(|mut f| f.pop())
-            .unwrap_or_default();
-        buf.resize(len, 0);
-        buf
-    }
-
-    /// Return a buffer; at most [`IN_FLIGHT_CHUNKS`] are kept.
-    fn give(&self, buf: Vec<u8>) {
-        if let Ok(mut free) = self.free.lock() {
-            if free.len() < IN_FLIGHT_CHUNKS {
-                free.push(buf);
-            }
-        }
-    }
+    Ok(match store.encode_and_put(&hash, data.into()).await? {
+        (PutOutcome::Written, stored) => Fate::Written(hash, stored),
+        (PutOutcome::AlreadyStored, _) => Fate::Reused(hash),
+    })
 }
 
 /// Paces reads to a byte rate: a chunk at `offset` may start once `offset / rate`

@@ -19,6 +19,7 @@ pub mod backup;
 pub mod cache;
 pub mod catalog;
 pub mod chunk;
+mod chunk_buf;
 pub mod cli;
 mod cpu;
 pub mod error;
