@@ -31,7 +31,8 @@ done
 cargo build --release -q -p rehydrate-backup --bin rehydrate-backup
 BIN=$CARGO_TARGET_DIR/release/rehydrate-backup
 
-now() { date +%s.%N; }
+# bash's own clock: a `date` process on each side would add its start-up to every figure.
+now() { echo "$EPOCHREALTIME"; }
 # median of the numbers on stdin
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 # time_runs SETUP CMD: run SETUP (untimed) then CMD, RUNS times; print the median seconds

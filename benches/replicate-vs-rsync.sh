@@ -47,7 +47,8 @@ done
 cargo build --release -q -p rehydrate-backup --bin rehydrate-backup
 BIN=$CARGO_TARGET_DIR/release/rehydrate-backup
 
-now() { date +%s.%N; }
+# bash's own clock: a `date` process on each side would add its start-up to every figure.
+now() { echo "$EPOCHREALTIME"; }
 secs() { echo "$2 - $1" | bc -l; }
 mib() { echo "scale=1; $1 / 1048576" | bc -l; }
 ratio() { echo "scale=3; $1 / $2" | bc -l; }

@@ -52,7 +52,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
+# bash's own clock: a `date` process on each side would add its start-up to every figure.
+now() { echo "$EPOCHREALTIME"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 # secs CMD...: runs CMD (untimed setup is the caller's), prints its wall seconds
 secs() { local t0; t0=$(now); "$@" >/dev/null 2>&1; echo "$(now) - $t0" | bc -l; }
