@@ -1,15 +1,10 @@
 //! Positioned I/O on a site's volume (an image file or block device) for the core
-//! tasks, and the pieces both sites' links share.
+//! tasks.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rehydrate_backup::replicate::conn::{self, ConnError, Incoming};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-
-use super::link::Frame;
 use super::DrRunError;
 use crate::restore::lock::try_lock_exclusive;
 
@@ -100,37 +95,4 @@ impl Volume {
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
     }
-}
-
-/// Frames waiting for the socket at most; past it the core stops taking items from its
-/// sender until the socket drains (the sender's own bound then ends the session).
-pub const OUTBOX_FRAMES: usize = 64;
-
-/// A connected peer: its frames, and a channel to the task that writes ours.
-pub struct Peer {
-    /// Frames from the peer (or the error that ended them).
-    pub incoming: Incoming<Frame>,
-    /// Frames to the peer.
-    pub outgoing: mpsc::Sender<Frame>,
-}
-
-/// Splits `stream` into a [`Peer`]; a task writes the outgoing frames until the channel
-/// closes or the socket fails.
-pub fn peer(stream: TcpStream) -> Peer {
-    let (incoming, mut writer) = conn::split::<Frame>(stream, OUTBOX_FRAMES);
-    let (outgoing, mut rx) = mpsc::channel::<Frame>(OUTBOX_FRAMES);
-    tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if writer.send(&f).await.is_err() {
-                break;
-            }
-        }
-        writer.close().await;
-    });
-    Peer { incoming, outgoing }
-}
-
-/// The next frame from `incoming`, or why there is none.
-pub async fn next_frame(incoming: &mut Incoming<Frame>) -> Result<Frame, ConnError> {
-    incoming.recv().await.unwrap_or(Err(ConnError::Closed))
 }
