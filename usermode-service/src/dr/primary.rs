@@ -66,6 +66,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                     meta_path.display()
                 )));
             }
+            m.check_target(&volume.pin(&args.target)?, &meta_path, &args.target)?;
             if m.geometry.volume_size_bytes() != volume.size_bytes {
                 return Err(DrRunError::Usage(format!(
                     "{} is {} bytes but its DR metadata says {}",
@@ -87,6 +88,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                 promoted: false,
                 generation: 0,
                 map: rehydrate_driver::dr::bits::Bits::new(geometry.region_count()),
+                target: volume.pin(&args.target)?,
             };
             m.store(&meta_path)?;
             m

@@ -89,6 +89,7 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
                 promoted: false,
                 generation: 0,
                 map: Bits::new(geometry.region_count()),
+                target: volume.pin(&args.target)?,
             };
             m.store(&meta_path)?;
             pending_first = Some(a);
@@ -107,6 +108,7 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
             args.target.display()
         )));
     }
+    meta.check_target(&volume.pin(&args.target)?, &meta_path, &args.target)?;
     if volume.size_bytes != meta.geometry.volume_size_bytes() {
         return Err(DrRunError::Usage(format!(
             "{} is {} bytes but its DR metadata says {}",

@@ -5,8 +5,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use rehydrate_driver::meta::TargetPin;
+
 use super::DrRunError;
 use crate::restore::lock::try_lock_exclusive;
+use crate::restore::target_id;
 
 /// Largest zero buffer written at once.
 const ZERO_STEP_BYTES: u64 = 1 << 20;
@@ -89,6 +92,14 @@ impl Volume {
             done += n;
         }
         Ok(())
+    }
+
+    /// What the metadata records to know this volume again (`path` names it in errors).
+    pub fn pin(&self, path: &Path) -> Result<TargetPin, DrRunError> {
+        target_id::pin(&self.file, self.size_bytes).map_err(|source| DrRunError::Io {
+            what: format!("inspect {}", path.display()),
+            source,
+        })
     }
 
     /// Makes every completed write durable.
