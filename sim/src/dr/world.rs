@@ -592,6 +592,28 @@ impl World {
                         }
                         DOp::Read { ticket }
                     }
+                    SecondaryAction::ReadServed { ticket, data } => {
+                        // Answered now, from the region data the DR is about to write.
+                        let tags = sector_tags(&data).ok_or_else(|| {
+                            self.v("garbled", format!("DR read {ticket:?} served mixed"))
+                        })?;
+                        let read = self.dr_reads.remove(&ticket).expect("an issued read");
+                        assert_eq!(tags.len(), read.len, "a served read of its length");
+                        if !self.dr.is_trusted() {
+                            return Err(self.v(
+                                "stale",
+                                "the DR serves a read before the primary said what changed \
+                                 since its restart"
+                                    .into(),
+                            ));
+                        }
+                        self.check_read(&read, &tags)?;
+                        if self.whole_read == Some(ticket) {
+                            self.whole_read = None;
+                            self.counters.whole_reads += 1;
+                        }
+                        continue;
+                    }
                     SecondaryAction::Commit(t) => DOp::Commit(t),
                 };
                 let id = self.op_id();

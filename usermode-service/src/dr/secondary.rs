@@ -318,6 +318,11 @@ impl Site {
                     let _ = reply.send(data.map(Bytes::from).map_err(ExportError::Io));
                 }
             }
+            SecondaryAction::ReadServed { ticket, data } => {
+                if let Some(reply) = self.reads.remove(&ticket.0) {
+                    let _ = reply.send(Ok(Bytes::from(data)));
+                }
+            }
             SecondaryAction::Commit(t) => {
                 // The flush and the metadata write run on a blocking thread so the
                 // stream keeps being applied meanwhile. Every item the state counts
