@@ -13,9 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
 use rehydrate_backup::replicate::conn::ConnError;
-use rehydrate_backup::replicate::frame::{self, FrameError};
+use rehydrate_backup::replicate::frame::FrameDecoder;
 use rehydrate_backup::replicate::session::Wire;
 use tokio::net::TcpStream;
 
@@ -29,16 +28,12 @@ pub const OUTBOX_BYTES: usize = 4 << 20;
 pub const IDLE_TIMEOUT: Duration = rehydrate_backup::replicate::conn::IDLE_TIMEOUT;
 /// Bytes asked of the socket at least per read (a region's frame fits twice).
 const READ_CHUNK_BYTES: usize = 256 << 10;
-/// The frame's length field (`frame`'s layout: length, kind, payload).
-const LENGTH_BYTES: usize = 4;
-
-const _: () = assert!(frame::HEADER_BYTES == LENGTH_BYTES + 1);
 
 /// A connected peer.
 pub struct Peer {
     stream: TcpStream,
-    /// Received bytes not yet parsed into frames.
-    inbox: BytesMut,
+    /// Received bytes not yet taken as frames.
+    inbox: FrameDecoder,
     /// Encoded frames; the first `sent` bytes are on the wire already.
     outbox: Vec<u8>,
     sent: usize,
@@ -53,7 +48,7 @@ impl Peer {
         let _ = stream.set_nodelay(true);
         Peer {
             stream,
-            inbox: BytesMut::new(),
+            inbox: FrameDecoder::new(),
             outbox: Vec::new(),
             sent: 0,
             ended: None,
@@ -112,7 +107,7 @@ impl Peer {
 
     /// Completes when a frame may be taken (cancel safe); then [`Peer::try_recv`].
     pub async fn readable(&self) {
-        if self.ended.is_some() || self.frame_len().is_some() {
+        if self.ended.is_some() || self.inbox.is_ready() {
             return;
         }
         let _ = self.stream.readable().await;
@@ -120,22 +115,18 @@ impl Peer {
 
     /// The next frame without waiting: `None` when no whole frame has arrived yet.
     pub fn try_recv(&mut self) -> Option<Result<Frame, ConnError>> {
-        if self.frame_len().is_none() && self.ended.is_none() {
+        if !self.inbox.is_ready() && self.ended.is_none() {
             self.fill();
         }
-        match self.frame_len() {
-            Some(Ok(len)) => {
-                self.inbox.advance(LENGTH_BYTES);
-                let body = self.inbox.split_to(len).freeze();
-                let kind = body[0];
-                Some(Frame::decode(kind, body.slice(1..)).map_err(ConnError::from))
-            }
-            Some(Err(e)) => Some(Err(e.into())),
-            None => self.ended.take().map(|e| {
+        match self.inbox.next_frame() {
+            Ok(Some(f)) => Some(Frame::decode(f.kind, f.payload).map_err(ConnError::from)),
+            Err(e) => Some(Err(e.into())),
+            Ok(None) => self.ended.take().map(|e| {
                 Err(match e {
-                    ConnError::Closed if !self.inbox.is_empty() => {
-                        FrameError::Truncated(self.inbox.len()).into()
-                    }
+                    ConnError::Closed => match self.inbox.finish() {
+                        Ok(()) => ConnError::Closed,
+                        Err(truncated) => truncated.into(),
+                    },
                     e => e,
                 })
             }),
@@ -157,34 +148,18 @@ impl Peer {
         self.last_heard.elapsed() > IDLE_TIMEOUT
     }
 
-    /// The length of kind and payload of the whole frame at the front of the inbox.
-    fn frame_len(&self) -> Option<Result<usize, FrameError>> {
-        let prefix = self.inbox.get(..LENGTH_BYTES)?;
-        match frame::parse_length(prefix.try_into().expect("the length field")) {
-            Ok(len) => (self.inbox.len() >= LENGTH_BYTES + len).then_some(Ok(len)),
-            Err(e) => Some(Err(e)),
-        }
-    }
-
-    /// Reads what the socket holds now into the inbox.
+    /// Reads what the socket holds now into the inbox, until a frame is whole.
     fn fill(&mut self) {
         loop {
-            let want = match self.inbox.get(..LENGTH_BYTES) {
-                Some(p) => frame::parse_length(p.try_into().expect("the length field"))
-                    .map_or(0, |len| {
-                        (LENGTH_BYTES + len).saturating_sub(self.inbox.len())
-                    }),
-                None => LENGTH_BYTES,
-            };
-            self.inbox.reserve(want.max(READ_CHUNK_BYTES));
-            match self.stream.try_read_buf(&mut self.inbox) {
+            let buf = self.inbox.read_buffer(READ_CHUNK_BYTES);
+            match self.stream.try_read_buf(buf) {
                 Ok(0) => {
                     self.ended = Some(ConnError::Closed);
                     return;
                 }
                 Ok(_) => {
                     self.last_heard = Instant::now();
-                    if self.frame_len().is_some() {
+                    if self.inbox.is_ready() {
                         return;
                     }
                 }
