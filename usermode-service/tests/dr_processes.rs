@@ -275,19 +275,7 @@ fn a_dr_copy_refuses_another_primary_and_an_incomplete_copy_is_not_promoted() {
     // Another primary (another volume of the same size) is refused by the DR site.
     let other = sites.dir.path().join("other.img");
     make_image(&other, VOLUME_BYTES);
-    let out = rehydrate(&[
-        "dr",
-        "primary",
-        "--target",
-        s(&other),
-        "--export",
-        &format!("127.0.0.1:{}", free_port()),
-        "--peer",
-        &format!("127.0.0.1:{}", sites.listen),
-    ])
-    .output()
-    .unwrap();
-    let line = one_line_error(&out);
+    let line = primary_refused(&sites, &other);
     assert!(
         line.contains("refused") && line.contains("another primary"),
         "{line}"
@@ -311,19 +299,7 @@ fn a_dr_copy_refuses_another_primary_and_an_incomplete_copy_is_not_promoted() {
     );
     assert!(sites.status(&sites.dr_img).contains("promoted=true"));
     // A promoted copy takes no more stream.
-    let out = rehydrate(&[
-        "dr",
-        "secondary",
-        "--target",
-        s(&sites.dr_img),
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--export",
-        &format!("127.0.0.1:{}", free_port()),
-    ])
-    .output()
-    .unwrap();
-    assert!(one_line_error(&out).contains("promoted"));
+    assert!(secondary_refused(&sites).contains("promoted"));
 }
 
 #[test]
@@ -353,31 +329,10 @@ fn one_process_per_volume_a_second_site_and_a_promotion_under_a_running_secondar
     };
 
     // A second DR site on the same volume, on ports of its own.
-    in_use(
-        &[
-            "dr",
-            "secondary",
-            "--target",
-            s(&sites.dr_img),
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--export",
-            &format!("127.0.0.1:{}", free_port()),
-        ],
-        "a second secondary",
-    );
+    in_use(&strs(&secondary_args(&sites)), "a second secondary");
     // A second primary on the primary's volume.
     in_use(
-        &[
-            "dr",
-            "primary",
-            "--target",
-            s(&sites.primary_img),
-            "--export",
-            &format!("127.0.0.1:{}", free_port()),
-            "--peer",
-            &format!("127.0.0.1:{}", sites.listen),
-        ],
+        &strs(&primary_args(&sites, &sites.primary_img)),
         "a second primary",
     );
     // A promotion, even forced, while the secondary runs: its next commit would undo it.
@@ -444,38 +399,50 @@ fn assert_unchanged(before: &[(PathBuf, Vec<u8>)], what: &str) {
     }
 }
 
-/// `rehydrate dr secondary` on the DR copy's path, run to its end (a refusal).
+/// `dr secondary` on the DR copy's volume, on ports of its own.
+fn secondary_args(sites: &Sites) -> Vec<String> {
+    vec![
+        "dr".into(),
+        "secondary".into(),
+        "--target".into(),
+        s(&sites.dr_img).into(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--export".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ]
+}
+
+/// `dr primary` on `target` against the DR site, on an export port of its own.
+fn primary_args(sites: &Sites, target: &Path) -> Vec<String> {
+    vec![
+        "dr".into(),
+        "primary".into(),
+        "--target".into(),
+        s(target).into(),
+        "--export".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--peer".into(),
+        format!("127.0.0.1:{}", sites.listen),
+    ]
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `rehydrate dr secondary` on the DR copy's volume, run to its end (a refusal).
 fn secondary_refused(sites: &Sites) -> String {
-    let out = rehydrate(&[
-        "dr",
-        "secondary",
-        "--target",
-        s(&sites.dr_img),
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--export",
-        &format!("127.0.0.1:{}", free_port()),
-    ])
-    .output()
-    .unwrap();
-    one_line_error(&out)
+    one_line_error(&rehydrate(&strs(&secondary_args(sites))).output().unwrap())
 }
 
 /// `rehydrate dr primary` on `target` against the DR site, run to its end (a refusal).
 fn primary_refused(sites: &Sites, target: &Path) -> String {
-    let out = rehydrate(&[
-        "dr",
-        "primary",
-        "--target",
-        s(target),
-        "--export",
-        &format!("127.0.0.1:{}", free_port()),
-        "--peer",
-        &format!("127.0.0.1:{}", sites.listen),
-    ])
-    .output()
-    .unwrap();
-    one_line_error(&out)
+    one_line_error(
+        &rehydrate(&strs(&primary_args(sites, target)))
+            .output()
+            .unwrap(),
+    )
 }
 
 #[test]

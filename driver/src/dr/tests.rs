@@ -5,9 +5,9 @@ use alloc::vec::Vec;
 
 use super::bits::Bits;
 use super::primary::{HotExtents, Primary, PrimaryAction, PrimaryConfig, Written};
-use super::secondary::{Secondary, SecondaryAction, SecondaryConfig};
+use super::secondary::{Secondary, SecondaryAction, SecondaryConfig, WriteTicket};
 use super::wire::{Item, ItemBody, Message};
-use super::{Binding, DrError, LocalData};
+use super::{Binding, DrError};
 use crate::geometry::Geometry;
 
 fn geometry() -> Geometry {
@@ -290,6 +290,14 @@ fn item(seq: u64, body: ItemBody) -> Message {
     Message::Item(Item { seq, body })
 }
 
+/// The next action, which must be a local write: its ticket and offset.
+fn next_local_write(s: &mut Secondary) -> (WriteTicket, u64) {
+    match s.poll_action() {
+        Some(SecondaryAction::WriteLocal { ticket, offset, .. }) => (ticket, offset),
+        other => panic!("not a local write: {other:?}"),
+    }
+}
+
 #[test]
 fn the_dr_refuses_another_primary_or_volume_or_size() {
     let mut s = dr();
@@ -365,14 +373,8 @@ fn a_read_waits_for_ready_then_fetches_and_is_served_after_the_data_lands() {
         data: vec![5; 4096],
     };
     s.received(item(3, data)).unwrap();
-    let Some(SecondaryAction::WriteLocal {
-        ticket,
-        offset: 4096,
-        ..
-    }) = s.poll_action()
-    else {
-        panic!()
-    };
+    let (ticket, offset) = next_local_write(&mut s);
+    assert_eq!(offset, 4096);
     s.local_write_done(ticket, true).unwrap();
     assert_eq!(
         s.poll_action(),
@@ -423,14 +425,8 @@ fn a_read_of_one_missing_region_is_answered_from_its_data_unless_a_later_item_ho
             data: data[512..1536].to_vec()
         })
     );
-    let Some(SecondaryAction::WriteLocal {
-        ticket,
-        offset: 4096,
-        ..
-    }) = s.poll_action()
-    else {
-        panic!()
-    };
+    let (ticket, offset) = next_local_write(&mut s);
+    assert_eq!(offset, 4096);
     assert_eq!(s.poll_action(), None);
     s.local_write_done(ticket, true).unwrap();
     assert_eq!(s.counters().reads, 1);
@@ -456,28 +452,16 @@ fn a_read_of_one_missing_region_is_answered_from_its_data_unless_a_later_item_ho
         },
     ))
     .unwrap();
-    let Some(SecondaryAction::WriteLocal {
-        ticket: region_write,
-        offset: 8192,
-        ..
-    }) = s.poll_action()
-    else {
-        panic!()
-    };
+    let (region_write, offset) = next_local_write(&mut s);
+    assert_eq!(offset, 8192);
     assert_eq!(
         s.poll_action(),
         None,
         "the write waits for the region's data"
     );
     s.local_write_done(region_write, true).unwrap();
-    let Some(SecondaryAction::WriteLocal {
-        ticket: write,
-        offset: 8192,
-        data: LocalData::Bytes(_),
-    }) = s.poll_action()
-    else {
-        panic!()
-    };
+    let (write, offset) = next_local_write(&mut s);
+    assert_eq!(offset, 8192);
     s.local_write_done(write, true).unwrap();
     assert_eq!(
         s.poll_action(),
@@ -524,9 +508,7 @@ fn a_failed_replicated_write_drops_every_region_it_touched() {
         data: vec![7; 1536],
     };
     s.received(item(2, write)).unwrap();
-    let Some(SecondaryAction::WriteLocal { ticket, .. }) = s.poll_action() else {
-        panic!()
-    };
+    let (ticket, _) = next_local_write(&mut s);
     assert_eq!(
         s.local_write_done(ticket, false),
         Err(DrError::LocalWriteFailed {

@@ -321,6 +321,18 @@ impl World {
         violation(rule, self.now_ns, detail)
     }
 
+    /// `stale`: the DR serves no read before the primary said what changed since its
+    /// restart.
+    fn check_trusted(&self) -> Result<(), DrViolation> {
+        if self.dr.is_trusted() {
+            return Ok(());
+        }
+        Err(self.v(
+            "stale",
+            "the DR serves a read before the primary said what changed since its restart".into(),
+        ))
+    }
+
     fn quiet(&self) -> bool {
         self.quiet_since_ns.is_some()
     }
@@ -582,14 +594,7 @@ impl World {
                             (r.sector as u64 * SECTOR_BYTES, r.len as u64 * SECTOR_BYTES),
                             (offset, len)
                         );
-                        if !self.dr.is_trusted() {
-                            return Err(self.v(
-                                "stale",
-                                "the DR serves a read before the primary said what changed \
-                                 since its restart"
-                                    .into(),
-                            ));
-                        }
+                        self.check_trusted()?;
                         DOp::Read { ticket }
                     }
                     SecondaryAction::ReadServed { ticket, data } => {
@@ -599,14 +604,7 @@ impl World {
                         })?;
                         let read = self.dr_reads.remove(&ticket).expect("an issued read");
                         assert_eq!(tags.len(), read.len, "a served read of its length");
-                        if !self.dr.is_trusted() {
-                            return Err(self.v(
-                                "stale",
-                                "the DR serves a read before the primary said what changed \
-                                 since its restart"
-                                    .into(),
-                            ));
-                        }
+                        self.check_trusted()?;
                         self.check_read(&read, &tags)?;
                         if self.whole_read == Some(ticket) {
                             self.whole_read = None;
