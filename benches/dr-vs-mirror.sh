@@ -16,12 +16,19 @@
 #  3. DR miss p99: fio random 4 KiB reads (iodepth 1) on the DR export while regions
 #     are missing (the background sync held at 64 KiB/s), against the same reads once
 #     the copy is complete; ratio = miss / idle (the issue wants ≤ 2).
-# Usage: benches/dr-vs-mirror.sh [SIZE_MIB=256] [SECS=5]
+# Usage: [PARTS="1 2 3"] [REHYDRATE=BINARY] benches/dr-vs-mirror.sh [SIZE_MIB=256] [SECS=5]
+# (PARTS names the parts to run, all by default; REHYDRATE a `rehydrate` binary to
+# measure instead of building this tree's, to compare two builds in turns.)
 set -euo pipefail
-SIZE=${1:-256}; SECS=${2:-5}
+SIZE=${1:-256}; SECS=${2:-5}; PARTS=${PARTS:-1 2 3}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 cd "$(dirname "$0")/.."
-cargo build --release -q --bin rehydrate
-R=$PWD/target/release/rehydrate
+if [[ -n ${REHYDRATE:-} ]]; then
+    R=$(realpath "$REHYDRATE")
+else
+    cargo build --release -q --bin rehydrate
+    R=$PWD/target/release/rehydrate
+fi
 source benches/common.sh
 cd "$work"
 head -c $((SIZE << 20)) /dev/urandom > src.img
@@ -91,6 +98,7 @@ mirror_start() { # MODE: qemu-storage-daemon mirroring src copy to a qemu-nbd ta
 mirror_stop() { kill $QSD $QNBD 2>/dev/null; wait $QSD $QNBD 2>/dev/null || true; }
 
 # 1. Initial sync time.
+if part 1; then
 t0=$(now); start_pair
 until complete; do sleep 0.05; done
 ours_wall=$(since $t0); stop_pair
@@ -111,8 +119,10 @@ mirror_start background
 mirror_sync=$(qmp qmp.sock BLOCK_JOB_READY "${MIRROR_CMDS[@]}"); mirror_stop
 printf 'initial sync %s MiB: ours %.2f s (wall with start-up and polling %.2f s), blockdev-mirror (background) %.2f s, ratio mirror/ours %.2f (want >= 0.9)\n' \
     $SIZE $ours_sync $ours_wall $mirror_sync $(echo "$mirror_sync / $ours_sync" | bc -l)
+fi
 
 # 2. Primary write p99 during the sync (the sync slowed so it runs for the whole fio).
+if part 2; then
 start_pair --sync-rate $(( (SIZE << 20) / (SECS * 2) ))
 ours_w=$(fio_p99 nbd://127.0.0.1:$PE/ randwrite)
 complete && echo "bench: warning: our sync ended before fio did" >&2
@@ -122,8 +132,10 @@ qmp qmp.sock - "${MIRROR_CMDS[@]}" >/dev/null
 mirror_w=$(fio_p99 nbd://127.0.0.1:$QE/src randwrite); mirror_stop
 printf 'primary write p99 during sync: ours %s us, write-blocking mirror %s us, ratio ours/mirror %.2f (want < 1)\n' \
     $ours_w $mirror_w $(echo "$ours_w / $mirror_w" | bc -l)
+fi
 
 # 3. DR miss p99 against an idle read of the complete copy.
+if part 3; then
 start_pair --sync-rate 64KiB
 miss=$(fio_p99 nbd://127.0.0.1:$DE/ randread)
 kill $PRI; wait $PRI 2>/dev/null || true
@@ -132,3 +144,4 @@ until complete; do sleep 0.05; done
 idle=$(fio_p99 nbd://127.0.0.1:$DE/ randread); stop_pair
 printf 'DR read p99: miss %s us, idle %s us, ratio miss/idle %.2f (want <= 2)\n' \
     $miss $idle $(echo "$miss / $idle" | bc -l)
+fi

@@ -2,7 +2,8 @@
 //! primary` serving the volume to fio and qemu-io over NBD, `rehydrate dr secondary`
 //! serving its copy to nbdcopy while the initial sync runs, each side killed with
 //! SIGKILL and restarted, and at quiet the two volumes compared byte for byte; a DR copy
-//! refuses another primary, and promotion is refused while regions are missing.
+//! refuses another primary, a site started on another volume than its metadata names is
+//! refused with nothing changed, and promotion is refused while regions are missing.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -274,19 +275,7 @@ fn a_dr_copy_refuses_another_primary_and_an_incomplete_copy_is_not_promoted() {
     // Another primary (another volume of the same size) is refused by the DR site.
     let other = sites.dir.path().join("other.img");
     make_image(&other, VOLUME_BYTES);
-    let out = rehydrate(&[
-        "dr",
-        "primary",
-        "--target",
-        s(&other),
-        "--export",
-        &format!("127.0.0.1:{}", free_port()),
-        "--peer",
-        &format!("127.0.0.1:{}", sites.listen),
-    ])
-    .output()
-    .unwrap();
-    let line = one_line_error(&out);
+    let line = primary_refused(&sites, &other);
     assert!(
         line.contains("refused") && line.contains("another primary"),
         "{line}"
@@ -310,19 +299,7 @@ fn a_dr_copy_refuses_another_primary_and_an_incomplete_copy_is_not_promoted() {
     );
     assert!(sites.status(&sites.dr_img).contains("promoted=true"));
     // A promoted copy takes no more stream.
-    let out = rehydrate(&[
-        "dr",
-        "secondary",
-        "--target",
-        s(&sites.dr_img),
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--export",
-        &format!("127.0.0.1:{}", free_port()),
-    ])
-    .output()
-    .unwrap();
-    assert!(one_line_error(&out).contains("promoted"));
+    assert!(secondary_refused(&sites).contains("promoted"));
 }
 
 #[test]
@@ -352,31 +329,10 @@ fn one_process_per_volume_a_second_site_and_a_promotion_under_a_running_secondar
     };
 
     // A second DR site on the same volume, on ports of its own.
-    in_use(
-        &[
-            "dr",
-            "secondary",
-            "--target",
-            s(&sites.dr_img),
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--export",
-            &format!("127.0.0.1:{}", free_port()),
-        ],
-        "a second secondary",
-    );
+    in_use(&strs(&secondary_args(&sites)), "a second secondary");
     // A second primary on the primary's volume.
     in_use(
-        &[
-            "dr",
-            "primary",
-            "--target",
-            s(&sites.primary_img),
-            "--export",
-            &format!("127.0.0.1:{}", free_port()),
-            "--peer",
-            &format!("127.0.0.1:{}", sites.listen),
-        ],
+        &strs(&primary_args(&sites, &sites.primary_img)),
         "a second primary",
     );
     // A promotion, even forced, while the secondary runs: its next commit would undo it.
@@ -415,4 +371,151 @@ fn one_process_per_volume_a_second_site_and_a_promotion_under_a_running_secondar
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The DR copy, the primary's volume and both metadata files, to compare after refusals.
+fn site_files(sites: &Sites) -> Vec<(PathBuf, Vec<u8>)> {
+    [&sites.dr_img, &sites.primary_img]
+        .into_iter()
+        .flat_map(|img| {
+            let mut meta = img.as_os_str().to_owned();
+            meta.push(".dr-meta");
+            [img.clone(), PathBuf::from(meta)]
+        })
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+fn assert_unchanged(before: &[(PathBuf, Vec<u8>)], what: &str) {
+    for (path, bytes) in before {
+        assert!(
+            std::fs::read(path).unwrap() == *bytes,
+            "{what}: {} changed",
+            path.display()
+        );
+    }
+}
+
+/// `dr secondary` on the DR copy's volume, on ports of its own.
+fn secondary_args(sites: &Sites) -> Vec<String> {
+    vec![
+        "dr".into(),
+        "secondary".into(),
+        "--target".into(),
+        s(&sites.dr_img).into(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--export".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ]
+}
+
+/// `dr primary` on `target` against the DR site, on an export port of its own.
+fn primary_args(sites: &Sites, target: &Path) -> Vec<String> {
+    vec![
+        "dr".into(),
+        "primary".into(),
+        "--target".into(),
+        s(target).into(),
+        "--export".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--peer".into(),
+        format!("127.0.0.1:{}", sites.listen),
+    ]
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `rehydrate dr secondary` on the DR copy's volume, run to its end (a refusal).
+fn secondary_refused(sites: &Sites) -> String {
+    one_line_error(&rehydrate(&strs(&secondary_args(sites))).output().unwrap())
+}
+
+/// `rehydrate dr primary` on `target` against the DR site, run to its end (a refusal).
+fn primary_refused(sites: &Sites, target: &Path) -> String {
+    one_line_error(
+        &rehydrate(&strs(&primary_args(sites, target)))
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_site_started_on_another_volume_than_its_metadata_names_is_refused_and_nothing_changes() {
+    let mut sites = Sites::new();
+    sites.start_secondary();
+    sites.start_primary(Some("1MiB"));
+    sites.wait_sync_began();
+    Sites::kill(&mut sites.primary);
+    Sites::kill(&mut sites.secondary);
+    let dir = sites.dir.path().to_owned();
+    let aside = |img: &Path| {
+        let to = dir.join(format!(
+            "{}.aside",
+            img.file_name().unwrap().to_str().unwrap()
+        ));
+        std::fs::rename(img, &to).unwrap();
+        to
+    };
+
+    // The DR copy replaced by another file of the same size (its metadata kept): its
+    // present map says nothing about that file.
+    let dr_aside = aside(&sites.dr_img);
+    make_image(&sites.dr_img, VOLUME_BYTES);
+    let before = site_files(&sites);
+    let line = secondary_refused(&sites);
+    assert!(line.contains("belongs to another volume"), "{line}");
+    assert_unchanged(&before, "a DR site on another file of the same size");
+
+    std::fs::rename(&dr_aside, &sites.dr_img).unwrap();
+
+    // The DR copy itself grown (the same file, another size).
+    let grow = |len: usize| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&sites.dr_img)
+            .and_then(|f| f.set_len(len as u64))
+            .unwrap()
+    };
+    grow(VOLUME_BYTES + MIB as usize);
+    let before = site_files(&sites);
+    let line = secondary_refused(&sites);
+    assert!(line.contains("bytes but its DR metadata says"), "{line}");
+    assert_unchanged(&before, "a DR site on its own file grown");
+    grow(VOLUME_BYTES);
+
+    // The primary's volume replaced by another of the same size (its metadata kept):
+    // its durable sent map would skip regions the DR copy never got from that volume.
+    sites.start_secondary();
+    let primary_aside = aside(&sites.primary_img);
+    make_image(&sites.primary_img, VOLUME_BYTES);
+    let before = site_files(&sites);
+    let line = primary_refused(&sites, &sites.primary_img);
+    assert!(line.contains("belongs to another volume"), "{line}");
+    assert_unchanged(&before, "a primary on another volume of the same size");
+    std::fs::rename(&primary_aside, &sites.primary_img).unwrap();
+
+    // A primary with a volume of its own of another size: the DR site refuses it.
+    let smaller = dir.join("smaller.img");
+    make_image(&smaller, VOLUME_BYTES / 2);
+    let before = site_files(&sites);
+    let line = primary_refused(&sites, &smaller);
+    assert!(
+        line.contains("refused") && line.contains("size differs"),
+        "{line}"
+    );
+    assert_unchanged(&before, "a primary of another size");
+
+    // The right pair still works from where it was.
+    sites.start_primary(None);
+    sites.wait_complete();
+    assert!(
+        std::fs::read(&sites.primary_img).unwrap() == std::fs::read(&sites.dr_img).unwrap(),
+        "the DR copy equals the primary after the refusals"
+    );
 }

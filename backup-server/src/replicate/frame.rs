@@ -87,13 +87,38 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// The buffer, with room for at least what the frame at its front still needs (and
+    /// `min_bytes`), for a reader that reads received bytes straight into it instead of
+    /// through [`FrameDecoder::push`]. Append only.
+    pub fn read_buffer(&mut self, min_bytes: usize) -> &mut BytesMut {
+        let needed = match self.front_len() {
+            Some(len) => len.map_or(0, |len| (4 + len).saturating_sub(self.buf.len())),
+            None => 4 - self.buf.len(),
+        };
+        self.buf.reserve(needed.max(min_bytes));
+        &mut self.buf
+    }
+
+    /// True when [`FrameDecoder::next_frame`] answers without more bytes: a whole frame,
+    /// or a length that ends the stream, is buffered.
+    pub fn is_ready(&self) -> bool {
+        self.front_len()
+            .is_some_and(|len| len.map_or(true, |len| self.buf.len() >= 4 + len))
+    }
+
+    /// The length of the frame at the front, once its prefix arrived.
+    fn front_len(&self) -> Option<Result<usize, FrameError>> {
+        let p = self.buf.get(..4)?;
+        Some(parse_length([p[0], p[1], p[2], p[3]]))
+    }
+
     /// The next whole frame, `Ok(None)` if more bytes are needed, or the error that
     /// ends the stream (the decoder is then useless: a bad length loses the framing).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        let Some(prefix) = self.buf.get(..4) else {
+        let Some(len) = self.front_len() else {
             return Ok(None);
         };
-        let len = parse_length([prefix[0], prefix[1], prefix[2], prefix[3]])?;
+        let len = len?;
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
@@ -139,18 +164,26 @@ mod tests {
     fn bad_lengths_are_refused_before_allocating() {
         let mut d = FrameDecoder::new();
         d.push(&[0, 0, 0, 0, 9]);
+        assert!(d.is_ready(), "a bad length is answered at once");
         assert_eq!(d.next_frame(), Err(FrameError::BadLength(0)));
         let mut d = FrameDecoder::new();
         d.push(&(MAX_FRAME_BYTES as u32 + 1).to_le_bytes());
         assert!(matches!(d.next_frame(), Err(FrameError::BadLength(_))));
         let mut d = FrameDecoder::new();
         d.push(&[3, 0, 0, 0, 1]);
+        assert!(!d.is_ready());
+        assert!(
+            d.read_buffer(0).capacity() >= 4 + 3,
+            "room for the rest of the frame"
+        );
         assert_eq!(d.next_frame(), Ok(None));
         assert_eq!(d.finish(), Err(FrameError::Truncated(5)));
     }
 
     proptest! {
-        /// However the stream is cut into pieces, the same frames come out in order.
+        /// However the stream is cut into pieces, and whether they are pushed or read
+        /// into the decoder's buffer, the same frames come out in order, and
+        /// `is_ready` says whether one is there.
         #[test]
         fn any_split_gives_the_same_frames(
             frames in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)), 0..8),
@@ -163,9 +196,20 @@ mod tests {
             points.sort_unstable();
             let mut d = FrameDecoder::new();
             let mut got = Vec::new();
-            for pair in points.windows(2) {
-                d.push(&bytes[pair[0]..pair[1]]);
-                while let Some(f) = d.next_frame().unwrap() {
+            for (i, pair) in points.windows(2).enumerate() {
+                let piece = &bytes[pair[0]..pair[1]];
+                if i % 2 == 0 {
+                    d.push(piece);
+                } else {
+                    d.read_buffer(1).extend_from_slice(piece);
+                }
+                loop {
+                    let ready = d.is_ready();
+                    let Some(f) = d.next_frame().unwrap() else {
+                        prop_assert!(!ready);
+                        break;
+                    };
+                    prop_assert!(ready);
                     got.push((f.kind, f.payload.to_vec()));
                 }
             }

@@ -110,6 +110,14 @@ impl Gate {
         self.running.retain(|o| o.id != id);
     }
 
+    /// True when a held operation other than `id` overlaps `bytes`.
+    pub fn busy_but(&self, id: u64, bytes: Range<u64>) -> bool {
+        self.waiting
+            .iter()
+            .chain(&self.running)
+            .any(|o| o.id != id && o.bytes.start < bytes.end && bytes.start < o.bytes.end)
+    }
+
     /// True when any held operation overlaps `bytes`.
     pub fn busy(&self, bytes: Range<u64>) -> bool {
         self.waiting
@@ -147,6 +155,7 @@ mod tests {
         g.finish(2);
         assert_eq!(started(&mut g), vec![5]);
         assert!(g.busy(0..15));
+        assert!(!g.busy_but(5, 14..16) && g.busy_but(4, 14..16));
         g.finish(5);
         g.finish(4);
         assert!(!g.busy(0..1000));

@@ -5,7 +5,8 @@
 //! ```text
 //! the link        attach(session, binding) after the primary's hello; received(message);
 //!                 poll_send() → Ack / Fetch for the primary; detach() when the link drops
-//! client read     read(offset, len) → ticket; read the volume on ReadLocal(ticket); read_done
+//! client read     read(offset, len) → ticket; read the volume on ReadLocal(ticket), then
+//!                 read_done; or answer it with ReadServed's bytes (no read_done)
 //! actions         poll_action(): WriteLocal (→ local_write_done) | ReadLocal | Commit (→ commit_done)
 //! timer           tick(): make what was applied durable and acknowledge it
 //! promotion       promote(force)
@@ -86,6 +87,18 @@ pub enum SecondaryAction {
         offset: u64,
         /// Byte length.
         len: u64,
+    },
+    /// Answer the client read named `ticket` with these bytes; no
+    /// [`Secondary::read_done`] follows. A read that missed one region and waited only
+    /// for its data is answered from the region data item when the item's local write
+    /// starts (the action comes before that `WriteLocal`): the volume would hold exactly
+    /// these bytes once the write completed, so the read need not wait for the write and
+    /// a read of the volume. See `serve_from_region`.
+    ReadServed {
+        /// Its name.
+        ticket: ReadTicket,
+        /// The bytes read.
+        data: Vec<u8>,
     },
     /// Flush the local volume, then write [`Secondary::commit_state`], then call
     /// [`Secondary::commit_done`].
@@ -706,6 +719,60 @@ impl Secondary {
         }
     }
 
+    /// Answers, from the bytes of region `region`'s data item `id` (at byte `offset`,
+    /// of session `session`) whose local write starts now, the client reads that
+    /// wait for that region alone.
+    ///
+    /// Why this serves what the read would have read after the write: the item runs, so
+    /// nothing admitted before it overlaps it; the read lies within its bytes; and no
+    /// other operation overlapping the read is held (no later stream item for those
+    /// bytes was issued yet), so the read is placed at the item's point, and every read
+    /// served before saw points before any later change of those bytes (stream items are
+    /// issued in order, so none after such a change was applied). Anything less certain
+    /// (an untrusted volume, a read over two regions, a later item for the same bytes
+    /// already held, an item of an ended session) takes the ordinary way: admitted once
+    /// the region is present, read from the volume.
+    fn serve_from_region(&mut self, id: u64, session: u64, region: u64, offset: u64, bytes: &[u8]) {
+        if !self.trusted || self.session.as_ref().is_none_or(|s| s.id != session) {
+            return;
+        }
+        let g = self.config.geometry;
+        debug_assert_eq!(g.regions_byte_range(region..region + 1).start, offset);
+        let mut served = Vec::new();
+        for (&read, op) in self.ops.iter() {
+            let Op::Read {
+                offset: at,
+                len,
+                admitted: false,
+            } = *op
+            else {
+                continue;
+            };
+            if g.regions_touched(at, len) != (region..region + 1)
+                || self.gate.busy_but(id, at..at + len)
+            {
+                continue;
+            }
+            let from = (at - offset) as usize;
+            served.push((read, bytes[from..from + len as usize].to_vec()));
+        }
+        for (read, data) in served {
+            let op = self.ops.remove(&read);
+            debug_assert!(matches!(
+                op,
+                Some(Op::Read {
+                    admitted: false,
+                    ..
+                })
+            ));
+            self.counters.reads += 1;
+            self.actions.push_back(SecondaryAction::ReadServed {
+                ticket: ReadTicket(read),
+                data,
+            });
+        }
+    }
+
     fn start_ready(&mut self) {
         let mut started = Vec::new();
         self.gate.start_ready(|id| started.push(id));
@@ -717,11 +784,21 @@ impl Secondary {
     fn start_op(&mut self, id: u64) {
         let g = self.config.geometry;
         match self.ops.get_mut(&id).expect("known operation") {
-            Op::Item { offset, data, .. } => {
+            Op::Item {
+                offset,
+                data,
+                region,
+                session,
+                ..
+            } => {
                 let data = data.take().expect("started once");
+                let (offset, region, session) = (*offset, *region, *session);
+                if let (Some(r), LocalData::Bytes(bytes)) = (region, &data) {
+                    self.serve_from_region(id, session, r, offset, bytes);
+                }
                 self.actions.push_back(SecondaryAction::WriteLocal {
                     ticket: WriteTicket(id),
-                    offset: *offset,
+                    offset,
                     data,
                 });
             }

@@ -693,6 +693,20 @@ impl World {
                         (offset / SECTOR) as usize,
                         (len / SECTOR) as usize,
                     )),
+                    SecondaryAction::ReadServed { ticket, data } => {
+                        // Answered now, from the region data about to be written.
+                        let Some(tags) = sector_tags(&data) else {
+                            return Err(self.violation("garbled", format!("read {ticket:?}")));
+                        };
+                        let i = self.d_reads.iter().position(|r| r.0 == ticket);
+                        let (_, sector, len, floor) = self.d_reads.swap_remove(i.expect("a read"));
+                        assert_eq!(tags.len(), len, "a served read of its length");
+                        tr!(
+                            "   D read {ticket:?} {sector}..{} served {tags:?}",
+                            sector + len
+                        );
+                        self.check_read(sector, &tags, floor)?;
+                    }
                     SecondaryAction::Commit(t) => self.d_dev.push(DDev::Commit(t)),
                 }
             }

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use super::bits::Bits;
 use super::primary::{HotExtents, Primary, PrimaryAction, PrimaryConfig, Written};
-use super::secondary::{Secondary, SecondaryAction, SecondaryConfig};
+use super::secondary::{Secondary, SecondaryAction, SecondaryConfig, WriteTicket};
 use super::wire::{Item, ItemBody, Message};
 use super::{Binding, DrError};
 use crate::geometry::Geometry;
@@ -290,6 +290,14 @@ fn item(seq: u64, body: ItemBody) -> Message {
     Message::Item(Item { seq, body })
 }
 
+/// The next action, which must be a local write: its ticket and offset.
+fn next_local_write(s: &mut Secondary) -> (WriteTicket, u64) {
+    match s.poll_action() {
+        Some(SecondaryAction::WriteLocal { ticket, offset, .. }) => (ticket, offset),
+        other => panic!("not a local write: {other:?}"),
+    }
+}
+
 #[test]
 fn the_dr_refuses_another_primary_or_volume_or_size() {
     let mut s = dr();
@@ -365,14 +373,8 @@ fn a_read_waits_for_ready_then_fetches_and_is_served_after_the_data_lands() {
         data: vec![5; 4096],
     };
     s.received(item(3, data)).unwrap();
-    let Some(SecondaryAction::WriteLocal {
-        ticket,
-        offset: 4096,
-        ..
-    }) = s.poll_action()
-    else {
-        panic!()
-    };
+    let (ticket, offset) = next_local_write(&mut s);
+    assert_eq!(offset, 4096);
     s.local_write_done(ticket, true).unwrap();
     assert_eq!(
         s.poll_action(),
@@ -394,6 +396,82 @@ fn a_read_waits_for_ready_then_fetches_and_is_served_after_the_data_lands() {
     );
     s.commit_done(c, true);
     assert_eq!(s.poll_send(), Some(Message::Ack { durable_seq: 3 }));
+}
+
+#[test]
+fn a_read_of_one_missing_region_is_answered_from_its_data_unless_a_later_item_holds_its_bytes() {
+    let mut s = bound_dr(Bits::new(8), 0);
+    s.attach(1, binding()).unwrap();
+    s.received(item(1, ItemBody::Ready)).unwrap();
+    assert_eq!(s.poll_action(), None);
+    assert!(s.is_trusted());
+
+    // Region 1 alone: answered from the region's data as its write starts, before it.
+    let r = s.read(4096 + 512, 1024).unwrap();
+    assert_eq!(s.poll_send(), Some(Message::Fetch { region: 1 }));
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    s.received(item(
+        2,
+        ItemBody::RegionData {
+            region: 1,
+            data: data.clone(),
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        s.poll_action(),
+        Some(SecondaryAction::ReadServed {
+            ticket: r,
+            data: data[512..1536].to_vec()
+        })
+    );
+    let (ticket, offset) = next_local_write(&mut s);
+    assert_eq!(offset, 4096);
+    assert_eq!(s.poll_action(), None);
+    s.local_write_done(ticket, true).unwrap();
+    assert_eq!(s.counters().reads, 1);
+    assert!(s.present().get(1));
+
+    // Region 2 with a replicated write to the read's bytes already held behind its
+    // data: the read is placed after both, read from the volume.
+    let r = s.read(2 * 4096, 512).unwrap();
+    assert_eq!(s.poll_send(), Some(Message::Fetch { region: 2 }));
+    s.received(item(
+        3,
+        ItemBody::RegionData {
+            region: 2,
+            data: vec![7; 4096],
+        },
+    ))
+    .unwrap();
+    s.received(item(
+        4,
+        ItemBody::Write {
+            offset: 2 * 4096,
+            data: vec![9; 512],
+        },
+    ))
+    .unwrap();
+    let (region_write, offset) = next_local_write(&mut s);
+    assert_eq!(offset, 8192);
+    assert_eq!(
+        s.poll_action(),
+        None,
+        "the write waits for the region's data"
+    );
+    s.local_write_done(region_write, true).unwrap();
+    let (write, offset) = next_local_write(&mut s);
+    assert_eq!(offset, 8192);
+    s.local_write_done(write, true).unwrap();
+    assert_eq!(
+        s.poll_action(),
+        Some(SecondaryAction::ReadLocal {
+            ticket: r,
+            offset: 8192,
+            len: 512
+        })
+    );
+    s.read_done(r);
 }
 
 #[test]
@@ -430,9 +508,7 @@ fn a_failed_replicated_write_drops_every_region_it_touched() {
         data: vec![7; 1536],
     };
     s.received(item(2, write)).unwrap();
-    let Some(SecondaryAction::WriteLocal { ticket, .. }) = s.poll_action() else {
-        panic!()
-    };
+    let (ticket, _) = next_local_write(&mut s);
     assert_eq!(
         s.local_write_done(ticket, false),
         Err(DrError::LocalWriteFailed {

@@ -207,7 +207,9 @@ impl TargetPin {
         id: [0; TARGET_ID_BYTES],
     };
 
-    pub(super) fn decode(kind: u8, id: [u8; TARGET_ID_BYTES]) -> Result<TargetPin, BindingError> {
+    /// The pin a kind byte and identity bytes record (this header's or another
+    /// metadata file's).
+    pub fn decode(kind: u8, id: [u8; TARGET_ID_BYTES]) -> Result<TargetPin, BindingError> {
         let kind = TargetKind::from_byte(kind).ok_or(BindingError::UnknownKind {
             field: "target",
             value: kind,

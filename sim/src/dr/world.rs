@@ -321,6 +321,18 @@ impl World {
         violation(rule, self.now_ns, detail)
     }
 
+    /// `stale`: the DR serves no read before the primary said what changed since its
+    /// restart.
+    fn check_trusted(&self) -> Result<(), DrViolation> {
+        if self.dr.is_trusted() {
+            return Ok(());
+        }
+        Err(self.v(
+            "stale",
+            "the DR serves a read before the primary said what changed since its restart".into(),
+        ))
+    }
+
     fn quiet(&self) -> bool {
         self.quiet_since_ns.is_some()
     }
@@ -582,15 +594,23 @@ impl World {
                             (r.sector as u64 * SECTOR_BYTES, r.len as u64 * SECTOR_BYTES),
                             (offset, len)
                         );
-                        if !self.dr.is_trusted() {
-                            return Err(self.v(
-                                "stale",
-                                "the DR serves a read before the primary said what changed \
-                                 since its restart"
-                                    .into(),
-                            ));
-                        }
+                        self.check_trusted()?;
                         DOp::Read { ticket }
+                    }
+                    SecondaryAction::ReadServed { ticket, data } => {
+                        // Answered now, from the region data the DR is about to write.
+                        let tags = sector_tags(&data).ok_or_else(|| {
+                            self.v("garbled", format!("DR read {ticket:?} served mixed"))
+                        })?;
+                        let read = self.dr_reads.remove(&ticket).expect("an issued read");
+                        assert_eq!(tags.len(), read.len, "a served read of its length");
+                        self.check_trusted()?;
+                        self.check_read(&read, &tags)?;
+                        if self.whole_read == Some(ticket) {
+                            self.whole_read = None;
+                            self.counters.whole_reads += 1;
+                        }
+                        continue;
                     }
                     SecondaryAction::Commit(t) => DOp::Commit(t),
                 };

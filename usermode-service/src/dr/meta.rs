@@ -1,6 +1,6 @@
 //! The DR metadata file of either site (`TARGET.dr-meta` unless named): who the volume
-//! belongs to, and its region map: the durable sent map on the primary, the present map
-//! at the DR site. Replaced whole (written beside, synced, renamed, directory synced),
+//! belongs to, which volume on this machine it was made for, and its region map: the
+//! durable sent map on the primary, the present map at the DR site. Replaced whole (written beside, synced, renamed, directory synced),
 //! so a crash leaves the old file or the new one, and a checksum refuses anything else.
 //!
 //! Byte by byte, integers little-endian:
@@ -16,26 +16,39 @@
 //!     24     8  generation (DR site: bumped whenever regions were dropped)
 //!     32    16  primary id
 //!     48    16  volume id
-//!     64     8  N: words of the map
-//!     72    8N  the map: bit r % 64 of word r / 64 is region r
-//! 72+8N     32  BLAKE3 of every byte before
+//!     64     1  target kind (`TargetKind`: 0 not recorded, 1 Unix file, 2 Unix block
+//!               device, 3 Windows volume)
+//!     65     7  zero
+//!     72    48  target identity (`TargetKind` says what; zero-padded)
+//!    120     8  N: words of the map
+//!    128    8N  the map: bit r % 64 of word r / 64 is region r
+//! 128+8N    32  BLAKE3 of every byte before
 //! ```
+//!
+//! Why the target is recorded: the map says what the volume holds, so metadata that
+//! follows a path to another file (one replaced or created anew under the name, or
+//! `--metadata` of another site) would serve or skip regions that file never received.
+//! A site started on a volume that is not the one its metadata was made for is refused
+//! before anything is written.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rehydrate_driver::dr::bits::Bits;
 use rehydrate_driver::dr::Binding;
+use rehydrate_driver::meta::{TargetKind, TargetPin, TARGET_ID_BYTES};
 use rehydrate_driver::Geometry;
 
 const MAGIC: [u8; 8] = *b"RHYDDRMT";
-const VERSION: u16 = 1;
-const HEADER_BYTES: usize = 72;
+const VERSION: u16 = 2;
+const TARGET_AT: usize = 64;
+const MAP_WORDS_AT: usize = TARGET_AT + 8 + TARGET_ID_BYTES;
+const HEADER_BYTES: usize = MAP_WORDS_AT + 8;
 const CHECKSUM_BYTES: usize = 32;
 /// Largest map accepted (2^32 regions): a length field past it is damage, not a volume.
 const MAP_WORDS_MAX: u64 = 1 << 26;
 
-const _: () = assert!(HEADER_BYTES == 64 + 8);
+const _: () = assert!(TARGET_ID_BYTES == 48 && MAP_WORDS_AT == 120 && HEADER_BYTES == 128);
 
 /// Which site a metadata file belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +74,9 @@ pub struct Meta {
     pub generation: u64,
     /// The map.
     pub map: Bits,
+    /// The volume on this machine the metadata was made for
+    /// ([`TargetPin::UNRECORDED`] where the platform cannot say).
+    pub target: TargetPin,
 }
 
 /// Why a metadata file cannot be used.
@@ -82,6 +98,17 @@ pub enum MetaError {
         /// What is wrong.
         what: &'static str,
     },
+    /// It was made for another volume than the one the site was started on.
+    #[error(
+        "DR metadata {path} belongs to another volume than {target} (another file or \
+         device, or one created anew): refused, nothing was changed"
+    )]
+    AnotherTarget {
+        /// The file.
+        path: PathBuf,
+        /// The volume the site was started on.
+        target: PathBuf,
+    },
 }
 
 impl Meta {
@@ -93,6 +120,25 @@ impl Meta {
             volume_size_bytes: self.geometry.volume_size_bytes(),
             region_size_bytes: self.geometry.region_size_bytes(),
         })
+    }
+
+    /// Refuses a volume (pinned as `volume`, at `target`) that is not the one this
+    /// metadata (at `path`) was made for. Where either pin is not recorded there is
+    /// nothing to compare.
+    pub fn check_target(
+        &self,
+        volume: &TargetPin,
+        path: &Path,
+        target: &Path,
+    ) -> Result<(), MetaError> {
+        let recorded = |p: &TargetPin| p.kind != TargetKind::Unrecorded;
+        if recorded(&self.target) && recorded(volume) && self.target != *volume {
+            return Err(MetaError::AnotherTarget {
+                path: path.to_owned(),
+                target: target.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// The file's bytes.
@@ -109,6 +155,11 @@ impl Meta {
         let (p, v) = self.binding.unwrap_or(([0; 16], [0; 16]));
         b.extend_from_slice(&p);
         b.extend_from_slice(&v);
+        debug_assert_eq!(b.len(), TARGET_AT);
+        b.push(self.target.kind as u8);
+        b.extend_from_slice(&[0; 7]);
+        b.extend_from_slice(&self.target.id);
+        debug_assert_eq!(b.len(), MAP_WORDS_AT);
         b.extend_from_slice(&(words.len() as u64).to_le_bytes());
         debug_assert_eq!(b.len(), HEADER_BYTES);
         for w in words {
@@ -135,7 +186,7 @@ impl Meta {
         if u16::from_le_bytes([bytes[8], bytes[9]]) != VERSION {
             return Err(bad("unknown format version"));
         }
-        let words = u64_at(64);
+        let words = u64_at(MAP_WORDS_AT);
         if words > MAP_WORDS_MAX
             || bytes.len() as u64 != HEADER_BYTES as u64 + 8 * words + CHECKSUM_BYTES as u64
         {
@@ -163,6 +214,16 @@ impl Meta {
         let map = Bits::from_words(geometry.region_count(), &words)
             .ok_or_else(|| bad("map does not fit the volume"))?;
         let id = |at: usize| -> [u8; 16] { bytes[at..at + 16].try_into().expect("16") };
+        if bytes[TARGET_AT + 1..TARGET_AT + 8] != [0; 7] {
+            return Err(bad("reserved bytes are not zero"));
+        }
+        let target = TargetPin::decode(
+            bytes[TARGET_AT],
+            bytes[TARGET_AT + 8..MAP_WORDS_AT]
+                .try_into()
+                .expect("the target identity"),
+        )
+        .map_err(|_| bad("unknown target kind"))?;
         Ok(Meta {
             role,
             geometry,
@@ -170,6 +231,7 @@ impl Meta {
             promoted: flags & 2 != 0,
             generation: u64_at(24),
             map,
+            target,
         })
     }
 
@@ -246,11 +308,15 @@ mod tests {
             promoted: false,
             generation: 7,
             map,
+            target: TargetPin {
+                kind: TargetKind::UnixFile,
+                id: [9; TARGET_ID_BYTES],
+            },
         };
         let bytes = meta.encode();
         let p = Path::new("m");
         assert_eq!(Meta::decode(&bytes, p).unwrap(), meta);
-        for at in [0, 9, 10, 11, 20, 70, 80, bytes.len() - 1] {
+        for at in [0, 9, 10, 11, 20, 64, 66, 80, 125, 130, bytes.len() - 1] {
             let mut b = bytes.clone();
             b[at] ^= 0x40;
             assert!(Meta::decode(&b, p).is_err(), "byte {at}");
@@ -261,5 +327,35 @@ mod tests {
         assert_eq!(Meta::load(&path).unwrap(), None);
         meta.store(&path).unwrap();
         assert_eq!(Meta::load(&path).unwrap(), Some(meta));
+    }
+
+    #[test]
+    fn another_volume_is_refused_and_an_unrecorded_pin_decides_nothing() {
+        let pin = |b| TargetPin {
+            kind: TargetKind::UnixFile,
+            id: [b; TARGET_ID_BYTES],
+        };
+        let meta = Meta {
+            role: Role::Secondary,
+            geometry: Geometry::new(8 * 4096, 4096).unwrap(),
+            binding: None,
+            promoted: false,
+            generation: 0,
+            map: Bits::new(8),
+            target: pin(1),
+        };
+        let (m, t) = (Path::new("d.img.dr-meta"), Path::new("d.img"));
+        meta.check_target(&pin(1), m, t).unwrap();
+        let e = meta.check_target(&pin(2), m, t).unwrap_err();
+        assert!(matches!(e, MetaError::AnotherTarget { .. }), "{e}");
+        assert!(e.to_string().contains("another volume than d.img"), "{e}");
+        meta.check_target(&TargetPin::UNRECORDED, m, t).unwrap();
+        let unrecorded = Meta {
+            target: TargetPin::UNRECORDED,
+            ..meta
+        };
+        unrecorded.check_target(&pin(2), m, t).unwrap();
+        let back = Meta::decode(&unrecorded.encode(), m).unwrap();
+        assert_eq!(back, unrecorded);
     }
 }

@@ -9,12 +9,14 @@
 //!                                                        │ volume
 //! ```
 //!
-//! Each process is one core task that owns its core and its volume and performs the
-//! core's actions; the NBD server and the link run beside it and talk to it on channels.
+//! Each process is one core task that owns its core, its volume and its link to the
+//! other site (it reads and writes the link's socket itself, `peer`), and performs the
+//! core's actions; the NBD server runs beside it and talks to it on channels.
 
 pub mod export;
 pub mod link;
 pub mod meta;
+pub mod peer;
 pub mod primary;
 pub mod secondary;
 pub mod volume;

@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::export::{self, io_error, Op, Request};
 use super::link::{self, Frame};
 use super::meta::{self, Meta, Role};
-use super::volume::{self, Peer, Volume};
+use super::peer::Peer;
+use super::volume::Volume;
 use super::{bind, DrRunError, PrimaryArgs};
 use crate::restore::live::serve::stop_requested;
 
@@ -35,6 +36,8 @@ const HOT_COOL_TICKS: u64 = 10;
 const GRANT_EVERY: Duration = Duration::from_millis(20);
 /// Wait between attempts to reach the DR site.
 const RECONNECT_AFTER: Duration = Duration::from_millis(300);
+/// Frames from the DR site (acknowledgements, fetches) taken at most per wake-up.
+const FRAMES_PER_WAKE: usize = 64;
 
 enum LinkEvent {
     Up(Peer, u64),
@@ -63,6 +66,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                     meta_path.display()
                 )));
             }
+            m.check_target(&volume.pin(&args.target)?, &meta_path, &args.target)?;
             if m.geometry.volume_size_bytes() != volume.size_bytes {
                 return Err(DrRunError::Usage(format!(
                     "{} is {} bytes but its DR metadata says {}",
@@ -84,6 +88,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                 promoted: false,
                 generation: 0,
                 map: rehydrate_driver::dr::bits::Bits::new(geometry.region_count()),
+                target: volume.pin(&args.target)?,
             };
             m.store(&meta_path)?;
             m
@@ -127,17 +132,14 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
         path: meta_path.clone().into(),
         done: commits_tx,
     };
-    let mut outbox_full = false;
     loop {
-        // A sender of our own, so waiting for room in the outbox borrows nothing.
-        let outbox = link.as_ref().map(|p| p.outgoing.clone());
         tokio::select! {
             r = requests.recv() => {
                 let Some(r) = r else { break };
                 waiting.push_back(r);
             }
-            _ = async { outbox.as_ref().expect("guarded").reserve().await.map(drop) },
-                if outbox_full && outbox.is_some() => {}
+            _ = async { link.as_ref().expect("guarded").writable().await },
+                if link.as_ref().is_some_and(Peer::wants_write) => {}
             e = events.recv() => match e {
                 Some(LinkEvent::Up(peer, session)) => {
                     tracing::info!(session, "dr primary: session with the DR site");
@@ -147,14 +149,21 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                 Some(LinkEvent::Refused(reason)) => return Err(DrRunError::Refused(reason)),
                 None => break,
             },
-            f = async { volume::next_frame(&mut link.as_mut().expect("guarded").incoming).await },
-                if link.is_some() => {
-                let ended = match f {
-                    Ok(Frame::Dr(m)) => core.received(m).err().map(|e| e.to_string()),
-                    Ok(Frame::Error(reason)) => Some(format!("the DR site ended the session: {reason}")),
-                    Ok(Frame::Hello(_)) => Some("a second hello".into()),
-                    Err(e) => Some(e.to_string()),
-                };
+            _ = async { link.as_ref().expect("guarded").readable().await }, if link.is_some() => {
+                let peer = link.as_mut().expect("guarded");
+                let mut ended = None;
+                for _ in 0..FRAMES_PER_WAKE {
+                    let Some(f) = peer.try_recv() else { break };
+                    ended = match f {
+                        Ok(Frame::Dr(m)) => core.received(m).err().map(|e| e.to_string()),
+                        Ok(Frame::Error(reason)) => Some(format!("the DR site ended the session: {reason}")),
+                        Ok(Frame::Hello(_)) => Some("a second hello".into()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if ended.is_some() {
+                        break;
+                    }
+                }
                 if let Some(why) = ended {
                     tracing::warn!(%why, "dr primary: session ended");
                     core.end_session();
@@ -166,7 +175,15 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                 let (t, ok) = c.expect("the committer holds a sender");
                 core.commit_done(t, ok);
             }
-            _ = tick.tick() => core.request_commit(),
+            _ = tick.tick() => {
+                core.request_commit();
+                if link.as_ref().is_some_and(Peer::is_silent) {
+                    tracing::warn!("dr primary: the DR site went silent");
+                    core.end_session();
+                    link = None;
+                    let _ = connect_tx.send(());
+                }
+            }
             _ = grants.tick(), if args.sync_rate.is_some() => {
                 let rate = u64::from(args.sync_rate.unwrap_or(0));
                 let share = rate * GRANT_EVERY.as_millis() as u64 / 1000;
@@ -182,32 +199,37 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
             let r = waiting.pop_front().expect("front");
             take_request(&mut core, &volume, &mut writes, r);
         }
-        // Everything the core asks for, until it asks for nothing.
+        // Everything the core asks for, until it asks for nothing; what it sends goes on
+        // the wire at once (a fetched region's data too, without a hand-over).
         loop {
             let mut progress = false;
             while let Some(a) = core.poll_action() {
                 progress = true;
                 perform(&mut core, &volume, &mut writes, a, &committer);
             }
-            outbox_full = false;
-            if let Some(peer) = link.as_ref() {
-                outbox_full = peer.outgoing.capacity() == 0;
-                while peer.outgoing.capacity() > 0 {
+            if let Some(peer) = link.as_mut() {
+                let mut ended = None;
+                while peer.has_room() {
                     match core.poll_send() {
                         Ok(Some(m)) => {
                             progress = true;
-                            let _ = peer.outgoing.try_send(Frame::Dr(m));
-                            outbox_full = peer.outgoing.capacity() == 0;
+                            peer.queue(&Frame::Dr(m));
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            tracing::warn!(error = %e, "dr primary: session ended");
-                            core.end_session();
-                            link = None;
-                            let _ = connect_tx.send(());
+                            ended = Some(e.to_string());
                             break;
                         }
                     }
+                }
+                if ended.is_none() {
+                    ended = peer.flush_now().err().map(|e| e.to_string());
+                }
+                if let Some(why) = ended {
+                    tracing::warn!(%why, "dr primary: session ended");
+                    core.end_session();
+                    link = None;
+                    let _ = connect_tx.send(());
                 }
             }
             if !progress {
@@ -405,12 +427,10 @@ async fn handshake(
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let mut p = volume::peer(stream);
-    p.outgoing
-        .send(link::primary_hello(binding, session))
-        .await
-        .map_err(|_| "closed".to_string())?;
-    let answer = tokio::time::timeout(Duration::from_secs(10), volume::next_frame(&mut p.incoming))
+    let mut p = Peer::new(stream);
+    p.queue(&link::primary_hello(binding, session));
+    p.flush().await.map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), p.recv())
         .await
         .map_err(|_| "no answer to hello".to_string())?;
     match answer {

@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::export::{self, io_error, Op, Request};
 use super::link::{self, Frame};
 use super::meta::{self, Meta, Role};
-use super::volume::{self, Peer, Volume};
+use super::peer::Peer;
+use super::volume::Volume;
 use super::{bind, DrRunError, SecondaryArgs};
 use crate::restore::live::serve::stop_requested;
 
@@ -88,6 +89,7 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
                 promoted: false,
                 generation: 0,
                 map: Bits::new(geometry.region_count()),
+                target: volume.pin(&args.target)?,
             };
             m.store(&meta_path)?;
             pending_first = Some(a);
@@ -106,6 +108,7 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
             args.target.display()
         )));
     }
+    meta.check_target(&volume.pin(&args.target)?, &meta_path, &args.target)?;
     if volume.size_bytes != meta.geometry.volume_size_bytes() {
         return Err(DrRunError::Usage(format!(
             "{} is {} bytes but its DR metadata says {}",
@@ -154,17 +157,17 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
                 }
                 link = site.attach(a).await;
             }
-            f = async { volume::next_frame(&mut link.as_mut().expect("guarded").incoming).await },
+            _ = async { link.as_ref().expect("guarded").readable().await },
                 if link.is_some() && site.core.has_room(PAYLOAD_MAX_BYTES as u64 + 64) => {
-                let mut ended = site.take_frame(f);
-                // Whatever else already arrived goes in before the stream is applied, so
-                // one wake-up applies a batch rather than a frame.
-                let incoming = &mut link.as_mut().expect("guarded").incoming;
+                // Whatever already arrived goes in before the stream is applied, so one
+                // wake-up applies a batch rather than a frame.
+                let peer = link.as_mut().expect("guarded");
+                let mut ended = None;
                 for _ in 0..FRAMES_PER_WAKE {
                     if ended.is_some() || !site.core.has_room(PAYLOAD_MAX_BYTES as u64 + 64) {
                         break;
                     }
-                    let Ok(f) = incoming.try_recv() else { break };
+                    let Some(f) = peer.try_recv() else { break };
                     ended = site.take_frame(f);
                 }
                 if let Some(why) = ended {
@@ -181,10 +184,19 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
                 }
                 site.core.commit_done(t, ok);
             }
-            _ = tick.tick() => site.core.tick(),
+            _ = async { link.as_ref().expect("guarded").writable().await },
+                if link.as_ref().is_some_and(Peer::wants_write) => {}
+            _ = tick.tick() => {
+                site.core.tick();
+                if link.as_ref().is_some_and(Peer::is_silent) {
+                    tracing::warn!("dr secondary: the primary went silent");
+                    site.core.detach();
+                    link = None;
+                }
+            }
             _ = &mut stop => break,
         }
-        if let Err(why) = site.drive(link.as_ref()) {
+        if let Err(why) = site.drive(link.as_mut()) {
             tracing::warn!(%why, "dr secondary: session ended");
             site.core.detach();
             link = None;
@@ -215,11 +227,11 @@ impl Site {
     }
 
     /// Answers a primary's hello: a session, or a refusal said to the primary.
-    async fn attach(&mut self, a: Attach) -> Option<Peer> {
+    async fn attach(&mut self, mut a: Attach) -> Option<Peer> {
         match self.core.attach(a.session, a.binding) {
             Ok(()) => {
                 let id = self.meta.binding.map_or([0; 16], |b| b.1);
-                let _ = a.peer.outgoing.send(link::secondary_hello(id)).await;
+                a.peer.queue(&link::secondary_hello(id));
                 tracing::info!(
                     session = a.session,
                     "dr secondary: session with the primary"
@@ -228,7 +240,8 @@ impl Site {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dr secondary: refused a primary");
-                let _ = a.peer.outgoing.send(Frame::Error(e.to_string())).await;
+                a.peer.queue(&Frame::Error(e.to_string()));
+                let _ = a.peer.flush().await;
                 None
             }
         }
@@ -254,21 +267,23 @@ impl Site {
     }
 
     /// Performs what the core asks and sends what it says, until it says nothing.
-    fn drive(&mut self, link: Option<&Peer>) -> Result<(), String> {
+    /// Fetches go on the wire here, as soon as the core asked for them.
+    fn drive(&mut self, mut link: Option<&mut Peer>) -> Result<(), String> {
         loop {
             let mut progress = false;
             while let Some(a) = self.core.poll_action() {
                 progress = true;
                 self.perform(a)?;
             }
-            if let Some(peer) = link {
-                while peer.outgoing.capacity() > 0 {
+            if let Some(peer) = link.as_deref_mut() {
+                while peer.has_room() {
                     let Some(m) = self.core.poll_send() else {
                         break;
                     };
                     progress = true;
-                    let _ = peer.outgoing.try_send(Frame::Dr(m));
+                    peer.queue(&Frame::Dr(m));
                 }
+                peer.flush_now().map_err(|e| e.to_string())?;
             }
             if !progress {
                 return Ok(());
@@ -301,6 +316,11 @@ impl Site {
                 self.core.read_done(ticket);
                 if let Some(reply) = self.reads.remove(&ticket.0) {
                     let _ = reply.send(data.map(Bytes::from).map_err(ExportError::Io));
+                }
+            }
+            SecondaryAction::ReadServed { ticket, data } => {
+                if let Some(reply) = self.reads.remove(&ticket.0) {
+                    let _ = reply.send(Ok(Bytes::from(data)));
                 }
             }
             SecondaryAction::Commit(t) => {
@@ -349,14 +369,11 @@ async fn accept(listener: TcpListener, attaches: mpsc::UnboundedSender<Attach>) 
 }
 
 async fn hello(stream: TcpStream) -> Option<Attach> {
-    let mut peer = volume::peer(stream);
-    let first = tokio::time::timeout(
-        Duration::from_secs(10),
-        volume::next_frame(&mut peer.incoming),
-    )
-    .await
-    .ok()?
-    .ok()?;
+    let mut peer = Peer::new(stream);
+    let first = tokio::time::timeout(Duration::from_secs(10), peer.recv())
+        .await
+        .ok()?
+        .ok()?;
     let Frame::Hello(h) = first else {
         return None;
     };
@@ -367,7 +384,8 @@ async fn hello(stream: TcpStream) -> Option<Attach> {
             session,
         }),
         Err(reason) => {
-            let _ = peer.outgoing.send(Frame::Error(reason.into())).await;
+            peer.queue(&Frame::Error(reason.into()));
+            let _ = peer.flush().await;
             None
         }
     }

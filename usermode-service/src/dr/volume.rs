@@ -1,17 +1,15 @@
 //! Positioned I/O on a site's volume (an image file or block device) for the core
-//! tasks, and the pieces both sites' links share.
+//! tasks.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rehydrate_backup::replicate::conn::{self, ConnError, Incoming};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use rehydrate_driver::meta::TargetPin;
 
-use super::link::Frame;
 use super::DrRunError;
 use crate::restore::lock::try_lock_exclusive;
+use crate::restore::target_id;
 
 /// Largest zero buffer written at once.
 const ZERO_STEP_BYTES: u64 = 1 << 20;
@@ -96,41 +94,16 @@ impl Volume {
         Ok(())
     }
 
+    /// What the metadata records to know this volume again (`path` names it in errors).
+    pub fn pin(&self, path: &Path) -> Result<TargetPin, DrRunError> {
+        target_id::pin(&self.file, self.size_bytes).map_err(|source| DrRunError::Io {
+            what: format!("inspect {}", path.display()),
+            source,
+        })
+    }
+
     /// Makes every completed write durable.
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
     }
-}
-
-/// Frames waiting for the socket at most; past it the core stops taking items from its
-/// sender until the socket drains (the sender's own bound then ends the session).
-pub const OUTBOX_FRAMES: usize = 64;
-
-/// A connected peer: its frames, and a channel to the task that writes ours.
-pub struct Peer {
-    /// Frames from the peer (or the error that ended them).
-    pub incoming: Incoming<Frame>,
-    /// Frames to the peer.
-    pub outgoing: mpsc::Sender<Frame>,
-}
-
-/// Splits `stream` into a [`Peer`]; a task writes the outgoing frames until the channel
-/// closes or the socket fails.
-pub fn peer(stream: TcpStream) -> Peer {
-    let (incoming, mut writer) = conn::split::<Frame>(stream, OUTBOX_FRAMES);
-    let (outgoing, mut rx) = mpsc::channel::<Frame>(OUTBOX_FRAMES);
-    tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if writer.send(&f).await.is_err() {
-                break;
-            }
-        }
-        writer.close().await;
-    });
-    Peer { incoming, outgoing }
-}
-
-/// The next frame from `incoming`, or why there is none.
-pub async fn next_frame(incoming: &mut Incoming<Frame>) -> Result<Frame, ConnError> {
-    incoming.recv().await.unwrap_or(Err(ConnError::Closed))
 }
