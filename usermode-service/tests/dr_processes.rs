@@ -519,3 +519,42 @@ fn a_site_started_on_another_volume_than_its_metadata_names_is_refused_and_nothi
         "the DR copy equals the primary after the refusals"
     );
 }
+
+#[test]
+fn a_new_dr_copy_on_a_file_that_holds_data_is_refused_unless_forced() {
+    let sites = Sites::new();
+    // Somebody's data where the DR copy is to go, and no DR metadata beside it.
+    let held = make_image(&sites.dr_img, VOLUME_BYTES / 3 + 4096);
+    let line = secondary_refused(&sites);
+    assert!(
+        line.contains("already holds") && line.contains("--force"),
+        "{line}"
+    );
+    assert!(
+        std::fs::read(&sites.dr_img).unwrap() == held,
+        "the file is untouched"
+    );
+    let mut meta = sites.dr_img.as_os_str().to_owned();
+    meta.push(".dr-meta");
+    assert!(!Path::new(&meta).exists(), "no DR metadata was written");
+
+    // Asked for, the file becomes the DR copy of the primary, at its size.
+    let mut sites = sites;
+    let mut args = secondary_args(&sites);
+    args[5] = format!("127.0.0.1:{}", sites.listen);
+    args[7] = format!("127.0.0.1:{}", sites.dr_export);
+    args.push("--force".into());
+    let child = rehydrate(&strs(&args))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sites.secondary = Running(Some(child));
+    wait_listening(sites.listen, sites.secondary.get());
+    sites.start_primary(None);
+    sites.wait_complete();
+    assert!(
+        std::fs::read(&sites.dr_img).unwrap() == std::fs::read(&sites.primary_img).unwrap(),
+        "the forced copy equals the primary"
+    );
+}

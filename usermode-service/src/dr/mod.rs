@@ -107,6 +107,10 @@ pub struct SecondaryArgs {
     /// The DR metadata file (default: TARGET.dr-meta).
     #[arg(long)]
     pub metadata: Option<PathBuf>,
+    /// Make a new DR copy on a target that already holds data (a file that is not
+    /// empty, a block device): its contents are overwritten.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `rehydrate dr status` / `rehydrate dr promote`.

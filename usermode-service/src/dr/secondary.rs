@@ -63,6 +63,17 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
         true => Volume::open(&args.target)?,
         false => Volume::open_or_create(&args.target)?,
     };
+    // A fresh DR site overwrites its volume: one that already holds something (a file
+    // with data, any block device) is taken only when asked for.
+    if !meta_path.exists() && volume.size_bytes > 0 && !args.force {
+        return Err(DrRunError::Usage(format!(
+            "{} already holds {} bytes and has no DR metadata ({}): a new DR copy would \
+             overwrite it; give a new path, or --force to overwrite it",
+            args.target.display(),
+            volume.size_bytes,
+            meta_path.display()
+        )));
+    }
     let listener = bind(&args.listen).await?;
     let export_listener = bind(&args.export).await?;
     let (attach_tx, mut attaches) = mpsc::unbounded_channel::<Attach>();

@@ -57,8 +57,13 @@ impl Volume {
         Ok(Volume { file, size_bytes })
     }
 
-    /// Sets the volume's length to `size_bytes` (a fresh DR site's file).
+    /// Sets the volume's length to `size_bytes` (a fresh DR site's file; a block device
+    /// of another size is an error).
     pub fn set_size(&mut self, size_bytes: u64) -> Result<(), DrRunError> {
+        if size_bytes == self.size_bytes {
+            // Nothing to change (and a block device, which cannot be resized, fits).
+            return Ok(());
+        }
         self.file
             .set_len(size_bytes)
             .map_err(|source| DrRunError::Io {
