@@ -15,6 +15,9 @@
 #
 #   [CACHE=warm|cold] benches/incremental-backup.sh [SIZE_MIB=1024] [WRITE_KIB=1024] [ROUNDS=5]
 #
+# REHYDRATE_BIN names a built `rehydrate` to measure instead of building this tree's
+# (to compare two builds under the same conditions).
+#
 # Needs qemu-utils (qemu-io). TMPDIR picks where the image and the store go.
 set -euo pipefail
 
@@ -24,8 +27,12 @@ rounds=${3:-5}
 root=$(cd "$(dirname "$0")/.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 command -v qemu-io >/dev/null || { echo "bench: qemu-io is missing (apt-get install -y qemu-utils)" >&2; exit 1; }
-(cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p rehydrate-service --bin rehydrate)
-R=$target_dir/release/rehydrate
+if [ -n "${REHYDRATE_BIN:-}" ]; then
+    R=$REHYDRATE_BIN
+else
+    (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p rehydrate-service --bin rehydrate)
+    R=$target_dir/release/rehydrate
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -37,9 +44,9 @@ trap cleanup EXIT
 cd "$work"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "no listener on $1" >&2; exit 1; }
-# bash's own clock: a `date` process on each side would add its start-up to every figure.
-now() { echo "$EPOCHREALTIME"; }
-secs() { local t0; t0=$(now); "$@" >/dev/null 2>&1; echo "$(now) - $t0" | bc -l; }
+# secs CMD...: CMD's wall seconds, on bash's own clock (a `date` process, or a subshell,
+# on each side would add its start-up to every figure).
+secs() { local t0=$EPOCHREALTIME; "$@" >/dev/null 2>&1; echo "$EPOCHREALTIME - $t0" | bc -l; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 head -c "$((size_mib << 20))" /dev/urandom >disk.img
