@@ -117,6 +117,9 @@ pub enum PrimaryAction {
         offset: u64,
         /// Byte length.
         len: u64,
+        /// A read at the DR site waits for it (a fetch), rather than the background
+        /// sync: a shell reads it at once, and may read the sync's on other threads.
+        fetched: bool,
     },
     /// Flush the volume when [`Primary::commit_needs_data_flush`] says so, then write
     /// [`Primary::commit_map`] as the durable sent map, then call
@@ -204,7 +207,8 @@ pub struct Primary {
     sent: Bits,
     session: Option<Session>,
     writes: BTreeMap<u64, WriteState>,
-    reads: BTreeMap<u64, (u64, u64)>,
+    /// Region reads in flight: their session, region, and whether a DR read asked.
+    reads: BTreeMap<u64, (u64, u64, bool)>,
     /// Region reads whose region a failed write dropped from S while they waited behind
     /// it: what they read is not streamed (the sync reads the region again, marked first).
     spoiled_reads: BTreeSet<u64>,
@@ -466,7 +470,7 @@ impl Primary {
                 self.enqueue(ItemBody::Invalidate { first: r, count: 1 }, r..r + 1);
                 // A read for sending of the region waits behind this write (the gate
                 // orders it after): the region is no longer in S under it.
-                for (&id, &(read_sid, region)) in &self.reads {
+                for (&id, &(read_sid, region, _)) in &self.reads {
                     if read_sid == sid && region == r {
                         self.spoiled_reads.insert(id);
                     }
@@ -533,7 +537,7 @@ impl Primary {
     /// [`Primary::region_read`] with the shell's buffer, which the stream item keeps
     /// (no copy of the region).
     pub fn region_read_owned(&mut self, ticket: ReadTicket, data: Option<Vec<u8>>) {
-        let (sid, region) = self
+        let (sid, region, _) = self
             .reads
             .remove(&ticket.0)
             .unwrap_or_else(|| panic!("region read {ticket:?} is unknown"));
@@ -840,13 +844,14 @@ impl Primary {
             if writes.contains_key(&id) {
                 actions.push_back(PrimaryAction::DispatchWrite(WriteTicket(id)));
             } else {
-                let (_, region) = reads[&id];
+                let (_, region, fetched) = reads[&id];
                 let bytes = g.regions_byte_range(region..region + 1);
                 actions.push_back(PrimaryAction::ReadRegion {
                     ticket: ReadTicket(id),
                     region,
                     offset: bytes.start,
                     len: bytes.end - bytes.start,
+                    fetched,
                 });
             }
         });
@@ -898,7 +903,7 @@ impl Primary {
             s.reads_in_flight += 1;
             let sid = s.id;
             let id = self.ticket();
-            self.reads.insert(id, (sid, region));
+            self.reads.insert(id, (sid, region, fetched));
             let bytes = self.config.geometry.regions_byte_range(region..region + 1);
             self.gate.admit(id, bytes, Access::Read);
         }

@@ -152,6 +152,15 @@ impl Message {
 
     /// Appends the payload (without the kind byte).
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
+        if let Some(data) = self.encode_payload_head(out) {
+            out.extend_from_slice(data);
+        }
+    }
+
+    /// Appends the payload up to its data bytes, which always end it, and returns those
+    /// (`None` for a message without data): a sender can write them from where they
+    /// are instead of copying them behind the head.
+    pub fn encode_payload_head(&self, out: &mut Vec<u8>) -> Option<&[u8]> {
         match self {
             Message::Item(i) => {
                 out.extend_from_slice(&i.seq.to_le_bytes());
@@ -161,7 +170,7 @@ impl Message {
                         assert!(!data.is_empty() && data.len() <= DATA_MAX_BYTES as usize);
                         out.extend_from_slice(&a.to_le_bytes());
                         out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-                        out.extend_from_slice(data);
+                        return Some(data);
                     }
                     ItemBody::Zeroes { offset: a, len: b }
                     | ItemBody::Invalidate { first: a, count: b } => {
@@ -174,6 +183,18 @@ impl Message {
             Message::Ack { durable_seq: v } | Message::Fetch { region: v } => {
                 out.extend_from_slice(&v.to_le_bytes())
             }
+        }
+        None
+    }
+
+    /// The message's data bytes, taken out (`None` for a message without data).
+    pub fn into_data(self) -> Option<Vec<u8>> {
+        match self {
+            Message::Item(Item {
+                body: ItemBody::RegionData { data, .. } | ItemBody::Write { data, .. },
+                ..
+            }) => Some(data),
+            _ => None,
         }
     }
 

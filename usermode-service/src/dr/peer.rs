@@ -5,14 +5,18 @@
 //! primary's region data) that a client read waits for, and every hand-over between
 //! tasks is a wake-up of another thread. Here the core task parses frames straight out
 //! of its receive buffer and writes its frames into the socket as soon as it made them
-//! (non-blocking; what the socket does not take waits in the send buffer until it is
-//! writable), so a fetch and its answer cross no task boundary at either end.
+//! (non-blocking, vectored: region data goes out from its own buffer; what the socket
+//! does not take waits here until it is writable), so a fetch and its answer cross no
+//! task boundary at either end.
 //!
 //! Both waits are cancel safe (readiness only; the bytes live in the buffers here), so
 //! the core task can `select!` on them beside everything else.
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rehydrate_backup::replicate::conn::ConnError;
 use rehydrate_backup::replicate::frame::FrameDecoder;
 use rehydrate_backup::replicate::session::Wire;
@@ -29,14 +33,24 @@ pub const IDLE_TIMEOUT: Duration = rehydrate_backup::replicate::conn::IDLE_TIMEO
 /// Bytes asked of the socket at least per read (a region's frame fits twice).
 const READ_CHUNK_BYTES: usize = 256 << 10;
 
+/// Most pieces given to one vectored write.
+const WRITE_PIECES_MAX: usize = 64;
+
 /// A connected peer.
 pub struct Peer {
     stream: TcpStream,
     /// Received bytes not yet taken as frames.
     inbox: FrameDecoder,
-    /// Encoded frames; the first `sent` bytes are on the wire already.
-    outbox: Vec<u8>,
-    sent: usize,
+    /// Encoded frames waiting for the socket, in order: buffers of frame heads and small
+    /// frames, and the data of region and write messages in their own buffers, sent from
+    /// there (no copy behind their heads).
+    outbox: VecDeque<Bytes>,
+    /// Bytes of the front piece already on the wire.
+    front_sent: usize,
+    /// Heads and small frames gathered for the next piece.
+    tail: Vec<u8>,
+    /// Bytes waiting for the socket: the outbox past `front_sent`, and the tail.
+    queued: usize,
     /// The socket said end of stream or failed: what is buffered is all there is.
     ended: Option<ConnError>,
     last_heard: Instant,
@@ -49,26 +63,43 @@ impl Peer {
         Peer {
             stream,
             inbox: FrameDecoder::new(),
-            outbox: Vec::new(),
-            sent: 0,
+            outbox: VecDeque::new(),
+            front_sent: 0,
+            tail: Vec::new(),
+            queued: 0,
             ended: None,
             last_heard: Instant::now(),
         }
     }
 
     /// Queues `f`; [`Peer::flush_now`] or [`Peer::flush`] writes it.
-    pub fn queue(&mut self, f: &Frame) {
-        f.encode_into(&mut self.outbox);
+    pub fn queue(&mut self, f: Frame) {
+        let before = self.tail.len();
+        let data = f.encode_split(&mut self.tail);
+        self.queued += self.tail.len() - before;
+        if let Some(data) = data {
+            self.seal_tail();
+            self.queued += data.len();
+            self.outbox.push_back(Bytes::from(data));
+        }
+    }
+
+    /// Moves the gathered heads into the outbox, behind what is there.
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.outbox
+                .push_back(Bytes::from(std::mem::take(&mut self.tail)));
+        }
     }
 
     /// True while queued bytes stay below [`OUTBOX_BYTES`].
     pub fn has_room(&self) -> bool {
-        self.outbox.len() - self.sent < OUTBOX_BYTES
+        self.queued < OUTBOX_BYTES
     }
 
     /// True while queued bytes wait for the socket.
     pub fn wants_write(&self) -> bool {
-        self.sent < self.outbox.len()
+        self.queued > 0
     }
 
     /// Completes when the socket may take more (cancel safe); then [`Peer::flush_now`].
@@ -78,21 +109,36 @@ impl Peer {
 
     /// Writes what the socket takes without waiting.
     pub fn flush_now(&mut self) -> Result<(), ConnError> {
-        while self.sent < self.outbox.len() {
-            match self.stream.try_write(&self.outbox[self.sent..]) {
+        self.seal_tail();
+        while let Some(front) = self.outbox.front() {
+            let mut pieces = [IoSlice::new(&[]); WRITE_PIECES_MAX];
+            pieces[0] = IoSlice::new(&front[self.front_sent..]);
+            let mut n = 1;
+            for (slot, piece) in pieces[1..].iter_mut().zip(self.outbox.iter().skip(1)) {
+                *slot = IoSlice::new(piece);
+                n += 1;
+            }
+            let mut written = match self.stream.try_write_vectored(&pieces[..n]) {
                 Ok(0) => return Err(ConnError::Closed),
-                Ok(n) => self.sent += n,
+                Ok(written) => written,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e.into()),
+            };
+            debug_assert!(written <= self.queued);
+            self.queued -= written;
+            // Bounded: each turn takes a whole piece or ends with the rest inside one.
+            while written > 0 {
+                let left = self.outbox[0].len() - self.front_sent;
+                if written < left {
+                    self.front_sent += written;
+                    break;
+                }
+                written -= left;
+                self.outbox.pop_front();
+                self.front_sent = 0;
             }
         }
-        if self.sent == self.outbox.len() {
-            self.outbox.clear();
-            self.sent = 0;
-        } else if self.sent >= OUTBOX_BYTES {
-            self.outbox.drain(..self.sent);
-            self.sent = 0;
-        }
+        debug_assert_eq!(self.outbox.is_empty(), self.queued == 0);
         Ok(())
     }
 

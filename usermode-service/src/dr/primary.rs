@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rehydrate_driver::dr::primary::{
-    CommitTicket, HotExtents, Primary, PrimaryAction, PrimaryConfig, Written,
+    CommitTicket, HotExtents, Primary, PrimaryAction, PrimaryConfig, ReadTicket, Written,
 };
 use rehydrate_driver::dr::Binding;
 use rehydrate_nbd::ExportError;
@@ -126,6 +126,12 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
     let mut synced_said = core.is_synced();
     let mut stop = Box::pin(stop_requested());
     let (commits_tx, mut commits) = mpsc::unbounded_channel::<(CommitTicket, bool)>();
+    let (region_reads_tx, mut region_reads) =
+        mpsc::unbounded_channel::<(ReadTicket, Option<Vec<u8>>)>();
+    let sync_reader = SyncReader {
+        volume: volume.clone(),
+        done: region_reads_tx,
+    };
     let committer = Committer {
         volume: volume.clone(),
         meta: meta.clone(),
@@ -171,6 +177,14 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                     let _ = connect_tx.send(());
                 }
             }
+            r = region_reads.recv() => {
+                let (t, data) = r.expect("the sync reader holds a sender");
+                core.region_read_owned(t, data);
+                // The others that finished too: one pass below sends them all.
+                while let Ok((t, data)) = region_reads.try_recv() {
+                    core.region_read_owned(t, data);
+                }
+            }
             c = commits.recv() => {
                 let (t, ok) = c.expect("the committer holds a sender");
                 core.commit_done(t, ok);
@@ -205,7 +219,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
             let mut progress = false;
             while let Some(a) = core.poll_action() {
                 progress = true;
-                perform(&mut core, &volume, &mut writes, a, &committer);
+                perform(&mut core, &volume, &mut writes, a, &committer, &sync_reader);
             }
             if let Some(peer) = link.as_mut() {
                 let mut ended = None;
@@ -213,7 +227,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                     match core.poll_send() {
                         Ok(Some(m)) => {
                             progress = true;
-                            peer.queue(&Frame::Dr(m));
+                            peer.queue(Frame::Dr(m));
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -321,6 +335,7 @@ fn perform(
     writes: &mut HashMap<u64, PendingWrite>,
     action: PrimaryAction,
     committer: &Committer,
+    sync_reader: &SyncReader,
 ) {
     match action {
         PrimaryAction::DispatchWrite(t) => {
@@ -346,11 +361,39 @@ fn perform(
             ticket,
             offset,
             len,
+            fetched: true,
             ..
         } => {
+            // A DR read waits for it: read here, at once, and send it next.
             core.region_read_owned(ticket, volume.read(offset, len).ok());
         }
+        PrimaryAction::ReadRegion {
+            ticket,
+            offset,
+            len,
+            fetched: false,
+            ..
+        } => sync_reader.start(ticket, offset, len),
         PrimaryAction::Commit(t) => committer.start(core, t),
+    }
+}
+
+/// Reads the background sync's regions on blocking threads, so this task goes on
+/// sending what was read meanwhile: reading and sending every region on the one task
+/// that also writes the socket took the sync at about half the speed. The core's gate
+/// orders each read after the writes admitted before it and holds later writes to the
+/// region until it completes, wherever it runs; the result comes back on `done`.
+struct SyncReader {
+    volume: Arc<Volume>,
+    done: mpsc::UnboundedSender<(ReadTicket, Option<Vec<u8>>)>,
+}
+
+impl SyncReader {
+    fn start(&self, ticket: ReadTicket, offset: u64, len: u64) {
+        let (volume, done) = (self.volume.clone(), self.done.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = done.send((ticket, volume.read(offset, len).ok()));
+        });
     }
 }
 
@@ -428,7 +471,7 @@ async fn handshake(
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let mut p = Peer::new(stream);
-    p.queue(&link::primary_hello(binding, session));
+    p.queue(link::primary_hello(binding, session));
     p.flush().await.map_err(|e| e.to_string())?;
     let answer = tokio::time::timeout(Duration::from_secs(10), p.recv())
         .await

@@ -242,7 +242,7 @@ impl Site {
         match self.core.attach(a.session, a.binding) {
             Ok(()) => {
                 let id = self.meta.binding.map_or([0; 16], |b| b.1);
-                a.peer.queue(&link::secondary_hello(id));
+                a.peer.queue(link::secondary_hello(id));
                 tracing::info!(
                     session = a.session,
                     "dr secondary: session with the primary"
@@ -251,7 +251,7 @@ impl Site {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dr secondary: refused a primary");
-                a.peer.queue(&Frame::Error(e.to_string()));
+                a.peer.queue(Frame::Error(e.to_string()));
                 let _ = a.peer.flush().await;
                 None
             }
@@ -292,7 +292,7 @@ impl Site {
                         break;
                     };
                     progress = true;
-                    peer.queue(&Frame::Dr(m));
+                    peer.queue(Frame::Dr(m));
                 }
                 peer.flush_now().map_err(|e| e.to_string())?;
             }
@@ -395,7 +395,7 @@ async fn hello(stream: TcpStream) -> Option<Attach> {
             session,
         }),
         Err(reason) => {
-            peer.queue(&Frame::Error(reason.into()));
+            peer.queue(Frame::Error(reason.into()));
             let _ = peer.flush().await;
             None
         }
