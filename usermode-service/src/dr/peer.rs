@@ -22,6 +22,8 @@ use rehydrate_backup::replicate::frame::FrameDecoder;
 use rehydrate_backup::replicate::session::Wire;
 use tokio::net::TcpStream;
 
+use rehydrate_driver::dr::wire::Message;
+
 use super::link::Frame;
 
 /// Bytes of frames waiting for the socket before the site stops making more (the
@@ -216,5 +218,16 @@ impl Peer {
                 }
             }
         }
+    }
+}
+
+/// A frame received during a session: its DR message, or why the session ends (`peer`
+/// names the other site in that reason).
+pub fn dr_message(f: Result<Frame, ConnError>, peer: &str) -> Result<Message, String> {
+    match f {
+        Ok(Frame::Dr(m)) => Ok(m),
+        Ok(Frame::Error(reason)) => Err(format!("{peer} ended the session: {reason}")),
+        Ok(Frame::Hello(_)) => Err("a second hello".into()),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::export::{self, io_error, Op, Request};
 use super::link::{self, Frame};
 use super::meta::{self, Meta, Role};
-use super::peer::Peer;
+use super::peer::{self, Peer};
 use super::volume::Volume;
 use super::{bind, DrRunError, PrimaryArgs};
 use crate::restore::live::serve::stop_requested;
@@ -160,21 +160,15 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                 let mut ended = None;
                 for _ in 0..FRAMES_PER_WAKE {
                     let Some(f) = peer.try_recv() else { break };
-                    ended = match f {
-                        Ok(Frame::Dr(m)) => core.received(m).err().map(|e| e.to_string()),
-                        Ok(Frame::Error(reason)) => Some(format!("the DR site ended the session: {reason}")),
-                        Ok(Frame::Hello(_)) => Some("a second hello".into()),
-                        Err(e) => Some(e.to_string()),
-                    };
+                    ended = peer::dr_message(f, "the DR site")
+                        .and_then(|m| core.received(m).map_err(|e| e.to_string()))
+                        .err();
                     if ended.is_some() {
                         break;
                     }
                 }
                 if let Some(why) = ended {
-                    tracing::warn!(%why, "dr primary: session ended");
-                    core.end_session();
-                    link = None;
-                    let _ = connect_tx.send(());
+                    end_session(&mut core, &mut link, &connect_tx, &why);
                 }
             }
             r = region_reads.recv() => {
@@ -192,10 +186,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
             _ = tick.tick() => {
                 core.request_commit();
                 if link.as_ref().is_some_and(Peer::is_silent) {
-                    tracing::warn!("dr primary: the DR site went silent");
-                    core.end_session();
-                    link = None;
-                    let _ = connect_tx.send(());
+                    end_session(&mut core, &mut link, &connect_tx, "the DR site went silent");
                 }
             }
             _ = grants.tick(), if args.sync_rate.is_some() => {
@@ -240,10 +231,7 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
                     ended = peer.flush_now().err().map(|e| e.to_string());
                 }
                 if let Some(why) = ended {
-                    tracing::warn!(%why, "dr primary: session ended");
-                    core.end_session();
-                    link = None;
-                    let _ = connect_tx.send(());
+                    end_session(&mut core, &mut link, &connect_tx, &why);
                 }
             }
             if !progress {
@@ -267,6 +255,19 @@ pub async fn run(args: &PrimaryArgs) -> Result<String, DrRunError> {
         c.writes_local,
         c.sessions
     ))
+}
+
+/// Ends the session with the DR site for `why`; the connector starts the next one.
+fn end_session(
+    core: &mut Primary,
+    link: &mut Option<Peer>,
+    reconnect: &mpsc::UnboundedSender<()>,
+    why: &str,
+) {
+    tracing::warn!(%why, "dr primary: session ended");
+    core.end_session();
+    *link = None;
+    let _ = reconnect.send(());
 }
 
 fn take_request(

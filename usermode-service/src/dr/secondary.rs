@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::export::{self, io_error, Op, Request};
 use super::link::{self, Frame};
 use super::meta::{self, Meta, Role};
-use super::peer::Peer;
+use super::peer::{self, Peer};
 use super::volume::Volume;
 use super::{bind, DrRunError, SecondaryArgs};
 use crate::restore::live::serve::stop_requested;
@@ -182,9 +182,7 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
                     ended = site.take_frame(f);
                 }
                 if let Some(why) = ended {
-                    tracing::warn!(%why, "dr secondary: session ended");
-                    site.core.detach();
-                    link = None;
+                    site.end_session(&mut link, &why);
                 }
             }
             c = commits.recv() => {
@@ -200,17 +198,13 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
             _ = tick.tick() => {
                 site.core.tick();
                 if link.as_ref().is_some_and(Peer::is_silent) {
-                    tracing::warn!("dr secondary: the primary went silent");
-                    site.core.detach();
-                    link = None;
+                    site.end_session(&mut link, "the primary went silent");
                 }
             }
             _ = &mut stop => break,
         }
         if let Err(why) = site.drive(link.as_mut()) {
-            tracing::warn!(%why, "dr secondary: session ended");
-            site.core.detach();
-            link = None;
+            site.end_session(&mut link, &why);
         }
     }
     let c = site.core.counters();
@@ -229,12 +223,16 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
 impl Site {
     /// Hands a frame from the primary to the core; why the session ends, if it does.
     fn take_frame(&mut self, f: Result<Frame, ConnError>) -> Option<String> {
-        match f {
-            Ok(Frame::Dr(m)) => self.core.received(m).err().map(|e| e.to_string()),
-            Ok(Frame::Error(reason)) => Some(format!("the primary ended the session: {reason}")),
-            Ok(Frame::Hello(_)) => Some("a second hello".into()),
-            Err(e) => Some(e.to_string()),
-        }
+        peer::dr_message(f, "the primary")
+            .and_then(|m| self.core.received(m).map_err(|e| e.to_string()))
+            .err()
+    }
+
+    /// Ends the session with the primary for `why` (its next hello starts another).
+    fn end_session(&mut self, link: &mut Option<Peer>, why: &str) {
+        tracing::warn!(%why, "dr secondary: session ended");
+        self.core.detach();
+        *link = None;
     }
 
     /// Answers a primary's hello: a session, or a refusal said to the primary.
