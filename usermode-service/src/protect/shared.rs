@@ -18,6 +18,7 @@ use rehydrate_driver::capture::{
 use rehydrate_nbd::ExportError;
 use tokio::sync::{watch, Notify};
 
+use crate::restore::live::io::{perform_soon, Op};
 use crate::restore::Target;
 
 /// A bounded wait used where a notification could in principle be missed: nothing
@@ -209,9 +210,9 @@ impl Protected {
         Ok(())
     }
 
-    /// The write itself, on the target: in the page cache at once when that needs no
-    /// waiting ([`Target::write_at_now`]), else on a thread that may block. A hop to a
-    /// thread for every write cost most of a random 4 KiB write's time.
+    /// The write itself, on the target, as the live export performs it: in the page
+    /// cache at once when that needs no waiting, else on a thread that may block. A hop
+    /// to a thread for every write cost most of a random 4 KiB write's time.
     async fn write_down(
         &self,
         offset: u64,
@@ -219,25 +220,15 @@ impl Protected {
         data: Option<&Bytes>,
         fua: bool,
     ) -> std::io::Result<()> {
-        if let (Some(d), false) = (data, fua) {
-            if self.target.write_at_now(offset, d)? {
-                return Ok(());
-            }
-        }
-        let target = Arc::clone(&self.target);
-        let payload = data.cloned();
-        tokio::task::spawn_blocking(move || {
-            match &payload {
-                Some(d) => target.write_at(offset, d),
-                None => target.zero(offset, len),
-            }?;
-            if fua {
-                target.flush()?;
-            }
-            Ok::<(), std::io::Error>(())
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        let op = match data {
+            Some(d) => Op::Write {
+                offset,
+                data: d.clone(),
+                fua,
+            },
+            None => Op::Zeroes { offset, len, fua },
+        };
+        perform_soon(&self.target, op).await.map(drop)
     }
 
     /// Flushes the target; a completed flush makes a point (a mark with `label`): the
@@ -304,23 +295,11 @@ impl Protected {
         Ok(point)
     }
 
-    /// Reads `len` bytes at `offset` from the target.
+    /// Reads `len` bytes at `offset` from the target (cached data at once, as the live
+    /// export does).
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, ExportError> {
-        // Cached data at once, as the live export does ([`Target::read_at_now`]).
-        let mut buf = vec![0u8; len as usize];
-        if self
-            .target
-            .read_at_now(offset, &mut buf)
-            .map_err(ExportError::Io)?
-        {
-            return Ok(Bytes::from(buf));
-        }
-        let target = Arc::clone(&self.target);
-        tokio::task::spawn_blocking(move || {
-            target.read_at(offset, &mut buf).map(|()| Bytes::from(buf))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        .map_err(ExportError::Io)
+        perform_soon(&self.target, Op::Read { offset, len })
+            .await
+            .map_err(ExportError::Io)
     }
 }

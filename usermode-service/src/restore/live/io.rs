@@ -3,6 +3,8 @@
 //! (positioned reads and writes, `fdatasync`): callers run it on tokio's blocking pool,
 //! after [`perform_now`] found it cannot be done without waiting.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::super::target::Target;
@@ -101,6 +103,18 @@ pub fn perform_now(target: &Target, op: &Op) -> Option<std::io::Result<Bytes>> {
         },
         _ => None,
     }
+}
+
+/// Performs `op` on `target` at once when that needs no waiting ([`perform_now`]), else
+/// on a thread that may block ([`perform`]); a read returns its bytes.
+pub async fn perform_soon(target: &Arc<Target>, op: Op) -> std::io::Result<Bytes> {
+    if let Some(done) = perform_now(target, &op) {
+        return done;
+    }
+    let target = Arc::clone(target);
+    tokio::task::spawn_blocking(move || perform(&target, &op))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Performs `op` on `target`; a read returns its bytes.

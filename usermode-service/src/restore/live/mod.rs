@@ -244,13 +244,8 @@ impl<S: Source> LiveExport<S> {
             }
             // The one branch a restored volume costs.
             if self.shared.passthrough.load(Ordering::Acquire) {
-                if let Some(done) = io::perform_now(&self.shared.target, &op) {
-                    return done.map_err(ExportError::Io);
-                }
-                let target = Arc::clone(&self.shared.target);
-                return tokio::task::spawn_blocking(move || io::perform(&target, &op))
+                return io::perform_soon(&self.shared.target, op)
                     .await
-                    .map_err(|e| ExportError::Io(std::io::Error::other(e)))?
                     .map_err(ExportError::Io);
             }
             let (reply, answer) = oneshot::channel();
