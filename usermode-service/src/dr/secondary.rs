@@ -59,13 +59,14 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
         .clone()
         .unwrap_or_else(|| meta::default_path(&args.target));
     // Locked before anything is written: one process per volume.
-    let mut volume = match meta_path.exists() {
-        true => Volume::open(&args.target)?,
-        false => Volume::open_or_create(&args.target)?,
+    let fresh = !meta_path.exists();
+    let mut volume = match fresh {
+        false => Volume::open(&args.target)?,
+        true => Volume::open_or_create(&args.target)?,
     };
     // A fresh DR site overwrites its volume: one that already holds something (a file
     // with data, any block device) is taken only when asked for.
-    if !meta_path.exists() && volume.size_bytes > 0 && !args.force {
+    if fresh && volume.size_bytes > 0 && !args.force {
         return Err(DrRunError::Usage(format!(
             "{} already holds {} bytes and has no DR metadata ({}): a new DR copy would \
              overwrite it; give a new path, or --force to overwrite it",
