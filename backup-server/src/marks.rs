@@ -42,7 +42,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 
@@ -171,6 +170,22 @@ pub async fn read(
         })
 }
 
+/// Removes `dir` if it is empty; one that is gone or still holds something is left be.
+pub(crate) fn remove_empty_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The identity of one `gc/condemned` object (one gc run): its entity tag and its
 /// last-modified time in nanoseconds, to notice it went or was replaced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +208,9 @@ async fn condemned_tag(objects: &dyn ObjectStore) -> Result<Option<RunTag>, Back
 /// list it has read.
 pub struct Announcer {
     objects: Arc<dyn ObjectStore>,
+    /// `pending/ID` in a local store, removed once withdrawn (object stores have no
+    /// directories to leave behind).
+    local_dir: Option<std::path::PathBuf>,
     id: String,
     queued: Mutex<Vec<ChunkHash>>,
     state: tokio::sync::Mutex<AnnouncerState>,
@@ -211,9 +229,13 @@ impl Announcer {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
+        let id = format!("{nanos:032x}-{:08x}", std::process::id());
         Self {
             objects: Arc::clone(store.objects()),
-            id: format!("{nanos:032x}-{:08x}", std::process::id()),
+            local_dir: store
+                .local_root()
+                .map(|root| root.join(pending_root().as_ref()).join(&id)),
+            id,
             queued: Mutex::new(Vec::new()),
             state: tokio::sync::Mutex::new(AnnouncerState::default()),
         }
@@ -252,9 +274,7 @@ impl Announcer {
                 .iter()
                 .all(|h| batch.contains(h) || state.announced.contains(h)));
             state.batches += 1;
-            let path = pending_root()
-                .child(self.id.as_str())
-                .child(format!("{:08}", state.batches));
+            let path = self.batch_path(state.batches);
             let payload = PutPayload::from(Bytes::from(encode(PENDING_MAGIC, &batch)));
             self.objects
                 .put(&path, payload)
@@ -307,28 +327,42 @@ impl Announcer {
 
     /// Withdraw every announcement (after the index is published, or on failure).
     pub async fn finish(&self) -> Result<(), BackupError> {
-        let root = pending_root().child(self.id.as_str());
-        let listed: Vec<_> = self
-            .objects
-            .list(Some(&root))
-            .try_collect()
-            .await
-            .map_err(|e| BackupError::store(&root, e))?;
+        // Every batch this announcer numbered, whether its put got through or not (a
+        // missing one is fine): no listing needed, which would cost a round trip (and,
+        // locally, a stat per file) before the deletes could start.
+        let batches = self.state.lock().await.batches;
         // All at once: each is one round trip, and nothing orders them.
-        futures::future::try_join_all(listed.into_iter().map(|meta| async move {
-            match self.objects.delete(&meta.location).await {
+        futures::future::try_join_all((1..=batches).map(|batch| async move {
+            let path = self.batch_path(batch);
+            match self.objects.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(BackupError::store(&meta.location, e)),
+                Err(e) => Err(BackupError::store(&path, e)),
             }
         }))
-        .await
-        .map(drop)
+        .await?;
+        // Locally the directory the first batch created goes too: one left per backup
+        // would pile up under `pending/` for every gc to walk.
+        if let Some(dir) = self.local_dir.clone().filter(|_| batches > 0) {
+            tokio::task::spawn_blocking(move || remove_empty_dir(&dir))
+                .await
+                .map_err(|e| BackupError::Internal(e.to_string()))?
+                .map_err(|e| crate::store::local_error(&pending_root(), e))?;
+        }
+        Ok(())
+    }
+
+    /// `pending/ID/NNNNNNNN`: this announcer's batch `batch`.
+    fn batch_path(&self, batch: u32) -> Path {
+        pending_root()
+            .child(self.id.as_str())
+            .child(format!("{batch:08}"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::TryStreamExt;
     use proptest::prelude::*;
 
     #[test]
@@ -394,7 +428,19 @@ mod tests {
         // The gc ends: the wait is over.
         store.objects().delete(&condemned_path()).await.unwrap();
         marks.wait_for_gc(&b).await.unwrap();
+        let own_dir = dir.path().join("pending").join(&marks.id);
+        assert!(own_dir.is_dir());
         marks.finish().await.unwrap();
         assert_eq!(pending().await, 0);
+        // Nothing is left behind, not even the backup's directory.
+        assert!(!own_dir.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("pending"))
+                .unwrap()
+                .count(),
+            0
+        );
+        // An announcer that announced nothing withdraws nothing.
+        Announcer::new(&store).finish().await.unwrap();
     }
 }

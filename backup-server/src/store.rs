@@ -339,6 +339,18 @@ impl ChunkStore {
     /// The published versions of `volume`, ascending.
     pub async fn versions(&self, volume: &VolumeName) -> Result<Vec<u32>, BackupError> {
         let prefix = versions_dir(volume);
+        if let Some(root) = &self.local_root {
+            // The names alone, in one blocking call: the object store's local listing
+            // also stats every file (two or three calls each), which with a few hundred
+            // versions took milliseconds of every backup.
+            let dir = root.join(prefix.as_ref());
+            let mut found = tokio::task::spawn_blocking(move || version_file_names(&dir))
+                .await
+                .map_err(|e| BackupError::Internal(e.to_string()))?
+                .map_err(|e| local_error(&prefix, e))?;
+            found.sort_unstable();
+            return Ok(found);
+        }
         let listed: Vec<_> = self
             .objects
             .list(Some(&prefix))
@@ -531,6 +543,19 @@ const STORE_ID_PATH: &str = "store-id";
 impl ChunkStore {
     /// The object at `path`, whole, or `None` if there is none.
     async fn fetch_object(&self, path: &Path) -> Result<Option<Bytes>, BackupError> {
+        if let Some(root) = &self.local_root {
+            // One blocking call (open, size, read) where the object store's local get
+            // takes two hops, each a thread wake-up.
+            let file = root.join(path.as_ref());
+            return match tokio::task::spawn_blocking(move || std::fs::read(file))
+                .await
+                .map_err(|e| BackupError::Internal(e.to_string()))?
+            {
+                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(local_error(path, e)),
+            };
+        }
         match self.objects.get(path).await {
             Ok(got) => got
                 .bytes()
@@ -668,7 +693,8 @@ impl ChunkStore {
 }
 
 /// A local store's I/O error, as the object store's own would read.
-fn local_error(path: &Path, e: std::io::Error) -> BackupError {
+/// A local file system error on `path` in the store's terms.
+pub(crate) fn local_error(path: &Path, e: std::io::Error) -> BackupError {
     let source = object_store::Error::Generic {
         store: "LocalFileSystem",
         source: Box::new(e),
@@ -683,6 +709,28 @@ fn versions_dir(volume: &VolumeName) -> Path {
 /// `volumes/NAME/versions/NNNNNNNN.idx`.
 pub fn version_path(volume: &VolumeName, version: u32) -> Path {
     versions_dir(volume).child(format!("{version:0width$}.idx", width = VERSION_DIGITS))
+}
+
+/// The version numbers named by the files in a local store's `dir` (none if it does not
+/// exist, as an object store lists nothing under a missing prefix), unordered.
+fn version_file_names(dir: &std::path::Path) -> std::io::Result<Vec<u32>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        // The file type comes with the name on most file systems (no stat).
+        if entry.file_type()?.is_dir() {
+            continue;
+        }
+        if let Some(version) = entry.file_name().to_str().and_then(parse_version_file) {
+            found.push(version);
+        }
+    }
+    Ok(found)
 }
 
 /// The version number in a file name `NNNNNNNN.idx`; anything else is not a version.
@@ -774,6 +822,44 @@ mod tests {
             Err(BackupError::VersionNotFound { .. })
         ));
         assert_eq!(store.volumes().await.unwrap(), vec![vol]);
+    }
+
+    #[tokio::test]
+    async fn a_local_store_lists_and_reads_versions_as_the_object_store_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().to_str().unwrap(), true).unwrap();
+        let vol = VolumeName::new("disk").unwrap();
+        // No directory yet: no versions, as an object store lists nothing.
+        assert_eq!(store.versions(&vol).await.unwrap(), Vec::<u32>::new());
+        for parent in 0..3 {
+            store.publish(&vol, &tiny_index(parent)).await.unwrap();
+        }
+        // Strays a listing must skip: a staging file, other names, an empty directory.
+        let versions = dir.path().join("volumes/disk/versions");
+        std::fs::write(versions.join("00000007.idx#1"), b"partial").unwrap();
+        std::fs::write(versions.join("notes.txt"), b"x").unwrap();
+        std::fs::create_dir(versions.join("00000009.idx")).unwrap();
+        let by_object_store: BTreeSet<u32> = store
+            .objects()
+            .list(Some(&versions_dir(&vol)))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(parse_version_file))
+            .collect();
+        let listed = store.versions(&vol).await.unwrap();
+        assert_eq!(listed, vec![1, 2, 3]);
+        assert_eq!(listed, by_object_store.into_iter().collect::<Vec<_>>());
+        // Reads return the file's bytes; a missing version is said to be missing.
+        assert_eq!(
+            store.read_index_bytes(&vol, 2).await.unwrap(),
+            std::fs::read(versions.join("00000002.idx")).unwrap()
+        );
+        assert!(matches!(
+            store.read_index_bytes(&vol, 4).await,
+            Err(BackupError::VersionNotFound { .. })
+        ));
     }
 
     #[tokio::test]

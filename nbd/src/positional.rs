@@ -73,6 +73,90 @@ impl PositionalIo for File {
     }
 }
 
+/// What an I/O that must not wait did.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub enum Nowait {
+    /// This many bytes moved.
+    Done(usize),
+    /// A signal came first: try again.
+    Interrupted,
+    /// It would have had to wait: do it where waiting is fine.
+    WouldWait,
+    /// This file (or system) cannot do I/O without waiting.
+    Unsupported,
+}
+
+#[cfg(target_os = "linux")]
+fn nowait(result: rustix::io::Result<usize>) -> io::Result<Nowait> {
+    use rustix::io::Errno;
+    match result {
+        Ok(n) => Ok(Nowait::Done(n)),
+        Err(Errno::INTR) => Ok(Nowait::Interrupted),
+        Err(Errno::AGAIN) => Ok(Nowait::WouldWait),
+        Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Ok(Nowait::Unsupported),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads at `at` only from the page cache (`preadv2` with `RWF_NOWAIT`; elsewhere
+/// always [`Nowait::Unsupported`]).
+pub fn pread_nowait(file: &File, buf: &mut [u8], at: u64) -> io::Result<Nowait> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::io::ReadWriteFlags;
+        let mut slice = [io::IoSliceMut::new(buf)];
+        nowait(rustix::io::preadv2(
+            file,
+            &mut slice,
+            at,
+            ReadWriteFlags::NOWAIT,
+        ))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, buf, at);
+        Ok(Nowait::Unsupported)
+    }
+}
+
+/// Writes at `at` only if no waiting is needed (`pwritev2` with `RWF_NOWAIT`;
+/// elsewhere always [`Nowait::Unsupported`]).
+pub fn pwrite_nowait(file: &File, buf: &[u8], at: u64) -> io::Result<Nowait> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::io::ReadWriteFlags;
+        let slice = [io::IoSlice::new(buf)];
+        nowait(rustix::io::pwritev2(
+            file,
+            &slice,
+            at,
+            ReadWriteFlags::NOWAIT,
+        ))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, buf, at);
+        Ok(Nowait::Unsupported)
+    }
+}
+
+/// Fills `buf` from `at` as far as the page cache holds it, without waiting: how many
+/// bytes it filled (all of `buf` when it was cached; fewer when a page is not, the file
+/// ends, or the system cannot tell without waiting). The rest is the caller's to read
+/// where waiting is fine.
+pub fn read_cached_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    let mut done = 0usize;
+    // Bounded: every turn consumes bytes, or is interrupted by a signal, or returns.
+    while done < buf.len() {
+        match pread_nowait(file, &mut buf[done..], at + done as u64)? {
+            Nowait::Done(0) | Nowait::WouldWait | Nowait::Unsupported => break,
+            Nowait::Done(n) => done += n,
+            Nowait::Interrupted => {}
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +175,22 @@ mod tests {
         let mut mid = [0u8; 3];
         file.read_exact_at(&mut mid, 4).unwrap();
         assert_eq!(&mid, b"o w");
+    }
+
+    #[test]
+    fn a_cached_read_fills_what_the_page_cache_holds_and_stops_at_the_end() {
+        let file = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
+        file.write_all_at(&data, 0).unwrap();
+        // Just written, so cached: all of it where the system can tell, else nothing.
+        let mut buf = vec![0u8; data.len()];
+        let filled = read_cached_at(&file, &mut buf, 0).unwrap();
+        assert!(filled == data.len() || (filled == 0 && !cfg!(target_os = "linux")));
+        assert_eq!(buf[..filled], data[..filled]);
+        // Past the end: only what is there.
+        let mut tail = vec![0u8; 8192];
+        let filled = read_cached_at(&file, &mut tail, data.len() as u64 - 100).unwrap();
+        assert!(filled <= 100);
+        assert_eq!(tail[..filled], data[data.len() - 100..][..filled]);
     }
 }

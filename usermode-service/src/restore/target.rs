@@ -261,17 +261,10 @@ impl Target {
     /// the page cache: `preadv2` with `RWF_NOWAIT`): `Ok(false)` when it would have to
     /// wait, so the caller does it on a thread that may block.
     pub fn read_at_now(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
-        use super::target_os::{pread_nowait, Nowait};
         let keep = self.clipped(offset, buf.len() as u64) as usize;
         let (data, past_end) = buf.split_at_mut(keep);
-        let mut done = 0usize;
-        while done < data.len() {
-            match pread_nowait(&self.file, &mut data[done..], offset + done as u64)? {
-                Nowait::Done(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Nowait::Done(n) => done += n,
-                Nowait::Interrupted => continue,
-                Nowait::WouldWait | Nowait::Unsupported => return Ok(false),
-            }
+        if rehydrate_nbd::positional::read_cached_at(&self.file, data, offset)? < keep {
+            return Ok(false);
         }
         past_end.fill(0);
         Ok(true)
@@ -289,7 +282,7 @@ impl Target {
     ///   that took longer than [`INLINE_WRITE_SLOW`] sends every write to the pool for
     ///   [`INLINE_WRITE_PAUSE`], so a throttled disk costs the caller one slow write.
     pub fn write_at_now(&self, offset: u64, data: &[u8]) -> std::io::Result<bool> {
-        use super::target_os::{pwrite_nowait, Nowait};
+        use rehydrate_nbd::positional::{pwrite_nowait, Nowait};
         let keep = self.clipped(offset, data.len() as u64) as usize;
         if self.inline.nowait.load(Ordering::Relaxed) {
             let mut done = 0usize;
