@@ -59,7 +59,16 @@ fn mutant_drop_replicated_write_is_caught() {
 #[test]
 fn mutant_stale_region_over_write_is_caught() {
     let rules = caught(Mutant::StaleRegionOverWrite, 0..24);
-    assert!(rules.iter().all(|r| DATA_RULES.contains(r)), "{rules:?}");
+    assert!(rules.contains(&"read-point"), "{rules:?}");
+    // Region data written outside the gate can also land ahead of the session's
+    // invalidations held there, which then drop it while the primary counts it sent:
+    // a read of it waits forever (as with a fetch reply out of order).
+    assert!(
+        rules
+            .iter()
+            .all(|r| DATA_RULES.contains(r) || *r == "progress"),
+        "{rules:?}"
+    );
 }
 
 #[test]

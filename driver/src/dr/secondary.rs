@@ -173,6 +173,9 @@ struct Session {
     done: BTreeSet<u64>,
     applied_seq: u64,
     acked_seq: u64,
+    /// The newest flush item whose commit waits for the items before it to be applied
+    /// (0: none).
+    flush_seq: u64,
     asked: Bits,
     outbox: VecDeque<Message>,
 }
@@ -303,6 +306,7 @@ impl Secondary {
             done: BTreeSet::new(),
             applied_seq: 0,
             acked_seq: 0,
+            flush_seq: 0,
             asked: Bits::new(self.config.geometry.region_count()),
             outbox: VecDeque::new(),
         });
@@ -462,6 +466,10 @@ impl Secondary {
         while s.done.remove(&(s.applied_seq + 1)) {
             s.applied_seq += 1;
         }
+        if s.flush_seq != 0 && s.applied_seq >= s.flush_seq {
+            s.flush_seq = 0;
+            self.commit_wanted = true;
+        }
     }
 
     fn drop_regions(&mut self, regions: Range<u64>) {
@@ -607,7 +615,13 @@ impl Secondary {
                     self.push_item(id, session, seq, offset, None, LocalData::Zeroes(len));
                 }
                 ItemBody::Flush => {
-                    self.commit_wanted = true;
+                    // Made durable by a commit once everything before it is applied
+                    // (the local writes of earlier items may still be in flight: a
+                    // commit now would cover only what completed, and the rest would
+                    // wait for the timer). See `item_done`.
+                    if let Some(s) = self.session.as_mut() {
+                        s.flush_seq = s.flush_seq.max(seq);
+                    }
                     self.item_done(session, seq);
                 }
                 ItemBody::Invalidate { first, count } => {

@@ -475,6 +475,36 @@ fn a_read_of_one_missing_region_is_answered_from_its_data_unless_a_later_item_ho
 }
 
 #[test]
+fn a_flush_is_committed_once_the_items_before_it_are_applied_not_at_the_next_tick() {
+    let mut s = bound_dr(Bits::new(8), 0);
+    s.attach(1, binding()).unwrap();
+    s.received(item(1, ItemBody::Ready)).unwrap();
+    assert_eq!(s.poll_action(), None);
+    // Two regions whose local writes are still in flight when the flush arrives.
+    for (seq, region) in [(2, 0), (3, 1)] {
+        let data = vec![region as u8 + 1; 4096];
+        s.received(item(seq, ItemBody::RegionData { region, data }))
+            .unwrap();
+    }
+    s.received(item(4, ItemBody::Flush)).unwrap();
+    let (first, _) = next_local_write(&mut s);
+    let (second, _) = next_local_write(&mut s);
+    // Nothing to commit yet: a commit now would cover neither region.
+    assert_eq!(s.poll_action(), None);
+    s.local_write_done(second, true).unwrap();
+    assert_eq!(s.poll_action(), None);
+    // The last write before the flush lands: the commit starts without a tick, and it
+    // covers everything through the flush.
+    s.local_write_done(first, true).unwrap();
+    let Some(SecondaryAction::Commit(c)) = s.poll_action() else {
+        panic!("the flush asked for no commit")
+    };
+    assert!(s.commit_state(c).present.get(0) && s.commit_state(c).present.get(1));
+    s.commit_done(c, true);
+    assert_eq!(s.poll_send(), Some(Message::Ack { durable_seq: 4 }));
+}
+
+#[test]
 fn dropping_regions_bumps_the_generation() {
     let mut s = bound_dr(Bits::full(8), 4);
     s.attach(1, binding()).unwrap();

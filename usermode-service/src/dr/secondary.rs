@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use rehydrate_backup::replicate::conn::ConnError;
 use rehydrate_driver::dr::bits::Bits;
-use rehydrate_driver::dr::secondary::{CommitTicket, Secondary, SecondaryAction, SecondaryConfig};
+use rehydrate_driver::dr::secondary::{
+    CommitTicket, Secondary, SecondaryAction, SecondaryConfig, WriteTicket,
+};
 use rehydrate_driver::dr::wire::PAYLOAD_MAX_BYTES;
 use rehydrate_driver::dr::{Binding, LocalData};
 use rehydrate_driver::Geometry;
@@ -41,6 +43,8 @@ struct Attach {
 
 /// A finished commit: its ticket and the metadata it wrote, or `None` when it failed.
 type CommitResult = (CommitTicket, Option<Meta>);
+/// A finished local write: its ticket and whether it succeeded.
+type WriteResult = (WriteTicket, bool);
 
 struct Site {
     core: Secondary,
@@ -50,6 +54,7 @@ struct Site {
     meta_path: Arc<std::path::Path>,
     reads: HashMap<u64, oneshot::Sender<Result<Bytes, ExportError>>>,
     commits: mpsc::UnboundedSender<CommitResult>,
+    writes: mpsc::UnboundedSender<WriteResult>,
 }
 
 /// Runs the DR site until SIGINT/SIGTERM.
@@ -143,6 +148,7 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
     );
     tracing::info!(export = %args.export, listen = %args.listen, "dr secondary: serving");
     let (commits_tx, mut commits) = mpsc::unbounded_channel::<CommitResult>();
+    let (writes_tx, mut writes) = mpsc::unbounded_channel::<WriteResult>();
     let mut site = Site {
         core,
         volume: Arc::new(volume),
@@ -150,6 +156,7 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
         meta_path: meta_path.into(),
         reads: HashMap::new(),
         commits: commits_tx,
+        writes: writes_tx,
     };
     let mut link: Option<Peer> = None;
     if let Some(a) = pending_first.take() {
@@ -184,6 +191,14 @@ pub async fn run(args: &SecondaryArgs) -> Result<String, DrRunError> {
                 }
                 if let Some(why) = ended {
                     site.end_session(&mut link, &why);
+                }
+            }
+            w = writes.recv() => {
+                let mut done = w.into_iter().chain(std::iter::from_fn(|| writes.try_recv().ok()));
+                // Those that finished together, in one pass.
+                let ended = done.find_map(|(t, ok)| site.core.local_write_done(t, ok).err());
+                if let Some(e) = ended {
+                    site.end_session(&mut link, &e.to_string());
                 }
             }
             c = commits.recv() => {
@@ -281,10 +296,19 @@ impl Site {
     fn drive(&mut self, mut link: Option<&mut Peer>) -> Result<(), String> {
         loop {
             let mut progress = false;
+            let mut writes = Vec::new();
             while let Some(a) = self.core.poll_action() {
                 progress = true;
-                self.perform(a)?;
+                match a {
+                    SecondaryAction::WriteLocal {
+                        ticket,
+                        offset,
+                        data,
+                    } => writes.push((ticket, offset, data)),
+                    other => self.perform(other)?,
+                }
             }
+            self.start_writes(writes);
             if let Some(peer) = link.as_deref_mut() {
                 while peer.has_room() {
                     let Some(m) = self.core.poll_send() else {
@@ -301,6 +325,51 @@ impl Site {
         }
     }
 
+    /// Starts the local writes the core asked for, in the order asked, each run of
+    /// adjacent byte writes as one vectored write on one blocking thread (the sync's
+    /// regions arrive in order, so a pass gathers runs of them).
+    ///
+    /// Why off this task: receiving, decoding and writing every region on the one task
+    /// kept the initial sync at the speed of that task's core; and why in runs: the
+    /// file's writers take its lock one at a time, so one call per run moves the same
+    /// bytes with a fraction of the calls and of the waiting for that lock. The core's
+    /// gate holds anything touching these bytes until each write is reported done,
+    /// wherever it runs, and counts an item applied only then; the results come back on
+    /// `writes`, a run's one result for each of its items.
+    fn start_writes(&self, writes: Vec<(WriteTicket, u64, LocalData)>) {
+        let mut writes = writes.into_iter().peekable();
+        while let Some((ticket, offset, data)) = writes.next() {
+            let (volume, done) = (self.volume.clone(), self.writes.clone());
+            let data = match data {
+                LocalData::Zeroes(len) => {
+                    tokio::task::spawn_blocking(move || {
+                        let _ = done.send((ticket, volume.zero(offset, len).is_ok()));
+                    });
+                    continue;
+                }
+                LocalData::Bytes(data) => data,
+            };
+            let mut end = offset + data.len() as u64;
+            let mut run = vec![(ticket, data)];
+            while let Some((_, at, LocalData::Bytes(next))) = writes.peek() {
+                if *at != end {
+                    break;
+                }
+                end += next.len() as u64;
+                if let Some((t, _, LocalData::Bytes(next))) = writes.next() {
+                    run.push((t, next));
+                }
+            }
+            tokio::task::spawn_blocking(move || {
+                let parts: Vec<&[u8]> = run.iter().map(|(_, d)| &d[..]).collect();
+                let ok = volume.write_run(offset, &parts).is_ok();
+                for (t, _) in run {
+                    let _ = done.send((t, ok));
+                }
+            });
+        }
+    }
+
     fn perform(&mut self, a: SecondaryAction) -> Result<(), String> {
         match a {
             SecondaryAction::WriteLocal {
@@ -308,14 +377,8 @@ impl Site {
                 offset,
                 data,
             } => {
-                let ok = match &data {
-                    LocalData::Bytes(b) => self.volume.write(offset, b),
-                    LocalData::Zeroes(n) => self.volume.zero(offset, *n),
-                }
-                .is_ok();
-                self.core
-                    .local_write_done(ticket, ok)
-                    .map_err(|e| e.to_string())?;
+                // Gathered by `drive` (see `start_writes`); one alone goes out now.
+                self.start_writes(vec![(ticket, offset, data)]);
             }
             SecondaryAction::ReadLocal {
                 ticket,

@@ -86,6 +86,12 @@ impl Volume {
         self.file.write_all_at(data, offset)
     }
 
+    /// Writes `parts` one after the other from `offset`, in as few system calls as the
+    /// kernel takes (adjacent regions of the stream reach the file together).
+    pub fn write_run(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
+        rehydrate_nbd::positional::write_all_vectored_at(&self.file, offset, parts)
+    }
+
     /// Writes `len` zero bytes at `offset`.
     pub fn zero(&self, offset: u64, len: u64) -> std::io::Result<()> {
         let zeroes = vec![0u8; len.min(ZERO_STEP_BYTES) as usize];

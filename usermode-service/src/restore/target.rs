@@ -186,12 +186,9 @@ impl Target {
     /// Writes `parts` one after the other from `offset`, with as few `pwritev` calls as
     /// the kernel allows (what lies past the end is the padded last sector: dropped).
     pub fn write_vectored_at(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
-        use std::io::IoSlice;
-        /// `IOV_MAX` on Linux: more slices than this in one call are refused.
-        const SLICES_MAX: usize = 1024;
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let mut keep = self.clipped(offset, total);
-        // The parts cut at the end, then written from `done` on.
+        // The parts cut at the end.
         let mut pieces: Vec<&[u8]> = Vec::with_capacity(parts.len());
         for part in parts {
             let n = (part.len() as u64).min(keep) as usize;
@@ -200,35 +197,7 @@ impl Target {
             }
             keep -= n as u64;
         }
-        let mut first = 0usize;
-        let mut skip = 0usize;
-        let mut at = offset;
-        // Each call writes at least one byte or fails, so this ends.
-        while first < pieces.len() {
-            let end = pieces.len().min(first + SLICES_MAX);
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(end - first);
-            slices.push(IoSlice::new(&pieces[first][skip..]));
-            slices.extend(pieces[first + 1..end].iter().map(|p| IoSlice::new(p)));
-            let mut written = match super::target_os::pwritev(&self.file, &slices, at) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            at += written as u64;
-            while written > 0 {
-                let left = pieces[first].len() - skip;
-                if written >= left {
-                    written -= left;
-                    first += 1;
-                    skip = 0;
-                } else {
-                    skip += written;
-                    written = 0;
-                }
-            }
-        }
-        Ok(())
+        rehydrate_nbd::positional::write_all_vectored_at(&self.file, offset, &pieces)
     }
 
     /// Asks the kernel to start writing `[offset, offset + len)` out now, without

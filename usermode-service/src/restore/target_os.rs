@@ -58,28 +58,6 @@ pub(super) fn next_data_run(file: &File, at: u64) -> std::io::Result<Option<(u64
     }
 }
 
-/// One positioned write of several buffers (`pwritev`): the bytes written. Elsewhere the
-/// first non-empty buffer is written, which callers loop over like a short write.
-pub(super) fn pwritev(
-    file: &File,
-    slices: &[std::io::IoSlice<'_>],
-    at: u64,
-) -> std::io::Result<usize> {
-    #[cfg(unix)]
-    {
-        rustix::io::pwritev(file, slices, at).map_err(Into::into)
-    }
-    #[cfg(not(unix))]
-    {
-        use rehydrate_nbd::PositionalIo;
-        let Some(first) = slices.iter().find(|s| !s.is_empty()) else {
-            return Ok(0);
-        };
-        file.write_all_at(first, at)?;
-        Ok(first.len())
-    }
-}
-
 /// Asks the kernel to start writing `[offset, offset + len)` out now without waiting
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). A hint; nothing elsewhere.
 pub(super) fn start_writeback(file: &File, offset: u64, len: std::num::NonZeroU64) {
