@@ -209,14 +209,26 @@ pub(crate) async fn run(
     started: Instant,
 ) -> Result<BackupSummary, BackupError> {
     let marks = Arc::new(Announcer::new(store));
-    let result = run_announcing(
-        store, source, file, size_bytes, options, plan, started, &marks,
-    )
-    .await;
-    // Withdraw the announcements whatever happened: after publishing they are no longer
-    // needed, after a failure nothing will publish. One left behind only delays a gc.
-    if let Err(e) = marks.finish().await {
+    let mut result = run_announcing(store, source, file, size_bytes, options, plan, &marks).await;
+    // Withdraw the announcements whatever happened: once the version is visible they are
+    // no longer needed (a gc sees its index; if a crash loses the index before it is
+    // durable, the version is lost with its claim on the chunks), after a failure
+    // nothing will publish. One left behind only delays a gc. The withdrawal runs
+    // beside the version's fsyncs: neither waits for the other.
+    let durable = async {
+        if let Ok(summary) = &result {
+            store
+                .make_version_durable(&options.volume, summary.version)
+                .await;
+        }
+    };
+    let (withdrawn, ()) = futures::join!(marks.finish(), durable);
+    if let Err(e) = withdrawn {
         tracing::warn!(%e, "backup: could not withdraw its pending chunk list; gc expires it");
+    }
+    if let Ok(summary) = &mut result {
+        summary.secs = started.elapsed().as_secs_f64();
+        tracing::info!(%summary, stored_bytes = summary.stored_bytes, secs = summary.secs, "backup published");
     }
     result
 }
@@ -279,7 +291,6 @@ async fn run_announcing(
     size_bytes: u64,
     options: &BackupOptions,
     plan: Plan,
-    started: Instant,
     marks: &Arc<Announcer>,
 ) -> Result<BackupSummary, BackupError> {
     let chunk_size = options.chunk_size;
@@ -354,10 +365,9 @@ async fn run_announcing(
     summary.index_checksum = index
         .checksum()
         .map_err(|e| BackupError::Internal(e.to_string()))?;
-    summary.version = store.publish(&options.volume, &index).await?;
+    // Visible here; made durable by `run`.
+    summary.version = store.publish_visible(&options.volume, &index).await?;
     progress.finish_and_clear();
-    summary.secs = started.elapsed().as_secs_f64();
-    tracing::info!(%summary, stored_bytes = summary.stored_bytes, secs = summary.secs, "backup published");
     Ok(summary)
 }
 

@@ -402,6 +402,31 @@ impl ChunkStore {
     /// [`ChunkStore::sync_chunks`]). Concurrent publishers get distinct numbers:
     /// each tries create-if-not-exists and moves to the next number if it lost.
     pub async fn publish(&self, volume: &VolumeName, index: &Index) -> Result<u32, BackupError> {
+        let version = self.publish_visible(volume, index).await?;
+        self.make_version_durable(volume, version).await;
+        Ok(version)
+    }
+
+    /// Version `version` of `volume`, published, made durable (local stores: fsync of
+    /// its index and of the directories above it). A failure is logged, not returned:
+    /// the version is visible, so the backup has succeeded, and an error a script would
+    /// retry would publish the volume twice.
+    pub async fn make_version_durable(&self, volume: &VolumeName, version: u32) {
+        if let Err(e) = self
+            .sync_all(&[version_path(volume, version)], true, true)
+            .await
+        {
+            tracing::error!(%volume, version, %e, "version published, but making it durable failed; it may not survive a power loss");
+        }
+    }
+
+    /// [`ChunkStore::publish`] up to the version becoming visible; the caller makes it
+    /// durable ([`ChunkStore::make_version_durable`]).
+    pub async fn publish_visible(
+        &self,
+        volume: &VolumeName,
+        index: &Index,
+    ) -> Result<u32, BackupError> {
         let encoded = index.encode().map_err(|source| BackupError::Index {
             path: versions_dir(volume).to_string(),
             source,
@@ -422,16 +447,8 @@ impl ChunkStore {
                 .put_opts(&path, payload.clone(), PutMode::Create.into())
                 .await
             {
-                Ok(_) => {
-                    // Published: the version is visible from here on, so the backup has
-                    // succeeded. A failed fsync is reported, not turned into a failure
-                    // a script would retry (and so publish the volume twice).
-                    let synced = self.sync_all(&[path], true, true).await;
-                    if let Err(e) = synced {
-                        tracing::error!(%volume, version = next, %e, "version published, but making it durable failed; it may not survive a power loss");
-                    }
-                    return Ok(next);
-                }
+                // Published: the version is visible from here on.
+                Ok(_) => return Ok(next),
                 Err(object_store::Error::AlreadyExists { .. }) => {
                     tracing::debug!(%volume, version = next, "version taken by a concurrent backup, trying the next");
                     if !listed {
