@@ -32,6 +32,8 @@ use crate::restore::live::serve::stop_requested;
 
 /// How often what was applied is made durable and acknowledged.
 const ACK_EVERY: Duration = Duration::from_millis(100);
+/// Runs of local writes at least this long start their writeback at once.
+const WRITEBACK_RUN_MIN_BYTES: u64 = 1 << 20;
 /// Frames taken from the link at most per wake-up of the core task.
 const FRAMES_PER_WAKE: usize = 64;
 
@@ -363,6 +365,14 @@ impl Site {
             tokio::task::spawn_blocking(move || {
                 let parts: Vec<&[u8]> = run.iter().map(|(_, d)| &d[..]).collect();
                 let ok = volume.write_run(offset, &parts).is_ok();
+                // A bulk run (the sync at full speed) starts going to the disk now, so
+                // the commit that ends the sync finds little left to write. Single
+                // regions (fetches a reader waits for, a throttled sync) are left to
+                // the commit's flush: device writes started for each competed with the
+                // clients' reads (a DR miss's p99 rose by half).
+                if ok && end - offset >= WRITEBACK_RUN_MIN_BYTES {
+                    volume.start_writeback(offset, end - offset);
+                }
                 for (t, _) in run {
                     let _ = done.send((t, ok));
                 }

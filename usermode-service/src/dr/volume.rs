@@ -92,6 +92,15 @@ impl Volume {
         rehydrate_nbd::positional::write_all_vectored_at(&self.file, offset, parts)
     }
 
+    /// Asks the kernel to start writing `[offset, offset + len)` to the device now,
+    /// without waiting (a hint): the next commit's flush then finds most of it written
+    /// instead of writing everything since the last commit at once.
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            crate::restore::target_os::start_writeback(&self.file, offset, len);
+        }
+    }
+
     /// Writes `len` zero bytes at `offset`.
     pub fn zero(&self, offset: u64, len: u64) -> std::io::Result<()> {
         let zeroes = vec![0u8; len.min(ZERO_STEP_BYTES) as usize];

@@ -20,7 +20,7 @@ pub(crate) mod shell;
 mod status_report;
 mod target;
 pub(crate) mod target_id;
-mod target_os;
+pub(crate) mod target_os;
 #[cfg(test)]
 pub(crate) mod test_server;
 pub mod timeline;

@@ -60,7 +60,7 @@ pub(super) fn next_data_run(file: &File, at: u64) -> std::io::Result<Option<(u64
 
 /// Asks the kernel to start writing `[offset, offset + len)` out now without waiting
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). A hint; nothing elsewhere.
-pub(super) fn start_writeback(file: &File, offset: u64, len: std::num::NonZeroU64) {
+pub(crate) fn start_writeback(file: &File, offset: u64, len: std::num::NonZeroU64) {
     #[cfg(target_os = "linux")]
     {
         let _ = writeback::sync_range(file, offset, len, writeback::Wait::No);
