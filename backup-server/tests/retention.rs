@@ -309,4 +309,14 @@ fn a_dead_backups_announcements_protect_its_chunks_until_they_expire() {
         0,
         "announcements left behind"
     );
+    // The dead backup's directory too, and a new backup leaves none of its own.
+    assert_eq!(std::fs::read_dir(store.join("pending")).unwrap().count(), 0);
+    let backed_up = bin()
+        .arg("backup")
+        .arg(&image)
+        .args(["--store", store_s, "--volume", "v"])
+        .status()
+        .unwrap();
+    assert!(backed_up.success());
+    assert_eq!(std::fs::read_dir(store.join("pending")).unwrap().count(), 0);
 }
