@@ -9,10 +9,10 @@
 //! prefix of what was appended, plus at most one torn append at its very end.
 
 use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use rehydrate_nbd::positional::write_all_vectored_at;
 use rehydrate_nbd::PositionalIo;
 
 use super::format::{padding, Record, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -26,26 +26,6 @@ const VECTOR_MIN_BYTES: usize = 4096;
 enum Part {
     Buf(Range<usize>),
     Payload(usize),
-}
-
-/// Writes every slice at `offset`, one vectored write after another (the one writer
-/// owns the file's position).
-fn write_all_vectored_at(
-    mut file: &File,
-    mut slices: &mut [IoSlice<'_>],
-    offset: u64,
-) -> std::io::Result<()> {
-    file.seek(SeekFrom::Start(offset))?;
-    // Bounded: each turn writes at least one byte or fails.
-    while !slices.is_empty() {
-        match file.write_vectored(slices) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Default size at which a segment is sealed and the next one started.
@@ -208,15 +188,15 @@ impl JournalWriter {
                 "no segment to append to",
             )));
         };
-        let mut slices: Vec<IoSlice<'_>> = parts
+        let pieces: Vec<&[u8]> = parts
             .iter()
             .map(|p| match p {
-                Part::Buf(r) => IoSlice::new(&self.buf[r.clone()]),
-                Part::Payload(i) => IoSlice::new(fresh[*i].payload),
+                Part::Buf(r) => &self.buf[r.clone()],
+                Part::Payload(i) => fresh[*i].payload,
             })
             .collect();
-        let total: u64 = slices.iter().map(|s| s.len() as u64).sum();
-        write_all_vectored_at(file, &mut slices, *end).map_err(io(path))?;
+        let total: u64 = pieces.iter().map(|s| s.len() as u64).sum();
+        write_all_vectored_at(file, *end, &pieces).map_err(io(path))?;
         file.sync_data().map_err(io(path))?;
         *end += total;
         self.head = seq;
