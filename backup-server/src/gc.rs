@@ -296,26 +296,17 @@ async fn delete_condemned(
         }
     }
     // Locally, the expired backups' directories (`pending/ID`) go too.
-    if let Some(root) = store.local_root() {
-        let dirs: HashSet<std::path::PathBuf> = refs
-            .expired
-            .iter()
-            .filter_map(|p| {
-                let mut parts = p.parts();
-                let (pending, id) = (parts.next()?, parts.next()?);
-                Some(root.join(pending.as_ref()).join(id.as_ref()))
-            })
-            .collect();
-        for dir in dirs {
-            let removed = tokio::task::spawn_blocking(move || {
-                let removed = crate::marks::remove_empty_dir(&dir);
-                removed.map_err(|e| (dir, e))
-            })
-            .await
-            .map_err(|e| BackupError::Internal(e.to_string()))?;
-            if let Err((dir, e)) = removed {
-                tracing::warn!(dir = %dir.display(), %e, "gc: could not remove an expired backup's empty directory");
-            }
+    let dirs: HashSet<Path> = refs
+        .expired
+        .iter()
+        .filter_map(|p| {
+            let mut parts = p.parts();
+            Some(Path::from_iter([parts.next()?, parts.next()?]))
+        })
+        .collect();
+    for dir in dirs {
+        if let Err(e) = store.remove_empty_dir(&dir).await {
+            tracing::warn!(%dir, %e, "gc: could not remove an expired backup's empty directory");
         }
     }
     Ok(doomed)

@@ -170,22 +170,6 @@ pub async fn read(
         })
 }
 
-/// Removes `dir` if it is empty; one that is gone or still holds something is left be.
-pub(crate) fn remove_empty_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// The identity of one `gc/condemned` object (one gc run): its entity tag and its
 /// last-modified time in nanoseconds, to notice it went or was replaced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,10 +191,7 @@ async fn condemned_tag(objects: &dyn ObjectStore) -> Result<Option<RunTag>, Back
 /// while a batch is being written share the next one) and keeps the newest condemned
 /// list it has read.
 pub struct Announcer {
-    objects: Arc<dyn ObjectStore>,
-    /// `pending/ID` in a local store, removed once withdrawn (object stores have no
-    /// directories to leave behind).
-    local_dir: Option<std::path::PathBuf>,
+    store: ChunkStore,
     id: String,
     queued: Mutex<Vec<ChunkHash>>,
     state: tokio::sync::Mutex<AnnouncerState>,
@@ -229,13 +210,9 @@ impl Announcer {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let id = format!("{nanos:032x}-{:08x}", std::process::id());
         Self {
-            objects: Arc::clone(store.objects()),
-            local_dir: store
-                .local_root()
-                .map(|root| root.join(pending_root().as_ref()).join(&id)),
-            id,
+            store: store.clone(),
+            id: format!("{nanos:032x}-{:08x}", std::process::id()),
             queued: Mutex::new(Vec::new()),
             state: tokio::sync::Mutex::new(AnnouncerState::default()),
         }
@@ -276,17 +253,18 @@ impl Announcer {
             state.batches += 1;
             let path = self.batch_path(state.batches);
             let payload = PutPayload::from(Bytes::from(encode(PENDING_MAGIC, &batch)));
-            self.objects
+            self.store
+                .objects()
                 .put(&path, payload)
                 .await
                 .map_err(|e| BackupError::store(&path, e))?;
             state.announced.extend(batch);
             // Read the gc's side only after ours is visible.
-            let tag = condemned_tag(&*self.objects).await?;
+            let tag = condemned_tag(&**self.store.objects()).await?;
             state.condemned = match (tag, state.condemned.take()) {
                 (None, _) => None,
                 (Some(tag), Some((seen, set))) if seen == tag => Some((seen, set)),
-                (Some(tag), _) => read(&*self.objects, &condemned_path(), CONDEMNED_MAGIC)
+                (Some(tag), _) => read(&**self.store.objects(), &condemned_path(), CONDEMNED_MAGIC)
                     .await?
                     .map(|hashes| (tag, Arc::new(hashes.into_iter().collect()))),
             };
@@ -313,7 +291,7 @@ impl Announcer {
         };
         tracing::info!(chunk = %hash, "a running gc condemned a chunk this backup needs; waiting for it to end");
         let started = Instant::now();
-        while condemned_tag(&*self.objects).await?.as_ref() == Some(&tag) {
+        while condemned_tag(&**self.store.objects()).await?.as_ref() == Some(&tag) {
             if started.elapsed() > MAX_GC_WAIT {
                 return Err(BackupError::GcStuck {
                     waited_secs: MAX_GC_WAIT.as_secs(),
@@ -334,7 +312,7 @@ impl Announcer {
         // All at once: each is one round trip, and nothing orders them.
         futures::future::try_join_all((1..=batches).map(|batch| async move {
             let path = self.batch_path(batch);
-            match self.objects.delete(&path).await {
+            match self.store.objects().delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(BackupError::store(&path, e)),
             }
@@ -342,20 +320,20 @@ impl Announcer {
         .await?;
         // Locally the directory the first batch created goes too: one left per backup
         // would pile up under `pending/` for every gc to walk.
-        if let Some(dir) = self.local_dir.clone().filter(|_| batches > 0) {
-            tokio::task::spawn_blocking(move || remove_empty_dir(&dir))
-                .await
-                .map_err(|e| BackupError::Internal(e.to_string()))?
-                .map_err(|e| crate::store::local_error(&pending_root(), e))?;
+        if batches > 0 {
+            self.store.remove_empty_dir(&self.dir()).await?;
         }
         Ok(())
     }
 
+    /// `pending/ID`: this announcer's batches.
+    fn dir(&self) -> Path {
+        pending_root().child(self.id.as_str())
+    }
+
     /// `pending/ID/NNNNNNNN`: this announcer's batch `batch`.
     fn batch_path(&self, batch: u32) -> Path {
-        pending_root()
-            .child(self.id.as_str())
-            .child(format!("{batch:08}"))
+        self.dir().child(format!("{batch:08}"))
     }
 }
 

@@ -584,6 +584,29 @@ impl ChunkStore {
         }
     }
 
+    /// Removes the directory `path` names in a local store if it is empty; one that is
+    /// gone or still holds something is left be. Object stores have no directories.
+    pub(crate) async fn remove_empty_dir(&self, path: &Path) -> Result<(), BackupError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let dir = root.join(path.as_ref());
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir(dir) {
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                ) =>
+            {
+                Err(e)
+            }
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| BackupError::Internal(e.to_string()))?;
+        removed.map_err(|e| local_error(path, e))
+    }
+
     /// The store's root directory, for a local store (`None` for an object store): the
     /// journal lives there, in files appended in place.
     pub fn local_root(&self) -> Option<&std::path::Path> {
@@ -710,8 +733,7 @@ impl ChunkStore {
 }
 
 /// A local store's I/O error, as the object store's own would read.
-/// A local file system error on `path` in the store's terms.
-pub(crate) fn local_error(path: &Path, e: std::io::Error) -> BackupError {
+fn local_error(path: &Path, e: std::io::Error) -> BackupError {
     let source = object_store::Error::Generic {
         store: "LocalFileSystem",
         source: Box::new(e),
