@@ -52,7 +52,7 @@ pub enum ServiceError {
         block_device: bool,
     },
     /// Another process holds the target or the metadata.
-    #[error("{} is in use by another restore ({}); wait for it to end or stop it", path.display(), holder.map_or("its pid is unknown".to_string(), |pid| format!("pid {pid}")))]
+    #[error("{} is in use by another restore ({}); wait for it to end or stop it", path.display(), crate::restore::lock::held_by(holder))]
     Locked {
         /// The file that is locked.
         path: PathBuf,

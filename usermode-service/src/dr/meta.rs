@@ -1,7 +1,8 @@
 //! The DR metadata file of either site (`TARGET.dr-meta` unless named): who the volume
 //! belongs to, which volume on this machine it was made for, and its region map: the
-//! durable sent map on the primary, the present map at the DR site. Replaced whole (written beside, synced, renamed, directory synced),
-//! so a crash leaves the old file or the new one, and a checksum refuses anything else.
+//! durable sent map on the primary, the present map at the DR site. Replaced whole
+//! (written beside, synced, renamed, directory synced), so a crash leaves the old file
+//! or the new one, and a checksum refuses anything else.
 //!
 //! Byte by byte, integers little-endian:
 //!

@@ -48,7 +48,7 @@ pub enum DrRunError {
     #[error("{0}")]
     Usage(String),
     /// Another process holds the site's volume.
-    #[error("{} is in use by another process ({}): one `rehydrate dr` process per volume; stop it first", path.display(), holder.map_or("its pid is unknown".to_string(), |pid| format!("pid {pid}")))]
+    #[error("{} is in use by another process ({}): one `rehydrate dr` process per volume; stop it first", path.display(), crate::restore::lock::held_by(holder))]
     Locked {
         /// The volume.
         path: PathBuf,

@@ -301,14 +301,7 @@ impl Site {
             let mut writes = Vec::new();
             while let Some(a) = self.core.poll_action() {
                 progress = true;
-                match a {
-                    SecondaryAction::WriteLocal {
-                        ticket,
-                        offset,
-                        data,
-                    } => writes.push((ticket, offset, data)),
-                    other => self.perform(other)?,
-                }
+                self.perform(a, &mut writes);
             }
             self.start_writes(writes);
             if let Some(peer) = link.as_deref_mut() {
@@ -380,16 +373,15 @@ impl Site {
         }
     }
 
-    fn perform(&mut self, a: SecondaryAction) -> Result<(), String> {
+    /// Performs `a`; a local write is gathered into `writes` for
+    /// [`Site::start_writes`].
+    fn perform(&mut self, a: SecondaryAction, writes: &mut Vec<(WriteTicket, u64, LocalData)>) {
         match a {
             SecondaryAction::WriteLocal {
                 ticket,
                 offset,
                 data,
-            } => {
-                // Gathered by `drive` (see `start_writes`); one alone goes out now.
-                self.start_writes(vec![(ticket, offset, data)]);
-            }
+            } => writes.push((ticket, offset, data)),
             SecondaryAction::ReadLocal {
                 ticket,
                 offset,
@@ -432,7 +424,6 @@ impl Site {
                 });
             }
         }
-        Ok(())
     }
 }
 

@@ -27,6 +27,11 @@ pub fn lock_exclusive(file: &File, path: &Path) -> Result<(), ServiceError> {
     })
 }
 
+/// Who holds a lock, as error messages say it.
+pub fn held_by(holder: &Option<u32>) -> String {
+    holder.map_or("its pid is unknown".to_string(), |pid| format!("pid {pid}"))
+}
+
 /// Takes an exclusive lock on `file`, held as long as the file is open; `Err(holder pid,
 /// if known)` when another open file holds it.
 pub fn try_lock_exclusive(file: &File) -> Result<(), Option<u32>> {
