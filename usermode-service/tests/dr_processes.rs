@@ -101,6 +101,16 @@ impl Sites {
     }
 
     /// Waits until the DR site holds a region; its status line then.
+    /// Both sites with the sync slowed to 1 MiB/s (far from complete for the length of a
+    /// test), once it began; and the DR site's status then.
+    fn syncing_slowly() -> (Sites, String) {
+        let mut sites = Sites::new();
+        sites.start_secondary();
+        sites.start_primary(Some("1MiB"));
+        let status = sites.wait_sync_began();
+        (sites, status)
+    }
+
     fn wait_sync_began(&self) -> String {
         let start = Instant::now();
         loop {
@@ -266,11 +276,8 @@ fn the_dr_copy_is_readable_during_its_sync_and_equals_the_primary_after_kills() 
 
 #[test]
 fn a_dr_copy_refuses_another_primary_and_an_incomplete_copy_is_not_promoted() {
-    let mut sites = Sites::new();
-    sites.start_secondary();
     // Slow: still far from complete when both stop.
-    sites.start_primary(Some("1MiB"));
-    sites.wait_sync_began();
+    let (mut sites, _) = Sites::syncing_slowly();
 
     // Another primary (another volume of the same size) is refused by the DR site.
     let other = sites.dir.path().join("other.img");
@@ -304,10 +311,8 @@ fn a_dr_copy_refuses_another_primary_and_an_incomplete_copy_is_not_promoted() {
 
 #[test]
 fn one_process_per_volume_a_second_site_and_a_promotion_under_a_running_secondary_are_refused() {
-    let mut sites = Sites::new();
-    sites.start_secondary();
-    sites.start_primary(Some("1MiB"));
-    let began = present(&sites.wait_sync_began());
+    let (sites, status) = Sites::syncing_slowly();
+    let began = present(&status);
     // Each must end at once with the reason; one that runs on is stopped and reported.
     let in_use = |args: &[&str], what: &str| {
         let mut child = rehydrate(args)
@@ -447,10 +452,7 @@ fn primary_refused(sites: &Sites, target: &Path) -> String {
 
 #[test]
 fn a_site_started_on_another_volume_than_its_metadata_names_is_refused_and_nothing_changes() {
-    let mut sites = Sites::new();
-    sites.start_secondary();
-    sites.start_primary(Some("1MiB"));
-    sites.wait_sync_began();
+    let (mut sites, _) = Sites::syncing_slowly();
     Sites::kill(&mut sites.primary);
     Sites::kill(&mut sites.secondary);
     let dir = sites.dir.path().to_owned();
