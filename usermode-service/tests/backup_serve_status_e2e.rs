@@ -7,6 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{assert_ok, started, text};
+
 const MIB: usize = 1 << 20;
 const IMAGE_BYTES: usize = 24 * MIB;
 
@@ -17,20 +20,7 @@ fn rehydrate(args: &[&str]) -> Command {
 }
 
 fn run(args: &[&str]) -> Output {
-    rehydrate(args).output().expect("run rehydrate")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    started("run rehydrate", || rehydrate(args).output())
 }
 
 /// A failure: non-zero exit, nothing on stdout, exactly one line on stderr.
@@ -61,17 +51,18 @@ fn serve(store: &Path) -> Server {
         .expect("a free port")
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let child = rehydrate(&[
-        "serve",
-        "--store",
-        store.to_str().unwrap(),
-        "--listen",
-        &listen,
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("start rehydrate serve");
+    let child = started("start rehydrate serve", || {
+        rehydrate(&[
+            "serve",
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    });
     let mut server = Server { child, port };
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -128,19 +119,20 @@ fn backup_serve_restore_and_status_end_to_end() {
     let target = dir.path().join("restored.img");
     let status_file = dir.path().join("run/status.json");
     let url = format!("nbd://127.0.0.1:{}/disk", server.port);
-    let child = rehydrate(&[
-        "restore",
-        "--source",
-        &url,
-        "--target",
-        target.to_str().unwrap(),
-        "--status-file",
-        status_file.to_str().unwrap(),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("start rehydrate restore");
+    let child = started("start rehydrate restore", || {
+        rehydrate(&[
+            "restore",
+            "--source",
+            &url,
+            "--target",
+            target.to_str().unwrap(),
+            "--status-file",
+            status_file.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    });
     let restore_pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_ok(&out, "restore");

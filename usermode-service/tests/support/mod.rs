@@ -18,20 +18,26 @@ pub fn rehydrate(args: &[&str]) -> Command {
 
 /// Runs `rehydrate ARGS` to the end.
 pub fn run(args: &[&str]) -> Output {
-    // Under wine (the Windows run of these tests) starting a process fails now and then
-    // on a loaded machine (ERROR_INTERNAL_ERROR from CreateProcess). Such a process
-    // never ran, so starting it again tests the same thing; an error that lasts is
-    // still reported.
+    started("run rehydrate", || rehydrate(args).output())
+}
+
+/// What `start` returns once it started a process (`what` names it if it never does).
+///
+/// Under wine (the Windows run of the portable tests) starting a process fails now and
+/// then on a loaded machine (ERROR_INTERNAL_ERROR from CreateProcess). Such a process
+/// never ran, so starting it again tests the same thing; an error that lasts is still
+/// reported.
+pub fn started<T>(what: &str, mut start: impl FnMut() -> std::io::Result<T>) -> T {
     let attempts = if cfg!(windows) { 3 } else { 1 };
     let mut last = None;
     for attempt in 0..attempts {
-        match rehydrate(args).output() {
-            Ok(out) => return out,
+        match start() {
+            Ok(done) => return done,
             Err(e) => last = Some(e),
         }
         std::thread::sleep(Duration::from_millis(200 * (attempt + 1)));
     }
-    panic!("run rehydrate: {}", last.expect("at least one attempt"))
+    panic!("{what}: {}", last.expect("at least one attempt"))
 }
 
 pub fn text(bytes: &[u8]) -> String {
