@@ -36,6 +36,7 @@ pub mod location;
 pub mod marks;
 pub mod name;
 mod os;
+mod read_lanes;
 pub mod replicate;
 pub mod size;
 pub mod store;

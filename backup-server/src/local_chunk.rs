@@ -64,7 +64,7 @@ pub(crate) fn head(path: &Path) -> io::Result<Option<(u64, Option<u8>)>> {
 }
 
 /// A new, empty temporary file `PATH#N` beside `path` (its directory made if missing).
-fn create_staging(path: &Path) -> io::Result<(File, PathBuf)> {
+pub(crate) fn create_staging(path: &Path) -> io::Result<(File, PathBuf)> {
     for n in 1..=MAX_STAGING_NAMES {
         let mut name = path.as_os_str().to_owned();
         name.push(format!("#{n}"));

@@ -733,7 +733,7 @@ impl ChunkStore {
 }
 
 /// A local store's I/O error, as the object store's own would read.
-fn local_error(path: &Path, e: std::io::Error) -> BackupError {
+pub(crate) fn local_error(path: &Path, e: std::io::Error) -> BackupError {
     let source = object_store::Error::Generic {
         store: "LocalFileSystem",
         source: Box::new(e),
