@@ -233,21 +233,61 @@ fn local_put_then_tag(
     local_condemned_tag(root)
 }
 
-/// A backup's side of the handshake: announces hashes in batches (callers that arrive
-/// while a batch is being written share the next one) and keeps the newest condemned
-/// list it has read.
+/// A backup's side of the handshake: announces hashes in batches and keeps the newest
+/// condemned list it has read.
+///
+/// Batches are group commits: one caller writes a batch while the others' hashes queue
+/// for the next, and when a batch is visible every caller it covered goes on at once.
+/// (With an async lock held across the write, the callers a batch covered took the lock
+/// one after another afterwards, a task wake-up each: a chain that ended an incremental
+/// backup's read phase most of a millisecond after its last chunk was hashed.)
 pub struct Announcer {
     store: ChunkStore,
     id: String,
-    queued: Mutex<Vec<ChunkHash>>,
-    state: tokio::sync::Mutex<AnnouncerState>,
+    state: Mutex<AnnouncerState>,
+    /// Woken whenever a batch's write ends, whichever way.
+    batch_ended: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct AnnouncerState {
+    /// Batches numbered so far (their objects are `pending/ID/1..=batches`).
     batches: u32,
+    /// Hashes in batches that are visible.
     announced: HashSet<ChunkHash>,
+    /// Hashes waiting for the next batch (none of them announced).
+    queued: HashSet<ChunkHash>,
+    /// A batch is being written.
+    writing: bool,
     condemned: Option<(RunTag, Arc<HashSet<ChunkHash>>)>,
+}
+
+/// The writer's claim on the announcer while its batch is written. Dropped before the
+/// write ended (the backup was cancelled) or after it failed, it puts the batch's
+/// hashes back in the queue for the next writer; either way the waiters are woken.
+struct Writing<'a> {
+    announcer: &'a Announcer,
+    batch: Vec<ChunkHash>,
+    /// The gc's list read after the batch became visible, once it did.
+    visible: Option<Option<(RunTag, Arc<HashSet<ChunkHash>>)>>,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        {
+            let mut state = self.announcer.state();
+            state.writing = false;
+            let batch = std::mem::take(&mut self.batch);
+            match self.visible.take() {
+                Some(condemned) => {
+                    state.announced.extend(batch);
+                    state.condemned = condemned;
+                }
+                None => state.queued.extend(batch),
+            }
+        }
+        self.announcer.batch_ended.notify_waiters();
+    }
 }
 
 impl Announcer {
@@ -259,9 +299,17 @@ impl Announcer {
         Self {
             store: store.clone(),
             id: format!("{nanos:032x}-{:08x}", std::process::id()),
-            queued: Mutex::new(Vec::new()),
-            state: tokio::sync::Mutex::new(AnnouncerState::default()),
+            state: Mutex::new(AnnouncerState::default()),
+            batch_ended: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The state, locked. It is only ever changed in whole steps under the lock, so a
+    /// panic elsewhere while it was held leaves it consistent.
+    fn state(&self) -> std::sync::MutexGuard<'_, AnnouncerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Announce `hash` (durably visible when this returns) and say whether a running
@@ -271,64 +319,78 @@ impl Announcer {
         Ok(!self.announce_all(vec![hash]).await?.is_empty())
     }
 
-    /// Announce every hash of `hashes` in one batch (durably visible when this
-    /// returns) and return those a running gc has condemned: wait for that gc
-    /// ([`Announcer::wait_for_gc`]) before checking whether the store has them. An
-    /// incremental backup names its base's unchanged chunks this way, one object for all
-    /// of them rather than one per chunk.
+    /// Announce every hash of `hashes` (durably visible when this returns; in one
+    /// batch with whatever else is waiting) and return those a running gc has
+    /// condemned: wait for that gc ([`Announcer::wait_for_gc`]) before checking whether
+    /// the store has them. An incremental backup names its base's unchanged chunks this
+    /// way, one object for all of them rather than one per chunk.
     pub async fn announce_all(
         &self,
         hashes: Vec<ChunkHash>,
     ) -> Result<Vec<ChunkHash>, BackupError> {
-        self.queued
-            .lock()
-            .map_err(|_| BackupError::Internal("lock poisoned".into()))?
-            .extend_from_slice(&hashes);
-        let mut state = self.state.lock().await;
-        if hashes.iter().any(|h| !state.announced.contains(h)) {
-            let batch = std::mem::take(
-                &mut *self
-                    .queued
-                    .lock()
-                    .map_err(|_| BackupError::Internal("lock poisoned".into()))?,
-            );
-            // Our hashes are in this batch or an earlier one announced them.
-            debug_assert!(hashes
-                .iter()
-                .all(|h| batch.contains(h) || state.announced.contains(h)));
-            state.batches += 1;
-            let path = self.batch_path(state.batches);
-            // Read the gc's side only after ours is visible.
-            let tag = self
-                .put_then_tag(&path, Bytes::from(encode(PENDING_MAGIC, &batch)))
-                .await?;
-            state.announced.extend(batch);
-            state.condemned = match (tag, state.condemned.take()) {
-                (None, _) => None,
-                (Some(tag), Some((seen, set))) if seen == tag => Some((seen, set)),
-                (Some(tag), _) => read(&**self.store.objects(), &condemned_path(), CONDEMNED_MAGIC)
-                    .await?
-                    .map(|hashes| (tag, Arc::new(hashes.into_iter().collect()))),
+        loop {
+            // Listening before looking: a batch that ends after the look still wakes us.
+            let ended = self.batch_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let claim = {
+                let mut state = self.state();
+                let missing: Vec<ChunkHash> = hashes
+                    .iter()
+                    .filter(|h| !state.announced.contains(h))
+                    .copied()
+                    .collect();
+                if missing.is_empty() {
+                    let condemned = state.condemned.as_ref().map(|(_, set)| set);
+                    return Ok(hashes
+                        .into_iter()
+                        .filter(|h| condemned.is_some_and(|set| set.contains(h)))
+                        .collect());
+                }
+                state.queued.extend(missing);
+                if state.writing {
+                    None
+                } else {
+                    state.writing = true;
+                    state.batches += 1;
+                    let batch: Vec<ChunkHash> = state.queued.drain().collect();
+                    Some((state.batches, batch))
+                }
             };
+            match claim {
+                // Another caller is writing: ours go in the next batch (or that one).
+                None => ended.await,
+                Some((number, batch)) => {
+                    let mut writing = Writing {
+                        announcer: self,
+                        batch,
+                        visible: None,
+                    };
+                    let path = self.batch_path(number);
+                    let bytes = Bytes::from(encode(PENDING_MAGIC, &writing.batch));
+                    // Read the gc's side only after ours is visible.
+                    let tag = self.put_then_tag(&path, bytes).await?;
+                    let previous = self.state().condemned.clone();
+                    writing.visible = Some(match (tag, previous) {
+                        (None, _) => None,
+                        (Some(tag), Some((seen, set))) if seen == tag => Some((seen, set)),
+                        (Some(tag), _) => {
+                            read(&**self.store.objects(), &condemned_path(), CONDEMNED_MAGIC)
+                                .await?
+                                .map(|hashes| (tag, Arc::new(hashes.into_iter().collect())))
+                        }
+                    });
+                    // Dropping the claim publishes the batch's hashes to every caller.
+                    drop(writing);
+                }
+            }
         }
-        let condemned = state.condemned.as_ref().map(|(_, set)| set);
-        Ok(hashes
-            .into_iter()
-            .filter(|h| condemned.is_some_and(|set| set.contains(h)))
-            .collect())
     }
 
     /// Wait until the gc run whose condemned list held `hash` has ended (its list gone
     /// or replaced), at most [`MAX_GC_WAIT`].
     pub async fn wait_for_gc(&self, hash: &ChunkHash) -> Result<(), BackupError> {
-        let Some(tag) = self
-            .state
-            .lock()
-            .await
-            .condemned
-            .as_ref()
-            .map(|(t, _)| t.clone())
-        else {
+        let Some(tag) = self.state().condemned.as_ref().map(|(t, _)| t.clone()) else {
             return Ok(());
         };
         tracing::info!(chunk = %hash, "a running gc condemned a chunk this backup needs; waiting for it to end");
@@ -379,7 +441,7 @@ impl Announcer {
         // Every batch this announcer numbered, whether its put got through or not (a
         // missing one is fine): no listing needed, which would cost a round trip (and,
         // locally, a stat per file) before the deletes could start.
-        let batches = self.state.lock().await.batches;
+        let batches = self.state().batches;
         // All at once: each is one round trip, and nothing orders them.
         futures::future::try_join_all((1..=batches).map(|batch| async move {
             let path = self.batch_path(batch);
@@ -492,6 +554,72 @@ mod tests {
             .await
             .expect("a replaced list ends the wait")
             .unwrap();
+        marks.finish().await.unwrap();
+    }
+
+    /// Every hash in the store's announcement objects, as a gc reads them.
+    async fn announced_in(store: &ChunkStore) -> HashSet<ChunkHash> {
+        let listed: Vec<_> = store
+            .objects()
+            .list(Some(&pending_root()))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut all = HashSet::new();
+        for meta in listed {
+            let read = read(&**store.objects(), &meta.location, PENDING_MAGIC).await;
+            all.extend(read.unwrap().unwrap_or_default());
+        }
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_announcements_share_batches_and_each_is_visible_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().to_str().unwrap(), true).unwrap();
+        let marks = Arc::new(Announcer::new(&store));
+        let callers = (0..64u32).map(|i| {
+            let (marks, store) = (Arc::clone(&marks), store.clone());
+            tokio::spawn(async move {
+                let hash = ChunkHash::of(&i.to_le_bytes());
+                assert!(!marks.announce(hash).await.unwrap());
+                // Returned: a gc looking now finds it.
+                assert!(announced_in(&store).await.contains(&hash), "hash {i}");
+            })
+        });
+        let done = futures::future::join_all(callers);
+        for caller in tokio::time::timeout(Duration::from_secs(20), done)
+            .await
+            .unwrap()
+        {
+            caller.unwrap();
+        }
+        let batches = marks.state().batches;
+        assert!(
+            (1..64).contains(&batches),
+            "{batches} batches for 64 callers"
+        );
+        marks.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_caller_it_covered_and_leaves_none_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().to_str().unwrap(), true).unwrap();
+        // `pending` cannot be made a directory: every batch write fails.
+        std::fs::write(dir.path().join("pending"), b"not a directory").unwrap();
+        let marks = Announcer::new(&store);
+        let (a, b) = (ChunkHash::of(b"a"), ChunkHash::of(b"b"));
+        let both = async { tokio::join!(marks.announce(a), marks.announce(b)) };
+        let (first, second) = tokio::time::timeout(Duration::from_secs(10), both)
+            .await
+            .expect("a caller was left waiting");
+        assert!(first.is_err() && second.is_err());
+        // Once batches can be written, what failed is announced with the next one.
+        std::fs::remove_file(dir.path().join("pending")).unwrap();
+        assert!(!marks.announce(a).await.unwrap());
+        let seen = announced_in(&store).await;
+        assert!(seen.contains(&a) && seen.contains(&b));
         marks.finish().await.unwrap();
     }
 
