@@ -557,16 +557,20 @@ mod tests {
         marks.finish().await.unwrap();
     }
 
-    /// Every hash in the store's announcement objects, as a gc reads them.
-    async fn announced_in(store: &ChunkStore) -> HashSet<ChunkHash> {
-        let listed: Vec<_> = store
+    /// The store's announcement objects, as a gc lists them.
+    async fn pending_objects(store: &ChunkStore) -> Vec<object_store::ObjectMeta> {
+        store
             .objects()
             .list(Some(&pending_root()))
             .try_collect()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Every hash in the store's announcement objects, as a gc reads them.
+    async fn announced_in(store: &ChunkStore) -> HashSet<ChunkHash> {
         let mut all = HashSet::new();
-        for meta in listed {
+        for meta in pending_objects(store).await {
             let read = read(&**store.objects(), &meta.location, PENDING_MAGIC).await;
             all.extend(read.unwrap().unwrap_or_default());
         }
@@ -634,15 +638,7 @@ mod tests {
         let cond = PutPayload::from(encode(CONDEMNED_MAGIC, &[b]));
         store.objects().put(&condemned_path(), cond).await.unwrap();
         assert!(marks.announce(b).await.unwrap());
-        let pending = || async {
-            let listed: Vec<_> = store
-                .objects()
-                .list(Some(&pending_root()))
-                .try_collect()
-                .await
-                .unwrap();
-            listed.len()
-        };
+        let pending = || async { pending_objects(&store).await.len() };
         assert_eq!(pending().await, 2);
         // The gc ends: the wait is over.
         store.objects().delete(&condemned_path()).await.unwrap();
