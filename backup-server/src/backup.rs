@@ -24,12 +24,12 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::chunk::{self, ChunkHash};
-use crate::chunk_buf::{BufferPool, ChunkBuf};
+use crate::chunk_buf::BufferPool;
 use crate::error::BackupError;
 use crate::index::{ChunkRef, Index, MAX_VOLUME_BYTES};
 use crate::marks::Announcer;
 use crate::name::VolumeName;
-use crate::read_lanes::{self, Expect, ReadChunk, Reader};
+use crate::read_lanes::{self, ReadChunk};
 use crate::size::ChunkSize;
 use crate::store::{ChunkCheck, ChunkStore, PutOutcome};
 
@@ -358,9 +358,6 @@ async fn run_announcing(
         })
         .collect();
     let full = base.is_none() && read_count == chunk_count;
-    // A first backup's chunks are all new, and a full one cannot tell yet whether it
-    // is a first; an incremental one hashes first (see `read_lanes::Expect`).
-    let expect = if full { Expect::New } else { Expect::Stored };
     // Needed only to publish, so they run while the chunks are read: the unread
     // chunks' announcement (see `announce_unread`) and the newest version, which
     // becomes the new one's parent. A full backup announces the parent's chunks at
@@ -397,7 +394,7 @@ async fn run_announcing(
     // Chunks not read keep the base's entry: zero markers, or chunks stored before.
     progress.inc((unread_zero + unread_data) * chunk_size.bytes());
     let reading = read_chunks(
-        store, source, file, size_bytes, options, read, chunks, summary, &progress, marks, expect,
+        store, source, file, size_bytes, options, read, chunks, summary, &progress, marks,
     );
     let (parent_version, read) = futures::join!(before_publish, reading);
     let (chunks, mut summary) = read?;
@@ -436,14 +433,13 @@ async fn read_chunks(
     mut summary: BackupSummary,
     progress: &ProgressBar,
     marks: &Arc<Announcer>,
-    expect: Expect,
 ) -> Result<(Vec<ChunkRef>, BackupSummary), BackupError> {
     let chunk_size = options.chunk_size;
     let chunk_count = chunk_size.chunk_count(size_bytes);
     // Hashes handled by this run, so a chunk repeated within the image is looked up once.
     let seen: Arc<Mutex<HashSet<ChunkHash>>> = Arc::default();
     let pool = Arc::new(BufferPool::new(chunk_size.bytes() as usize));
-    let (reader, mut chunks_read) = read_lanes::start(
+    let mut chunks_read = read_lanes::start(
         read_lanes::Source {
             file: Arc::new(file),
             path: source.to_owned(),
@@ -453,7 +449,6 @@ async fn read_chunks(
         },
         read,
         Arc::clone(&pool),
-        expect,
     );
     let mut written = Vec::new();
     // Files fsynced in the background while reading goes on, a batch at a time, so the
@@ -462,19 +457,17 @@ async fn read_chunks(
     let mut unsynced = 0;
     let mut results = futures::stream::poll_fn(|cx| chunks_read.poll_recv(cx))
         .map(|read| {
-            let (seen, store, pool, verify, marks, reader) = (
+            let (seen, store, pool, verify, marks) = (
                 Arc::clone(&seen),
                 store.clone(),
                 Arc::clone(&pool),
                 options.verify,
                 Arc::clone(marks),
-                reader.clone(),
             );
             async move {
                 let chunk = read?;
-                let (i, len) = (chunk.index, chunk.len);
-                let fate =
-                    back_up_chunk(&store, chunk, &seen, &pool, verify, &marks, &reader).await?;
+                let (i, len) = (chunk.index, chunk.data.len());
+                let fate = back_up_chunk(&store, chunk, &seen, &pool, verify, &marks).await?;
                 Ok::<_, BackupError>((i, len, fate))
             }
         })
@@ -532,9 +525,7 @@ async fn read_chunks(
     Ok((chunks, summary))
 }
 
-/// Stores one chunk as read (or finds it stored, or all zero) and says which. A chunk
-/// read without its bytes that must be stored is read again whole; if the source
-/// changed meanwhile, the new bytes (and their hash) are what is backed up.
+/// Stores one chunk as read (or finds it stored, or all zero) and says which.
 async fn back_up_chunk(
     store: &ChunkStore,
     chunk: ReadChunk,
@@ -542,80 +533,50 @@ async fn back_up_chunk(
     pool: &BufferPool,
     verify: bool,
     marks: &Announcer,
-    reader: &Reader,
 ) -> Result<Fate, BackupError> {
     // The permit goes back when this returns, with the buffer (see `read_lanes`).
     let ReadChunk {
-        index,
-        len,
-        mut data,
-        mut hash,
-        permit,
+        data, hash, permit, ..
     } = chunk;
     let _permit = permit;
-    let give = |data: Option<ChunkBuf>| {
-        if let Some(data) = data {
-            pool.give(data);
-        }
+    let len = data.len();
+    let Some(hash) = hash else {
+        pool.give(data);
+        return Ok(Fate::Zero);
     };
-    // Turns only when the source changed between a read without the bytes and the
-    // whole read after it; the second time round, the bytes are there.
-    loop {
-        let Some(named) = hash else {
-            give(data);
-            return Ok(Fate::Zero);
-        };
-        let first_time = seen
-            .lock()
-            .map_err(|_| BackupError::Internal("lock poisoned".into()))?
-            .insert(named);
-        if !first_time {
-            give(data);
-            return Ok(Fate::Reused(named));
-        }
-        // Announced before the existence check, so a gc running now cannot delete a
-        // chunk this backup then reuses (see `crate::marks`).
-        if marks.announce(named).await? {
-            marks.wait_for_gc(&named).await?;
-        }
-        let check = store.check_chunk(&named, len, verify).await?;
-        reader.found(check == ChunkCheck::Present);
-        let damage = match check {
-            ChunkCheck::Missing => None,
-            ChunkCheck::Present => {
-                give(data);
-                return Ok(Fate::Reused(named));
-            }
-            ChunkCheck::Damaged(reason) => Some(reason),
-        };
-        let bytes = match data.take() {
-            Some(bytes) => bytes,
-            None => {
-                let (bytes, now) = reader.whole(index).await?;
-                if now != Some(named) {
-                    tracing::debug!(
-                        chunk = index,
-                        "backup: the source changed while it was read"
-                    );
-                    (data, hash) = (Some(bytes), now);
-                    continue;
-                }
-                bytes
-            }
-        };
-        if let Some(reason) = damage {
-            let encoded = crate::cpu::run(move || chunk::encode(bytes.into())).await?;
-            let stored = encoded.stored_len();
-            // The source's bytes hash to the chunk's name: they are the good copy.
-            tracing::warn!(chunk = %named, %reason, "backup: replacing a damaged chunk");
-            store.replace_chunk(&named, encoded).await?;
-            return Ok(Fate::Repaired(named, stored));
-        }
-        return Ok(match store.encode_and_put(&named, bytes.into()).await? {
-            (PutOutcome::Written, stored) => Fate::Written(named, stored),
-            (PutOutcome::AlreadyStored, _) => Fate::Reused(named),
-        });
+    let first_time = seen
+        .lock()
+        .map_err(|_| BackupError::Internal("lock poisoned".into()))?
+        .insert(hash);
+    if !first_time {
+        pool.give(data);
+        return Ok(Fate::Reused(hash));
     }
+    // Announced before the existence check, so a gc running now cannot delete a chunk
+    // this backup then reuses (see `crate::marks`).
+    if marks.announce(hash).await? {
+        marks.wait_for_gc(&hash).await?;
+    }
+    let damage = match store.check_chunk(&hash, len, verify).await? {
+        ChunkCheck::Missing => None,
+        ChunkCheck::Present => {
+            pool.give(data);
+            return Ok(Fate::Reused(hash));
+        }
+        ChunkCheck::Damaged(reason) => Some(reason),
+    };
+    if let Some(reason) = damage {
+        let encoded = crate::cpu::run(move || chunk::encode(data.into())).await?;
+        let stored = encoded.stored_len();
+        // The source's bytes hash to the chunk's name: they are the good copy.
+        tracing::warn!(chunk = %hash, %reason, "backup: replacing a damaged chunk");
+        store.replace_chunk(&hash, encoded).await?;
+        return Ok(Fate::Repaired(hash, stored));
+    }
+    Ok(match store.encode_and_put(&hash, data.into()).await? {
+        (PutOutcome::Written, stored) => Fate::Written(hash, stored),
+        (PutOutcome::AlreadyStored, _) => Fate::Reused(hash),
+    })
 }
 
 fn progress_bar(wanted: bool, size_bytes: u64) -> ProgressBar {
@@ -799,50 +760,6 @@ mod tests {
         let again = backup(&store, &image, &opts).await.unwrap();
         assert_eq!((again.version, again.reused_chunks), (2, 4));
         assert_eq!(batches(), 0, "a backup withdraws its announcements");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_chunk_that_changes_between_its_hash_and_its_whole_read_is_backed_up_as_read_last() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open(dir.path().join("store").to_str().unwrap(), true).unwrap();
-        let image = dir.path().join("img");
-        let (before, after) = (vec![0x11u8; 65536], vec![0x22u8; 65536]);
-        std::fs::write(&image, &before).unwrap();
-        let pool = Arc::new(BufferPool::new(65536));
-        let source = read_lanes::Source {
-            file: Arc::new(File::open(&image).unwrap()),
-            path: image.clone(),
-            size_bytes: 65536,
-            chunk_size: ChunkSize::from_shift(16).unwrap(),
-            rate_bytes_per_sec: None,
-        };
-        let (reader, mut chunks) =
-            read_lanes::start(source, Box::new(0..1), Arc::clone(&pool), Expect::Stored);
-        let chunk = chunks.recv().await.unwrap().unwrap();
-        assert!(chunk.data.is_none(), "hashed without its bytes");
-        assert_eq!(chunk.hash, Some(ChunkHash::of(&before)));
-        // The source changes before the store is asked (the chunk is new to it).
-        std::fs::write(&image, &after).unwrap();
-        let marks = Announcer::new(&store);
-        let seen = Mutex::default();
-        let fate = back_up_chunk(&store, chunk, &seen, &pool, false, &marks, &reader)
-            .await
-            .unwrap();
-        let now = ChunkHash::of(&after);
-        assert!(matches!(fate, Fate::Written(hash, _) if hash == now));
-        // Stored under the name of what it holds; the first read's hash names nothing.
-        assert_eq!(
-            store.check_chunk(&now, 65536, true).await.unwrap(),
-            ChunkCheck::Present
-        );
-        assert_eq!(
-            store
-                .check_chunk(&ChunkHash::of(&before), 65536, false)
-                .await
-                .unwrap(),
-            ChunkCheck::Missing
-        );
-        marks.finish().await.unwrap();
     }
 
     #[tokio::test]

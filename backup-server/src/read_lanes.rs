@@ -10,27 +10,13 @@
 //! blocking pool, so uncached sources keep up to [`IN_FLIGHT_CHUNKS`] reads queued at
 //! the device.
 //!
-//! # Hashing first
-//!
-//! A chunk the store already holds needs only its hash, not its bytes. Kept whole, each
-//! such chunk costs a buffer of fresh memory (a page fault and zeroing per page the
-//! first time, a huge page compacted out of fragmented memory at worst) and is hashed
-//! from memory rather than from the cache: an incremental backup's 11 MiB took longer
-//! that way than reading and hashing them. So a lane reads a cached chunk in pieces
-//! into its own small buffer and hashes as it goes, unless most chunks checked so far
-//! had to be stored (then the bytes are wanted: it keeps them whole), or the backup
-//! expects new chunks (see [`Expect`]). A chunk that turns out new is read again whole
-//! ([`Reader::whole`]); if the source changed between the two reads, the second read
-//! is what is backed up (it is hashed again).
-//!
 //! Memory: at most [`IN_FLIGHT_CHUNKS`] chunk buffers are out at once, however the
 //! work is spread between lanes, device reads and the caller: a lane waits for a
-//! [`Permit`] before it takes a chunk, the permit goes back when the caller drops the
-//! [`ReadChunk`] it came with, and a whole read for that chunk is made under it.
+//! [`Permit`] before it takes a buffer, and the permit goes back when the caller drops
+//! the [`ReadChunk`] it came with.
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,25 +36,10 @@ use crate::size::ChunkSize;
 /// thread per chunk; two per core matched it (four on 2 cores: no better).
 const LANES_PER_CORE: usize = 2;
 
-/// The piece a lane reads and hashes at a time when it does not keep a chunk: small
-/// enough to stay in the core's cache between the read and the hash.
-const PIECE_BYTES: usize = 128 << 10;
-
-/// What the chunks read are expected to be, until the store says otherwise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Expect {
-    /// New: a first backup, or one with nothing to compare against. Read whole.
-    New,
-    /// Mostly stored already (a backup with a parent or base version): hashed first.
-    Stored,
-}
-
-/// One chunk as read: its index and length, its hash (`None`: all zero), and its bytes
-/// if the lane kept them.
+/// One chunk as read: its index, its bytes, and its hash (`None`: all zero).
 pub(crate) struct ReadChunk {
     pub index: u64,
-    pub len: usize,
-    pub data: Option<ChunkBuf>,
+    pub data: ChunkBuf,
     pub hash: Option<ChunkHash>,
     /// Held until the caller is done with the chunk (see the module note).
     pub permit: Permit,
@@ -84,19 +55,14 @@ pub(crate) struct Source {
     pub rate_bytes_per_sec: Option<u64>,
 }
 
-/// Starts reading the chunks `indices` names (in that order, a few at a time), whole
-/// chunks into buffers from `pool`, and returns the handle for reading one again whole
-/// and where the chunks arrive, in no set order. The first error ends the reading; the
-/// lanes also stop once the receiver is dropped.
+/// Starts reading the chunks `indices` names (in that order, a few at a time) into
+/// buffers from `pool`, and returns where they arrive, in no set order. The first error
+/// ends the reading; the lanes also stop once the receiver is dropped.
 pub(crate) fn start(
     source: Source,
     indices: Box<dyn Iterator<Item = u64> + Send>,
     pool: Arc<BufferPool>,
-    expect: Expect,
-) -> (
-    Reader,
-    mpsc::UnboundedReceiver<Result<ReadChunk, BackupError>>,
-) {
+) -> mpsc::UnboundedReceiver<Result<ReadChunk, BackupError>> {
     let (tx, rx) = mpsc::unbounded_channel();
     let lanes = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -109,55 +75,12 @@ pub(crate) fn start(
         permits: Arc::new(Permits::new(IN_FLIGHT_CHUNKS)),
         started: Instant::now(),
         device: tokio::runtime::Handle::current(),
-        expect,
-        found_new: AtomicU64::new(0),
-        found_stored: AtomicU64::new(0),
     });
     for _ in 0..lanes {
         let (shared, tx) = (Arc::clone(&shared), tx.clone());
         tokio::task::spawn_blocking(move || shared.run_lane(&tx));
     }
-    (Reader(shared), rx)
-}
-
-/// The caller's side of the lanes: reads a chunk again whole, and hears what the store
-/// had, which decides whether the lanes keep the chunks they read.
-#[derive(Clone)]
-pub(crate) struct Reader(Arc<Shared>);
-
-impl Reader {
-    /// Chunk `index`, read whole (on the blocking pool), and its hash; for a chunk
-    /// read without its bytes that must now be stored. Call it while holding the
-    /// chunk's [`Permit`]: the buffer is that permit's.
-    pub(crate) async fn whole(
-        &self,
-        index: u64,
-    ) -> Result<(ChunkBuf, Option<ChunkHash>), BackupError> {
-        let shared = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || {
-            let (offset, len) = shared.span(index);
-            let mut data = shared.pool.take(len);
-            shared
-                .source
-                .file
-                .read_exact_at(&mut data, offset)
-                .map_err(|e| shared.source_error(e))?;
-            let hash = hash_of(&data);
-            Ok((data, hash))
-        })
-        .await
-        .map_err(|e| BackupError::Internal(e.to_string()))?
-    }
-
-    /// The store held a chunk read (`true`) or it had to be stored (`false`).
-    pub(crate) fn found(&self, stored: bool) {
-        let count = if stored {
-            &self.0.found_stored
-        } else {
-            &self.0.found_new
-        };
-        count.fetch_add(1, Ordering::Relaxed);
-    }
+    rx
 }
 
 type Sender = mpsc::UnboundedSender<Result<ReadChunk, BackupError>>;
@@ -170,17 +93,11 @@ struct Shared {
     started: Instant,
     /// Where reads that must wait for the device go.
     device: tokio::runtime::Handle,
-    expect: Expect,
-    /// What the store had of the chunks checked so far (see [`Reader::found`]).
-    found_new: AtomicU64,
-    found_stored: AtomicU64,
 }
 
 impl Shared {
     /// Takes chunks until none is left, an error, or nobody listens.
     fn run_lane(self: &Arc<Self>, tx: &Sender) {
-        // This lane's piece buffer, made once (see `PIECE_BYTES`).
-        let mut piece = vec![0u8; PIECE_BYTES.min(self.source.chunk_size.len())];
         loop {
             if tx.is_closed() {
                 return;
@@ -188,36 +105,19 @@ impl Shared {
             let Some(index) = self.indices.lock().ok().and_then(|mut i| i.next()) else {
                 return;
             };
-            let (offset, len) = self.span(index);
+            let chunk_bytes = self.source.chunk_size.bytes();
+            let offset = index * chunk_bytes;
+            debug_assert!(
+                offset < self.source.size_bytes,
+                "chunk {index} past the end"
+            );
+            let len = (self.source.size_bytes - offset).min(chunk_bytes) as usize;
             if let Some(rate) = self.source.rate_bytes_per_sec {
                 let due =
                     self.started + Duration::from_secs_f64(offset as f64 / rate.max(1) as f64);
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
             let permit = self.permits.acquire();
-            if !self.keeps_whole() {
-                match self.hash_cached(&mut piece, offset, len) {
-                    Ok(Some(hash)) => {
-                        let chunk = ReadChunk {
-                            index,
-                            len,
-                            data: None,
-                            hash,
-                            permit,
-                        };
-                        if tx.send(Ok(chunk)).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    // Not all cached: read whole, below.
-                    Ok(None) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(self.source_error(e)));
-                        return;
-                    }
-                }
-            }
             let mut data = self.pool.take(len);
             let cached = match read_cached_at(&self.source.file, &mut data, offset) {
                 Ok(n) => n,
@@ -248,58 +148,6 @@ impl Shared {
         }
     }
 
-    /// Where chunk `index` starts, and its length.
-    fn span(&self, index: u64) -> (u64, usize) {
-        let chunk_bytes = self.source.chunk_size.bytes();
-        let offset = index * chunk_bytes;
-        debug_assert!(
-            offset < self.source.size_bytes,
-            "chunk {index} past the end"
-        );
-        (
-            offset,
-            (self.source.size_bytes - offset).min(chunk_bytes) as usize,
-        )
-    }
-
-    /// Whether lanes read chunks whole now: when new ones are expected, or once most
-    /// chunks checked had to be stored.
-    fn keeps_whole(&self) -> bool {
-        let new = self.found_new.load(Ordering::Relaxed);
-        let stored = self.found_stored.load(Ordering::Relaxed);
-        match self.expect {
-            Expect::New => new >= stored,
-            Expect::Stored => new > stored,
-        }
-    }
-
-    /// The hash of the `len` bytes at `offset`, read piece by piece into `piece` from
-    /// the page cache only (`Some(None)`: all zero); `None` if a piece is not cached.
-    fn hash_cached(
-        &self,
-        piece: &mut [u8],
-        offset: u64,
-        len: usize,
-    ) -> std::io::Result<Option<Option<ChunkHash>>> {
-        let mut hasher = blake3::Hasher::new();
-        let mut zero = true;
-        let mut done = 0;
-        while done < len {
-            let part_len = (len - done).min(piece.len());
-            let part = &mut piece[..part_len];
-            if read_cached_at(&self.source.file, part, offset + done as u64)? < part.len() {
-                return Ok(None);
-            }
-            zero = zero && chunk::is_zero(part);
-            hasher.update(part);
-            done += part.len();
-        }
-        debug_assert_eq!(done, len);
-        Ok(Some(
-            (!zero).then(|| ChunkHash(*hasher.finalize().as_bytes())),
-        ))
-    }
-
     fn source_error(&self, e: std::io::Error) -> BackupError {
         BackupError::Source {
             path: self.source.path.clone(),
@@ -310,18 +158,13 @@ impl Shared {
 
 /// Zero check and hash of a chunk read whole.
 fn finish(index: u64, data: ChunkBuf, permit: Permit) -> ReadChunk {
+    let hash = (!chunk::is_zero(&data)).then(|| ChunkHash::of(&data));
     ReadChunk {
         index,
-        len: data.len(),
-        hash: hash_of(&data),
-        data: Some(data),
+        data,
+        hash,
         permit,
     }
-}
-
-/// A chunk's hash, `None` if it is all zero.
-fn hash_of(data: &[u8]) -> Option<ChunkHash> {
-    (!chunk::is_zero(data)).then(|| ChunkHash::of(data))
 }
 
 /// A counting semaphore for blocking threads: the lanes wait on it, whoever drops a
@@ -404,29 +247,23 @@ mod tests {
     }
 
     /// A chunk as received, copied out (so its permit goes back at once, as the
-    /// backup's would); `data` is empty when the lane kept no bytes.
+    /// backup's would).
     #[derive(Debug)]
     struct Got {
         index: u64,
-        len: usize,
         data: Vec<u8>,
         hash: Option<ChunkHash>,
     }
 
     /// Everything the lanes send, in chunk order (errors last).
-    async fn read_all(
-        source: Source,
-        indices: Vec<u64>,
-        expect: Expect,
-    ) -> Vec<Result<Got, BackupError>> {
+    async fn read_all(source: Source, indices: Vec<u64>) -> Vec<Result<Got, BackupError>> {
         let pool = Arc::new(BufferPool::new(chunk().len()));
-        let (_reader, mut rx) = start(source, Box::new(indices.into_iter()), pool, expect);
+        let mut rx = start(source, Box::new(indices.into_iter()), pool);
         let mut all = Vec::new();
         while let Some(got) = rx.recv().await {
             all.push(got.map(|c| Got {
                 index: c.index,
-                len: c.len,
-                data: c.data.as_deref().map(<[u8]>::to_vec).unwrap_or_default(),
+                data: c.data.to_vec(),
                 hash: c.hash,
             }));
         }
@@ -441,10 +278,7 @@ mod tests {
             let read = read.as_ref().unwrap();
             let start = (read.index * chunk().bytes()) as usize;
             let expected = &bytes[start..(start + chunk().len()).min(bytes.len())];
-            assert_eq!(read.len, expected.len(), "chunk {}", read.index);
-            if !read.data.is_empty() {
-                assert_eq!(&read.data[..], expected, "chunk {}", read.index);
-            }
+            assert_eq!(&read.data[..], expected, "chunk {}", read.index);
             let zero = expected.iter().all(|&b| b == 0);
             assert_eq!(read.hash, (!zero).then(|| ChunkHash::of(expected)));
         }
@@ -455,19 +289,9 @@ mod tests {
         // 40 chunks (more than are in flight at once) and a short last one.
         let (_dir, path, bytes) = image(40, 1000);
         let want: Vec<u64> = (0..41).filter(|i| i % 3 != 2).collect();
-        for expect in [Expect::New, Expect::Stored] {
-            let chunks = read_all(source(&path, bytes.len() as u64), want.clone(), expect).await;
-            assert_read_as_in(&chunks, &bytes, &want);
-            let kept = chunks
-                .iter()
-                .filter(|c| !c.as_ref().unwrap().data.is_empty());
-            match expect {
-                // New chunks are wanted whole; stored ones only hashed (none is found
-                // here, as nobody calls `found`).
-                Expect::New => assert_eq!(kept.count(), want.len()),
-                Expect::Stored => assert_eq!(kept.count(), 0),
-            }
-        }
+        let chunks = read_all(source(&path, bytes.len() as u64), want.clone()).await;
+        assert_read_as_in(&chunks, &bytes, &want);
+        assert_eq!(chunks.last().unwrap().as_ref().unwrap().data.len(), 1000);
     }
 
     #[cfg(target_os = "linux")]
@@ -476,24 +300,17 @@ mod tests {
         let (_dir, path, bytes) = image(24, 0);
         let file = File::open(&path).unwrap();
         file.sync_all().unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
         let want: Vec<u64> = (0..24).collect();
-        for expect in [Expect::New, Expect::Stored] {
-            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-            let chunks = read_all(source(&path, bytes.len() as u64), want.clone(), expect).await;
-            assert_read_as_in(&chunks, &bytes, &want);
-        }
+        let chunks = read_all(source(&path, bytes.len() as u64), want.clone()).await;
+        assert_read_as_in(&chunks, &bytes, &want);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_source_shorter_than_said_is_an_error_naming_it() {
         // Said to hold 4 chunks, holds 2 and a half.
         let (_dir, path, _) = image(2, 100);
-        let chunks = read_all(
-            source(&path, 4 * chunk().bytes()),
-            (0..4).collect(),
-            Expect::New,
-        )
-        .await;
+        let chunks = read_all(source(&path, 4 * chunk().bytes()), (0..4).collect()).await;
         let error = chunks
             .iter()
             .find_map(|c| c.as_ref().err())
@@ -513,12 +330,7 @@ mod tests {
         let (_dir, path, bytes) = image(IN_FLIGHT_CHUNKS + 8, 0);
         let pool = Arc::new(BufferPool::new(chunk().len()));
         let indices = Box::new(0..(IN_FLIGHT_CHUNKS + 8) as u64);
-        let (_reader, mut rx) = start(
-            source(&path, bytes.len() as u64),
-            indices,
-            pool,
-            Expect::New,
-        );
+        let mut rx = start(source(&path, bytes.len() as u64), indices, pool);
         let mut held = Vec::new();
         for _ in 0..IN_FLIGHT_CHUNKS {
             held.push(rx.recv().await.unwrap().unwrap());
@@ -540,9 +352,7 @@ mod tests {
         let source = source(&path, bytes.len() as u64);
         let file = Arc::clone(&source.file);
         let pool = Arc::new(BufferPool::new(chunk().len()));
-        let indices = Box::new(0..(IN_FLIGHT_CHUNKS * 4) as u64);
-        let (reader, mut rx) = start(source, indices, pool, Expect::New);
-        drop(reader);
+        let mut rx = start(source, Box::new(0..(IN_FLIGHT_CHUNKS * 4) as u64), pool);
         let first = rx.recv().await.unwrap().unwrap();
         drop((first, rx));
         // The lanes (and reads on the blocking pool) hold the file while they run.
@@ -551,40 +361,5 @@ mod tests {
             assert!(Instant::now() < deadline, "the lanes went on reading");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_chunk_read_without_its_bytes_is_read_again_whole_and_new_ones_switch_the_lanes() {
-        let chunks = IN_FLIGHT_CHUNKS * 6;
-        let (_dir, path, bytes) = image(chunks, 0);
-        let pool = Arc::new(BufferPool::new(chunk().len()));
-        let indices = Box::new(0..chunks as u64);
-        let (reader, mut rx) = start(
-            source(&path, bytes.len() as u64),
-            indices,
-            pool,
-            Expect::Stored,
-        );
-        let first = rx.recv().await.unwrap().unwrap();
-        assert!(first.data.is_none(), "hashed without its bytes first");
-        // Read again whole: the same bytes, the same hash.
-        let (whole, hash) = reader.whole(first.index).await.unwrap();
-        let start = (first.index * chunk().bytes()) as usize;
-        assert_eq!(&whole[..], &bytes[start..start + chunk().len()]);
-        assert_eq!(hash, first.hash);
-        drop((whole, first));
-        // Every chunk had to be stored: the lanes keep the bytes from then on.
-        for _ in 0..4 {
-            reader.found(false);
-        }
-        let mut kept = 0;
-        while let Some(got) = rx.recv().await {
-            kept += usize::from(got.unwrap().data.is_some());
-        }
-        // Chunks already taken by a lane when the news came may still come bare.
-        assert!(
-            kept >= chunks - 1 - 2 * IN_FLIGHT_CHUNKS,
-            "only {kept} kept"
-        );
     }
 }
