@@ -1,9 +1,10 @@
-//! Reading, zero-checking and hashing a backup's chunks: on one thread per core for
-//! what the page cache holds, on the blocking pool for what must come from the device.
+//! Reading, zero-checking and hashing a backup's chunks: on a few threads per core (the
+//! lanes) for what the page cache holds, on the blocking pool for what must come from
+//! the device.
 //!
 //! Why lanes rather than a blocking task per chunk: reading a cached chunk and hashing
-//! it is pure CPU, so more threads than cores only add thread creation, switches and
-//! buffers. A task per chunk made a 2-core machine start a thread for each of an
+//! it is pure CPU, so many more threads than cores only add thread creation, switches
+//! and buffers. A task per chunk made a 2-core machine start a thread for each of an
 //! incremental backup's 11 chunks, and the announcement's few file operations (see
 //! [`crate::marks`]) queued behind them on the same pool: its wait, not the reading,
 //! ended the read phase. A read that would wait for the device still goes to the
