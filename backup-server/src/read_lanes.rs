@@ -363,4 +363,20 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rate_limit_paces_the_reads() {
+        // 4 chunks of 64 KiB at 1 MiB/s: the last starts 192 KiB in, at 0.1875 s.
+        let (_dir, path, bytes) = image(4, 0);
+        let mut paced = source(&path, bytes.len() as u64);
+        paced.rate_bytes_per_sec = Some(1 << 20);
+        let started = Instant::now();
+        let chunks = read_all(paced, (0..4).collect()).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(187),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_read_as_in(&chunks, &bytes, &[0, 1, 2, 3]);
+    }
 }
