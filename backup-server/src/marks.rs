@@ -47,7 +47,7 @@ use object_store::{ObjectStore, PutPayload};
 
 use crate::chunk::ChunkHash;
 use crate::error::BackupError;
-use crate::store::ChunkStore;
+use crate::store::{local_io, ChunkStore};
 
 /// Magic of a backup's pending hashes.
 pub const PENDING_MAGIC: [u8; 8] = *b"RHYDPEND";
@@ -411,10 +411,7 @@ impl Announcer {
     async fn put_then_tag(&self, path: &Path, bytes: Bytes) -> Result<Option<RunTag>, BackupError> {
         if let Some(root) = self.store.local_root() {
             let (root, at) = (root.to_owned(), path.clone());
-            return tokio::task::spawn_blocking(move || local_put_then_tag(&root, &at, &bytes))
-                .await
-                .map_err(|e| BackupError::Internal(e.to_string()))?
-                .map_err(|e| crate::store::local_error(path, e));
+            return local_io(path, move || local_put_then_tag(&root, &at, &bytes)).await;
         }
         self.store
             .objects()
@@ -428,10 +425,7 @@ impl Announcer {
     async fn condemned_tag(&self) -> Result<Option<RunTag>, BackupError> {
         if let Some(root) = self.store.local_root() {
             let root = root.to_owned();
-            return tokio::task::spawn_blocking(move || local_condemned_tag(&root))
-                .await
-                .map_err(|e| BackupError::Internal(e.to_string()))?
-                .map_err(|e| crate::store::local_error(&condemned_path(), e));
+            return local_io(&condemned_path(), move || local_condemned_tag(&root)).await;
         }
         condemned_tag(&**self.store.objects()).await
     }

@@ -165,13 +165,9 @@ impl ChunkStore {
         let (size, encoding) = if let Some(root) = &self.local_root {
             // Size and first byte in one blocking call (a re-backup asks for every chunk).
             let file = root.join(path.as_ref());
-            match tokio::task::spawn_blocking(move || crate::local_chunk::head(&file))
-                .await
-                .map_err(|e| BackupError::Internal(e.to_string()))?
-            {
-                Ok(Some(found)) => found,
-                Ok(None) => return Ok(ChunkCheck::Missing),
-                Err(e) => return Err(local_error(&path, e)),
+            match local_io(&path, move || crate::local_chunk::head(&file)).await? {
+                Some(found) => found,
+                None => return Ok(ChunkCheck::Missing),
             }
         } else {
             let size = match self.objects.head(&path).await {
@@ -269,10 +265,7 @@ impl ChunkStore {
         };
         let path = hash.path();
         let file = root.join(path.as_ref());
-        tokio::task::spawn_blocking(move || crate::local_chunk::put(&file, data))
-            .await
-            .map_err(|e| BackupError::Internal(e.to_string()))?
-            .map_err(|e| local_error(&path, e))
+        local_io(&path, move || crate::local_chunk::put(&file, data)).await
     }
 
     /// Fetch chunk `hash`, expected to be `expected_len` bytes, verified against its name.
@@ -344,10 +337,7 @@ impl ChunkStore {
             // also stats every file (two or three calls each), which with a few hundred
             // versions took milliseconds of every backup.
             let dir = root.join(prefix.as_ref());
-            let mut found = tokio::task::spawn_blocking(move || version_file_names(&dir))
-                .await
-                .map_err(|e| BackupError::Internal(e.to_string()))?
-                .map_err(|e| local_error(&prefix, e))?;
+            let mut found = local_io(&prefix, move || version_file_names(&dir)).await?;
             found.sort_unstable();
             return Ok(found);
         }
@@ -564,14 +554,12 @@ impl ChunkStore {
             // One blocking call (open, size, read) where the object store's local get
             // takes two hops, each a thread wake-up.
             let file = root.join(path.as_ref());
-            return match tokio::task::spawn_blocking(move || std::fs::read(file))
-                .await
-                .map_err(|e| BackupError::Internal(e.to_string()))?
-            {
+            let read = local_io(path, move || match std::fs::read(file) {
                 Ok(bytes) => Ok(Some(Bytes::from(bytes))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(local_error(path, e)),
-            };
+                Err(e) => Err(e),
+            });
+            return read.await;
         }
         match self.objects.get(path).await {
             Ok(got) => got
@@ -591,7 +579,7 @@ impl ChunkStore {
             return Ok(());
         };
         let dir = root.join(path.as_ref());
-        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir(dir) {
+        local_io(path, move || match std::fs::remove_dir(dir) {
             Err(e)
                 if !matches!(
                     e.kind(),
@@ -603,8 +591,6 @@ impl ChunkStore {
             _ => Ok(()),
         })
         .await
-        .map_err(|e| BackupError::Internal(e.to_string()))?;
-        removed.map_err(|e| local_error(path, e))
     }
 
     /// The store's root directory, for a local store (`None` for an object store): the
@@ -732,8 +718,21 @@ impl ChunkStore {
     }
 }
 
+/// Runs a local store's file operations on the blocking pool in one call (each hop
+/// there is a thread wake-up), their error read as the object store's would be,
+/// naming `path`.
+pub(crate) async fn local_io<T: Send + 'static>(
+    path: &Path,
+    io: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, BackupError> {
+    tokio::task::spawn_blocking(io)
+        .await
+        .map_err(|e| BackupError::Internal(e.to_string()))?
+        .map_err(|e| local_error(path, e))
+}
+
 /// A local store's I/O error, as the object store's own would read.
-pub(crate) fn local_error(path: &Path, e: std::io::Error) -> BackupError {
+fn local_error(path: &Path, e: std::io::Error) -> BackupError {
     let source = object_store::Error::Generic {
         store: "LocalFileSystem",
         source: Box::new(e),
