@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::chunk::{self, ChunkHash};
 use crate::chunk_buf::BufferPool;
 use crate::error::BackupError;
-use crate::index::{ChunkRef, Index, MAX_VOLUME_BYTES};
+use crate::index::{distinct_data_chunks, ChunkRef, Index, MAX_VOLUME_BYTES};
 use crate::marks::Announcer;
 use crate::name::VolumeName;
 use crate::read_lanes::{self, ReadChunk};
@@ -309,15 +309,7 @@ async fn announce_parents_chunks(
             return;
         }
     };
-    let mut seen = HashSet::new();
-    let hashes: Vec<ChunkHash> = index
-        .chunks
-        .iter()
-        .filter_map(|chunk| match chunk {
-            ChunkRef::Data(hash) if seen.insert(*hash) => Some(*hash),
-            _ => None,
-        })
-        .collect();
+    let hashes = distinct_data_chunks(&index.chunks).collect();
     if let Err(e) = marks.announce_all(hashes).await {
         // The chunks' own announcements will say it again, and fail the backup.
         tracing::debug!(%e, parent, "backup: announcing the parent's chunks failed");
@@ -348,15 +340,11 @@ async fn run_announcing(
     } = plan;
     debug_assert_eq!(read_count + unread_zero + unread_data, chunk_count);
     // The stored chunks the plan takes unread, once each (a full backup has none).
-    let mut seen = HashSet::new();
-    let unread: Vec<ChunkHash> = chunks
-        .iter()
-        .filter(|_| unread_data > 0)
-        .filter_map(|chunk| match chunk {
-            ChunkRef::Data(hash) if seen.insert(*hash) => Some(*hash),
-            _ => None,
-        })
-        .collect();
+    let unread: Vec<ChunkHash> = if unread_data > 0 {
+        distinct_data_chunks(&chunks).collect()
+    } else {
+        Vec::new()
+    };
     let full = base.is_none() && read_count == chunk_count;
     // Needed only to publish, so they run while the chunks are read: the unread
     // chunks' announcement (see `announce_unread`) and the newest version, which

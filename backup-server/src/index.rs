@@ -124,6 +124,15 @@ pub enum IndexError {
     },
 }
 
+/// The distinct stored chunks `chunks` names, in order (zero markers left out).
+pub fn distinct_data_chunks(chunks: &[ChunkRef]) -> impl Iterator<Item = ChunkHash> + '_ {
+    let mut seen = std::collections::HashSet::new();
+    chunks.iter().filter_map(move |c| match c {
+        ChunkRef::Data(h) if seen.insert(*h) => Some(*h),
+        ChunkRef::Data(_) | ChunkRef::Zero => None,
+    })
+}
+
 impl Index {
     /// Expected length of chunk `i` (the last chunk of the volume may be short).
     pub fn chunk_len(&self, i: u64) -> usize {

@@ -31,11 +31,7 @@ pub struct Entry {
 impl Entry {
     /// The distinct data chunks the version names, in volume order.
     pub fn data_chunks(&self) -> impl Iterator<Item = ChunkHash> + '_ {
-        let mut seen = std::collections::HashSet::new();
-        self.index.chunks.iter().filter_map(move |c| match c {
-            ChunkRef::Data(h) if seen.insert(*h) => Some(*h),
-            _ => None,
-        })
+        crate::index::distinct_data_chunks(&self.index.chunks)
     }
 }
 
