@@ -136,11 +136,7 @@ pub fn distinct_data_chunks(chunks: &[ChunkRef]) -> impl Iterator<Item = ChunkHa
 impl Index {
     /// Expected length of chunk `i` (the last chunk of the volume may be short).
     pub fn chunk_len(&self, i: u64) -> usize {
-        let start = i.saturating_mul(self.chunk_size.bytes());
-        // At most the chunk size (<= 8 MiB), so the cast is lossless.
-        self.volume_size_bytes
-            .saturating_sub(start)
-            .min(self.chunk_size.bytes()) as usize
+        self.chunk_size.chunk_len(self.volume_size_bytes, i)
     }
 
     /// Encode to the stored form.

@@ -106,13 +106,12 @@ impl Shared {
             let Some(index) = self.indices.lock().ok().and_then(|mut i| i.next()) else {
                 return;
             };
-            let chunk_bytes = self.source.chunk_size.bytes();
-            let offset = index * chunk_bytes;
-            debug_assert!(
-                offset < self.source.size_bytes,
-                "chunk {index} past the end"
-            );
-            let len = (self.source.size_bytes - offset).min(chunk_bytes) as usize;
+            let offset = index * self.source.chunk_size.bytes();
+            let len = self
+                .source
+                .chunk_size
+                .chunk_len(self.source.size_bytes, index);
+            debug_assert!(len > 0, "chunk {index} past the end");
             if let Some(rate) = self.source.rate_bytes_per_sec {
                 let due =
                     self.started + Duration::from_secs_f64(offset as f64 / rate.max(1) as f64);

@@ -97,6 +97,14 @@ impl ChunkSize {
     pub fn chunk_count(self, volume_size_bytes: u64) -> u64 {
         volume_size_bytes.div_ceil(self.bytes())
     }
+
+    /// The length of chunk `index` of a volume of `volume_size_bytes`: the chunk size,
+    /// less for the last chunk, 0 past the end.
+    pub fn chunk_len(self, volume_size_bytes: u64, index: u64) -> usize {
+        let start = index.saturating_mul(self.bytes());
+        // At most the chunk size (<= 8 MiB), so the cast is lossless.
+        volume_size_bytes.saturating_sub(start).min(self.bytes()) as usize
+    }
 }
 
 impl Default for ChunkSize {
