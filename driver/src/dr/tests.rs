@@ -286,6 +286,14 @@ fn bound_dr(present: Bits, generation: u64) -> Secondary {
     )
 }
 
+/// [`bound_dr`] with session 1 attached and its Ready item received.
+fn ready_dr(present: Bits, generation: u64) -> Secondary {
+    let mut s = bound_dr(present, generation);
+    s.attach(1, binding()).unwrap();
+    s.received(item(1, ItemBody::Ready)).unwrap();
+    s
+}
+
 fn item(seq: u64, body: ItemBody) -> Message {
     Message::Item(Item { seq, body })
 }
@@ -400,9 +408,7 @@ fn a_read_waits_for_ready_then_fetches_and_is_served_after_the_data_lands() {
 
 #[test]
 fn a_read_of_one_missing_region_is_answered_from_its_data_unless_a_later_item_holds_its_bytes() {
-    let mut s = bound_dr(Bits::new(8), 0);
-    s.attach(1, binding()).unwrap();
-    s.received(item(1, ItemBody::Ready)).unwrap();
+    let mut s = ready_dr(Bits::new(8), 0);
     assert_eq!(s.poll_action(), None);
     assert!(s.is_trusted());
 
@@ -476,9 +482,7 @@ fn a_read_of_one_missing_region_is_answered_from_its_data_unless_a_later_item_ho
 
 #[test]
 fn a_flush_is_committed_once_the_items_before_it_are_applied_not_at_the_next_tick() {
-    let mut s = bound_dr(Bits::new(8), 0);
-    s.attach(1, binding()).unwrap();
-    s.received(item(1, ItemBody::Ready)).unwrap();
+    let mut s = ready_dr(Bits::new(8), 0);
     assert_eq!(s.poll_action(), None);
     // Two regions whose local writes are still in flight when the flush arrives.
     for (seq, region) in [(2, 0), (3, 1)] {
@@ -529,9 +533,7 @@ fn promotion_is_refused_while_regions_are_missing_unless_forced() {
 
 #[test]
 fn a_failed_replicated_write_drops_every_region_it_touched() {
-    let mut s = bound_dr(Bits::full(8), 1);
-    s.attach(1, binding()).unwrap();
-    s.received(item(1, ItemBody::Ready)).unwrap();
+    let mut s = ready_dr(Bits::full(8), 1);
     // Three sectors across the border of regions 2 and 3.
     let write = ItemBody::Write {
         offset: 3 * 4096 - 512,
