@@ -427,17 +427,15 @@ async fn read_chunks(
     // Hashes handled by this run, so a chunk repeated within the image is looked up once.
     let seen: Arc<Mutex<HashSet<ChunkHash>>> = Arc::default();
     let pool = Arc::new(BufferPool::new(chunk_size.bytes() as usize));
-    let mut chunks_read = read_lanes::start(
-        read_lanes::Source {
-            file: Arc::new(file),
-            path: source.to_owned(),
-            size_bytes,
-            chunk_size,
-            rate_bytes_per_sec: options.rate_limit_bytes_per_sec,
-        },
-        read,
-        Arc::clone(&pool),
-    );
+    let source = Arc::new(read_lanes::Source {
+        file: Arc::new(file),
+        path: source.to_owned(),
+        size_bytes,
+        chunk_size,
+        rate_bytes_per_sec: options.rate_limit_bytes_per_sec,
+        stored: store.stored_hint(),
+    });
+    let mut chunks_read = read_lanes::start(Arc::clone(&source), read, Arc::clone(&pool));
     let mut written = Vec::new();
     // Files fsynced in the background while reading goes on, a batch at a time, so the
     // wait before publishing is only for the last batch and the directories.
@@ -445,17 +443,19 @@ async fn read_chunks(
     let mut unsynced = 0;
     let mut results = futures::stream::poll_fn(|cx| chunks_read.poll_recv(cx))
         .map(|read| {
-            let (seen, store, pool, verify, marks) = (
+            let (seen, store, source, pool, verify, marks) = (
                 Arc::clone(&seen),
                 store.clone(),
+                Arc::clone(&source),
                 Arc::clone(&pool),
                 options.verify,
                 Arc::clone(marks),
             );
             async move {
                 let chunk = read?;
-                let (i, len) = (chunk.index, chunk.data.len());
-                let fate = back_up_chunk(&store, chunk, &seen, &pool, verify, &marks).await?;
+                let (i, len) = (chunk.index, chunk.len);
+                let reader = Reader { source, pool };
+                let fate = back_up_chunk(&store, chunk, &seen, &reader, verify, &marks).await?;
                 Ok::<_, BackupError>((i, len, fate))
             }
         })
@@ -513,23 +513,45 @@ async fn read_chunks(
     Ok((chunks, summary))
 }
 
+/// Where a chunk that came without its bytes is read again.
+struct Reader {
+    source: Arc<read_lanes::Source>,
+    pool: Arc<BufferPool>,
+}
+
+impl Reader {
+    async fn read_again(&self, index: u64) -> Result<ReadChunk, BackupError> {
+        let (source, pool) = (Arc::clone(&self.source), Arc::clone(&self.pool));
+        tokio::task::spawn_blocking(move || read_lanes::read_again(&source, &pool, index))
+            .await
+            .map_err(|e| BackupError::Internal(e.to_string()))?
+    }
+
+    fn give(&self, data: Option<read_lanes::Held>) {
+        // The permit goes back after the buffer (see `read_lanes`).
+        if let Some(held) = data {
+            self.pool.give(held.buf);
+        }
+    }
+}
+
 /// Stores one chunk as read (or finds it stored, or all zero) and says which.
 async fn back_up_chunk(
     store: &ChunkStore,
     chunk: ReadChunk,
     seen: &Mutex<HashSet<ChunkHash>>,
-    pool: &BufferPool,
+    reader: &Reader,
     verify: bool,
     marks: &Announcer,
 ) -> Result<Fate, BackupError> {
-    // The permit goes back when this returns, with the buffer (see `read_lanes`).
     let ReadChunk {
-        data, hash, permit, ..
+        index,
+        len,
+        hash,
+        data,
     } = chunk;
-    let _permit = permit;
-    let len = data.len();
     let Some(hash) = hash else {
-        pool.give(data);
+        reader.give(data);
         return Ok(Fate::Zero);
     };
     let first_time = seen
@@ -537,7 +559,7 @@ async fn back_up_chunk(
         .map_err(|_| BackupError::Internal("lock poisoned".into()))?
         .insert(hash);
     if !first_time {
-        pool.give(data);
+        reader.give(data);
         return Ok(Fate::Reused(hash));
     }
     // Announced before the existence check, so a gc running now cannot delete a chunk
@@ -548,10 +570,32 @@ async fn back_up_chunk(
     let damage = match store.check_chunk(&hash, len, verify).await? {
         ChunkCheck::Missing => None,
         ChunkCheck::Present => {
-            pool.give(data);
+            reader.give(data);
             return Ok(Fate::Reused(hash));
         }
         ChunkCheck::Damaged(reason) => Some(reason),
+    };
+    // The permit, if any, goes back when this returns (see `read_lanes`).
+    let (data, _permit) = match data {
+        Some(held) => (held.buf, held.permit),
+        None => {
+            // The store seemed to hold the chunk when it was read, so its bytes were let
+            // go; it does not (a gc deleted it since, or it is damaged): read it again.
+            let again = reader.read_again(index).await?;
+            if again.hash != Some(hash) {
+                // The source changed since it was read. Not stored under the new hash:
+                // other chunks of the image with the old bytes were counted as this one
+                // (`seen`), and nothing would store those.
+                return Err(BackupError::SourceChanged {
+                    path: reader.source.path.clone(),
+                    offset_bytes: index * reader.source.chunk_size.bytes(),
+                });
+            }
+            let held = again
+                .data
+                .ok_or_else(|| BackupError::Internal("a chunk read again has no bytes".into()))?;
+            (held.buf, held.permit)
+        }
     };
     if let Some(reason) = damage {
         let encoded = crate::cpu::run(move || chunk::encode(data.into())).await?;
@@ -648,6 +692,108 @@ mod tests {
             &store.get_chunk(&last, 1000).await.unwrap()[..],
             &data[5 * 65536..]
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_let_go_as_stored_is_read_again_when_the_store_lacks_it() {
+        const CHUNK: usize = 65536;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("store").to_str().unwrap(), true).unwrap();
+        let image = dir.path().join("img");
+        let mut data: Vec<u8> = (0..3 * CHUNK).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(&image, &data).unwrap();
+        let reader = Reader {
+            source: Arc::new(read_lanes::Source {
+                file: Arc::new(File::open(&image).unwrap()),
+                path: image.clone(),
+                size_bytes: data.len() as u64,
+                chunk_size: ChunkSize::from_shift(16).unwrap(),
+                rate_bytes_per_sec: None,
+                stored: store.stored_hint(),
+            }),
+            pool: Arc::new(BufferPool::new(CHUNK)),
+        };
+        let (seen, marks) = (Mutex::default(), Announcer::new(&store));
+        // As the lanes send a chunk the store seemed to hold: without its bytes.
+        let let_go = |index: usize, bytes: &[u8]| ReadChunk {
+            index: index as u64,
+            len: CHUNK,
+            hash: Some(ChunkHash::of(bytes)),
+            data: None,
+        };
+        let chunk = |i: usize, data: &[u8]| data[i * CHUNK..(i + 1) * CHUNK].to_vec();
+
+        // Missing (a gc deleted it since): read again and stored.
+        let fate = back_up_chunk(
+            &store,
+            let_go(1, &chunk(1, &data)),
+            &seen,
+            &reader,
+            false,
+            &marks,
+        )
+        .await
+        .unwrap();
+        let hash = ChunkHash::of(&chunk(1, &data));
+        assert!(matches!(fate, Fate::Written(h, _) if h == hash));
+        assert_eq!(
+            &store.get_chunk(&hash, CHUNK).await.unwrap()[..],
+            &chunk(1, &data)[..]
+        );
+
+        // Damaged: read again and replaced.
+        let hash = ChunkHash::of(&chunk(2, &data));
+        let path = dir.path().join("store").join(hash.path().as_ref());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"\x00short").unwrap();
+        let fate = back_up_chunk(
+            &store,
+            let_go(2, &chunk(2, &data)),
+            &seen,
+            &reader,
+            false,
+            &marks,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(fate, Fate::Repaired(h, _) if h == hash));
+        assert_eq!(
+            &store.get_chunk(&hash, CHUNK).await.unwrap()[..],
+            &chunk(2, &data)[..]
+        );
+
+        // The source changed since chunk 0 was read: an error naming it, and nothing
+        // stored (other chunks with the old bytes may count on this one to store them).
+        let old = chunk(0, &data);
+        data[5] ^= 0xFF;
+        std::fs::write(&image, &data).unwrap();
+        let e = back_up_chunk(&store, let_go(0, &old), &seen, &reader, false, &marks)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, BackupError::SourceChanged { path, offset_bytes: 0 } if path == &image),
+            "{e}"
+        );
+        for bytes in [old, chunk(0, &data)] {
+            assert!(!store.has_chunk(&ChunkHash::of(&bytes)).await.unwrap());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stored_hint_answers_for_files_that_fit_the_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("store").to_str().unwrap(), true).unwrap();
+        let hint = store.stored_hint().expect("a local store answers");
+        let bytes = vec![7u8; 1000];
+        let hash = ChunkHash::of(&bytes);
+        assert!(!hint(&hash, bytes.len()), "nothing stored yet");
+        store
+            .encode_and_put(&hash, bytes.clone().into())
+            .await
+            .unwrap();
+        assert!(hint(&hash, bytes.len()));
+        assert!(!hint(&hash, 0), "too large for a chunk of that length");
     }
 
     /// A plan that takes every chunk of version 1 unread, as an incremental backup with

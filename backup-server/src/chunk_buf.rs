@@ -86,6 +86,15 @@ impl BufferPool {
         }
     }
 
+    /// How many of the arena's slots were ever used (`None`: no arena), for tests.
+    #[cfg(test)]
+    pub(crate) fn slots_touched(&self) -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        return self.arena.as_ref().map(|a| a.slots_touched());
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+
     /// Whether buffers come from the huge-page arena (for tests).
     #[cfg(test)]
     fn has_arena(&self) -> bool {
@@ -179,8 +188,13 @@ mod arena {
         base: NonNull<u8>,
         slot_bytes: usize,
         slots: usize,
-        /// Slot indices not out.
+        /// Slot indices not out: untouched ones at the bottom, highest first, so that a
+        /// slot given back is the next one out and an untouched one is taken only when
+        /// every touched one is out.
         free: Mutex<Vec<usize>>,
+        /// Slots ever out: one past the highest index taken.
+        #[cfg(test)]
+        touched: std::sync::atomic::AtomicUsize,
     }
 
     // SAFETY: the mapping is plain memory owned by the arena; the only access to it is
@@ -231,6 +245,8 @@ mod arena {
                 slot_bytes,
                 slots,
                 free: Mutex::new((0..slots).rev().collect()),
+                #[cfg(test)]
+                touched: std::sync::atomic::AtomicUsize::new(0),
             })
         }
 
@@ -241,7 +257,17 @@ mod arena {
             }
             let index = self.free.lock().ok()?.pop()?;
             debug_assert!(index < self.slots);
+            // Untouched slots leave the free list in index order (see `map`).
+            #[cfg(test)]
+            self.touched
+                .fetch_max(index + 1, std::sync::atomic::Ordering::Relaxed);
             Some(index)
+        }
+
+        /// Slots ever handed out (for tests).
+        #[cfg(test)]
+        pub(super) fn slots_touched(&self) -> usize {
+            self.touched.load(std::sync::atomic::Ordering::Relaxed)
         }
 
         /// Slot `index` is no longer out.

@@ -44,6 +44,16 @@ pub enum BackupError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A chunk of the source read twice held other bytes the second time.
+    #[error(
+        "source {path} changed while it was backed up (the chunk at byte {offset_bytes} differs from when it was read); back up a snapshot, or a volume nothing writes"
+    )]
+    SourceChanged {
+        /// The source path.
+        path: PathBuf,
+        /// Where the chunk starts.
+        offset_bytes: u64,
+    },
     /// The object store refused or failed an operation.
     #[error("store operation on {path} failed: {source}")]
     Store {

@@ -151,6 +151,19 @@ impl ChunkStore {
         }
     }
 
+    /// A quick, blocking answer to whether the store seems to hold a chunk of a given
+    /// hash and length, for the read lanes to let go of bytes they will not need (see
+    /// [`crate::read_lanes`]): a local store's file is there with a size that fits.
+    /// Only a hint: [`ChunkStore::check_chunk`] decides. `None` for an object store,
+    /// where each answer would be a request.
+    pub(crate) fn stored_hint(&self) -> Option<crate::read_lanes::StoredHint> {
+        let root = self.local_root.clone()?;
+        Some(Arc::new(move |hash: &ChunkHash, len: usize| {
+            std::fs::metadata(root.join(hash.path().as_ref()))
+                .is_ok_and(|m| (2..=len as u64 + 1).contains(&m.len()))
+        }))
+    }
+
     /// How a chunk the store may already have stands, for a backup that would reuse it:
     /// missing, present and plausible, or damaged. Cheap by default: its size and first
     /// byte must fit a chunk of `len` bytes (raw: exactly `len + 1` bytes; zstd: 2 to
