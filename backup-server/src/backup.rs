@@ -722,18 +722,10 @@ mod tests {
             data: None,
         };
         let chunk = |i: usize, data: &[u8]| data[i * CHUNK..(i + 1) * CHUNK].to_vec();
+        let back_up = |read| back_up_chunk(&store, read, &seen, &reader, false, &marks);
 
         // Missing (a gc deleted it since): read again and stored.
-        let fate = back_up_chunk(
-            &store,
-            let_go(1, &chunk(1, &data)),
-            &seen,
-            &reader,
-            false,
-            &marks,
-        )
-        .await
-        .unwrap();
+        let fate = back_up(let_go(1, &chunk(1, &data))).await.unwrap();
         let hash = ChunkHash::of(&chunk(1, &data));
         assert!(matches!(fate, Fate::Written(h, _) if h == hash));
         assert_eq!(
@@ -746,16 +738,7 @@ mod tests {
         let path = dir.path().join("store").join(hash.path().as_ref());
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"\x00short").unwrap();
-        let fate = back_up_chunk(
-            &store,
-            let_go(2, &chunk(2, &data)),
-            &seen,
-            &reader,
-            false,
-            &marks,
-        )
-        .await
-        .unwrap();
+        let fate = back_up(let_go(2, &chunk(2, &data))).await.unwrap();
         assert!(matches!(fate, Fate::Repaired(h, _) if h == hash));
         assert_eq!(
             &store.get_chunk(&hash, CHUNK).await.unwrap()[..],
@@ -767,10 +750,7 @@ mod tests {
         let old = chunk(0, &data);
         data[5] ^= 0xFF;
         std::fs::write(&image, &data).unwrap();
-        let e = back_up_chunk(&store, let_go(0, &old), &seen, &reader, false, &marks)
-            .await
-            .err()
-            .unwrap();
+        let e = back_up(let_go(0, &old)).await.err().unwrap();
         assert!(
             matches!(&e, BackupError::SourceChanged { path, offset_bytes: 0 } if path == &image),
             "{e}"
