@@ -581,6 +581,7 @@ async fn back_up_chunk(
         None => {
             // The store seemed to hold the chunk when it was read, so its bytes were let
             // go; it does not (a gc deleted it since, or it is damaged): read it again.
+            tracing::debug!(chunk = %hash, index, "backup: a chunk let go as stored is not; reading it again");
             let again = reader.read_again(index).await?;
             if again.hash != Some(hash) {
                 // The source changed since it was read. Not stored under the new hash:

@@ -237,6 +237,19 @@ pub async fn race(
     seed: u64,
 ) -> u64 {
     let store = ChunkStore::from_object_store(Arc::clone(&objects), "race");
+    race_on(store, objects, scratch, rounds, seed).await
+}
+
+/// As [`race`], through `store` (a local store opened as such takes its own paths,
+/// such as the read lanes' stat of chunks it seems to hold); `objects` is the same
+/// store, for removing indexes behind its back.
+pub async fn race_on(
+    store: ChunkStore,
+    objects: Arc<dyn ObjectStore>,
+    scratch: &std::path::Path,
+    rounds: u64,
+    seed: u64,
+) -> u64 {
     let mut rng = Rng::new(seed);
     let mut removed_total = 0;
     for round in 0..rounds {
