@@ -108,7 +108,7 @@ impl Source {
         pool: &BufferPool,
     ) -> ReadChunk {
         let len = buf.len();
-        let hash = (!chunk::is_zero(&buf)).then(|| ChunkHash::of(&buf));
+        let hash = hash_unless_zero(&buf);
         let needed = match (&hash, &self.stored) {
             (None, _) => false,
             (Some(hash), Some(stored)) => !stored(hash, len),
@@ -143,13 +143,17 @@ pub(crate) fn read_again(
         .file
         .read_exact_at(&mut buf, offset)
         .map_err(|e| source.error(e))?;
-    let hash = (!chunk::is_zero(&buf)).then(|| ChunkHash::of(&buf));
     Ok(ReadChunk {
         index,
         len,
-        hash,
+        hash: hash_unless_zero(&buf),
         data: Some(Held { buf, permit: None }),
     })
+}
+
+/// A chunk's hash, `None` when all its bytes are zero (such chunks are not stored).
+fn hash_unless_zero(bytes: &[u8]) -> Option<ChunkHash> {
+    (!chunk::is_zero(bytes)).then(|| ChunkHash::of(bytes))
 }
 
 /// Starts reading the chunks `indices` names (in that order, a few at a time) into
