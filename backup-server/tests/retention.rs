@@ -180,9 +180,13 @@ fn forget_then_gc_keeps_remaining_versions_whole_and_shrinks_the_store() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("at least one --keep-* rule"));
 }
 
-/// gc racing backups: rounds with random store latencies and gc start times.
-#[test]
-fn gc_racing_backups_never_deletes_a_chunk_a_version_names() {
+/// A scratch directory, an empty store directory `store` in it, and a runtime of two
+/// workers for the race.
+fn race_setup() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    tokio::runtime::Runtime,
+) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     std::fs::create_dir_all(&root).unwrap();
@@ -191,6 +195,13 @@ fn gc_racing_backups_never_deletes_a_chunk_a_version_names() {
         .enable_all()
         .build()
         .unwrap();
+    (dir, root, rt)
+}
+
+/// gc racing backups: rounds with random store latencies and gc start times.
+#[test]
+fn gc_racing_backups_never_deletes_a_chunk_a_version_names() {
+    let (dir, root, rt) = race_setup();
     for seed in [1u64, 2] {
         let local = object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap();
         let objects = Arc::new(gc_race::Jittery::new(Arc::new(local), seed, 2_000));
@@ -207,14 +218,7 @@ fn gc_racing_backups_never_deletes_a_chunk_a_version_names() {
 /// such a chunk before the announcement makes the backup read it again.
 #[test]
 fn gc_racing_backups_in_a_local_store_never_deletes_a_chunk_a_version_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    std::fs::create_dir_all(&root).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (dir, root, rt) = race_setup();
     let store = ChunkStore::open(root.to_str().unwrap(), false).unwrap();
     let local = object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap();
     let removed = rt.block_on(gc_race::race_on(store, Arc::new(local), dir.path(), 20, 3));
