@@ -30,6 +30,12 @@ use object_store::PutPayload;
 pub const ENCODING_RAW: u8 = 0;
 /// Encoding byte: the payload is a zstd frame.
 pub const ENCODING_ZSTD: u8 = 1;
+
+/// The sizes in bytes a stored chunk of `len` bytes can have: its encoding byte and at
+/// least one byte of zstd frame, up to the encoding byte and the raw bytes.
+pub fn stored_len_bounds(len: usize) -> std::ops::RangeInclusive<u64> {
+    2..=len as u64 + 1
+}
 /// zstd level: the fastest regular level; backups are bound by CPU, not by space.
 const ZSTD_LEVEL: i32 = 1;
 /// Bytes sampled to decide whether a chunk is worth compressing at all.

@@ -160,7 +160,7 @@ impl ChunkStore {
         let root = self.local_root.clone()?;
         Some(Arc::new(move |hash: &ChunkHash, len: usize| {
             std::fs::metadata(root.join(hash.path().as_ref()))
-                .is_ok_and(|m| (2..=len as u64 + 1).contains(&m.len()))
+                .is_ok_and(|m| chunk::stored_len_bounds(len).contains(&m.len()))
         }))
     }
 
@@ -201,8 +201,8 @@ impl ChunkStore {
             (size, encoding)
         };
         let plausible = match encoding {
-            Some(chunk::ENCODING_RAW) => size == len as u64 + 1,
-            Some(chunk::ENCODING_ZSTD) => (2..=len as u64 + 1).contains(&size),
+            Some(chunk::ENCODING_RAW) => size == *chunk::stored_len_bounds(len).end(),
+            Some(chunk::ENCODING_ZSTD) => chunk::stored_len_bounds(len).contains(&size),
             _ => false,
         };
         if !plausible {
